@@ -1,0 +1,1 @@
+"""meshscope command line and the ``up`` supervisor."""

@@ -1,0 +1,1 @@
+"""meshscope relay: event envelope, topic matching, routing, mesh links and flow records."""

@@ -1,0 +1,64 @@
+"""The relay's exception tree.
+
+    RelayError
+    ├── InvalidInput            the producer or a peer sent something we refuse (remote)
+    │   ├── MalformedEvent      not JSON, or a CloudEvents attribute missing/invalid (400)
+    │   ├── EventTooLarge       over the configured size limit (413)
+    │   └── InvalidTopic        a topic or subscription pattern that breaks the grammar
+    ├── FrameError              a mesh or stream frame we cannot decode (protocol abuse)
+    ├── Backpressure            our queues are full; the caller should retry later (429)
+    └── StreamUnavailable       Redis refused or dropped us (translated at the call site)
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Root of every error the relay raises on purpose."""
+
+
+class InvalidInput(RelayError):
+    """Input from outside the relay that it refuses; nothing of it is routed."""
+
+
+class MalformedEvent(InvalidInput):
+    """An event that is not valid CloudEvents 1.0 structured JSON."""
+
+    def __init__(self, message: str, attribute: str | None = None, index: int | None = None):
+        super().__init__(message)
+        self.attribute = attribute
+        self.index = index
+
+    def at(self, index: int) -> MalformedEvent:
+        """The same error, placed at position ``index`` of a batch."""
+        return MalformedEvent(str(self), self.attribute, index)
+
+
+class EventTooLarge(InvalidInput):
+    """A body, frame or event over the configured byte limit."""
+
+    def __init__(self, size: int, limit: int, index: int | None = None):
+        super().__init__(f"{size} bytes is over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+        self.index = index
+
+
+class InvalidTopic(InvalidInput):
+    """A topic or subscription pattern that does not follow the token grammar."""
+
+
+class FrameError(RelayError):
+    """A mesh or stream frame that cannot be decoded."""
+
+
+class Backpressure(RelayError):
+    """The relay's queues are full; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StreamUnavailable(RelayError):
+    """Redis could not be reached or refused a command."""

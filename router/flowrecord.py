@@ -1,0 +1,125 @@
+"""The flow record: one row per event per hop, the one contract with the collector.
+
+Records are packed many to a Redis stream entry: the entry's field ``r`` holds an
+orjson array of rows, each row the values in ``FIELDS`` order; ``v`` is the
+format version. One XADD per record costs ~30 µs of client time, one per few
+hundred records costs well under 1 µs per record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+from typing import Any
+
+import orjson
+
+FORMAT_VERSION = b"1"
+
+# Kinds of hop, and the statuses a record may carry, each kept in one place.
+PUBLISH, FORWARD, DELIVER, DROP = "publish", "forward", "deliver", "drop"
+KINDS = (PUBLISH, FORWARD, DELIVER, DROP)
+
+OK = "ok"
+SCHEMA_REJECTED = "schema_rejected"
+POLICY_DENIED = "policy_denied"
+NO_ROUTE = "no_route"
+LINK_DOWN = "link_down"
+BACKPRESSURE = "backpressure"
+DELIVERY_FAILED = "delivery_failed"
+EXPIRED = "expired"
+DUPLICATE = "duplicate"
+STATUSES = (
+    OK,
+    SCHEMA_REJECTED,
+    POLICY_DENIED,
+    NO_ROUTE,
+    LINK_DOWN,
+    BACKPRESSURE,
+    DELIVERY_FAILED,
+    EXPIRED,
+    DUPLICATE,
+)
+
+FIELDS = (
+    "ts",
+    "event_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "topic",
+    "kind",
+    "src_region",
+    "dst_region",
+    "relay",
+    "hop_ms",
+    "e2e_ms",
+    "status",
+    "bytes",
+    "attempt",
+    "seq",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRecord:
+    ts: int  # µs since the epoch
+    event_id: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    topic: str
+    kind: str
+    src_region: str
+    dst_region: str
+    relay: str
+    hop_ms: float
+    e2e_ms: float
+    status: str
+    bytes: int
+    attempt: int
+    seq: int
+
+
+class RecordDecodeError(ValueError):
+    """A stream entry that is not a packed batch of flow records."""
+
+
+def pack(records: list[FlowRecord]) -> dict[bytes, bytes]:
+    """The stream entry fields for a batch of records."""
+    return {b"v": FORMAT_VERSION, b"r": orjson.dumps([astuple(r) for r in records])}
+
+
+_TYPES: tuple[type | tuple[type, ...], ...] = (
+    int, str, str, str, str, str, str, str, str, str,
+    (int, float), (int, float), str, int, int, int,
+)  # fmt: skip
+
+
+def unpack_rows(fields: dict[Any, Any]) -> list[list[Any]]:
+    """The rows of one stream entry, checked; raise RecordDecodeError when it is not one."""
+    version = fields.get(b"v", fields.get("v"))
+    if version not in (FORMAT_VERSION, FORMAT_VERSION.decode()):
+        raise RecordDecodeError(f"unknown flow record format version {version!r}")
+    raw = fields.get(b"r", fields.get("r"))
+    if raw is None:
+        raise RecordDecodeError("entry has no records field 'r'")
+    try:
+        rows = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RecordDecodeError(f"records are not JSON: {exc}") from None
+    if not isinstance(rows, list):
+        raise RecordDecodeError("records must be a JSON array")
+    width = len(FIELDS)
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != width:
+            raise RecordDecodeError(f"record {i} does not have {width} fields")
+        for name, value, kind in zip(FIELDS, row, _TYPES, strict=True):
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise RecordDecodeError(f"record {i}: field {name} has the wrong type")
+        if row[6] not in KINDS:
+            raise RecordDecodeError(f"record {i}: unknown kind {row[6]!r}")
+    return rows
+
+
+def unpack(fields: dict[Any, Any]) -> list[FlowRecord]:
+    return [FlowRecord(*row) for row in unpack_rows(fields)]

@@ -1,0 +1,67 @@
+"""Reading typed settings from an environment mapping, shared by every service's config.
+
+Precedence everywhere: an explicit argument, then the environment, then the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class SettingError(ValueError):
+    """An environment variable whose value cannot be used."""
+
+
+def get_str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name)
+    return default if value is None or value == "" else value
+
+
+def get_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise SettingError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+def get_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+def get_optional_float(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    return None if raw is None or raw == "" else get_float(env, name, 0.0, minimum=-1e9)
+
+
+def get_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name) or ""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def get_map_float(env: Mapping[str, str], name: str) -> dict[str, float]:
+    """``key=value,key=value`` as a dict of floats."""
+    out: dict[str, float] = {}
+    for item in get_list(env, name):
+        key, sep, value = item.rpartition("=")
+        if not sep or not key:
+            raise SettingError(f"{name}: {item!r} is not key=value")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise SettingError(f"{name}: {value!r} is not a number") from None
+    return out
