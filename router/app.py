@@ -1,11 +1,11 @@
 """The relay's HTTP and WebSocket surface (Starlette); it only moves data to ``Relay``.
 
-    POST /v1/events              one CloudEvent or a JSON array (all or nothing)
-    WS   /v1/stream              high-rate publish: frames of one event or an array
-    WS   /v1/subscribe           ?topic=PATTERN (repeatable) [&group=NAME&consumer=ID]
-    DELETE /v1/groups/{name}     forget a durable consumer group
-    WS   /v1/mesh                peer relays
-    GET  /healthz, /metrics
+POST /v1/events              one CloudEvent or a JSON array (all or nothing)
+WS   /v1/stream              high-rate publish: frames of one event or an array
+WS   /v1/subscribe           ?topic=PATTERN (repeatable) [&group=NAME&consumer=ID]
+DELETE /v1/groups/{name}     forget a durable consumer group
+WS   /v1/mesh                peer relays
+GET  /healthz, /metrics
 """
 
 from __future__ import annotations
@@ -278,8 +278,13 @@ def build_app(relay: Relay) -> Starlette:
     async def healthz(request: Request) -> Response:
         links = {link.peer_region or link.url: link.state for link in relay.links}
         return JSONResponse(
-            {"status": "ok", "region": relay.region, "relay": relay.name, "links": links,
-             "links_up": sum(1 for s in links.values() if s == UP)}
+            {
+                "status": "ok",
+                "region": relay.region,
+                "relay": relay.name,
+                "links": links,
+                "links_up": sum(1 for s in links.values() if s == UP),
+            }
         )
 
     async def metrics(request: Request) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from router import settings as s
@@ -102,10 +102,8 @@ class RelayConfig:
         region_id = overrides.pop("region_id", None) or env.get(MESHSCOPE_REGION)
         if not region_id:
             raise s.SettingError(f"{MESHSCOPE_REGION} is required (e.g. aws:us-east-1)")
-        region = resolve(
-            region_id, s.get_optional_float(env, MESHSCOPE_LAT), s.get_optional_float(env, MESHSCOPE_LON)
-        )
-        d = cls.__dataclass_fields__
+        region = resolve(region_id, s.get_optional_float(env, MESHSCOPE_LAT), s.get_optional_float(env, MESHSCOPE_LON))
+        d: dict[str, Any] = {f.name: f for f in fields(cls)}
         config = cls(
             region=region,
             relay_name=s.get_str(env, MESHSCOPE_RELAY_NAME, f"relay-{region_id}"),
@@ -117,9 +115,7 @@ class RelayConfig:
             flow_stream_maxlen=s.get_int(env, MESHSCOPE_FLOW_STREAM_MAXLEN, d["flow_stream_maxlen"].default, 1),
             flow_queue_max=s.get_int(env, MESHSCOPE_FLOW_QUEUE_MAX, d["flow_queue_max"].default, 1),
             flow_batch=s.get_int(env, MESHSCOPE_FLOW_BATCH, d["flow_batch"].default, 1),
-            flow_flush_interval_s=s.get_float(
-                env, MESHSCOPE_FLOW_FLUSH_INTERVAL_S, d["flow_flush_interval_s"].default
-            ),
+            flow_flush_interval_s=s.get_float(env, MESHSCOPE_FLOW_FLUSH_INTERVAL_S, d["flow_flush_interval_s"].default),
             max_body_bytes=s.get_int(env, MESHSCOPE_MAX_BODY_BYTES, d["max_body_bytes"].default, 1),
             max_event_bytes=s.get_int(env, MESHSCOPE_MAX_EVENT_BYTES, d["max_event_bytes"].default, 1),
             subscriber_buffer=s.get_int(env, MESHSCOPE_SUBSCRIBER_BUFFER, d["subscriber_buffer"].default, 1),

@@ -69,9 +69,7 @@ def validate_event(obj: object, max_event_bytes: int, size: int | None = None) -
         raise MalformedEvent("an event carries 'data' or 'data_base64', not both", "data_base64")
     for name in obj:
         if name not in _CONTEXT_ATTRIBUTES and not _EXTENSION_NAME.match(name):
-            raise MalformedEvent(
-                f"extension attribute '{name}' must be 1-20 lower-case letters or digits", name
-            )
+            raise MalformedEvent(f"extension attribute '{name}' must be 1-20 lower-case letters or digits", name)
     try:
         validate_topic(obj["type"])
     except InvalidTopic as exc:

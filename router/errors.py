@@ -1,13 +1,13 @@
 """The relay's exception tree.
 
-    RelayError
-    ├── InvalidInput            the producer or a peer sent something we refuse (remote)
-    │   ├── MalformedEvent      not JSON, or a CloudEvents attribute missing/invalid (400)
-    │   ├── EventTooLarge       over the configured size limit (413)
-    │   └── InvalidTopic        a topic or subscription pattern that breaks the grammar
-    ├── FrameError              a mesh or stream frame we cannot decode (protocol abuse)
-    ├── Backpressure            our queues are full; the caller should retry later (429)
-    └── StreamUnavailable       Redis refused or dropped us (translated at the call site)
+RelayError
+├── InvalidInput            the producer or a peer sent something we refuse (remote)
+│   ├── MalformedEvent      not JSON, or a CloudEvents attribute missing/invalid (400)
+│   ├── EventTooLarge       over the configured size limit (413)
+│   └── InvalidTopic        a topic or subscription pattern that breaks the grammar
+├── FrameError              a mesh or stream frame we cannot decode (protocol abuse)
+├── Backpressure            our queues are full; the caller should retry later (429)
+└── StreamUnavailable       Redis refused or dropped us (translated at the call site)
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ approximate length with XTRIM; every trimmed entry is counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 
@@ -81,18 +82,14 @@ class FlowSink:
             if not self.pending:
                 if self._stopping:
                     return
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
-                except TimeoutError:
-                    pass
                 self._wake.clear()
                 continue
             if len(self.pending) < self.batch and not self._stopping:
                 # let a batch fill for up to one interval
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
-                except TimeoutError:
-                    pass
                 self._wake.clear()
             try:
                 await self._flush()

@@ -10,6 +10,7 @@ subscriptions change. Reconnects back off exponentially with jitter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -99,10 +100,8 @@ class MeshLink:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def wait_up(self, timeout_s: float) -> bool:
         try:

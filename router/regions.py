@@ -69,9 +69,7 @@ _TABLE: tuple[tuple[str, float, float, str], ...] = (
     ("azure:southafricanorth", -25.73, 28.22, "Johannesburg"),
 )
 
-KNOWN: dict[str, Region] = {
-    rid: Region(rid, rid.split(":", 1)[0], lat, lon, city) for rid, lat, lon, city in _TABLE
-}
+KNOWN: dict[str, Region] = {rid: Region(rid, rid.split(":", 1)[0], lat, lon, city) for rid, lat, lon, city in _TABLE}
 
 
 def provider_of(region_id: str) -> str:
@@ -86,7 +84,5 @@ def resolve(region_id: str, lat: float | None = None, lon: float | None = None) 
         return Region(region_id, provider_of(region_id), lat, lon, known.city if known else region_id)
     known = KNOWN.get(region_id)
     if known is None:
-        raise ValueError(
-            f"region {region_id!r} is not in the built-in table; set its latitude and longitude"
-        )
+        raise ValueError(f"region {region_id!r} is not in the built-in table; set its latitude and longitude")
     return known

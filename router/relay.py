@@ -22,12 +22,12 @@ from router import flowrecord as fk
 from router import frame as fr
 from router.config import RelayConfig
 from router.envelope import Event, now_us
-from router.errors import Backpressure
+from router.errors import Backpressure, StreamUnavailable
 from router.flowrecord import FlowRecord
 from router.flowsink import FlowSink
 from router.link import MeshLink, Outbound
 from router.metrics import Registry
-from router.routing import LINK_STATE_VALUE, DedupWindow, InterestTable
+from router.routing import LINK_STATE_VALUE, DedupWindow, InterestTable, backoff_s
 from router.spans import HopTracer, otlp_exporter
 from router.subscription import GroupStore, Subscriber
 from router.tracecontext import new_span_id, parse_traceparent
@@ -63,23 +63,39 @@ class Relay:
         self.groups = GroupStore(client, self.region)
         self.inbound: set[Callable[[bytes], None]] = set()
         self.sink = FlowSink(
-            client, config.flow_stream, config.flow_stream_maxlen, config.flow_queue_max,
-            config.flow_batch, config.flow_flush_interval_s, m,
+            client,
+            config.flow_stream,
+            config.flow_stream_maxlen,
+            config.flow_queue_max,
+            config.flow_batch,
+            config.flow_flush_interval_s,
+            m,
         )
         if tracer is None:
             exporter = otlp_exporter(config.otlp_endpoint) if config.otlp_endpoint else None
             tracer = HopTracer(self.region, self.name, config.trace_sample_ratio, exporter)
         self.tracer = tracer
         self.hello = {
-            "region": self.region, "relay": self.name, "provider": config.region.provider,
-            "lat": config.region.lat, "lon": config.region.lon,
+            "region": self.region,
+            "relay": self.name,
+            "provider": config.region.provider,
+            "lat": config.region.lat,
+            "lon": config.region.lon,
         }
         self.links: list[MeshLink] = [
             MeshLink(
-                url, self.hello, queue_max=config.link_queue_max, batch=config.link_batch,
-                backoff_base_s=config.link_backoff_base_s, backoff_max_s=config.link_backoff_max_s,
-                ping_interval_s=config.ping_interval_s, on_hello=self._on_hello, on_interest=self._on_interest,
-                on_sent=self._on_sent, on_state=self._on_link_state, delays_ms=config.link_delays_ms,
+                url,
+                self.hello,
+                queue_max=config.link_queue_max,
+                batch=config.link_batch,
+                backoff_base_s=config.link_backoff_base_s,
+                backoff_max_s=config.link_backoff_max_s,
+                ping_interval_s=config.ping_interval_s,
+                on_hello=self._on_hello,
+                on_interest=self._on_interest,
+                on_sent=self._on_sent,
+                on_state=self._on_link_state,
+                delays_ms=config.link_delays_ms,
             )
             for url in config.peers
         ]
@@ -89,17 +105,32 @@ class Relay:
     # ---- life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        for patterns in (await self.groups.load()).values():
-            self.interest.add_local(sorted(patterns.patterns))
-        try:
-            await self.redis.hset(REGIONS_KEY, self.region, orjson.dumps({**self.hello, "ts": now_us()}))
-        except RedisError as exc:
-            log.warning("cannot register region", extra={"error": str(exc)})
+        """Start serving even when Redis is down: groups and the region register once it is back."""
+        self._tasks.append(asyncio.create_task(self._register(), name="register"))
         self.sink.start()
         for link in self.links:
             link.start()
         self._tasks.append(asyncio.create_task(self._sample_links(), name="link-samples"))
         log.info("relay started", extra={"peers": list(self.config.peers)})
+
+    async def _register(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                groups = await self.groups.load()
+                await self.redis.hset(REGIONS_KEY, self.region, orjson.dumps({**self.hello, "ts": now_us()}))
+            except (StreamUnavailable, RedisError) as exc:
+                delay = backoff_s(attempt, 0.2, 5.0, random.random())
+                log.warning("cannot load consumer groups yet", extra={"error": str(exc), "retry_in_s": delay})
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            changed = False
+            for patterns in groups.values():
+                changed = self.interest.add_local(sorted(patterns.patterns)) or changed
+            if changed:
+                self._push_interest()
+            return
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -112,31 +143,82 @@ class Relay:
     # ---- records ----------------------------------------------------------------------
 
     def _record(
-        self, ev: Event, kind: str, span_id: str, parent: str, src: str, dst: str, ts: int,
-        hop_ms: float, status: str = fk.OK, attempt: int = 1, seq: int = 0,
+        self,
+        ev: Event,
+        kind: str,
+        span_id: str,
+        parent: str,
+        src: str,
+        dst: str,
+        ts: int,
+        hop_ms: float,
+        status: str = fk.OK,
+        attempt: int = 1,
+        seq: int = 0,
     ) -> None:
         e2e_ms = (ts - ev.published_us) / 1000 if ev.published_us else 0.0
         self.sink.add(
             FlowRecord(
-                ts, ev.id, ev.trace.trace_id, span_id, parent, ev.topic, kind, src, dst, self.name,
-                round(hop_ms, 3), round(e2e_ms, 3), status, ev.size, attempt, seq,
+                ts,
+                ev.id,
+                ev.trace.trace_id,
+                span_id,
+                parent,
+                ev.topic,
+                kind,
+                src,
+                dst,
+                self.name,
+                round(hop_ms, 3),
+                round(e2e_ms, 3),
+                status,
+                ev.size,
+                attempt,
+                seq,
             )
         )
         if status != fk.OK:
             self.metrics.inc("drops_total", reason=status)
         if self.tracer.enabled:
             self.tracer.hop(
-                f"meshscope {kind}", ev.trace.trace_id, span_id, parent, ts - int(hop_ms * 1000), ts,
-                {"messaging.destination.name": ev.topic, "meshscope.kind": kind, "meshscope.status": status,
-                 "meshscope.src_region": src, "meshscope.dst_region": dst, "messaging.message.id": ev.id},
+                f"meshscope {kind}",
+                ev.trace.trace_id,
+                span_id,
+                parent,
+                ts - int(hop_ms * 1000),
+                ts,
+                {
+                    "messaging.destination.name": ev.topic,
+                    "meshscope.kind": kind,
+                    "meshscope.status": status,
+                    "meshscope.src_region": src,
+                    "meshscope.dst_region": dst,
+                    "messaging.message.id": ev.id,
+                },
             )
 
     def record_rejected(self, event_id: str, topic: str, status: str, size: int) -> None:
         """A drop record for an event refused at the edge (nothing of it is routed)."""
         ts = now_us()
         self.sink.add(
-            FlowRecord(ts, event_id, "", new_span_id(), "", topic, fk.DROP, self.region, self.region,
-                       self.name, 0.0, 0.0, status, size, 1, 0)
+            FlowRecord(
+                ts,
+                event_id,
+                "",
+                new_span_id(),
+                "",
+                topic,
+                fk.DROP,
+                self.region,
+                self.region,
+                self.name,
+                0.0,
+                0.0,
+                status,
+                size,
+                1,
+                0,
+            )
         )
         self.metrics.inc("drops_total", reason=status)
 
@@ -181,7 +263,13 @@ class Relay:
         return accepted, duplicates
 
     def _deliver(
-        self, ev: Event, parent: str, src: str, sent_us: int, attempt: int, seq: int,
+        self,
+        ev: Event,
+        parent: str,
+        src: str,
+        sent_us: int,
+        attempt: int,
+        seq: int,
         group_appends: list[tuple[str, bytes]],
     ) -> None:
         """Hand one event to every matching local subscriber and group; record the outcome."""
@@ -199,7 +287,9 @@ class Relay:
                     delivered = True
                 else:
                     dropped = True
-                    self._record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.BACKPRESSURE, attempt, seq)
+                    self._record(
+                        ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.BACKPRESSURE, attempt, seq
+                    )
         for group in self.groups.matching(ev.topic):
             group_appends.append((group, data))
             delivered = True
@@ -231,8 +321,19 @@ class Relay:
                 self._deliver(ev, me.span_id, peer_region, me.sent_us, me.attempt, me.seq, group_appends)
             else:
                 ts = now_us()
-                self._record(ev, fk.DROP, new_span_id(), me.span_id, peer_region, self.region, ts,
-                             (ts - me.sent_us) / 1000, fk.NO_ROUTE, me.attempt, me.seq)
+                self._record(
+                    ev,
+                    fk.DROP,
+                    new_span_id(),
+                    me.span_id,
+                    peer_region,
+                    self.region,
+                    ts,
+                    (ts - me.sent_us) / 1000,
+                    fk.NO_ROUTE,
+                    me.attempt,
+                    me.seq,
+                )
         if group_appends:
             await self.groups.append(group_appends)
 
@@ -291,8 +392,19 @@ class Relay:
         inc = self.metrics.inc
         for item in items:
             ev = item.event
-            self._record(ev, fk.FORWARD, item.span_id, item.parent_span_id, self.region, peer, sent_us,
-                         (sent_us - item.received_us) / 1000 if item.attempt == 1 else 0.0, fk.OK, item.attempt, item.seq)
+            self._record(
+                ev,
+                fk.FORWARD,
+                item.span_id,
+                item.parent_span_id,
+                self.region,
+                peer,
+                sent_us,
+                (sent_us - item.received_us) / 1000 if item.attempt == 1 else 0.0,
+                fk.OK,
+                item.attempt,
+                item.seq,
+            )
             inc("events_out_total", topic=ev.topic, destination=peer)
 
     def _on_link_state(self, link: MeshLink, state: str) -> None:
@@ -314,12 +426,14 @@ class Relay:
                 queued += link.depth
                 if link.rtt_ms is not None:
                     self.metrics.set("link_rtt_ms", link.rtt_ms, peer=peer)
-                samples.append([ts, self.name, self.region, peer, link.state, link.rtt_ms or 0.0,
-                                link.depth, link.reconnects])
+                samples.append(
+                    [ts, self.name, self.region, peer, link.state, link.rtt_ms or 0.0, link.depth, link.reconnects]
+                )
             self.metrics.set("subscriber_queue_depth", sum(s.queue.qsize() for s in self.subscribers.values()))
             if samples:
                 try:
-                    await self.redis.xadd(LINK_STREAM, {b"v": b"1", b"r": orjson.dumps(samples)},
-                                          maxlen=100_000, approximate=True)
+                    await self.redis.xadd(
+                        LINK_STREAM, {b"v": b"1", b"r": orjson.dumps(samples)}, maxlen=100_000, approximate=True
+                    )
                 except RedisError as exc:
                     log.warning("cannot write link samples", extra={"error": str(exc)})

@@ -89,7 +89,7 @@ class InterestTable:
 class DedupWindow:
     """The last ``size`` (source, id) keys seen; CloudEvents says the pair identifies an event."""
 
-    __slots__ = ("size", "_seen")
+    __slots__ = ("_seen", "size")
 
     def __init__(self, size: int):
         self.size = size
@@ -122,5 +122,5 @@ LINK_STATE_VALUE = {DOWN: 0, CONNECTING: 1, UP: 2, DRAINING: 3}
 
 def backoff_s(attempt: int, base_s: float, max_s: float, jitter: float) -> float:
     """Exponential backoff with full-range jitter: ``jitter`` in [0, 1) scales the delay."""
-    delay = min(max_s, base_s * (2 ** min(attempt, 30)))
+    delay = min(max_s, base_s * float(2 ** min(attempt, 30)))
     return delay * (0.5 + jitter / 2)

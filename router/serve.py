@@ -31,15 +31,25 @@ class Server:
     """A uvicorn server bound to a socket we opened, so port 0 works and the port is known."""
 
     def __init__(
-        self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, fast: bool = True,
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        fast: bool = True,
         sock: socket.socket | None = None,
     ):
         self.sock = sock or bind(host, port)
         self.host = host
         self.port: int = self.sock.getsockname()[1]
         self.config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="on", ws_max_size=64 << 20,
-            ws_ping_interval=None, http="httptools" if fast else "h11", ws="websockets-sansio",
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            ws_max_size=64 << 20,
+            ws_ping_interval=None,
+            http="httptools" if fast else "h11",
+            ws="websockets-sansio",
         )
         self.server = uvicorn.Server(self.config)
         self.task: asyncio.Task[None] | None = None
@@ -56,6 +66,7 @@ class Server:
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
         while not self.server.started:
             if self.task.done():
+                self.sock.close()
                 self.task.result()
                 raise RuntimeError("server stopped while starting")
             await asyncio.sleep(0.01)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from opentelemetry import trace as api
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import IdGenerator, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 
@@ -43,7 +44,9 @@ class HopTracer:
         self.enabled = (exporter is not None or processor is not None) and ratio > 0
         self._ids = HopIds()
         self._provider = TracerProvider(
-            resource=Resource.create({"service.name": "meshscope-relay", "cloud.region": region, "meshscope.relay": relay}),
+            resource=Resource.create(
+                {"service.name": "meshscope-relay", "cloud.region": region, "meshscope.relay": relay}
+            ),
             id_generator=self._ids,
         )
         if processor is not None:
@@ -72,8 +75,11 @@ class HopTracer:
         parent = SpanContext(int(trace_id, 16), int(parent_span_id, 16), is_remote=True, trace_flags=TraceFlags(1))
         self._ids.next_span_id = int(span_id, 16)
         span = self._tracer.start_span(
-            name, context=api.set_span_in_context(NonRecordingSpan(parent)), kind=kind,
-            attributes=attributes, start_time=start_us * 1000,
+            name,
+            context=api.set_span_in_context(NonRecordingSpan(parent)),
+            kind=kind,
+            attributes=attributes,
+            start_time=start_us * 1000,
         )
         span.end(end_time=max(end_us, start_us) * 1000)
 

@@ -26,7 +26,7 @@ _ids = itertools.count(1)
 
 
 class Subscriber:
-    __slots__ = ("id", "patterns", "queue", "dropped")
+    __slots__ = ("dropped", "id", "patterns", "queue")
 
     def __init__(self, patterns: list[str], buffer: int):
         self.id = next(_ids)
@@ -58,12 +58,14 @@ class GroupStore:
         return f"meshscope:group:{self.region}:{group}"
 
     async def load(self) -> dict[str, PatternSet]:
+        """Read the stored groups; returns those not already known in memory."""
         try:
-            raw = await self.client.hgetall(self.registry_key)
+            raw: Any = await self.client.hgetall(self.registry_key)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot load consumer groups: {exc}") from exc
-        self.groups = {k.decode(): PatternSet(orjson.loads(v)) for k, v in raw.items()}
-        return self.groups
+        new = {k.decode(): PatternSet(orjson.loads(v)) for k, v in raw.items() if k.decode() not in self.groups}
+        self.groups.update(new)
+        return new
 
     async def ensure(self, group: str, patterns: list[str]) -> tuple[PatternSet | None, PatternSet]:
         """Create or update a group; returns (old patterns or None, new patterns)."""
@@ -107,8 +109,11 @@ class GroupStore:
     async def read(self, group: str, consumer: str, pending: bool, count: int, block_ms: int) -> list[tuple[str, Any]]:
         """Entries for ``consumer``: its own un-acked ones when ``pending``, else new ones."""
         try:
-            reply = await self.client.xreadgroup(
-                group, consumer, {self.stream(group): "0" if pending else ">"}, count=count,
+            reply: Any = await self.client.xreadgroup(
+                group,
+                consumer,
+                {self.stream(group): "0" if pending else ">"},
+                count=count,
                 block=None if pending else block_ms,
             )
         except RedisError as exc:

@@ -67,7 +67,7 @@ def matches(pattern: str, topic: str) -> bool:
 class PatternSet:
     """An immutable set of patterns with a per-topic answer cache."""
 
-    __slots__ = ("patterns", "_cache")
+    __slots__ = ("_cache", "patterns")
 
     def __init__(self, patterns: Iterable[str] = ()):
         self.patterns: frozenset[str] = frozenset(patterns)

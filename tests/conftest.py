@@ -107,11 +107,18 @@ class Mesh:
             await eventually(lambda region=region: self.all_links_up(region), 10)
         return self
 
-    async def start_one(self, region: str, sock: Any = None, env: dict[str, str] | None = None, **overrides: Any) -> RunningRelay:
-        environ = {"MESHSCOPE_REGION": region, "REDIS_URL": self.redis_url,
-                   "MESHSCOPE_LINK_BACKOFF_BASE_S": "0.05", "MESHSCOPE_LINK_BACKOFF_MAX_S": "0.5",
-                   "MESHSCOPE_FLOW_FLUSH_INTERVAL_S": "0.02", "MESHSCOPE_PING_INTERVAL_S": "0.2",
-                   **(env or {})}
+    async def start_one(
+        self, region: str, sock: Any = None, env: dict[str, str] | None = None, **overrides: Any
+    ) -> RunningRelay:
+        environ = {
+            "MESHSCOPE_REGION": region,
+            "REDIS_URL": self.redis_url,
+            "MESHSCOPE_LINK_BACKOFF_BASE_S": "0.05",
+            "MESHSCOPE_LINK_BACKOFF_MAX_S": "0.5",
+            "MESHSCOPE_FLOW_FLUSH_INTERVAL_S": "0.02",
+            "MESHSCOPE_PING_INTERVAL_S": "0.2",
+            **(env or {}),
+        }
         config = RelayConfig.from_env(environ, **overrides)
         client = aioredis.Redis.from_url(self.redis_url)
         relay = Relay(config, client, tracer=self.tracers.get(region))
@@ -154,8 +161,15 @@ def flow_records(client: redis.Redis, stream: str = "meshscope:flows") -> list[F
 
 
 def cloud_event(topic: str, event_id: str, **extra: Any) -> dict[str, Any]:
-    return {"specversion": "1.0", "id": event_id, "source": "/tests/producer", "type": topic,
-            "datacontenttype": "application/json", "data": {"n": 1}, **extra}
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "/tests/producer",
+        "type": topic,
+        "datacontenttype": "application/json",
+        "data": {"n": 1},
+        **extra,
+    }
 
 
 def post_body(obj: Any) -> bytes:

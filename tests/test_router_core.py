@@ -99,7 +99,9 @@ def test_dedup_window_is_bounded() -> None:
     assert window.seen("s", "1") is False  # evicted
 
 
-@pytest.mark.parametrize(("attempt", "jitter", "expected"), [(0, 0.0, 0.05), (0, 1.0, 0.1), (3, 1.0, 0.8), (20, 1.0, 5.0)])
+@pytest.mark.parametrize(
+    ("attempt", "jitter", "expected"), [(0, 0.0, 0.05), (0, 1.0, 0.1), (3, 1.0, 0.8), (20, 1.0, 5.0)]
+)
 def test_backoff_grows_and_caps(attempt: int, jitter: float, expected: float) -> None:
     assert backoff_s(attempt, 0.1, 5.0, jitter) == pytest.approx(expected)
 
@@ -107,12 +109,18 @@ def test_backoff_grows_and_caps(attempt: int, jitter: float, expected: float) ->
 @pytest.mark.parametrize(
     ("value", "parsed"),
     [
-        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-         TraceParent("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "01")),
-        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
-         TraceParent("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "00")),
-        ("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",
-         TraceParent("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "01")),
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            TraceParent("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "01"),
+        ),
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            TraceParent("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "00"),
+        ),
+        (
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",
+            TraceParent("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "01"),
+        ),
         ("00-00000000000000000000000000000000-b7ad6b7169203331-01", None),  # all-zero trace id
         ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", None),  # all-zero span id
         ("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", None),  # upper case
@@ -212,7 +220,9 @@ def test_bad_frames_are_refused(data: bytes) -> None:
         fr.decode(data)
 
 
-@pytest.mark.parametrize("batch", [None, [[1, "s", 1, 1, 1]], [[1, "s", 1, 1, 1, "notadict"]], [["1", "s", 1, 1, 1, {}]]])
+@pytest.mark.parametrize(
+    "batch", [None, [[1, "s", 1, 1, 1]], [[1, "s", 1, 1, 1, "notadict"]], [["1", "s", 1, 1, 1, {}]]]
+)
 def test_bad_event_batches_are_refused(batch: object) -> None:
     with pytest.raises(FrameError):
         fr.events_of({"v": 1, "t": "EVENTS", "b": batch})
@@ -220,9 +230,22 @@ def test_bad_event_batches_are_refused(batch: object) -> None:
 
 def record(**over: object) -> FlowRecord:
     values: dict[str, object] = dict(
-        ts=1, event_id="e", trace_id="t" * 32, span_id="s" * 16, parent_span_id="p" * 16, topic="a.b",
-        kind="publish", src_region="aws:us-east-1", dst_region="aws:us-east-1", relay="r", hop_ms=0.5,
-        e2e_ms=1.0, status="ok", bytes=10, attempt=1, seq=0,
+        ts=1,
+        event_id="e",
+        trace_id="t" * 32,
+        span_id="s" * 16,
+        parent_span_id="p" * 16,
+        topic="a.b",
+        kind="publish",
+        src_region="aws:us-east-1",
+        dst_region="aws:us-east-1",
+        relay="r",
+        hop_ms=0.5,
+        e2e_ms=1.0,
+        status="ok",
+        bytes=10,
+        attempt=1,
+        seq=0,
     )
     values.update(over)
     return FlowRecord(**values)  # type: ignore[arg-type]
@@ -245,7 +268,10 @@ def test_flow_records_pack_and_unpack() -> None:
         {b"v": b"1", b"r": b"{}"},
         {b"v": b"1", b"r": b"[[1,2]]"},
         {b"v": b"1", b"r": orjson.dumps([[1, "e", "t", "s", "p", "a", "hop", "x", "y", "r", 1, 1, "ok", 1, 1, 1]])},
-        {b"v": b"1", b"r": orjson.dumps([["1", "e", "t", "s", "p", "a", "publish", "x", "y", "r", 1, 1, "ok", 1, 1, 1]])},
+        {
+            b"v": b"1",
+            b"r": orjson.dumps([["1", "e", "t", "s", "p", "a", "publish", "x", "y", "r", 1, 1, "ok", 1, 1, 1]]),
+        },
     ],
 )
 def test_undecodable_entries_are_refused(fields: dict[bytes, bytes]) -> None:
@@ -273,6 +299,8 @@ def test_regions_and_settings() -> None:
     with pytest.raises(SettingError):
         get_int({"X": "abc"}, "X", 1)
     assert get_map_float({"D": "gcp:europe-west1=40,azure:westeurope=7.5"}, "D") == {
-        "gcp:europe-west1": 40.0, "azure:westeurope": 7.5}
+        "gcp:europe-west1": 40.0,
+        "azure:westeurope": 7.5,
+    }
     with pytest.raises(SettingError):
         get_map_float({"D": "nope"}, "D")

@@ -1,0 +1,141 @@
+"""What each bad input gets from a real relay, and that nothing of it is routed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+import pytest
+import redis
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from router.spans import HopTracer
+from router.subscription import Subscriber
+from tests.conftest import CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled
+
+A, C = "aws:us-east-1", "azure:westeurope"
+
+
+async def setup_watch(mesh: Mesh) -> tuple[Subscriber, Subscriber]:
+    """A subscriber for everything in A (local) and in C (remote), read directly."""
+    await mesh.start([A, C])
+    local = mesh[A].relay.subscribe([">"])
+    remote = mesh[C].relay.subscribe([">"])
+    await eventually(lambda: C in mesh[A].relay.interest.route("a.b").peers)
+    return local, remote
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "says"),
+    [
+        (b"{not json", CE_JSON, 400, {"attribute": None}),
+        (orjson.dumps({"specversion": "1.0", "id": "x", "type": "a.b"}), CE_JSON, 400, {"attribute": "source"}),
+        (
+            orjson.dumps([cloud_event("a.b", "ok-1"), cloud_event("a..b", "bad")]),
+            CE_JSON,
+            400,
+            {"attribute": "type", "index": 1},
+        ),
+        (orjson.dumps([]), CE_JSON, 400, {"attribute": None}),
+        (orjson.dumps(cloud_event("a.b", "big", data="x" * 5000)), CE_JSON, 413, {"limit": 4096}),
+        (
+            orjson.dumps([cloud_event("a.b", "small"), cloud_event("a.b", "big", data="x" * 3000)]),
+            CE_JSON,
+            413,
+            {"index": 1},
+        ),
+        (orjson.dumps(cloud_event("a.b", "t-1")), {"content-type": "text/plain"}, 415, {}),
+        (orjson.dumps(cloud_event("a.b", "t-2")), {"content-type": "application/cloudevents"}, 415, {}),
+    ],
+)
+async def test_bad_posts_get_their_status_and_route_nothing(
+    mesh: Mesh, http: httpx.AsyncClient, body: bytes, headers: dict[str, str], status: int, says: dict[str, object]
+) -> None:
+    mesh_env = {"MESHSCOPE_MAX_BODY_BYTES": "4096", "MESHSCOPE_MAX_EVENT_BYTES": "2048"}
+    await mesh.start([A, C], env=mesh_env)
+    local = mesh[A].relay.subscribe([">"])
+    remote = mesh[C].relay.subscribe([">"])
+    await eventually(lambda: C in mesh[A].relay.interest.route("a.b").peers)
+    reply = await http.post(f"{mesh[A].url}/v1/events", content=body, headers=headers)
+    assert reply.status_code == status
+    payload = reply.json()
+    assert payload["error"]
+    for key, value in says.items():
+        assert payload[key] == value
+    await asyncio.sleep(scaled(0.2))
+    assert local.queue.qsize() == 0 and remote.queue.qsize() == 0
+    assert mesh[A].relay.metrics.total("events_in_total") == 0
+    assert mesh[A].relay.metrics.get("rejected_total", status=str(status)) == 1
+
+
+async def test_rejected_event_leaves_a_schema_rejected_record(
+    mesh: Mesh, http: httpx.AsyncClient, redis_sync: redis.Redis
+) -> None:
+    await mesh.start([A])
+    reply = await http.post(
+        f"{mesh[A].url}/v1/events",
+        headers=CE_JSON,
+        content=orjson.dumps({"specversion": "1.0", "id": "r-1", "source": "/p", "type": "a.*"}),
+    )
+    assert reply.status_code == 400
+    records = await eventually(lambda: [r for r in flow_records(redis_sync) if r.event_id == "r-1"])
+    assert [(r.kind, r.status) for r in records] == [("drop", "schema_rejected")]
+
+
+async def test_full_flow_queue_answers_429_with_retry_after(mesh: Mesh, http: httpx.AsyncClient) -> None:
+    # a relay whose Redis is unreachable cannot write flow records, so its queue fills
+    dead = mesh.redis_url
+    mesh.redis_url = "redis://127.0.0.1:1/0"
+    try:
+        await mesh.start([A], env={"MESHSCOPE_FLOW_QUEUE_MAX": "3"})
+    finally:
+        mesh.redis_url = dead
+    sub = mesh[A].relay.subscribe(["a.>"])
+    statuses = []
+    for i in range(6):
+        reply = await http.post(
+            f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("a.b", f"bp-{i}"))
+        )
+        statuses.append(reply.status_code)
+        if reply.status_code == 429:
+            assert reply.headers["retry-after"] == "1"
+            assert "full" in reply.json()["error"]
+    assert statuses[:2] == [202, 202] and statuses[-1] == 429
+    accepted = statuses.count(202)
+    assert sub.queue.qsize() == accepted  # refused events were not delivered
+    assert mesh[A].relay.metrics.get("flow_write_errors_total") >= 1
+
+
+async def test_sampled_hop_spans_share_ids_with_flow_records(
+    mesh: Mesh, http: httpx.AsyncClient, redis_sync: redis.Redis
+) -> None:
+    exporters = {r: InMemorySpanExporter() for r in (A, C)}
+    for region, exporter in exporters.items():
+        mesh.tracers[region] = HopTracer(region, f"relay-{region}", 1.0, processor=SimpleSpanProcessor(exporter))
+    await mesh.start([A, C])
+    sub = mesh[C].relay.subscribe(["a.>"])
+    await eventually(lambda: C in mesh[A].relay.interest.route("a.b").peers)
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    await http.post(
+        f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("a.b", "o-1", traceparent=tp))
+    )
+    await eventually(lambda: sub.queue.qsize() == 1)
+    records = await eventually(
+        lambda: (rs := [r for r in flow_records(redis_sync) if r.event_id == "o-1"]) and len(rs) == 3 and rs
+    )
+    spans = [s for e in exporters.values() for s in e.get_finished_spans()]
+    assert len(spans) == 3
+    assert {format(s.context.span_id, "016x") for s in spans} == {r.span_id for r in records}
+    assert {format(s.context.trace_id, "032x") for s in spans} == {"4bf92f3577b34da6a3ce929d0e0e4736"}
+    assert {format(s.parent.span_id, "016x") for s in spans if s.parent} == {r.parent_span_id for r in records}
+
+
+def test_unsampled_traces_get_no_spans() -> None:
+    exporter = InMemorySpanExporter()
+    tracer = HopTracer(A, "r", 0.0, processor=SimpleSpanProcessor(exporter))
+    tracer.hop("x", "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "00f067aa0ba902b8", 1, 2, {})
+    assert exporter.get_finished_spans() == ()
+    half = HopTracer(A, "r", 0.5, processor=SimpleSpanProcessor(exporter))
+    assert half.sampled("0" * 16 + "0" * 16) and not half.sampled("0" * 16 + "f" * 16)
