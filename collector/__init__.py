@@ -1,0 +1,1 @@
+"""meshscope collector: flow records from the Redis stream into ClickHouse, and live edge stats."""

@@ -31,6 +31,35 @@ def _relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collector(args: argparse.Namespace) -> int:
+    from collector.config import CollectorConfig
+    from collector.serve import serve_collector
+
+    overrides: dict[str, object] = {}
+    if args.metrics_port is not None:
+        overrides["metrics_port"] = args.metrics_port
+    config = CollectorConfig.from_env(os.environ, **overrides)
+    logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="collector", consumer=config.consumer)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_collector(config))
+    return 0
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from collector.config import CollectorConfig
+    from collector.output import render
+    from collector.sqlclient import SqlFailed, run_sql
+
+    config = CollectorConfig.from_env(os.environ)
+    try:
+        columns, rows = run_sql(config, args.query, args.via or os.environ.get("MESHSCOPE_DASHBOARD_URL"))
+    except SqlFailed as exc:
+        print(f"meshscope sql: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render(columns, rows, args.format))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--port", type=int, help="listen port (or MESHSCOPE_PORT)")
     relay.add_argument("--peer", action="append", help="peer relay base URL, repeatable (or MESHSCOPE_PEERS)")
     relay.set_defaults(run=_relay)
+    coll = sub.add_parser("collector", help="move flow records from Redis into ClickHouse")
+    coll.add_argument(
+        "--metrics-port", type=int, help="port of /metrics and /healthz (or MESHSCOPE_COLLECTOR_METRICS_PORT)"
+    )
+    coll.set_defaults(run=_collector)
+    sql = sub.add_parser("sql", help="run a query over the flow history and print the result")
+    sql.add_argument("query", help='the SQL, e.g. "SELECT topic, count() FROM flows GROUP BY topic"')
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument(
+        "--via", metavar="URL", help="ask a running dashboard (its /api/sql) instead of ClickHouse directly"
+    )
+    sql.set_defaults(run=_sql)
     return parser
 
 

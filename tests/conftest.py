@@ -177,3 +177,31 @@ def post_body(obj: Any) -> bytes:
 
 
 CE_JSON = {"content-type": "application/cloudevents+json"}
+
+
+# ---- ClickHouse -------------------------------------------------------------------------
+
+_db_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real ClickHouse: the server in CLICKHOUSE_URL, else embedded chdb (one path per process)."""
+    return os.environ.get("CLICKHOUSE_URL") or f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture(scope="session")
+def ch_admin(clickhouse_url: str) -> Iterator[Any]:
+    from collector.clickhouse import make_client
+
+    client = make_client(clickhouse_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def database(ch_admin: Any) -> Iterator[str]:
+    """A fresh database for one test, dropped afterwards."""
+    name = f"ms_test_{os.getpid()}_{next(_db_counter)}"
+    yield name
+    ch_admin.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")

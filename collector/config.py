@@ -1,0 +1,92 @@
+"""The collector's configuration: one frozen dataclass built by ``CollectorConfig.from_env``."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+from urllib.parse import urlparse
+
+from collector.clickhouse import is_embedded, resolve_url
+from collector.schema import SchemaOptions
+from router import settings as s
+from router.config import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, REDIS_URL
+
+CLICKHOUSE_URL = "CLICKHOUSE_URL"
+"""ClickHouse server URL (``clickhouse://user:pass@host:8123/db``) or ``chdb://PATH``; unset: embedded."""
+MESHSCOPE_CLICKHOUSE_URL = "MESHSCOPE_CLICKHOUSE_URL"
+"""Same as CLICKHOUSE_URL, and wins over it."""
+MESHSCOPE_DATA_DIR = "MESHSCOPE_DATA_DIR"
+"""Where embedded ClickHouse keeps its data (default ``./.meshscope``)."""
+MESHSCOPE_CLICKHOUSE_DATABASE = "MESHSCOPE_CLICKHOUSE_DATABASE"
+"""Database holding the meshscope tables (default ``meshscope``, or the URL's path)."""
+MESHSCOPE_CLICKHOUSE_CLUSTER = "MESHSCOPE_CLICKHOUSE_CLUSTER"
+"""Cluster name: create Replicated tables with Distributed tables over them."""
+MESHSCOPE_FLOWS_TTL_DAYS = "MESHSCOPE_FLOWS_TTL_DAYS"
+"""Days raw flow records are kept."""
+MESHSCOPE_COLLECTOR_GROUP = "MESHSCOPE_COLLECTOR_GROUP"
+"""Redis consumer group the collectors share."""
+MESHSCOPE_COLLECTOR_NAME = "MESHSCOPE_COLLECTOR_NAME"
+"""This collector's consumer name (default: host name and pid)."""
+MESHSCOPE_COLLECTOR_BATCH_ROWS = "MESHSCOPE_COLLECTOR_BATCH_ROWS"
+"""Rows per ClickHouse insert at most."""
+MESHSCOPE_COLLECTOR_FLUSH_INTERVAL_S = "MESHSCOPE_COLLECTOR_FLUSH_INTERVAL_S"
+"""Longest a row waits before its batch is inserted."""
+MESHSCOPE_COLLECTOR_CLAIM_IDLE_S = "MESHSCOPE_COLLECTOR_CLAIM_IDLE_S"
+"""Entries pending this long on another consumer are taken over (XAUTOCLAIM)."""
+MESHSCOPE_COLLECTOR_METRICS_PORT = "MESHSCOPE_COLLECTOR_METRICS_PORT"
+"""Port of the collector's /metrics and /healthz (0: a free port; -1: none)."""
+MESHSCOPE_LIVE_CHANNEL = "MESHSCOPE_LIVE_CHANNEL"
+"""Redis pub/sub channel for live edge statistics."""
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    clickhouse_url: str = ""
+    database: str = "meshscope"
+    cluster: str | None = None
+    flows_ttl_days: int = 30
+    data_dir: str = ".meshscope"
+    stream: str = "meshscope:flows"
+    group: str = "meshscope-collectors"
+    consumer: str = ""
+    batch_rows: int = 200_000
+    flush_interval_s: float = 1.0
+    claim_idle_s: float = 30.0
+    read_count: int = 200
+    metrics_port: int = 7410
+    live_channel: str = "meshscope:live"
+    dead_letter_stream: str = "meshscope:flows:dead"
+    links_stream: str = "meshscope:links"
+
+    @property
+    def schema(self) -> SchemaOptions:
+        return SchemaOptions(self.database, self.cluster, self.flows_ttl_days)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
+        env = os.environ if environ is None else environ
+        d: dict[str, Any] = {f.name: f.default for f in fields(cls)}
+        data_dir = s.get_str(env, MESHSCOPE_DATA_DIR, d["data_dir"])
+        url = resolve_url(env.get(MESHSCOPE_CLICKHOUSE_URL) or env.get(CLICKHOUSE_URL), data_dir)
+        db_from_url = "" if is_embedded(url) else urlparse(url).path.strip("/")
+        config = cls(
+            redis_url=env.get(MESHSCOPE_REDIS_URL) or env.get(REDIS_URL) or d["redis_url"],
+            clickhouse_url=url,
+            database=s.get_str(env, MESHSCOPE_CLICKHOUSE_DATABASE, db_from_url or d["database"]),
+            cluster=env.get(MESHSCOPE_CLICKHOUSE_CLUSTER) or None,
+            flows_ttl_days=s.get_int(env, MESHSCOPE_FLOWS_TTL_DAYS, d["flows_ttl_days"], 1),
+            data_dir=data_dir,
+            stream=s.get_str(env, MESHSCOPE_FLOW_STREAM, d["stream"]),
+            group=s.get_str(env, MESHSCOPE_COLLECTOR_GROUP, d["group"]),
+            consumer=s.get_str(env, MESHSCOPE_COLLECTOR_NAME, f"{socket.gethostname()}-{os.getpid()}"),
+            batch_rows=s.get_int(env, MESHSCOPE_COLLECTOR_BATCH_ROWS, d["batch_rows"], 1),
+            flush_interval_s=s.get_float(env, MESHSCOPE_COLLECTOR_FLUSH_INTERVAL_S, d["flush_interval_s"], 0.001),
+            claim_idle_s=s.get_float(env, MESHSCOPE_COLLECTOR_CLAIM_IDLE_S, d["claim_idle_s"], 0.01),
+            metrics_port=s.get_int(env, MESHSCOPE_COLLECTOR_METRICS_PORT, d["metrics_port"], -1),
+            live_channel=s.get_str(env, MESHSCOPE_LIVE_CHANNEL, d["live_channel"]),
+        )
+        return replace(config, **overrides)

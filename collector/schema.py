@@ -1,0 +1,206 @@
+"""The ClickHouse schema as versioned migrations, in a single-node and a cluster form.
+
+Every statement is idempotent (``IF NOT EXISTS``) and each applied version is
+recorded in ``schema_migrations``, so running ``migrate`` again is a no-op.
+
+Single node: MergeTree tables. Cluster (``cluster`` set): each table is a
+``Replicated*MergeTree`` named ``<table>_local`` on every node, with a
+``Distributed`` table named ``<table>`` over it, sharded by region pair; the
+materialized views read the local tables, so each shard aggregates its rows.
+
+Deduplication: every MergeTree here keeps ``non_replicated_deduplication_window``
+blocks, so a batch re-inserted with the same ``insert_deduplication_token``
+(the collector derives it from stream ids) lands once, in ``flows`` and in
+every aggregate fed from it. Replicated engines deduplicate by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from collector.histogram import sql_bucket
+
+DEDUP_WINDOW = 10_000
+EDGE_SECOND_TTL_HOURS = 2
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SchemaOptions:
+    database: str = "meshscope"
+    cluster: str | None = None
+    flows_ttl_days: int = 30
+    aggregate_ttl_days: int = 400
+    links_ttl_days: int = 30
+
+
+class _Names:
+    def __init__(self, opts: SchemaOptions):
+        self.opts = opts
+        self.db = opts.database
+        self.on_cluster = f" ON CLUSTER `{opts.cluster}`" if opts.cluster else ""
+
+    def local(self, table: str) -> str:
+        return f"`{self.db}`.`{table}_local`" if self.opts.cluster else f"`{self.db}`.`{table}`"
+
+    def engine(self, kind: str, table: str) -> str:
+        if self.opts.cluster:
+            return f"Replicated{kind}('/clickhouse/tables/{{shard}}/{self.db}/{table}', '{{replica}}')"
+        return f"{kind}()"
+
+    def settings(self, extra: str = "") -> str:
+        parts = [] if self.opts.cluster else [f"non_replicated_deduplication_window = {DEDUP_WINDOW}"]
+        if extra:
+            parts.append(extra)
+        return f" SETTINGS {', '.join(parts)}" if parts else ""
+
+    def table(self, table: str, columns: str, kind: str, tail: str, sharding: str, extra: str = "") -> list[str]:
+        out = [
+            f"CREATE TABLE IF NOT EXISTS {self.local(table)}{self.on_cluster} ({columns}) "
+            f"ENGINE = {self.engine(kind, table)} {tail}{self.settings(extra)}"
+        ]
+        if self.opts.cluster:
+            out.append(
+                f"CREATE TABLE IF NOT EXISTS `{self.db}`.`{table}`{self.on_cluster} AS {self.local(table)} "
+                f"ENGINE = Distributed(`{self.opts.cluster}`, `{self.db}`, `{table}_local`, {sharding})"
+            )
+        return out
+
+
+FLOW_COLUMNS = """
+    ts DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)),
+    event_id String,
+    trace_id String,
+    span_id String,
+    parent_span_id String,
+    topic LowCardinality(String),
+    kind LowCardinality(String),
+    src_region LowCardinality(String),
+    dst_region LowCardinality(String),
+    relay LowCardinality(String),
+    hop_ms Float32,
+    e2e_ms Float32,
+    status LowCardinality(String),
+    bytes UInt32,
+    attempt UInt16,
+    seq UInt64,
+    INDEX trace_bf trace_id TYPE bloom_filter(0.001) GRANULARITY 1
+"""
+
+_AGG_VALUES = """
+    events SimpleAggregateFunction(sum, UInt64),
+    errors SimpleAggregateFunction(sum, UInt64),
+    status_counts SimpleAggregateFunction(sumMap, Map(String, UInt64)),
+    bytes SimpleAggregateFunction(sum, UInt64),
+    hop_hist SimpleAggregateFunction(sumMap, Map(UInt16, UInt64)),
+    e2e_hist SimpleAggregateFunction(sumMap, Map(UInt16, UInt64))
+"""
+
+_AGG_SELECT = f"""
+    count() AS events,
+    countIf(status != 'ok') AS errors,
+    sumMap(map(toString(status), toUInt64(1))) AS status_counts,
+    sum(bytes) AS bytes,
+    sumMap(map({sql_bucket("hop_ms")}, toUInt64(1))) AS hop_hist,
+    sumMap(map({sql_bucket("e2e_ms")}, toUInt64(1))) AS e2e_hist
+"""
+
+PAIR_SHARDING = "cityHash64(src_region, dst_region)"
+
+
+def migrations(opts: SchemaOptions) -> list[Migration]:
+    n = _Names(opts)
+    db = n.db
+    agg_ttl = f"INTERVAL {opts.aggregate_ttl_days} DAY"
+
+    def aggregate(table: str, bucket: str, key: str, ttl: str) -> list[str]:
+        group = key.replace("bucket", bucket)
+        stmts = n.table(
+            table,
+            f"bucket DateTime('UTC'), src_region LowCardinality(String), dst_region LowCardinality(String), "
+            f"{'topic LowCardinality(String), ' if 'topic' in key else ''}kind LowCardinality(String), {_AGG_VALUES}",
+            "AggregatingMergeTree",
+            f"PARTITION BY toDate(bucket) ORDER BY ({key}) TTL bucket + {ttl}",
+            PAIR_SHARDING,
+            "ttl_only_drop_parts = 1",
+        )
+        stmts.append(
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.`{table}_mv`{n.on_cluster} TO {n.local(table)} AS "
+            f"SELECT {bucket} AS bucket, src_region, dst_region, {'topic, ' if 'topic' in key else ''}kind, "
+            f"{_AGG_SELECT} FROM {n.local('flows')} GROUP BY {group}"
+        )
+        return stmts
+
+    edge_key = "src_region, dst_region, topic, kind, bucket"
+    pair_key = "src_region, dst_region, kind, bucket"
+    return [
+        Migration(
+            1,
+            "flows",
+            tuple(
+                [
+                    f"CREATE DATABASE IF NOT EXISTS `{db}`{n.on_cluster}",
+                    *n.table(
+                        "flows",
+                        FLOW_COLUMNS,
+                        "MergeTree",
+                        f"PARTITION BY toDate(ts) ORDER BY (src_region, dst_region, topic, ts) "
+                        f"TTL toDateTime(ts) + INTERVAL {opts.flows_ttl_days} DAY",
+                        PAIR_SHARDING,
+                        "ttl_only_drop_parts = 1",
+                    ),
+                ]
+            ),
+        ),
+        Migration(
+            2,
+            "edge aggregates",
+            tuple(
+                aggregate("edge_minute", "toStartOfMinute(ts)", edge_key, agg_ttl)
+                + aggregate("edge_second", "toStartOfSecond(ts)", edge_key, f"INTERVAL {EDGE_SECOND_TTL_HOURS} HOUR")
+                + aggregate("pair_minute", "toStartOfMinute(ts)", pair_key, agg_ttl)
+            ),
+        ),
+        Migration(
+            3,
+            "links and regions",
+            tuple(
+                n.table(
+                    "links",
+                    "ts DateTime64(6, 'UTC'), relay LowCardinality(String), src_region LowCardinality(String), "
+                    "dst_region LowCardinality(String), state LowCardinality(String), rtt_ms Float32, "
+                    "queue_depth UInt32, reconnects UInt32",
+                    "MergeTree",
+                    f"PARTITION BY toDate(ts) ORDER BY (src_region, dst_region, ts) "
+                    f"TTL toDateTime(ts) + INTERVAL {opts.links_ttl_days} DAY",
+                    PAIR_SHARDING,
+                    "ttl_only_drop_parts = 1",
+                )
+                + n.table(
+                    "regions",
+                    "id String, provider SimpleAggregateFunction(anyLast, String), "
+                    "lat SimpleAggregateFunction(anyLast, Float64), lon SimpleAggregateFunction(anyLast, Float64), "
+                    "city SimpleAggregateFunction(anyLast, String), relay SimpleAggregateFunction(anyLast, String), "
+                    "first_seen SimpleAggregateFunction(min, DateTime('UTC')), "
+                    "last_seen SimpleAggregateFunction(max, DateTime('UTC'))",
+                    "AggregatingMergeTree",
+                    "ORDER BY id",
+                    "cityHash64(id)",
+                )
+            ),
+        ),
+    ]
+
+
+def migrations_table(opts: SchemaOptions) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{opts.database}`.`schema_migrations` "
+        "(version UInt32, name String, applied_at DateTime('UTC') DEFAULT now()) "
+        "ENGINE = MergeTree ORDER BY version"
+    )

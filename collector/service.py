@@ -1,0 +1,266 @@
+"""The collector loop: stream entries in, ClickHouse rows out, acks only after the insert.
+
+    read (XREADGROUP) -> decode (poison -> dead letter) -> batch by rows/time
+      -> manifest -> INSERT (dedup token) -> XACK -> drop manifest
+    every second: live edge stats -> PUBLISH meshscope:live
+    every claim_idle_s / 2: recover stale manifests, then XAUTOCLAIM idle entries
+
+ClickHouse down: the insert is retried with backoff for as long as it takes;
+nothing is acked meanwhile, so the stream keeps every record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from collector.batch import Batch, should_flush, split_entries
+from collector.clickhouse import make_client, migrate
+from collector.config import CollectorConfig
+from collector.errors import ClickHouseUnavailable, QueryError, StreamUnavailable
+from collector.livestats import LiveWindow
+from collector.stream import Entry, FlowStream
+from collector.sync import LinkSync
+from router.flowrecord import FIELDS
+from router.metrics import Registry
+from router.routing import backoff_s
+
+log = logging.getLogger(__name__)
+
+INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+
+
+class Collector:
+    def __init__(
+        self,
+        config: CollectorConfig,
+        redis_client: aioredis.Redis,
+        clickhouse: Client | None = None,
+        client_factory: Callable[[], Client] | None = None,
+    ):
+        self.config = config
+        self.redis = redis_client
+        self._factory = client_factory or (lambda: make_client(config.clickhouse_url))
+        self.clickhouse = clickhouse
+        self.stream = FlowStream(redis_client, config.stream, config.group, config.consumer, config.dead_letter_stream)
+        self.live = LiveWindow()
+        self.links = LinkSync(config, redis_client)
+        self.batch = Batch()
+        self.table = f"`{config.database}`.`flows`"
+        self.after_insert: Callable[[Batch], None] | None = None  # test seam: crash between insert and ack
+        self.metrics = m = Registry()
+        m.describe("collector_rows_inserted_total", "counter", "Flow records inserted into ClickHouse")
+        m.describe("collector_batches_total", "counter", "Insert batches")
+        m.describe("collector_batch_rows", "gauge", "Rows in the last insert batch")
+        m.describe("collector_insert_seconds", "gauge", "Duration of the last insert")
+        m.describe("collector_insert_seconds_total", "counter", "Time spent inserting")
+        m.describe("collector_insert_errors_total", "counter", "Failed inserts (retried), by reason")
+        m.describe("collector_clickhouse_up", "gauge", "1 when the last ClickHouse call succeeded")
+        m.describe("collector_stream_pending", "gauge", "Entries read by the group and not acked")
+        m.describe("collector_stream_lag", "gauge", "Entries not yet read by the group")
+        m.describe("collector_dead_letters_total", "counter", "Entries moved to the dead-letter stream")
+        m.describe("collector_recovered_batches_total", "counter", "In-flight batches recovered after a crash")
+        m.describe("collector_claimed_entries_total", "counter", "Entries taken over from idle consumers")
+        self._stopping = False
+        self._ready = asyncio.Event()
+
+    # ---- ClickHouse ---------------------------------------------------------------------
+
+    async def _client(self) -> Client:
+        if self.clickhouse is None:
+            self.clickhouse = await asyncio.to_thread(self._factory)
+        return self.clickhouse
+
+    async def _with_clickhouse(self, what: str, call: Callable[[Client], Any]) -> Any:
+        """Run ``call`` in a thread, retrying with backoff while ClickHouse is unreachable."""
+        attempt = 0
+        while True:
+            try:
+                client = await self._client()
+                result = await asyncio.to_thread(call, client)
+                self.metrics.set("collector_clickhouse_up", 1)
+                if attempt:
+                    log.info("ClickHouse is back", extra={"after_attempts": attempt})
+                return result
+            except (ClickHouseUnavailable, OperationalError, OSError) as exc:
+                self.metrics.set("collector_clickhouse_up", 0)
+                self.metrics.inc("collector_insert_errors_total", reason="unavailable")
+                delay = backoff_s(attempt, 0.2, 10.0, random.random())
+                log.warning(
+                    "ClickHouse unreachable; records stay in the stream",
+                    extra={"during": what, "error": str(exc)[:300], "retry_in_s": round(delay, 2)},
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def prepare(self) -> None:
+        """Create the consumer group and bring the schema up to date."""
+        await self.stream.ensure_group()
+        await self.links.ensure_group()
+
+        def run(client: Client) -> list[int]:
+            return migrate(client, self.config.schema)
+
+        await self._with_clickhouse("migrate", run)
+
+    async def _insert(self, batch: Batch, token: str) -> None:
+        columns = batch.columns()
+        settings = {**INSERT_SETTINGS, "insert_deduplication_token": token}
+
+        def run(client: Client) -> None:
+            client.insert(self.table, columns, column_names=list(FIELDS), column_oriented=True, settings=settings)
+
+        started = time.perf_counter()
+        await self._with_clickhouse("insert", run)
+        elapsed = time.perf_counter() - started
+        self.metrics.set("collector_insert_seconds", elapsed)
+        self.metrics.inc("collector_insert_seconds_total", elapsed)
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.prepare()
+        await self.recover(own=True)
+        self._ready.set()
+        last_claim = last_live = last_sync = time.monotonic()
+        while not self._stopping:
+            now = time.monotonic()
+            if now - last_claim >= self.config.claim_idle_s / 2:
+                last_claim = now
+                await self.recover(own=False)
+            if now - last_live >= 1.0:
+                last_live = now
+                await self._publish_live()
+                await self._update_lag()
+            if now - last_sync >= 1.0:
+                last_sync = now
+                await self.links.sync(self._with_clickhouse)
+            wait_s = self.config.flush_interval_s
+            if self.batch.ids:
+                wait_s = max(0.001, self.batch.started + self.config.flush_interval_s - time.monotonic())
+            entries = await self.stream.read(self.config.read_count, int(min(wait_s, 0.25) * 1000))
+            await self._take(entries)
+            if should_flush(self.batch, time.monotonic(), self.config.batch_rows, self.config.flush_interval_s):
+                await self.flush()
+        await self.flush()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout_s)
+
+    async def _take(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        good, poison = split_entries(entries)
+        for bad in poison:
+            log.error(
+                "undecodable flow entry moved to the dead-letter stream",
+                extra={"entry_id": bad.entry_id, "reason": bad.reason},
+            )
+            await self.stream.dead_letter(bad.entry_id, bad.reason, bad.fields)
+            await self.stream.ack([bad.entry_id])
+            self.metrics.inc("collector_dead_letters_total")
+        if good and not self.batch.ids:
+            self.batch.started = time.monotonic()
+        for entry_id, rows in good:
+            self.batch.ids.append(entry_id)
+            self.batch.rows.extend(rows)
+            self.live.add(rows)
+
+    async def flush(self) -> None:
+        batch, self.batch = self.batch, Batch()
+        if not batch.ids:
+            return
+        await self._commit(batch)
+
+    async def _commit(self, batch: Batch, recovered_token: str | None = None) -> None:
+        """Manifest, insert, ack, forget the manifest: the order that loses nothing.
+
+        A recovered batch keeps its original token (its manifest already exists),
+        so an insert that had landed before the crash is dropped as a duplicate.
+        """
+        token = recovered_token or batch.token
+        if recovered_token is None:
+            await self.stream.save_manifest(token, batch.ids)
+        if batch.rows:
+            try:
+                await self._insert(batch, token)
+            except (QueryError, DatabaseError) as exc:
+                await self._reject(batch, f"ClickHouse refused the batch: {exc}")
+                await self.stream.drop_manifest(token)
+                return
+        if self.after_insert is not None:
+            self.after_insert(batch)
+        await self.stream.ack(batch.ids)
+        await self.stream.drop_manifest(token)
+        self.metrics.inc("collector_rows_inserted_total", len(batch))
+        self.metrics.inc("collector_batches_total")
+        self.metrics.set("collector_batch_rows", len(batch))
+
+    async def _reject(self, batch: Batch, reason: str) -> None:
+        """A batch ClickHouse will never take: its entries go to the dead-letter stream, whole."""
+        log.error("batch moved to the dead-letter stream", extra={"entries": len(batch.ids), "reason": reason[:300]})
+        for entry_id in batch.ids:
+            raw: Any = await self.redis.xrange(self.config.stream, entry_id, entry_id)
+            fields = raw[0][1] if raw else {}
+            await self.stream.dead_letter(entry_id, reason, fields)
+            self.metrics.inc("collector_dead_letters_total")
+        await self.stream.ack(batch.ids)
+
+    async def recover(self, own: bool) -> None:
+        """Finish batches a dead collector left in flight, then take over its idle entries.
+
+        ``own``: at start-up, this consumer's own manifests and pending entries,
+        whatever their age (a restart under the same name).
+        """
+        idle_ms = int(self.config.claim_idle_s * 1000)
+        manifests = await self.stream.manifests()
+        in_flight: set[str] = set()
+        for token, manifest in manifests.items():
+            mine = manifest.get("owner") == self.config.consumer
+            stale = time.time() - float(manifest.get("ts", 0)) >= self.config.claim_idle_s
+            if (own and mine) or (not mine and stale):
+                entries = await self.stream.claim(manifest["ids"], 0 if mine else idle_ms)
+                if not entries:
+                    await self.stream.drop_manifest(token)
+                    continue
+                good, poison = split_entries(entries)
+                for bad in poison:
+                    await self.stream.dead_letter(bad.entry_id, bad.reason, bad.fields)
+                    self.metrics.inc("collector_dead_letters_total")
+                batch = Batch(ids=[e for e, _ in entries], rows=[r for _, rows in good for r in rows])
+                await self._commit(batch, recovered_token=token)
+                self.metrics.inc("collector_recovered_batches_total")
+                log.info("in-flight batch recovered", extra={"token": token, "entries": len(entries)})
+            else:
+                in_flight.update(manifest["ids"])
+        if own:
+            await self._take([e for e in await self.stream.read(10_000, 0, pending=True) if e[0] not in in_flight])
+        claimed = [e for e in await self.stream.autoclaim(idle_ms, 10_000) if e[0] not in in_flight]
+        if claimed:
+            self.metrics.inc("collector_claimed_entries_total", len(claimed))
+            await self._take(claimed)
+
+    async def _publish_live(self) -> None:
+        message = self.live.flush(int(time.time()), self.config.consumer)
+        if message["edges"]:
+            await self.stream.publish(self.config.live_channel, orjson.dumps(message))
+
+    async def _update_lag(self) -> None:
+        try:
+            pending, lag = await self.stream.lag()
+        except StreamUnavailable:
+            return
+        self.metrics.set("collector_stream_pending", pending)
+        self.metrics.set("collector_stream_lag", lag)

@@ -1,0 +1,112 @@
+"""Link samples and region registrations from Redis into the ``links`` and ``regions`` tables.
+
+Relays write a link sample batch to the ``meshscope:links`` stream every second
+and register themselves in the ``meshscope:regions`` hash; this copies both into
+ClickHouse through its own consumer group, acking after the insert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from clickhouse_connect.driver.client import Client
+from redis.exceptions import RedisError, ResponseError
+
+from collector.batch import batch_token
+from collector.config import CollectorConfig
+from collector.errors import StreamUnavailable
+
+REGIONS_KEY = "meshscope:regions"
+LINK_COLUMNS = ["ts", "relay", "src_region", "dst_region", "state", "rtt_ms", "queue_depth", "reconnects"]
+REGION_COLUMNS = ["id", "provider", "lat", "lon", "city", "relay", "first_seen", "last_seen"]
+
+WithClickHouse = Callable[[str, Callable[[Client], Any]], Awaitable[Any]]
+
+
+def link_rows(entries: list[tuple[str, dict[Any, Any]]]) -> list[list[Any]]:
+    """Rows of valid link samples; malformed samples are skipped (they are advisory)."""
+    rows = []
+    for _, fields in entries:
+        try:
+            samples = orjson.loads(fields.get(b"r", b"[]"))
+        except orjson.JSONDecodeError:
+            continue
+        for s in samples if isinstance(samples, list) else []:
+            if isinstance(s, list) and len(s) == 8:
+                ts, relay, src, dst, state, rtt, depth, reconnects = s
+                rows.append(
+                    [int(ts), str(relay), str(src), str(dst), str(state), float(rtt), int(depth), int(reconnects)]
+                )
+    return rows
+
+
+class LinkSync:
+    def __init__(self, config: CollectorConfig, client: aioredis.Redis):
+        self.config = config
+        self.redis = client
+        self.group = f"{config.group}-links"
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.config.links_stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise StreamUnavailable(f"cannot create links consumer group: {exc}") from exc
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot create links consumer group: {exc}") from exc
+
+    async def sync(self, with_clickhouse: WithClickHouse) -> None:
+        db = self.config.database
+        try:
+            reply: Any = await self.redis.xreadgroup(
+                self.group, self.config.consumer, {self.config.links_stream: ">"}, count=1000
+            )
+            regions: Any = await self.redis.hgetall(REGIONS_KEY)
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot read link samples: {exc}") from exc
+        entries = [(e.decode(), f) for _, raw in reply or [] for e, f in raw]
+        rows = link_rows(entries)
+        last_seen: dict[str, int] = {}
+        for row in rows:
+            last_seen[row[2]] = max(last_seen.get(row[2], 0), row[0])
+        region_rows = []
+        for key, value in regions.items():
+            info = orjson.loads(value)
+            rid = key.decode() if isinstance(key, bytes) else key
+            first = datetime.fromtimestamp(info.get("ts", 0) / 1e6, UTC)
+            seen = datetime.fromtimestamp(last_seen.get(rid, info.get("ts", 0)) / 1e6, UTC)
+            region_rows.append(
+                [
+                    rid,
+                    info.get("provider", ""),
+                    float(info.get("lat", 0)),
+                    float(info.get("lon", 0)),
+                    info.get("city", rid),
+                    info.get("relay", ""),
+                    first,
+                    seen,
+                ]
+            )
+
+        def run(client: Client) -> None:
+            if rows:
+                client.insert(
+                    f"`{db}`.`links`",
+                    rows,
+                    column_names=LINK_COLUMNS,
+                    settings={"insert_deduplication_token": batch_token([e for e, _ in entries])},
+                )
+            if region_rows:
+                client.insert(f"`{db}`.`regions`", region_rows, column_names=REGION_COLUMNS)
+
+        if rows or region_rows:
+            await with_clickhouse("links", run)
+        if entries:
+            try:
+                await self.redis.xack(self.config.links_stream, self.group, *[e for e, _ in entries])
+            except RedisError as exc:
+                raise StreamUnavailable(f"cannot ack link samples: {exc}") from exc

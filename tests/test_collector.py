@@ -1,0 +1,366 @@
+"""The collector against a real Valkey and a real ClickHouse (chdb, or CLICKHOUSE_URL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import astuple
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from collector.batch import Batch
+from collector.clickhouse import make_client, migrate
+from collector.config import CollectorConfig
+from collector.histogram import quantile, sql_bucket
+from collector.service import Collector
+from router.flowrecord import FIELDS, FlowRecord, pack
+from tests.conftest import CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled
+
+A, C = "aws:us-east-1", "azure:westeurope"
+REGIONS = ["aws:us-east-1", "gcp:europe-west1", "azure:westeurope", "aws:ap-southeast-1"]
+
+
+class Crash(BaseException):
+    """Stands for the process dying between insert and ack."""
+
+
+def config(redis_url: str, clickhouse_url: str, database: str, **kw: Any) -> CollectorConfig:
+    base = dict(
+        redis_url=redis_url,
+        clickhouse_url=clickhouse_url,
+        database=database,
+        consumer="c1",
+        flush_interval_s=0.05,
+        claim_idle_s=0.5,
+        metrics_port=-1,
+    )
+    base.update(kw)
+    return CollectorConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def run_collector(
+    redis_url: str, clickhouse_url: str, database: str, redis_sync: redis.Redis
+) -> AsyncIterator[Callable[..., Any]]:
+    running: list[tuple[Collector, asyncio.Task[None], aioredis.Redis]] = []
+
+    async def start(**kw: Any) -> Collector:
+        client = aioredis.Redis.from_url(redis_url)
+        factory = kw.pop("client_factory", None)
+        collector = Collector(config(redis_url, clickhouse_url, database, **kw), client, client_factory=factory)
+        task = asyncio.create_task(collector.run())
+        running.append((collector, task, client))
+        return collector
+
+    yield start
+    for collector, task, client in running:
+        collector.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, scaled(10))
+        await client.aclose()
+
+
+def make_records(n: int, seed: int = 1) -> list[FlowRecord]:
+    rng = random.Random(seed)
+    base_us = (time.time_ns() // 1000) - 600_000_000  # ten minutes ago, inside every TTL
+    out = []
+    for i in range(n):
+        src, dst = rng.choice(REGIONS), rng.choice(REGIONS)
+        kind = rng.choice(["publish", "forward", "deliver", "deliver", "drop"])
+        status = rng.choice(["no_route", "backpressure", "link_down"]) if kind == "drop" else "ok"
+        out.append(
+            FlowRecord(
+                base_us + i * 1000 + rng.randrange(1000),
+                f"ev-{i}",
+                f"{i:032x}",
+                f"{i:016x}",
+                f"{i + 1:016x}",
+                rng.choice(["orders.created", "orders.paid", "users.signup"]),
+                kind,
+                src,
+                dst,
+                f"relay-{src}",
+                round(rng.uniform(0, 200), 3),
+                round(rng.uniform(0, 400), 3),
+                status,
+                rng.randrange(100, 5000),
+                1,
+                i,
+            )
+        )
+    return out
+
+
+def add_records(client: redis.Redis, records: list[FlowRecord], per_entry: int = 100) -> list[str]:
+    ids = []
+    for i in range(0, len(records), per_entry):
+        ids.append(client.xadd("meshscope:flows", pack(records[i : i + per_entry])).decode())  # type: ignore[arg-type]
+    return ids
+
+
+def count(ch: Any, database: str, where: str = "1") -> int:
+    if not _db_exists(ch, database):
+        return 0
+    return int(ch.query(f"SELECT count() FROM `{database}`.flows WHERE {where}").result_rows[0][0])
+
+
+def flow_keys(ch: Any, database: str) -> Counter[tuple[str, str, str, str]]:
+    rows = ch.query(f"SELECT event_id, kind, relay, dst_region FROM `{database}`.flows").result_rows
+    return Counter(tuple(r) for r in rows)
+
+
+async def test_records_from_real_relays_land_with_every_field(
+    mesh: Mesh, http: httpx.AsyncClient, redis_sync: redis.Redis, run_collector: Any, ch_admin: Any, database: str
+) -> None:
+    await mesh.start([A, C])
+    sub = mesh[C].relay.subscribe(["orders.>"])
+    await eventually(lambda: C in mesh[A].relay.interest.route("orders.x").peers)
+    batch = [cloud_event("orders.x", f"r-{i}") for i in range(20)] + [cloud_event("nobody.x", "lonely")]
+    reply = await http.post(f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(batch))
+    assert reply.status_code == 202
+    await eventually(lambda: sub.queue.qsize() == 20)
+    expected = await eventually(lambda: (rs := flow_records(redis_sync)) and len(rs) == 61 and rs)
+    await run_collector()
+    await eventually(lambda: count(ch_admin, database) == 61, 10)
+    got = ch_admin.query(
+        f"SELECT toUnixTimestamp64Micro(ts), {', '.join(FIELDS[1:])} FROM `{database}`.flows"
+    ).result_rows
+    expected_rows = sorted(astuple(r) for r in expected)
+    got_rows = sorted(tuple(r) for r in got)
+    assert len(got_rows) == len(expected_rows)
+    for g, e in zip(got_rows, expected_rows, strict=True):
+        assert g[:10] == e[:10] and g[12:] == e[12:]
+        assert g[10] == pytest.approx(e[10], rel=1e-6) and g[11] == pytest.approx(e[11], rel=1e-6)  # Float32
+    assert Counter(r[6] for r in got_rows) == {"publish": 20, "forward": 20, "deliver": 20, "drop": 1}
+
+
+async def test_aggregates_equal_raw_flows(
+    redis_sync: redis.Redis, run_collector: Any, ch_admin: Any, database: str
+) -> None:
+    records = make_records(3000)
+    add_records(redis_sync, records)
+    collector = await run_collector()
+    # the insert call has returned, so the views fed by it have their rows too
+    await eventually(lambda: collector.metrics.get("collector_rows_inserted_total") == 3000, 15)
+    db = f"`{database}`"
+    for table, bucket, topic in (
+        ("edge_minute", "toStartOfMinute(ts)", "topic, "),
+        ("edge_second", "toStartOfSecond(ts)", "topic, "),
+        ("pair_minute", "toStartOfMinute(ts)", ""),
+    ):
+        agg = ch_admin.query(
+            f"SELECT bucket, src_region, dst_region, {topic}kind, sum(events), sum(errors), sumMap(status_counts), "
+            f"sum(bytes), sumMap(hop_hist), sumMap(e2e_hist) FROM {db}.{table} "
+            f"GROUP BY bucket, src_region, dst_region, {topic}kind ORDER BY bucket, src_region, dst_region, {topic}kind"
+        ).result_rows
+        raw = ch_admin.query(
+            f"SELECT {bucket} AS b, src_region, dst_region, {topic}kind, count(), countIf(status != 'ok'), "
+            f"sumMap(map(toString(status), toUInt64(1))), sum(bytes), "
+            f"sumMap(map({sql_bucket('hop_ms')}, toUInt64(1))), sumMap(map({sql_bucket('e2e_ms')}, toUInt64(1))) "
+            f"FROM {db}.flows GROUP BY b, src_region, dst_region, {topic}kind "
+            f"ORDER BY b, src_region, dst_region, {topic}kind"
+        ).result_rows
+        assert [tuple(r[1:]) for r in agg] == [tuple(r[1:]) for r in raw], table
+        assert sum(r[-6] for r in agg) == 3000
+    # percentiles read from the buckets stay within 4.5 % of the exact ones
+    exact = ch_admin.query(
+        f"SELECT src_region, dst_region, quantileExact(0.99)(e2e_ms) FROM {db}.flows WHERE kind = 'deliver' "
+        "GROUP BY src_region, dst_region"
+    ).result_rows
+    hists = {
+        (r[0], r[1]): r[2]
+        for r in ch_admin.query(
+            f"SELECT src_region, dst_region, sumMap(e2e_hist) FROM {db}.pair_minute WHERE kind = 'deliver' "
+            "GROUP BY src_region, dst_region"
+        ).result_rows
+    }
+    for src, dst, p99 in exact:
+        got = quantile(hists[(src, dst)], 0.99)
+        assert got is not None and abs(got - p99) / p99 < 0.05
+
+
+@pytest.mark.parametrize("restart_as", ["same consumer", "another consumer"])
+async def test_crash_between_insert_and_ack_leaves_every_record_once(
+    redis_sync: redis.Redis, run_collector: Any, ch_admin: Any, database: str, restart_as: str
+) -> None:
+    records = make_records(1000)
+    add_records(redis_sync, records)
+    first = await run_collector(batch_rows=300)
+
+    def crash(batch: Batch) -> None:
+        raise Crash
+
+    first.after_insert = crash
+    await eventually(lambda: count(ch_admin, database) > 0, 10)
+    pending, _ = await first.stream.lag()
+    assert pending > 0  # inserted, never acked
+    assert redis_sync.hlen("meshscope:collector:inflight") == 1
+    await run_collector(consumer="c1" if restart_as == "same consumer" else "c2", batch_rows=300)
+    await eventually(lambda: count(ch_admin, database) >= 1000, 15)
+    await eventually(lambda: redis_sync.xpending("meshscope:flows", "meshscope-collectors")["pending"] == 0, 10)
+    keys = flow_keys(ch_admin, database)
+    assert len(keys) == 1000 and set(keys.values()) == {1}
+    assert redis_sync.hlen("meshscope:collector:inflight") == 0
+    minute = ch_admin.query(f"SELECT sum(events) FROM `{database}`.edge_minute").result_rows[0][0]
+    assert minute == 1000  # the aggregates did not count the re-insert either
+
+
+async def test_clickhouse_outage_loses_nothing(
+    redis_sync: redis.Redis, run_collector: Any, ch_admin: Any, database: str, clickhouse_url: str
+) -> None:
+    import socket
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    target = {"url": f"clickhouse://127.0.0.1:{dead.getsockname()[1]}"}
+    collector = await run_collector(client_factory=lambda: make_client(target["url"]))
+    add_records(redis_sync, make_records(500))
+    await eventually(lambda: collector.metrics.get("collector_insert_errors_total", reason="unavailable") >= 2, 10)
+    assert collector.metrics.get("collector_clickhouse_up") == 0
+    assert count(ch_admin, database) == 0
+    assert redis_sync.xlen("meshscope:flows") == 5  # the stream keeps everything
+    target["url"] = clickhouse_url  # ClickHouse is back
+    await eventually(lambda: count(ch_admin, database) == 500, 20)
+    await eventually(lambda: collector.metrics.get("collector_clickhouse_up") == 1)
+    await eventually(lambda: redis_sync.xpending("meshscope:flows", "meshscope-collectors")["pending"] == 0, 10)
+    assert len(flow_keys(ch_admin, database)) == 500
+    dead.close()
+
+
+def _db_exists(ch: Any, database: str) -> bool:
+    return bool(
+        ch.query(
+            "SELECT count() FROM system.tables WHERE database = %(d)s AND name = 'flows'", parameters={"d": database}
+        ).result_rows[0][0]
+    )
+
+
+async def test_poison_entry_goes_to_dead_letter_and_the_rest_flows(
+    redis_sync: redis.Redis, run_collector: Any, ch_admin: Any, database: str
+) -> None:
+    add_records(redis_sync, make_records(100, seed=1)[:50])
+    poison_id = redis_sync.xadd("meshscope:flows", {"v": "1", "r": "this is not json"}).decode()
+    odd_id = redis_sync.xadd("meshscope:flows", {"hello": "world"}).decode()
+    add_records(redis_sync, make_records(100, seed=1)[50:])
+    collector = await run_collector()
+    await eventually(lambda: count(ch_admin, database) == 100, 10)
+    dead = await eventually(lambda: (d := redis_sync.xrange("meshscope:flows:dead")) and len(d) == 2 and d)
+    by_source = {f[b"source_id"].decode(): f for _, f in dead}
+    assert set(by_source) == {poison_id, odd_id}
+    assert b"JSON" in by_source[poison_id][b"reason"]
+    assert by_source[poison_id][b"field:r"] == b"this is not json"
+    assert b"version" in by_source[odd_id][b"reason"]
+    assert collector.metrics.get("collector_dead_letters_total") == 2
+    await eventually(lambda: redis_sync.xpending("meshscope:flows", "meshscope-collectors")["pending"] == 0)
+
+
+async def test_two_collectors_split_the_work_without_duplicates(
+    redis_sync: redis.Redis, run_collector: Any, ch_admin: Any, database: str
+) -> None:
+    one = await run_collector(consumer="one", read_count=5)
+    two = await run_collector(consumer="two", read_count=5)
+    await one.wait_ready(scaled(10))
+    await two.wait_ready(scaled(10))
+    records = make_records(4000, seed=7)
+    for i in range(0, 4000, 500):
+        add_records(redis_sync, records[i : i + 500], per_entry=20)
+        await asyncio.sleep(0.05)
+    await eventually(lambda: count(ch_admin, database) >= 4000, 20)
+    keys = flow_keys(ch_admin, database)
+    assert len(keys) == 4000 and set(keys.values()) == {1}
+    inserted = await eventually(
+        lambda: (n := [c.metrics.get("collector_rows_inserted_total") for c in (one, two)]) and sum(n) == 4000 and n
+    )
+    assert all(n > 0 for n in inserted)
+
+
+async def test_live_stats_are_published_every_second(
+    redis_url: str, redis_sync: redis.Redis, run_collector: Any
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe("meshscope:live")
+    await run_collector()
+    recs = [
+        FlowRecord(
+            1,
+            f"e{i}",
+            "t" * 32,
+            "s" * 16,
+            "p" * 16,
+            "orders.x",
+            "deliver",
+            A,
+            C,
+            "r",
+            5.0,
+            float(i + 1),
+            "ok",
+            10,
+            1,
+            i,
+        )
+        for i in range(100)
+    ]
+    recs.append(
+        FlowRecord(1, "f", "t" * 32, "s" * 16, "p" * 16, "orders.x", "forward", A, C, "r", 1, 1, "ok", 10, 1, 0)
+    )
+    add_records(redis_sync, recs)
+
+    async def message() -> Any:
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        return orjson.loads(msg["data"]) if msg else None
+
+    live = await eventually(message, 5)
+    edge = next(e for e in live["edges"] if (e["src"], e["dst"]) == (A, C))
+    assert (edge["count"], edge["delivered"], edge["errors"]) == (1, 100, 0)
+    assert (edge["e2e_p50"], edge["e2e_p99"]) == (50.0, 99.0)
+    assert live["samples"] and live["samples"][0]["trace_id"] == "t" * 32
+    await pubsub.aclose()
+    await client.aclose()
+
+
+async def test_links_and_regions_reach_clickhouse(mesh: Mesh, run_collector: Any, ch_admin: Any, database: str) -> None:
+    await mesh.start([A, C], env={"MESHSCOPE_LINK_STATS_INTERVAL_S": "0.1"})
+    collector = await run_collector()
+    await collector.wait_ready(scaled(10))
+    db = f"`{database}`"
+
+    def links() -> list[Any]:
+        return ch_admin.query(f"SELECT src_region, dst_region, state FROM {db}.links WHERE state = 'up'").result_rows
+
+    rows = await eventually(lambda: {(r[0], r[1]) for r in links()} >= {(A, C), (C, A)} and links(), 10)
+    assert rows
+    regions = await eventually(
+        lambda: (
+            ch_admin.query(
+                f"SELECT id, any(provider), any(lat), any(lon) FROM {db}.regions GROUP BY id ORDER BY id"
+            ).result_rows
+        ),
+        5,
+    )
+    assert [r[0] for r in regions] == [A, C]
+    assert regions[0][1] == "aws" and regions[0][2] == pytest.approx(38.94)
+
+
+def test_migrations_are_idempotent(clickhouse_url: str, database: str) -> None:
+    client = make_client(clickhouse_url)
+    cfg = config("redis://unused", clickhouse_url, database)
+    assert migrate(client, cfg.schema) == [1, 2, 3]
+    assert migrate(client, cfg.schema) == []
+    tables = {
+        r[0]
+        for r in client.query(
+            "SELECT name FROM system.tables WHERE database = %(d)s", parameters={"d": database}
+        ).result_rows
+    }
+    assert tables >= {"flows", "edge_minute", "edge_second", "pair_minute", "links", "regions", "schema_migrations"}
