@@ -93,8 +93,15 @@ FLOW_COLUMNS = """
     INDEX trace_bf trace_id TYPE bloom_filter(0.001) GRANULARITY 1
 """
 
+# What an edge counts (the same as collector.livestats): ``entered`` = forward records
+# (or publish records on a region's own src == dst edge), ``delivered`` = deliver
+# records, ``errors`` = records whose status is not ok, by status; latency
+# histograms of deliver records only. No ``kind`` column keeps one row per edge
+# and bucket, which is what makes a 24 h topology cheap.
 _AGG_VALUES = """
-    events SimpleAggregateFunction(sum, UInt64),
+    records SimpleAggregateFunction(sum, UInt64),
+    entered SimpleAggregateFunction(sum, UInt64),
+    delivered SimpleAggregateFunction(sum, UInt64),
     errors SimpleAggregateFunction(sum, UInt64),
     status_counts SimpleAggregateFunction(sumMap, Map(String, UInt64)),
     bytes SimpleAggregateFunction(sum, UInt64),
@@ -103,12 +110,14 @@ _AGG_VALUES = """
 """
 
 _AGG_SELECT = f"""
-    count() AS events,
+    count() AS records,
+    countIf(kind IN ('forward', 'publish')) AS entered,
+    countIf(kind = 'deliver') AS delivered,
     countIf(status != 'ok') AS errors,
-    sumMap(map(toString(status), toUInt64(1))) AS status_counts,
-    sum(bytes) AS bytes,
-    sumMap(map({sql_bucket("hop_ms")}, toUInt64(1))) AS hop_hist,
-    sumMap(map({sql_bucket("e2e_ms")}, toUInt64(1))) AS e2e_hist
+    sumMapIf(map(toString(status), toUInt64(1)), status != 'ok') AS status_counts,
+    sumIf(bytes, kind IN ('forward', 'publish')) AS bytes,
+    sumMapIf(map({sql_bucket("hop_ms")}, toUInt64(1)), kind = 'deliver') AS hop_hist,
+    sumMapIf(map({sql_bucket("e2e_ms")}, toUInt64(1)), kind = 'deliver') AS e2e_hist
 """
 
 PAIR_SHARDING = "cityHash64(src_region, dst_region)"
@@ -124,7 +133,7 @@ def migrations(opts: SchemaOptions) -> list[Migration]:
         stmts = n.table(
             table,
             f"bucket DateTime('UTC'), src_region LowCardinality(String), dst_region LowCardinality(String), "
-            f"{'topic LowCardinality(String), ' if 'topic' in key else ''}kind LowCardinality(String), {_AGG_VALUES}",
+            f"{'topic LowCardinality(String), ' if 'topic' in key else ''}{_AGG_VALUES}",
             "AggregatingMergeTree",
             f"PARTITION BY toDate(bucket) ORDER BY ({key}) TTL bucket + {ttl}",
             PAIR_SHARDING,
@@ -132,13 +141,13 @@ def migrations(opts: SchemaOptions) -> list[Migration]:
         )
         stmts.append(
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.`{table}_mv`{n.on_cluster} TO {n.local(table)} AS "
-            f"SELECT {bucket} AS bucket, src_region, dst_region, {'topic, ' if 'topic' in key else ''}kind, "
+            f"SELECT {bucket} AS bucket, src_region, dst_region, {'topic, ' if 'topic' in key else ''}"
             f"{_AGG_SELECT} FROM {n.local('flows')} GROUP BY {group}"
         )
         return stmts
 
-    edge_key = "src_region, dst_region, topic, kind, bucket"
-    pair_key = "src_region, dst_region, kind, bucket"
+    edge_key = "src_region, dst_region, topic, bucket"
+    pair_key = "src_region, dst_region, bucket"
     return [
         Migration(
             1,

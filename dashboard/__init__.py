@@ -1,0 +1,1 @@
+"""meshscope dashboard: the live world map, its JSON API, the live websocket and SQL over flow history."""
