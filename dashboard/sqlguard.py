@@ -26,18 +26,25 @@ _STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
 _QUOTED_IDENT = re.compile(r'`(?:[^`\\]|\\.)*`|"(?:[^"\\]|\\.)*"')
 _LINE_COMMENT = re.compile(r"--[^\n]*|#[^\n]*")
 _BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
-_TABLE_REF = re.compile(r"\bFROM\s+([`\"]?[\w]+[`\"]?)\s*\.", re.I)
+_TABLE_FUNCTION_CALL = re.compile(r"\b(?:FROM|JOIN|TABLE)\s+(\w+)\s*\(", re.I)
+_NAME = r"(?:`[^`]*`|\"[^\"]*\"|\w+)"
+_QUALIFIED = re.compile(rf"({_NAME})\s*\.\s*{_NAME}")
+_FROM_IN = re.compile(rf"\b(?:FROM|IN)\s+({_NAME})(?!\w)(?!\s*\.)", re.I)
 
 
 class SqlRefused(ValueError):
     """The statement is refused; the message says why, for the user."""
 
 
-def _strip(sql: str) -> str:
-    """The statement with comments removed and literals blanked (so words in them do not count)."""
+def _strip(sql: str, keep_names: bool = False) -> str:
+    """The statement with comments removed and literals blanked (so words in them do not count).
+
+    Quoted identifiers are blanked too unless ``keep_names``.
+    """
     out = _BLOCK_COMMENT.sub(" ", sql)
     out = _STRING.sub("''", out)
-    out = _QUOTED_IDENT.sub(lambda m: m.group(0)[0] + "x" + m.group(0)[0], out)
+    if not keep_names:
+        out = _QUOTED_IDENT.sub(lambda m: m.group(0)[0] + "x" + m.group(0)[0], out)
     return _LINE_COMMENT.sub(" ", out)
 
 
@@ -60,16 +67,29 @@ def check_statement(sql: str, database: str) -> str:
     for word, why in FORBIDDEN_WORDS.items():
         if word in words:
             raise SqlRefused(why)
+    for fn in _TABLE_FUNCTION_CALL.findall(bare):
+        if fn.lower() not in SAFE_TABLE_FUNCTIONS:
+            raise SqlRefused(f"the table function {fn}() is not allowed")
     if first == "SHOW":
-        if not SHOW_ALLOWED.match(bare):
-            raise SqlRefused("only SHOW TABLES, SHOW CREATE TABLE and SHOW COLUMNS are allowed")
-        for db in _TABLE_REF.findall(bare):
-            if db.strip('`"') != database:
-                raise SqlRefused(f"only the {database} database can be read")
+        _check_show(_strip(sql, keep_names=True).strip().rstrip(";"), database)
     text = sql.strip()
     while text.endswith(";"):
         text = text[:-1].rstrip()
     return text
+
+
+def _check_show(bare: str, database: str) -> None:
+    m = SHOW_ALLOWED.match(bare)
+    if not m:
+        raise SqlRefused("only SHOW TABLES, SHOW CREATE TABLE and SHOW COLUMNS are allowed")
+    outside = [db.strip('`"') for db in _QUALIFIED.findall(bare)]
+    names = [n.strip('`"') for n in _FROM_IN.findall(bare)]
+    what = m.group(1).upper()
+    # SHOW TABLES FROM db: every name is a database; SHOW COLUMNS FROM t [FROM db]: all but the first
+    outside += names if what in ("TABLES", "DICTIONARIES") else names[1:]
+    for db in outside:
+        if db != database:
+            raise SqlRefused(f"only the {database} database can be read")
 
 
 _TREE_TABLE = re.compile(r"\btable_name:\s*([^\s,]+)")

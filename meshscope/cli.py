@@ -45,6 +45,52 @@ def _collector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from dashboard.config import DashboardConfig
+    from dashboard.serve import DashboardRuntime
+
+    overrides: dict[str, object] = {}
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.host is not None:
+        overrides["host"] = args.host
+    config = DashboardConfig.from_env(os.environ, **overrides)
+    logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="dashboard")
+    runtime = DashboardRuntime(config, with_collector=args.with_collector)
+    print(f"meshscope dashboard on {runtime.server.url}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runtime.serve())
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from meshscope.up import UpOptions, run
+
+    opts = UpOptions(
+        regions=tuple(r.strip() for r in args.regions.split(",") if r.strip()) if args.regions else UpOptions.regions,
+        rate_per_s=args.rate,
+        port=args.port,
+        host=args.host,
+        data_dir=args.data_dir,
+        failure_rate=args.failure_rate,
+        flap_interval_s=args.flap_interval,
+    )
+    return run(opts)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from router.simulator import Simulator, SimulatorConfig
+
+    relays = dict(item.split("=", 1) for item in args.relays.split(",") if "=" in item)
+    if not relays:
+        print("meshscope simulate: --relays takes region=ws://host:port,...", file=sys.stderr)
+        return 2
+    logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="simulator")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Simulator(SimulatorConfig(relays, args.rate)).run())
+    return 0
+
+
 def _sql(args: argparse.Namespace) -> int:
     from collector.config import CollectorConfig
     from collector.output import render
@@ -73,6 +119,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="port of /metrics and /healthz (or MESHSCOPE_COLLECTOR_METRICS_PORT)"
     )
     coll.set_defaults(run=_collector)
+    dash = sub.add_parser("dashboard", help="serve the live map, its API and SQL")
+    dash.add_argument("--port", type=int, help="listen port (or MESHSCOPE_DASHBOARD_PORT, default 8080)")
+    dash.add_argument("--host", help="listen interface (or MESHSCOPE_DASHBOARD_HOST, default 127.0.0.1)")
+    dash.add_argument(
+        "--with-collector",
+        action="store_true",
+        help="run the collector in this process (needed with embedded ClickHouse)",
+    )
+    dash.set_defaults(run=_dashboard)
+    up = sub.add_parser("up", help="run the whole demo: Valkey, six relays, traffic, collector, dashboard")
+    up.add_argument("--regions", help="comma-separated region ids (default: six regions over AWS, GCP and Azure)")
+    up.add_argument("--rate", type=float, default=200.0, help="simulated events per second in total (default 200)")
+    up.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("MESHSCOPE_DASHBOARD_PORT", "8080")),
+        help="dashboard port (default 8080)",
+    )
+    up.add_argument("--host", default="127.0.0.1", help="dashboard interface (default 127.0.0.1)")
+    up.add_argument(
+        "--data-dir",
+        default=os.environ.get("MESHSCOPE_DATA_DIR", ".meshscope"),
+        help="where Valkey, ClickHouse and logs live (default ./.meshscope)",
+    )
+    up.add_argument("--failure-rate", type=float, default=0.002, help="share of deliveries failed on purpose")
+    up.add_argument(
+        "--flap-interval",
+        type=float,
+        default=90.0,
+        help="mean seconds between deliberate link drops on two relays (0: none)",
+    )
+    up.set_defaults(run=_up)
+    sim = sub.add_parser("simulate", help="drive demo traffic through running relays")
+    sim.add_argument("--relays", required=True, help="region=ws://host:port,... of the relays")
+    sim.add_argument("--rate", type=float, default=200.0, help="events per second in total")
+    sim.set_defaults(run=_simulate)
     sql = sub.add_parser("sql", help="run a query over the flow history and print the result")
     sql.add_argument("query", help='the SQL, e.g. "SELECT topic, count() FROM flows GROUP BY topic"')
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")

@@ -64,6 +64,8 @@ OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 """OTLP/HTTP endpoint; hop spans are exported only when it is set."""
 MESHSCOPE_FAILURE_RATE = "MESHSCOPE_FAILURE_RATE"
 """Share of local deliveries failed on purpose (demo fault injection; default 0)."""
+MESHSCOPE_CHAOS_FLAP_INTERVAL_S = "MESHSCOPE_CHAOS_FLAP_INTERVAL_S"
+"""Mean seconds between dropping one random mesh link on purpose (demo fault injection; 0: never)."""
 MESHSCOPE_LINK_STATS_INTERVAL_S = "MESHSCOPE_LINK_STATS_INTERVAL_S"
 """Seconds between link state samples written to the ``meshscope:links`` stream."""
 
@@ -94,6 +96,7 @@ class RelayConfig:
     trace_sample_ratio: float = 0.01
     otlp_endpoint: str | None = None
     failure_rate: float = 0.0
+    chaos_flap_interval_s: float = 0.0
     link_stats_interval_s: float = 1.0
 
     @classmethod
@@ -129,6 +132,7 @@ class RelayConfig:
             trace_sample_ratio=s.get_float(env, MESHSCOPE_TRACE_SAMPLE_RATIO, d["trace_sample_ratio"].default),
             otlp_endpoint=env.get(OTEL_EXPORTER_OTLP_ENDPOINT) or None,
             failure_rate=s.get_float(env, MESHSCOPE_FAILURE_RATE, 0.0),
+            chaos_flap_interval_s=s.get_float(env, MESHSCOPE_CHAOS_FLAP_INTERVAL_S, 0.0),
             link_stats_interval_s=s.get_float(
                 env, MESHSCOPE_LINK_STATS_INTERVAL_S, d["link_stats_interval_s"].default, 0.05
             ),

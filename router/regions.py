@@ -6,6 +6,7 @@ A region id is ``provider:name`` (``aws:us-east-1``, ``gcp:europe-west1``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -86,3 +87,49 @@ def resolve(region_id: str, lat: float | None = None, lon: float | None = None) 
     if known is None:
         raise ValueError(f"region {region_id!r} is not in the built-in table; set its latitude and longitude")
     return known
+
+
+# Approximate round-trip times between the demo's default regions, from public
+# inter-region latency measurements (milliseconds).
+DEFAULT_REGIONS = (
+    "aws:us-east-1",
+    "gcp:europe-west1",
+    "azure:southeastasia",
+    "aws:ap-northeast-1",
+    "gcp:southamerica-east1",
+    "azure:australiaeast",
+)
+_RTT_MS: dict[frozenset[str], float] = {
+    frozenset(pair): rtt
+    for pair, rtt in (
+        (("aws:us-east-1", "gcp:europe-west1"), 85),
+        (("aws:us-east-1", "azure:southeastasia"), 220),
+        (("aws:us-east-1", "aws:ap-northeast-1"), 150),
+        (("aws:us-east-1", "gcp:southamerica-east1"), 115),
+        (("aws:us-east-1", "azure:australiaeast"), 200),
+        (("gcp:europe-west1", "azure:southeastasia"), 160),
+        (("gcp:europe-west1", "aws:ap-northeast-1"), 225),
+        (("gcp:europe-west1", "gcp:southamerica-east1"), 190),
+        (("gcp:europe-west1", "azure:australiaeast"), 255),
+        (("azure:southeastasia", "aws:ap-northeast-1"), 70),
+        (("azure:southeastasia", "gcp:southamerica-east1"), 330),
+        (("azure:southeastasia", "azure:australiaeast"), 95),
+        (("aws:ap-northeast-1", "gcp:southamerica-east1"), 260),
+        (("aws:ap-northeast-1", "azure:australiaeast"), 110),
+        (("gcp:southamerica-east1", "azure:australiaeast"), 310),
+    )
+}
+
+
+def rtt_ms(a: Region, b: Region) -> float:
+    """Round-trip time between two regions: measured for the table above, else estimated.
+
+    The estimate is fibre at 200 km/ms over 1.5 times the great-circle distance, both ways.
+    """
+    known = _RTT_MS.get(frozenset((a.id, b.id)))
+    if known is not None:
+        return known
+    lat1, lon1, lat2, lon2 = map(math.radians, (a.lat, a.lon, b.lat, b.lon))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    km = 2 * 6371 * math.asin(math.sqrt(h))
+    return round(2 * 1.5 * km / 200 + 2, 1)

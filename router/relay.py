@@ -81,6 +81,7 @@ class Relay:
             "provider": config.region.provider,
             "lat": config.region.lat,
             "lon": config.region.lon,
+            "city": config.region.city,
         }
         self.links: list[MeshLink] = [
             MeshLink(
@@ -111,6 +112,8 @@ class Relay:
         for link in self.links:
             link.start()
         self._tasks.append(asyncio.create_task(self._sample_links(), name="link-samples"))
+        if self.config.chaos_flap_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._flap_links(), name="link-flaps"))
         log.info("relay started", extra={"peers": list(self.config.peers)})
 
     async def _register(self) -> None:
@@ -413,6 +416,16 @@ class Relay:
         if state == "connecting" and link.connects:
             self.metrics.inc("link_reconnects_total", peer=peer)
         log.info("link state", extra={"peer": peer, "state": state})
+
+    async def _flap_links(self) -> None:
+        """Drop a random up link now and then, so a demo shows reconnects and queued resends."""
+        while True:
+            await asyncio.sleep(random.expovariate(1 / self.config.chaos_flap_interval_s))
+            up = [link for link in self.links if link.state == "up"]
+            if up:
+                link = random.choice(up)
+                log.info("dropping a mesh link on purpose", extra={"peer": link.peer_region})
+                link.kill()
 
     async def _sample_links(self) -> None:
         while True:

@@ -205,3 +205,48 @@ def database(ch_admin: Any) -> Iterator[str]:
     name = f"ms_test_{os.getpid()}_{next(_db_counter)}"
     yield name
     ch_admin.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")
+
+
+# ---- a whole stack: relays, collector and dashboard --------------------------------------
+
+
+@dataclass
+class Stack:
+    mesh: Mesh
+    dashboard: Any  # dashboard.serve.DashboardRuntime
+    database: str
+
+    @property
+    def url(self) -> str:
+        return str(self.dashboard.server.url)
+
+
+@pytest.fixture
+async def stack_factory(
+    mesh: Mesh, redis_url: str, clickhouse_url: str, database: str
+) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
+    from collector.config import CollectorConfig
+    from dashboard.config import DashboardConfig
+    from dashboard.serve import DashboardRuntime
+
+    runtimes: list[Any] = []
+
+    async def start(regions: list[str], **dashboard: Any) -> Stack:
+        await mesh.start(regions, env={"MESHSCOPE_LINK_STATS_INTERVAL_S": "0.2"})
+        store = CollectorConfig(
+            redis_url=redis_url,
+            clickhouse_url=clickhouse_url,
+            database=database,
+            consumer="test",
+            flush_interval_s=0.1,
+            metrics_port=-1,
+        )
+        config = DashboardConfig(store=store, port=0, **dashboard)
+        runtime = await asyncio.to_thread(DashboardRuntime, config, True, False)
+        await runtime.start()
+        runtimes.append(runtime)
+        return Stack(mesh, runtime, database)
+
+    yield start
+    for runtime in runtimes:
+        await runtime.stop()

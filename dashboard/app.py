@@ -1,0 +1,208 @@
+"""The dashboard's HTTP surface (Starlette); it moves data between ClickHouse, Redis and the browser.
+
+GET  /                          the live world map
+GET  /api/topology?window=      regions, edges and links over a window
+GET  /api/edges/{src}/{dst}     one edge: time series, topics, recent sampled events
+GET  /api/traces/{trace_id}     every hop of a trace in path order
+POST /api/sql[?format=csv]      read-only SQL over the flow history
+WS   /ws/live                   live per-second edge statistics
+GET  /healthz
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import orjson
+import plotly
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from collector.errors import ClickHouseUnavailable, QueryError
+from dashboard import queries as q
+from dashboard.config import DashboardConfig
+from dashboard.live import LiveHub
+from dashboard.sqlguard import SqlRefused
+from dashboard.sqlrun import run_user_sql
+from dashboard.store import FlowStore
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = str(resources.files("static"))
+PLOTLY_JS = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
+
+
+class JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _error(status: int, message: str, **extra: Any) -> JSON:
+    return JSON({"error": message, **extra}, status_code=status)
+
+
+def build_app(
+    config: DashboardConfig,
+    store: FlowStore,
+    hub: LiveHub,
+    lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]] | None = None,
+) -> Starlette:
+    db = config.store.database
+    t = config.thresholds
+
+    async def index(request: Request) -> Response:
+        return FileResponse(os.path.join(STATIC_DIR, "index.html"), headers={"cache-control": "no-cache"})
+
+    async def plotly_js(request: Request) -> Response:
+        return FileResponse(
+            PLOTLY_JS, media_type="application/javascript", headers={"cache-control": "public, max-age=86400"}
+        )
+
+    async def topology(request: Request) -> Response:
+        window_s = q.parse_window(request.query_params.get("window"))
+        now = time.time()
+        sp = q.span(window_s, now)
+        edges, regions, links = await asyncio.gather(
+            store.rows(q.topology_sql(db, sp)), store.rows(q.regions_sql(db)), store.rows(q.links_sql(db))
+        )
+        return JSON(q.shape_topology(edges, regions, links, sp, now, t, config.link_stale_s))
+
+    async def edge(request: Request) -> Response:
+        src, dst = request.path_params["src"], request.path_params["dst"]
+        sp = q.span(q.parse_window(request.query_params.get("window")), time.time())
+        params = {"src": src, "dst": dst}
+        series, topics, samples = await asyncio.gather(
+            store.rows(q.edge_series_sql(db, sp), params),
+            store.rows(q.edge_topics_sql(db, sp), params),
+            store.rows(q.edge_samples_sql(db, sp), params),
+        )
+        return JSON(q.shape_edge(src, dst, series, topics, samples, sp, t))
+
+    async def trace(request: Request) -> Response:
+        trace_id = request.path_params["trace_id"].lower()
+        if not q.TRACE_ID.match(trace_id):
+            return _error(400, "a trace id is 32 lower-case hex digits")
+        rows = await store.rows(q.trace_sql(db), {"trace_id": trace_id})
+        if not rows:
+            return _error(404, f"no flow records for trace {trace_id}")
+        return JSON(q.shape_trace(trace_id, rows))
+
+    async def sql(request: Request) -> Response:
+        body = await request.body()
+        text: Any
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                text = orjson.loads(body).get("sql")
+            except (orjson.JSONDecodeError, AttributeError):
+                return _error(400, 'send {"sql": "SELECT ..."} as JSON, or the query as text/plain')
+        else:
+            text = body.decode("utf-8", "replace")
+        if not isinstance(text, str) or not text.strip():
+            return _error(400, "the query is empty")
+        try:
+            result, truncated = await run_user_sql(store, text, config)
+        except SqlRefused as exc:
+            return _error(403, str(exc), refused=True)
+        except QueryError as exc:
+            return _error(400, str(exc), clickhouse=True)
+        if request.query_params.get("format") == "csv":
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(result.columns)
+            writer.writerows(result.rows)
+            return Response(
+                buf.getvalue(),
+                media_type="text/csv",
+                headers={"content-disposition": 'attachment; filename="meshscope.csv"'},
+            )
+        return JSON(
+            {
+                "columns": result.columns,
+                "rows": result.rows,
+                "elapsed_ms": round(result.elapsed_ms, 3),
+                "rows_read": result.rows_read,
+                "truncated": truncated,
+                "row_limit": config.sql_max_rows,
+            }
+        )
+
+    async def live(ws: WebSocket) -> None:
+        await ws.accept()
+        queue = hub.join()
+        reader = asyncio.create_task(_drain(ws))
+        try:
+            while not reader.done():
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                await ws.send_text(getter.result().decode())
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            hub.leave(queue)
+            reader.cancel()
+
+    async def healthz(request: Request) -> Response:
+        return JSON({"status": "ok", "live_messages": hub.received, "live_clients": len(hub.clients)})
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        return _error(400, str(exc))
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        return JSON({"error": f"ClickHouse is unavailable: {exc}"}, status_code=503, headers={"Retry-After": "2"})
+
+    async def query_failed(request: Request, exc: Exception) -> Response:
+        log.error("dashboard query failed", extra={"error": str(exc)[:500], "path": request.url.path})
+        return _error(500, str(exc))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        hub.start()
+        if lifespan_hooks:
+            await lifespan_hooks[0]()
+        try:
+            yield
+        finally:
+            if lifespan_hooks:
+                await lifespan_hooks[1]()
+            await hub.stop()
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/static/plotly.min.js", plotly_js),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+            Route("/api/topology", topology),
+            Route("/api/edges/{src}/{dst}", edge),
+            Route("/api/traces/{trace_id}", trace),
+            Route("/api/sql", sql, methods=["POST"]),
+            WebSocketRoute("/ws/live", live),
+            Route("/healthz", healthz),
+        ],
+        exception_handlers={q.BadRequest: bad_request, ClickHouseUnavailable: unavailable, QueryError: query_failed},
+        lifespan=lifespan,
+    )
+
+
+async def _drain(ws: WebSocket) -> None:
+    """Read (and ignore) what the browser sends, so a close is noticed."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return

@@ -1,0 +1,67 @@
+"""The dashboard's configuration: one frozen dataclass built by ``DashboardConfig.from_env``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from collector.config import CollectorConfig
+from dashboard.health import Thresholds
+from router import settings as s
+
+MESHSCOPE_DASHBOARD_HOST = "MESHSCOPE_DASHBOARD_HOST"
+"""Interface the dashboard listens on (default 127.0.0.1)."""
+MESHSCOPE_DASHBOARD_PORT = "MESHSCOPE_DASHBOARD_PORT"
+"""Port of the dashboard (default 8080)."""
+MESHSCOPE_HEALTH_ERROR_AMBER_PCT = "MESHSCOPE_HEALTH_ERROR_AMBER_PCT"
+"""Error % at which an edge turns amber (default 1)."""
+MESHSCOPE_HEALTH_ERROR_RED_PCT = "MESHSCOPE_HEALTH_ERROR_RED_PCT"
+"""Error % at which an edge turns red (default 5)."""
+MESHSCOPE_HEALTH_LAG_AMBER_MS = "MESHSCOPE_HEALTH_LAG_AMBER_MS"
+"""p99 end-to-end lag at which an edge turns amber (default 500 ms)."""
+MESHSCOPE_HEALTH_LAG_RED_MS = "MESHSCOPE_HEALTH_LAG_RED_MS"
+"""p99 end-to-end lag at which an edge turns red (default 2000 ms)."""
+MESHSCOPE_SQL_MAX_EXECUTION_S = "MESHSCOPE_SQL_MAX_EXECUTION_S"
+"""Longest a query of /api/sql may run."""
+MESHSCOPE_SQL_MAX_ROWS = "MESHSCOPE_SQL_MAX_ROWS"
+"""Most rows /api/sql returns (more are cut, and the answer says so)."""
+MESHSCOPE_SQL_MAX_MEMORY_BYTES = "MESHSCOPE_SQL_MAX_MEMORY_BYTES"
+"""Most memory one query of /api/sql may use."""
+MESHSCOPE_LINK_STALE_S = "MESHSCOPE_LINK_STALE_S"
+"""A link with no sample for this long is shown as down (its relay stopped reporting)."""
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    store: CollectorConfig = field(default_factory=CollectorConfig)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    sql_max_execution_s: float = 10.0
+    sql_max_rows: int = 10_000
+    sql_max_memory_bytes: int = 1 << 30
+    link_stale_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> DashboardConfig:
+        env = os.environ if environ is None else environ
+        d: dict[str, Any] = {f.name: f.default for f in fields(cls)}
+        t = Thresholds()
+        config = cls(
+            store=CollectorConfig.from_env(env),
+            host=s.get_str(env, MESHSCOPE_DASHBOARD_HOST, d["host"]),
+            port=s.get_int(env, MESHSCOPE_DASHBOARD_PORT, d["port"]),
+            thresholds=Thresholds(
+                s.get_float(env, MESHSCOPE_HEALTH_ERROR_AMBER_PCT, t.error_amber_pct),
+                s.get_float(env, MESHSCOPE_HEALTH_ERROR_RED_PCT, t.error_red_pct),
+                s.get_float(env, MESHSCOPE_HEALTH_LAG_AMBER_MS, t.lag_amber_ms),
+                s.get_float(env, MESHSCOPE_HEALTH_LAG_RED_MS, t.lag_red_ms),
+            ),
+            sql_max_execution_s=s.get_float(env, MESHSCOPE_SQL_MAX_EXECUTION_S, d["sql_max_execution_s"], 0.1),
+            sql_max_rows=s.get_int(env, MESHSCOPE_SQL_MAX_ROWS, d["sql_max_rows"], 1),
+            sql_max_memory_bytes=s.get_int(env, MESHSCOPE_SQL_MAX_MEMORY_BYTES, d["sql_max_memory_bytes"], 1 << 20),
+            link_stale_s=s.get_float(env, MESHSCOPE_LINK_STALE_S, d["link_stale_s"], 1.0),
+        )
+        return replace(config, **overrides)

@@ -1,0 +1,1 @@
+"""The dashboard's browser side: HTML, JS, CSS and the world topojson (served by the dashboard)."""
