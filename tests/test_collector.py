@@ -215,7 +215,7 @@ async def test_crash_between_insert_and_ack_leaves_every_record_once(
     await eventually(lambda: redis_sync.xpending("meshscope:flows", "meshscope-collectors")["pending"] == 0, 10)
     keys = flow_keys(ch_admin, database)
     assert len(keys) == 1000 and set(keys.values()) == {1}
-    assert redis_sync.hlen("meshscope:collector:inflight") == 0
+    await eventually(lambda: redis_sync.hlen("meshscope:collector:inflight") == 0)
     minute = ch_admin.query(f"SELECT sum(records) FROM `{database}`.edge_minute").result_rows[0][0]
     assert minute == 1000  # the aggregates did not count the re-insert either
 
