@@ -7,10 +7,21 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from router import logs
 from router.settings import SettingError
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service on uvloop (installed with uvicorn[standard]); plain asyncio where it is missing."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _relay(args: argparse.Namespace) -> int:
@@ -27,7 +38,7 @@ def _relay(args: argparse.Namespace) -> int:
     config = RelayConfig.from_env(os.environ, **overrides)
     logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="relay", region=config.region.id)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_relay(config))
+        _run(serve_relay(config))
     return 0
 
 
@@ -41,7 +52,7 @@ def _collector(args: argparse.Namespace) -> int:
     config = CollectorConfig.from_env(os.environ, **overrides)
     logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="collector", consumer=config.consumer)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_collector(config))
+        _run(serve_collector(config))
     return 0
 
 
@@ -59,7 +70,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     runtime = DashboardRuntime(config, with_collector=args.with_collector)
     print(f"meshscope dashboard on {runtime.server.url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(runtime.serve())
+        _run(runtime.serve())
     return 0
 
 
@@ -87,7 +98,7 @@ def _simulate(args: argparse.Namespace) -> int:
         return 2
     logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="simulator")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Simulator(SimulatorConfig(relays, args.rate)).run())
+        _run(Simulator(SimulatorConfig(relays, args.rate)).run())
     return 0
 
 

@@ -8,8 +8,7 @@ hundred records costs well under 1 µs per record.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -60,8 +59,9 @@ FIELDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class FlowRecord:
+class FlowRecord(NamedTuple):
+    """One hop of one event. A tuple: packing a batch costs well under a microsecond a record."""
+
     ts: int  # µs since the epoch
     event_id: str
     trace_id: str
@@ -86,7 +86,7 @@ class RecordDecodeError(ValueError):
 
 def pack(records: list[FlowRecord]) -> dict[bytes, bytes]:
     """The stream entry fields for a batch of records."""
-    return {b"v": FORMAT_VERSION, b"r": orjson.dumps([astuple(r) for r in records])}
+    return {b"v": FORMAT_VERSION, b"r": orjson.dumps([tuple(r) for r in records])}
 
 
 _TYPES: tuple[type | tuple[type, ...], ...] = (

@@ -7,7 +7,7 @@ connections, one dialed by each side, as NATS gateways do.
 
     HELLO     {"region", "relay", "provider", "lat", "lon"}
     INTEREST  {"patterns": [...], "gen": n}       full set, newest gen wins
-    EVENTS    {"b": [[seq, span_id, sent_us, published_us, attempt, event], ...]}
+    EVENTS    {"b": [[seq, span_id, sent_us, published_us, attempt, size, event], ...]}
     ACK       {"seq": n}                           everything up to n arrived
     PING/PONG {"ts": µs}                           RTT probe, echoed
 """
@@ -35,6 +35,7 @@ class MeshEvent:
     sent_us: int
     published_us: int
     attempt: int
+    size: int
     body: dict[str, Any]
 
 
@@ -49,7 +50,7 @@ def encode_events(batch: list[MeshEvent]) -> bytes:
         {
             "v": VERSION,
             "t": EVENTS,
-            "b": [[e.seq, e.span_id, e.sent_us, e.published_us, e.attempt, e.body] for e in batch],
+            "b": [[e.seq, e.span_id, e.sent_us, e.published_us, e.attempt, e.size, e.body] for e in batch],
         }
     )
 
@@ -76,10 +77,17 @@ def events_of(frame: dict[str, Any]) -> list[MeshEvent]:
         raise FrameError("EVENTS frame without a batch")
     out = []
     for item in batch:
-        if not isinstance(item, list) or len(item) != 6 or not isinstance(item[5], dict):
+        if not isinstance(item, list) or len(item) != 7 or not isinstance(item[6], dict):
             raise FrameError("malformed event in EVENTS frame")
-        seq, span_id, sent_us, published_us, attempt, body = item
-        if not (isinstance(seq, int) and isinstance(span_id, str) and isinstance(sent_us, int)):
+        seq, span_id, sent_us, published_us, attempt, size, body = item
+        if not (
+            isinstance(seq, int)
+            and isinstance(span_id, str)
+            and isinstance(sent_us, int)
+            and isinstance(published_us, int)
+            and isinstance(attempt, int)
+            and isinstance(size, int)
+        ):
             raise FrameError("malformed hop context in EVENTS frame")
-        out.append(MeshEvent(seq, span_id, sent_us, published_us, attempt, body))
+        out.append(MeshEvent(seq, span_id, sent_us, published_us, attempt, size, body))
     return out

@@ -229,7 +229,9 @@ class MeshLink:
                 self.next_seq += 1
                 self.unacked[item.seq] = item
                 ev = item.event
-                batch.append(fr.MeshEvent(item.seq, item.span_id, sent_us, ev.published_us, item.attempt, ev.body))
+                batch.append(
+                    fr.MeshEvent(item.seq, item.span_id, sent_us, ev.published_us, item.attempt, ev.size, ev.body)
+                )
             self.on_sent(self, items, sent_us)
             await transmit(fr.encode_events(batch))
 

@@ -7,6 +7,7 @@ enough for the relay's per-event path. Rendering happens only on scrape.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -24,6 +25,20 @@ class Registry:
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         self._values[name][tuple(sorted(labels.items()))] += amount
+
+    def inc_many(
+        self,
+        name: str,
+        label_names: tuple[str, ...],
+        counts: Mapping[tuple[str, str], int] | Mapping[tuple[str, ...], int],
+    ) -> None:
+        """Add many counts at once: ``counts`` maps label values (in ``label_names`` order) to amounts.
+
+        The relay counts per batch and calls this once, instead of once per event.
+        """
+        series = self._values[name]
+        for values, amount in counts.items():
+            series[tuple(sorted(zip(label_names, values, strict=True)))] += amount
 
     def set(self, name: str, value: float, **labels: str) -> None:
         self._values[name][tuple(sorted(labels.items()))] = value

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,7 @@ class Relay:
             for url in config.peers
         ]
         self.links_by_region: dict[str, MeshLink] = {}
+        self._out: Counter[tuple[str, str]] = Counter()  # (destination, topic) -> events, flushed per batch
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- life cycle -------------------------------------------------------------------
@@ -238,11 +240,11 @@ class Relay:
         duplicates: list[str] = []
         group_appends: list[tuple[str, bytes]] = []
         region = self.region
-        inc = self.metrics.inc
+        topics: Counter[tuple[str, str]] = Counter()
         for ev in events:
             start = now_us()
             ev.published_us = start
-            inc("events_in_total", topic=ev.topic, source="producer")
+            topics[("producer", ev.topic)] += 1
             span = new_span_id()
             if self.dedup.seen(ev.source, ev.id):
                 duplicates.append(ev.id)
@@ -261,6 +263,8 @@ class Relay:
                 link = self.links_by_region.get(peer)
                 if link is None or not link.enqueue(Outbound(ev, new_span_id(), span, ts)):
                     self._record(ev, fk.DROP, new_span_id(), span, region, peer, now_us(), 0.0, fk.LINK_DOWN)
+        self.metrics.inc_many("events_in_total", ("source", "topic"), topics)
+        self._flush_out()
         if group_appends:
             await self.groups.append(group_appends)
         return accepted, duplicates
@@ -298,7 +302,7 @@ class Relay:
             delivered = True
         if delivered:
             self._record(ev, fk.DELIVER, new_span_id(), parent, src, region, ts, hop_ms, fk.OK, attempt, seq)
-            self.metrics.inc("events_out_total", topic=ev.topic, destination="local")
+            self._out[("local", ev.topic)] += 1
         elif not dropped:
             self._record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.NO_ROUTE, attempt, seq)
 
@@ -307,6 +311,7 @@ class Relay:
     async def receive_mesh(self, peer_region: str, batch: list[fr.MeshEvent]) -> None:
         """Deliver events that arrived from a peer; they are never forwarded again."""
         group_appends: list[tuple[str, bytes]] = []
+        topics: Counter[tuple[str, str]] = Counter()
         for me in batch:
             body = me.body
             event_id, source, topic = body.get("id"), body.get("source"), body.get("type")
@@ -318,8 +323,8 @@ class Relay:
             if self.mesh_dedup.seen(source, event_id):
                 self.metrics.inc("mesh_duplicates_total")
                 continue
-            ev = Event(event_id, source, topic, trace, body, len(orjson.dumps(body)), me.published_us)
-            self.metrics.inc("events_in_total", topic=topic, source=peer_region)
+            ev = Event(event_id, source, topic, trace, body, me.size, me.published_us)
+            topics[(peer_region, topic)] += 1
             if self.interest.route(topic).local:
                 self._deliver(ev, me.span_id, peer_region, me.sent_us, me.attempt, me.seq, group_appends)
             else:
@@ -337,8 +342,15 @@ class Relay:
                     me.attempt,
                     me.seq,
                 )
+        self.metrics.inc_many("events_in_total", ("source", "topic"), topics)
+        self._flush_out()
         if group_appends:
             await self.groups.append(group_appends)
+
+    def _flush_out(self) -> None:
+        if self._out:
+            self.metrics.inc_many("events_out_total", ("destination", "topic"), self._out)
+            self._out.clear()
 
     def interest_frame(self) -> bytes:
         return fr.encode(fr.INTEREST, patterns=sorted(self.interest.local.patterns), gen=self.interest.generation)
@@ -392,7 +404,7 @@ class Relay:
 
     def _on_sent(self, link: MeshLink, items: list[Outbound], sent_us: int) -> None:
         peer = link.peer_region or "?"
-        inc = self.metrics.inc
+        out = self._out
         for item in items:
             ev = item.event
             self._record(
@@ -408,7 +420,8 @@ class Relay:
                 item.attempt,
                 item.seq,
             )
-            inc("events_out_total", topic=ev.topic, destination=peer)
+            out[(peer, ev.topic)] += 1
+        self._flush_out()
 
     def _on_link_state(self, link: MeshLink, state: str) -> None:
         peer = link.peer_region or link.url

@@ -21,7 +21,9 @@ def redis_client(url: str) -> aioredis.Redis:
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening-ready TCP socket; port 0 picks a free port, readable before the server starts."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and without it
+    # every keep-alive response waits ~40 ms on Nagle and delayed ACKs
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock

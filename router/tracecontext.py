@@ -8,7 +8,7 @@ the only version we emit; a higher version is accepted as the spec asks
 
 from __future__ import annotations
 
-import os
+import random
 from dataclasses import dataclass
 
 _HEX = frozenset("0123456789abcdef")
@@ -56,11 +56,12 @@ def parse_traceparent(value: object) -> TraceParent | None:
 
 
 def new_trace_id() -> str:
-    return os.urandom(16).hex()
+    """A random non-zero trace id (W3C asks for randomness, not secrecy; the generator is reseeded per process)."""
+    return f"{random.getrandbits(128) or 1:032x}"
 
 
 def new_span_id() -> str:
-    return os.urandom(8).hex()
+    return f"{random.getrandbits(64) or 1:016x}"
 
 
 def new_traceparent(sampled: bool = True) -> TraceParent:

@@ -41,9 +41,7 @@ def drive(url: str) -> dict[str, Any]:
             "(document.getElementById('map').data.find(t => t.name === 'regions') || {lat: []}).lat.length >= 3",
             timeout=20_000,
         )
-        seen["regions"] = page.evaluate(
-            "document.getElementById('map').data.find(t => t.name === 'regions').text"
-        )
+        seen["regions"] = page.evaluate("document.getElementById('map').data.find(t => t.name === 'regions').text")
         seen["region_markers"] = page.locator("#map g.trace.scattergeo").last.locator("path.point").count()
         # live numbers: the live edge table changes from one second to the next
         page.wait_for_selector("#live-edges-body tr.live-edge", timeout=20_000)
@@ -124,8 +122,9 @@ async def test_dashboard_in_a_real_browser(stack_factory: Any) -> None:
     assert "→" in seen["panel_title"] and seen["series_points"] > 0
     assert seen["trace_rows"] >= 2
     assert seen["sql_rows"] == 3 or seen["sql_rows"] == 4, seen["sql_status"]
-    outside = [u for u in seen["requests"]
-               if not u.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))]
+    outside = [
+        u for u in seen["requests"] if not u.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))
+    ]
     assert outside == [], f"requests left 127.0.0.1: {outside}"
     assert not seen["console_errors"], seen["console_errors"]
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

