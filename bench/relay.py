@@ -140,9 +140,18 @@ def relay_post(ports: dict[str, int], seconds: float, connections: int = 32) -> 
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_SCRIPT)
     out = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "-s", f.name,
-         f"http://127.0.0.1:{ports[A]}/v1/events"],
-        capture_output=True, text=True, check=True,
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, int(seconds))}s",
+            "-s",
+            f.name,
+            f"http://127.0.0.1:{ports[A]}/v1/events",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     os.unlink(f.name)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

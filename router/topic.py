@@ -30,11 +30,22 @@ def _tokens(text: str, what: str) -> list[str]:
     return tokens
 
 
+_VALID_TOPICS: set[str] = set()
+
+
 def validate_topic(topic: str) -> str:
-    """Return ``topic`` if it is a publishable topic (no wildcards), else raise InvalidTopic."""
+    """Return ``topic`` if it is a publishable topic (no wildcards), else raise InvalidTopic.
+
+    Valid topics are remembered (a relay sees the same few over and over).
+    """
+    if topic in _VALID_TOPICS:
+        return topic
     for token in _tokens(topic, "topic"):
         if "*" in token or ">" in token:
             raise InvalidTopic(f"topic {topic!r} contains a wildcard; wildcards are for subscriptions")
+    if len(_VALID_TOPICS) > 100_000:
+        _VALID_TOPICS.clear()
+    _VALID_TOPICS.add(topic)
     return topic
 
 
