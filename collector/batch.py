@@ -1,6 +1,7 @@
 """Turning stream entries into insert batches, with no I/O.
 
-A batch is a list of stream entry ids and their rows. Its insert carries a
+A batch is a list of stream entry ids and their records, kept column by column
+(the form the insert takes). Its insert carries a
 deduplication token derived only from those ids, so the same entries always
 give the same token: a batch retried after a crash (by this collector or by one
 that took the entries over) is dropped by ClickHouse as a duplicate.
@@ -12,27 +13,26 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.flowrecord import FIELDS, RecordDecodeError, unpack_rows
+from router.flowrecord import FIELDS, RecordDecodeError, unpack_columns
 
 
 @dataclass
 class Batch:
     ids: list[str] = field(default_factory=list)
-    rows: list[list[Any]] = field(default_factory=list)
+    columns: list[list[Any]] = field(default_factory=lambda: [[] for _ in FIELDS])
     started: float = 0.0
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.columns[0])
 
     @property
     def token(self) -> str:
         return batch_token(self.ids)
 
-    def columns(self) -> list[list[Any]]:
-        """The rows as one list per column, in FIELDS order."""
-        if not self.rows:
-            return [[] for _ in FIELDS]
-        return [list(col) for col in zip(*self.rows, strict=True)]
+    def add(self, entry_id: str, columns: list[list[Any]]) -> None:
+        self.ids.append(entry_id)
+        for mine, more in zip(self.columns, columns, strict=True):
+            mine.extend(more)
 
 
 def batch_token(ids: list[str]) -> str:
@@ -47,12 +47,12 @@ class Poison:
 
 
 def split_entries(entries: list[tuple[str, dict[Any, Any]]]) -> tuple[list[tuple[str, list[list[Any]]]], list[Poison]]:
-    """Decode entries; returns ((id, rows) for good ones, poison entries with their reason)."""
+    """Decode entries; returns ((id, columns) for good ones, poison entries with their reason)."""
     good: list[tuple[str, list[list[Any]]]] = []
     bad: list[Poison] = []
     for entry_id, fields in entries:
         try:
-            good.append((entry_id, unpack_rows(fields)))
+            good.append((entry_id, unpack_columns(fields)))
         except RecordDecodeError as exc:
             bad.append(Poison(entry_id, str(exc), fields))
     return good, bad

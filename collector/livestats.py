@@ -63,25 +63,28 @@ class LiveWindow:
         self.edges: dict[tuple[str, str, str], _Edge] = {}
         self._rng = random.Random(seed)
 
-    def add(self, rows: list[list[Any]]) -> None:
-        for row in rows:
-            key = (row[SRC], row[DST], row[TOPIC])
+    def add(self, columns: list[list[Any]]) -> None:
+        """Count a batch of records given column by column (FIELDS order)."""
+        cols = columns
+        for i, (src, dst, topic, kind, status, nbytes) in enumerate(
+            zip(cols[SRC], cols[DST], cols[TOPIC], cols[KIND], cols[STATUS], cols[BYTES], strict=True)
+        ):
+            key = (src, dst, topic)
             edge = self.edges.get(key)
             if edge is None:
                 edge = self.edges[key] = _Edge()
-            kind, status = row[KIND], row[STATUS]
             if kind in (FORWARD, PUBLISH):
                 edge.count += 1
-            edge.bytes += row[BYTES]
+            edge.bytes += nbytes
             if status != OK:
                 edge.errors += 1
                 edge.by_status[status] = edge.by_status.get(status, 0) + 1
             elif kind == DELIVER:
                 edge.delivered += 1
-                self._keep(edge.e2e, row[E2E], edge.delivered)
-                self._keep(edge.hop, row[HOP], edge.delivered)
+                self._keep(edge.e2e, cols[E2E][i], edge.delivered)
+                self._keep(edge.hop, cols[HOP][i], edge.delivered)
             if (kind == DELIVER or status != OK) and len(edge.samples) < SAMPLES_PER_EDGE:
-                edge.samples.append(row)
+                edge.samples.append([c[i] for c in cols])
 
     def _keep(self, values: list[float], value: float, seen: int) -> None:
         if len(values) < MAX_VALUES:

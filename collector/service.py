@@ -72,6 +72,7 @@ class Collector:
         m.describe("collector_claimed_entries_total", "counter", "Entries taken over from idle consumers")
         self._stopping = False
         self._ready = asyncio.Event()
+        self._inflight: asyncio.Task[None] | None = None
 
     # ---- ClickHouse ---------------------------------------------------------------------
 
@@ -113,7 +114,7 @@ class Collector:
         await self._with_clickhouse("migrate", run)
 
     async def _insert(self, batch: Batch, token: str) -> None:
-        columns = batch.columns()
+        columns = batch.columns
         settings = {**INSERT_SETTINGS, "insert_deduplication_token": token}
 
         def run(client: Client) -> None:
@@ -150,7 +151,10 @@ class Collector:
             entries = await self.stream.read(self.config.read_count, int(min(wait_s, 0.25) * 1000))
             await self._take(entries)
             if should_flush(self.batch, time.monotonic(), self.config.batch_rows, self.config.flush_interval_s):
-                await self.flush()
+                await self.flush(wait=False)
+            elif self._inflight is not None and self._inflight.done():
+                inflight, self._inflight = self._inflight, None
+                await inflight  # surfaces a failed commit
         await self.flush()
 
     def stop(self) -> None:
@@ -173,16 +177,25 @@ class Collector:
             self.metrics.inc("collector_dead_letters_total")
         if good and not self.batch.ids:
             self.batch.started = time.monotonic()
-        for entry_id, rows in good:
-            self.batch.ids.append(entry_id)
-            self.batch.rows.extend(rows)
-            self.live.add(rows)
+        for entry_id, columns in good:
+            self.batch.add(entry_id, columns)
+            self.live.add(columns)
 
-    async def flush(self) -> None:
+    async def flush(self, wait: bool = True) -> None:
+        """Commit the current batch. With ``wait=False`` the insert runs while the next batch is read.
+
+        At most one commit is in flight; commits (and so acks) happen in batch order.
+        """
         batch, self.batch = self.batch, Batch()
+        if self._inflight is not None:
+            await self._inflight
+            self._inflight = None
         if not batch.ids:
             return
-        await self._commit(batch)
+        if wait:
+            await self._commit(batch)
+        else:
+            self._inflight = asyncio.create_task(self._commit(batch))
 
     async def _commit(self, batch: Batch, recovered_token: str | None = None) -> None:
         """Manifest, insert, ack, forget the manifest: the order that loses nothing.
@@ -193,7 +206,7 @@ class Collector:
         token = recovered_token or batch.token
         if recovered_token is None:
             await self.stream.save_manifest(token, batch.ids)
-        if batch.rows:
+        if len(batch):
             try:
                 await self._insert(batch, token)
             except (QueryError, DatabaseError) as exc:
@@ -239,7 +252,11 @@ class Collector:
                 for bad in poison:
                     await self.stream.dead_letter(bad.entry_id, bad.reason, bad.fields)
                     self.metrics.inc("collector_dead_letters_total")
-                batch = Batch(ids=[e for e, _ in entries], rows=[r for _, rows in good for r in rows])
+                batch = Batch()
+                for entry_id, columns in good:
+                    batch.add(entry_id, columns)
+                # ids of poison entries stay in the batch so they are acked with it (they are dead-lettered)
+                batch.ids.extend(bad.entry_id for bad in poison)
                 await self._commit(batch, recovered_token=token)
                 self.metrics.inc("collector_recovered_batches_total")
                 log.info("in-flight batch recovered", extra={"token": token, "entries": len(entries)})

@@ -89,14 +89,19 @@ def pack(records: list[FlowRecord]) -> dict[bytes, bytes]:
     return {b"v": FORMAT_VERSION, b"r": orjson.dumps([tuple(r) for r in records])}
 
 
-_TYPES: tuple[type | tuple[type, ...], ...] = (
-    int, str, str, str, str, str, str, str, str, str,
-    (int, float), (int, float), str, int, int, int,
-)  # fmt: skip
+# The Python types each field may have after JSON decoding, column by column.
+_INT = frozenset((int,))
+_STR = frozenset((str,))
+_NUM = frozenset((int, float))
+_COLUMN_TYPES = (_INT, _STR, _STR, _STR, _STR, _STR, _STR, _STR, _STR, _STR, _NUM, _NUM, _STR, _INT, _INT, _INT)
+_KINDS = frozenset(KINDS)
 
 
-def unpack_rows(fields: dict[Any, Any]) -> list[list[Any]]:
-    """The rows of one stream entry, checked; raise RecordDecodeError when it is not one."""
+def unpack_columns(fields: dict[Any, Any]) -> list[list[Any]]:
+    """The records of one stream entry as one list per field (FIELDS order), checked.
+
+    Raises RecordDecodeError when the entry is not a packed batch of valid records.
+    """
     version = fields.get(b"v", fields.get("v"))
     if version not in (FORMAT_VERSION, FORMAT_VERSION.decode()):
         raise RecordDecodeError(f"unknown flow record format version {version!r}")
@@ -110,15 +115,23 @@ def unpack_rows(fields: dict[Any, Any]) -> list[list[Any]]:
     if not isinstance(rows, list):
         raise RecordDecodeError("records must be a JSON array")
     width = len(FIELDS)
-    for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != width:
-            raise RecordDecodeError(f"record {i} does not have {width} fields")
-        for name, value, kind in zip(FIELDS, row, _TYPES, strict=True):
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise RecordDecodeError(f"record {i}: field {name} has the wrong type")
-        if row[6] not in KINDS:
-            raise RecordDecodeError(f"record {i}: unknown kind {row[6]!r}")
-    return rows
+    if not all(type(row) is list and len(row) == width for row in rows):
+        raise RecordDecodeError(f"every record must be an array of {width} fields")
+    if not rows:
+        return [[] for _ in FIELDS]
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    # checked column by column: set(map(type, ...)) runs in C, a loop per value would not
+    for name, column, allowed in zip(FIELDS, columns, _COLUMN_TYPES, strict=True):
+        if not set(map(type, column)) <= allowed:
+            raise RecordDecodeError(f"field {name} has the wrong type in some record")
+    if not set(columns[6]) <= _KINDS:
+        raise RecordDecodeError(f"unknown kind in {sorted(set(columns[6]) - _KINDS)!r}")
+    return columns
+
+
+def unpack_rows(fields: dict[Any, Any]) -> list[list[Any]]:
+    """The records of one stream entry as rows, checked as ``unpack_columns`` checks them."""
+    return [list(row) for row in zip(*unpack_columns(fields), strict=True)]
 
 
 def unpack(fields: dict[Any, Any]) -> list[FlowRecord]:

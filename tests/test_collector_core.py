@@ -38,21 +38,20 @@ def test_percentile_nearest_rank() -> None:
 
 
 def row(kind: str, src: str = "a", dst: str = "b", status: str = "ok", e2e: float = 1.0) -> list[object]:
-    return list(tuple(FlowRecord(1, "e", "t", "s", "p", "x.y", kind, src, dst, "r", 0.5, e2e, status, 10, 1, 0)))
+    return list(FlowRecord(1, "e", "t", "s", "p", "x.y", kind, src, dst, "r", 0.5, e2e, status, 10, 1, 0))
 
 
 def test_live_window_counts_what_an_edge_means() -> None:
     w = LiveWindow(seed=1)
-    w.add(
-        [
-            row("forward"),
-            row("forward"),
-            row("deliver", e2e=10.0),
-            row("deliver", e2e=30.0),
-            row("drop", status="backpressure"),
-            row("publish", "a", "a"),
-        ]
-    )
+    rows = [
+        row("forward"),
+        row("forward"),
+        row("deliver", e2e=10.0),
+        row("deliver", e2e=30.0),
+        row("drop", status="backpressure"),
+        row("publish", "a", "a"),
+    ]
+    w.add([list(c) for c in zip(*rows, strict=True)])
     msg = w.flush(100, "c1")
     edges = {(e["src"], e["dst"]): e for e in msg["edges"]}
     ab = edges[("a", "b")]
@@ -66,8 +65,9 @@ def test_live_window_counts_what_an_edge_means() -> None:
 
 def test_batches_token_and_flush_policy() -> None:
     assert batch_token(["1-0", "2-0"]) == batch_token(["1-0", "2-0"]) != batch_token(["1-0"])
-    b = Batch(ids=["1-0"], rows=[[1, 2], [3, 4]], started=10.0)
-    assert b.columns() == [[1, 3], [2, 4]]
+    b = Batch(started=10.0)
+    b.add("1-0", [[1, 3], [2, 4]] + [[0, 0]] * 14)
+    assert b.columns[:2] == [[1, 3], [2, 4]] and len(b) == 2
     assert should_flush(b, 10.5, 2, 1.0)  # enough rows
     assert not should_flush(b, 10.5, 3, 1.0)
     assert should_flush(b, 11.0, 3, 1.0)  # old enough
@@ -77,7 +77,7 @@ def test_batches_token_and_flush_policy() -> None:
 def test_split_entries_separates_poison() -> None:
     good_fields = pack([FlowRecord(1, "e", "t", "s", "p", "x", "publish", "a", "a", "r", 0.1, 0.1, "ok", 1, 1, 0)])
     good, bad = split_entries([("1-0", good_fields), ("2-0", {b"v": b"1", b"r": b"garbage"})])
-    assert [g[0] for g in good] == ["1-0"] and len(good[0][1]) == 1
+    assert [g[0] for g in good] == ["1-0"] and len(good[0][1]) == 16 and good[0][1][1] == ["e"]
     assert bad[0].entry_id == "2-0" and "JSON" in bad[0].reason
 
 
