@@ -120,6 +120,12 @@ _AGG_SELECT = f"""
     sumMapIf(map({sql_bucket("e2e_ms")}, toUInt64(1)), kind = 'deliver') AS e2e_hist
 """
 
+_ROLLUP_SELECT = """
+    sum(records) AS records, sum(entered) AS entered, sum(delivered) AS delivered, sum(errors) AS errors,
+    sumMap(status_counts) AS status_counts, sum(bytes) AS bytes, sumMap(hop_hist) AS hop_hist,
+    sumMap(e2e_hist) AS e2e_hist
+"""
+
 PAIR_SHARDING = "cityHash64(src_region, dst_region)"
 
 
@@ -202,6 +208,45 @@ def migrations(opts: SchemaOptions) -> list[Migration]:
                     "ORDER BY id",
                     "cityHash64(id)",
                 )
+            ),
+        ),
+        Migration(
+            4,
+            "hourly rollup and trace index",
+            (
+                # pair_hour is fed from pair_minute's inserts (a cascade, no join): a 24 h map merges 24
+                # rows per pair instead of 1,440
+                *n.table(
+                    "pair_hour",
+                    f"bucket DateTime('UTC'), src_region LowCardinality(String), "
+                    f"dst_region LowCardinality(String), {_AGG_VALUES}",
+                    "AggregatingMergeTree",
+                    f"PARTITION BY toYYYYMM(bucket) ORDER BY ({pair_key}) TTL bucket + {agg_ttl}",
+                    PAIR_SHARDING,
+                    "ttl_only_drop_parts = 1",
+                ),
+                (
+                    f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.`pair_hour_mv`{n.on_cluster} TO "
+                    f"{n.local('pair_hour')} AS SELECT toStartOfHour(bucket) AS bucket, src_region, dst_region, "
+                    f"{_ROLLUP_SELECT} FROM {n.local('pair_minute')} GROUP BY src_region, dst_region, bucket"
+                ),
+                # trace_index answers "when did this trace happen" by binary search on trace_id; the
+                # lookup in flows then reads only that time range instead of every bloom filter
+                *n.table(
+                    "trace_index",
+                    "trace_id String, first_ts SimpleAggregateFunction(min, DateTime64(6, 'UTC')), "
+                    "last_ts SimpleAggregateFunction(max, DateTime64(6, 'UTC'))",
+                    "AggregatingMergeTree",
+                    f"PARTITION BY toDate(first_ts) ORDER BY trace_id "
+                    f"TTL toDateTime(first_ts) + INTERVAL {opts.flows_ttl_days} DAY",
+                    "cityHash64(trace_id)",
+                    "ttl_only_drop_parts = 1",
+                ),
+                (
+                    f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.`trace_index_mv`{n.on_cluster} TO "
+                    f"{n.local('trace_index')} AS SELECT trace_id, min(ts) AS first_ts, max(ts) AS last_ts "
+                    f"FROM {n.local('flows')} WHERE trace_id != '' GROUP BY trace_id"
+                ),
             ),
         ),
     ]

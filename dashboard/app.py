@@ -82,7 +82,7 @@ def build_app(
 
     async def edge(request: Request) -> Response:
         src, dst = request.path_params["src"], request.path_params["dst"]
-        sp = q.span(q.parse_window(request.query_params.get("window")), time.time())
+        sp = q.span(q.parse_window(request.query_params.get("window")), time.time(), max_bucket_s=60)
         params = {"src": src, "dst": dst}
         series, topics, samples = await asyncio.gather(
             store.rows(q.edge_series_sql(db, sp), params),
@@ -95,7 +95,10 @@ def build_app(
         trace_id = request.path_params["trace_id"].lower()
         if not q.TRACE_ID.match(trace_id):
             return _error(400, "a trace id is 32 lower-case hex digits")
-        rows = await store.rows(q.trace_sql(db), {"trace_id": trace_id})
+        params = {"trace_id": trace_id}
+        first, last, found = (await store.rows(q.trace_range_sql(db), params))[0]
+        # no index entry (records older than the index): fall back to the bloom filter alone
+        rows = await store.rows(q.trace_sql(db, first, last) if found else q.trace_sql(db), params)
         if not rows:
             return _error(404, f"no flow records for trace {trace_id}")
         return JSON(q.shape_trace(trace_id, rows))

@@ -50,8 +50,10 @@ class Span:
         return max(1, self.end - self.start)
 
 
-def span(window_s: int, now_s: float) -> Span:
-    bucket_s = 1 if window_s <= SECOND_TABLE_MAX_S else 60
+def span(window_s: int, now_s: float, max_bucket_s: int = 3600) -> Span:
+    """The window's range, in per-second buckets up to 15 minutes, per-minute up to an hour, else hourly."""
+    bucket_s = 1 if window_s <= SECOND_TABLE_MAX_S else 60 if window_s <= 3600 else 3600
+    bucket_s = min(bucket_s, max_bucket_s)
     end = int(now_s)
     start = (end - window_s) // bucket_s * bucket_s
     return Span(start, end, bucket_s)
@@ -62,8 +64,12 @@ _VALUES = (
 )
 
 
+PAIR_TABLES = {1: "edge_second", 60: "pair_minute", 3600: "pair_hour"}
+EDGE_TABLES = {1: "edge_second", 60: "edge_minute"}
+
+
 def topology_sql(db: str, sp: Span) -> str:
-    table = "edge_second" if sp.bucket_s == 1 else "pair_minute"
+    table = PAIR_TABLES[sp.bucket_s]
     return (
         f"SELECT src_region, dst_region, {_VALUES} FROM `{db}`.`{table}` "
         f"WHERE bucket >= toDateTime({sp.start}) GROUP BY src_region, dst_region ORDER BY src_region, dst_region"
@@ -199,7 +205,8 @@ def series_step(sp: Span) -> int:
 
 
 def edge_series_sql(db: str, sp: Span) -> str:
-    table = "edge_second" if sp.bucket_s == 1 else "edge_minute"
+    """One edge's series; ``sp`` comes from ``span(..., max_bucket_s=60)``."""
+    table = "edge_second" if sp.bucket_s == 1 else "pair_minute"
     step = series_step(sp)
     return (
         f"SELECT intDiv(toUnixTimestamp(bucket), {step}) * {step} AS t, sum(entered), sum(errors), "
@@ -209,17 +216,22 @@ def edge_series_sql(db: str, sp: Span) -> str:
 
 
 def edge_topics_sql(db: str, sp: Span) -> str:
-    table = "edge_second" if sp.bucket_s == 1 else "edge_minute"
+    table = EDGE_TABLES[sp.bucket_s]
     return (
         f"SELECT topic, {_VALUES} FROM `{db}`.`{table}` WHERE src_region = %(src)s AND dst_region = %(dst)s "
         f"AND bucket >= toDateTime({sp.start}) GROUP BY topic ORDER BY sum(entered) DESC, topic"
     )
 
 
+SAMPLE_WINDOW_S = 900
+
+
 def edge_samples_sql(db: str, sp: Span) -> str:
+    """The most recent sampled events of the edge, from the last 15 minutes of the window at most."""
+    since = max(sp.start, sp.end - SAMPLE_WINDOW_S)
     return (
         f"SELECT toUnixTimestamp64Micro(ts), event_id, trace_id, topic, kind, status, hop_ms, e2e_ms "
-        f"FROM `{db}`.`flows` WHERE src_region = %(src)s AND dst_region = %(dst)s AND ts >= toDateTime({sp.start}) "
+        f"FROM `{db}`.`flows` WHERE src_region = %(src)s AND dst_region = %(dst)s AND ts >= toDateTime({since}) "
         f"AND kind IN ('deliver', 'drop') ORDER BY ts DESC LIMIT {SAMPLE_LIMIT}"
     )
 
@@ -290,10 +302,25 @@ TRACE_COLUMNS = (
 )
 
 
-def trace_sql(db: str) -> str:
+def trace_range_sql(db: str) -> str:
+    """When a trace happened, from the trace index (a binary search on trace_id)."""
+    return (
+        f"SELECT toUnixTimestamp64Micro(min(first_ts)), toUnixTimestamp64Micro(max(last_ts)), count() "
+        f"FROM `{db}`.`trace_index` WHERE trace_id = %(trace_id)s"
+    )
+
+
+def trace_sql(db: str, first_us: int | None = None, last_us: int | None = None) -> str:
+    """The trace's records; with its time range known only those granules are read."""
+    where = ""
+    if first_us is not None and last_us is not None:
+        where = (
+            f" AND ts >= fromUnixTimestamp64Micro({first_us - 1_000_000}) "
+            f"AND ts <= fromUnixTimestamp64Micro({last_us + 1_000_000})"
+        )
     return (
         f"SELECT toUnixTimestamp64Micro(ts), {', '.join(TRACE_COLUMNS[1:])} FROM `{db}`.`flows` "
-        f"WHERE trace_id = %(trace_id)s ORDER BY ts LIMIT 5000"
+        f"WHERE trace_id = %(trace_id)s{where} ORDER BY ts LIMIT 5000"
     )
 
 

@@ -165,6 +165,7 @@ async def test_aggregates_equal_raw_flows(
         ("edge_minute", "toStartOfMinute(ts)", "src_region, dst_region, topic"),
         ("edge_second", "toStartOfSecond(ts)", "src_region, dst_region, topic"),
         ("pair_minute", "toStartOfMinute(ts)", "src_region, dst_region"),
+        ("pair_hour", "toStartOfHour(ts)", "src_region, dst_region"),
     ):
         agg = ch_admin.query(
             f"SELECT toUnixTimestamp(bucket) AS b, {keys}, {values} FROM {db}.{table} "
@@ -177,6 +178,17 @@ async def test_aggregates_equal_raw_flows(
         assert agg == raw, table
         assert sum(r[-8] for r in agg) == 3000
         assert sum(r[-5] for r in agg) == sum(1 for r in records if r.status != "ok")
+    index = ch_admin.query(
+        f"SELECT trace_id, toUnixTimestamp64Micro(min(first_ts)), toUnixTimestamp64Micro(max(last_ts)) "
+        f"FROM {db}.trace_index GROUP BY trace_id ORDER BY trace_id"
+    ).result_rows
+    assert (
+        index
+        == ch_admin.query(
+            f"SELECT trace_id, toUnixTimestamp64Micro(min(ts)), toUnixTimestamp64Micro(max(ts)) FROM {db}.flows "
+            "GROUP BY trace_id ORDER BY trace_id"
+        ).result_rows
+    )
     # percentiles read from the buckets stay within 4.5 % of the exact ones
     exact = ch_admin.query(
         f"SELECT src_region, dst_region, quantileExact(0.99)(e2e_ms) FROM {db}.flows WHERE kind = 'deliver' "
@@ -360,7 +372,7 @@ async def test_links_and_regions_reach_clickhouse(mesh: Mesh, run_collector: Any
 def test_migrations_are_idempotent(clickhouse_url: str, database: str) -> None:
     client = make_client(clickhouse_url)
     cfg = config("redis://unused", clickhouse_url, database)
-    assert migrate(client, cfg.schema) == [1, 2, 3]
+    assert migrate(client, cfg.schema) == [1, 2, 3, 4]
     assert migrate(client, cfg.schema) == []
     tables = {
         r[0]
@@ -368,4 +380,14 @@ def test_migrations_are_idempotent(clickhouse_url: str, database: str) -> None:
             "SELECT name FROM system.tables WHERE database = %(d)s", parameters={"d": database}
         ).result_rows
     }
-    assert tables >= {"flows", "edge_minute", "edge_second", "pair_minute", "links", "regions", "schema_migrations"}
+    assert tables >= {
+        "flows",
+        "edge_minute",
+        "edge_second",
+        "pair_minute",
+        "pair_hour",
+        "trace_index",
+        "links",
+        "regions",
+        "schema_migrations",
+    }
