@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import tempfile
 import time
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
-from bench.common import Figure, valkey
+from bench.common import Figure, clickhouse_url, valkey
 from collector.clickhouse import make_client, migrate
 from collector.config import CollectorConfig
 from collector.service import Collector
@@ -107,7 +106,7 @@ def run(quick: bool = False, runs: int = 3) -> list[Figure]:
         target=">= 300,000",
         note=f"{n:,} records, 500 per stream entry, embedded ClickHouse (chdb) with the materialized views",
     )
-    ch_url = os.environ.get("CLICKHOUSE_URL") or f"chdb://{tempfile.mkdtemp(prefix='ms-bench-ch-')}"
+    ch_url = clickhouse_url()
     client = make_client(ch_url)
     recs = records(n)
     columns = [list(c) for c in zip(*recs, strict=True)]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -95,6 +97,12 @@ def table(title: str, figures: list[Figure]) -> str:
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+@functools.cache
+def clickhouse_url() -> str:
+    """CLICKHOUSE_URL, or one embedded ClickHouse path for the whole run (chdb allows one per process)."""
+    return os.environ.get("CLICKHOUSE_URL") or f"chdb://{tempfile.mkdtemp(prefix='meshscope-bench-')}"
 
 
 def free_port() -> int:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
 from typing import Any
 
 import httpx
 
-from bench.common import Figure, valkey
+from bench.common import Figure, clickhouse_url, valkey
 from collector.config import CollectorConfig
 from dashboard.config import DashboardConfig
 from dashboard.serve import DashboardRuntime
@@ -87,7 +86,7 @@ def _time_sql(client: Any, sql: str, runs: int, settings: dict[str, Any] | None 
 def run(quick: bool = False, runs: int = 7) -> list[Figure]:
     n = 300_000 if quick else 21_000_000
     runs = 2 if quick else runs
-    ch_url = os.environ.get("CLICKHOUSE_URL") or f"chdb://{tempfile.mkdtemp(prefix='ms-bench-q-')}"
+    ch_url = clickhouse_url()
     db = f"bench_queries_{os.getpid()}"
     src, dst = REGIONS[0], REGIONS[1]
     figures = [

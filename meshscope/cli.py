@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--relays", required=True, help="region=ws://host:port,... of the relays")
     sim.add_argument("--rate", type=float, default=200.0, help="events per second in total")
     sim.set_defaults(run=_simulate)
+    sub.add_parser("bench", help="run the benchmarks: meshscope bench --help (same as python -m bench)")
     sql = sub.add_parser("sql", help="run a query over the flow history and print the result")
     sql.add_argument("query", help='the SQL, e.g. "SELECT topic, count() FROM flows GROUP BY topic"')
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -177,7 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["bench"]:  # its own options, passed through whole
+        from bench.__main__ import main as bench_main
+
+        return bench_main(words[1:])
+    args = build_parser().parse_args(words)
     try:
         return int(args.run(args))
     except SettingError as exc:

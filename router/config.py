@@ -105,7 +105,14 @@ class RelayConfig:
         region_id = overrides.pop("region_id", None) or env.get(MESHSCOPE_REGION)
         if not region_id:
             raise s.SettingError(f"{MESHSCOPE_REGION} is required (e.g. aws:us-east-1)")
-        region = resolve(region_id, s.get_optional_float(env, MESHSCOPE_LAT), s.get_optional_float(env, MESHSCOPE_LON))
+        try:
+            region = resolve(
+                region_id, s.get_optional_float(env, MESHSCOPE_LAT), s.get_optional_float(env, MESHSCOPE_LON)
+            )
+        except s.SettingError:
+            raise
+        except ValueError as exc:
+            raise s.SettingError(f"{exc} ({MESHSCOPE_LAT}, {MESHSCOPE_LON})") from None
         d: dict[str, Any] = {f.name: f for f in fields(cls)}
         config = cls(
             region=region,

@@ -140,6 +140,8 @@ class Relay:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        # wait for them, so no Redis command is cut off after its client is closed
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for link in self.links:
             await link.stop()
         await self.sink.shutdown()
@@ -184,6 +186,18 @@ class Relay:
         )
         if status != fk.OK:
             self.metrics.inc("drops_total", reason=status)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "event dropped",
+                    extra={
+                        "status": status,
+                        "event_id": ev.id,
+                        "topic": ev.topic,
+                        "trace_id": ev.trace.trace_id,
+                        "span_id": span_id,
+                        "dst": dst,
+                    },
+                )
         if self.tracer.enabled:
             self.tracer.hop(
                 f"meshscope {kind}",

@@ -52,6 +52,7 @@ class Server:
             ws_ping_interval=None,
             http="httptools" if fast else "h11",
             ws="websockets-sansio",
+            timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(self.config)
         self.task: asyncio.Task[None] | None = None

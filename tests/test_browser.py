@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's), driven by Playwright, against a running stack.
 
-It never skips: without /usr/bin/chromium it fails and says how to install it.
+In CI (``CI`` set) it never skips: without Chromium it fails and says how to
+install it. On a developer machine without Chromium it is skipped with that advice.
 """
 
 from __future__ import annotations
@@ -100,9 +101,11 @@ def drive(url: str) -> dict[str, Any]:
 
 @pytest.mark.browser
 async def test_dashboard_in_a_real_browser(stack_factory: Any) -> None:
-    assert shutil.which(CHROMIUM) or os.path.exists(CHROMIUM), (
-        f"{CHROMIUM} is missing: apt-get install -y chromium (the browser test never skips)"
-    )
+    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
+        advice = f"{CHROMIUM} is missing: apt-get install -y chromium (or set MESHSCOPE_CHROMIUM)"
+        if os.environ.get("CI"):
+            pytest.fail(advice + "; in CI the browser test must run")
+        pytest.skip(advice)
     stack = await stack_factory(REGIONS)
     relays = {r: stack.mesh[r].ws_url for r in REGIONS}
     simulator = Simulator(SimulatorConfig(relays, rate_per_s=150, seed=3))

@@ -391,3 +391,33 @@ def test_migrations_are_idempotent(clickhouse_url: str, database: str) -> None:
         "regions",
         "schema_migrations",
     }
+
+
+async def test_collector_metrics_and_health(
+    redis_sync: redis.Redis, run_collector: Any, ch_admin: Any, database: str, http: httpx.AsyncClient
+) -> None:
+    from collector.serve import metrics_app
+    from router.serve import Server
+
+    collector = await run_collector()
+    server = Server(metrics_app(collector))
+    await server.start()
+    try:
+        add_records(redis_sync, make_records(300))
+        await eventually(lambda: collector.metrics.get("collector_rows_inserted_total") == 300, 10)
+        await asyncio.sleep(scaled(1.2))  # one lag sample
+        text = (await http.get(server.url + "/metrics")).text
+        assert "meshscope_collector_rows_inserted_total 300" in text
+        assert "meshscope_collector_clickhouse_up 1" in text
+        for name in (
+            "collector_batch_rows",
+            "collector_insert_seconds",
+            "collector_stream_pending",
+            "collector_stream_lag",
+            "collector_dead_letters_total",
+        ):
+            assert f"# TYPE meshscope_{name} " in text
+        health = await http.get(server.url + "/healthz")
+        assert health.status_code == 200 and health.json()["clickhouse_up"] is True
+    finally:
+        await server.stop()

@@ -74,7 +74,8 @@ async def _regions(http: httpx.AsyncClient, stack: Stack) -> dict[str, Any] | No
 async def _links(http: httpx.AsyncClient, stack: Stack) -> dict[tuple[str, str], Any] | None:
     topo = (await http.get(f"{stack.url}/api/topology?window=1m")).json()
     links = {(x["src"], x["dst"]): x for x in topo["links"]}
-    return links if (A, C) in links else None
+    # the first samples synced may be from before the links came up; the latest must say up
+    return links if (A, C) in links and links[(A, C)]["state"] == "up" else None
 
 
 @pytest.mark.parametrize(

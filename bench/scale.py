@@ -1,0 +1,144 @@
+"""How cost grows with work: relay throughput with 1, 2 and 4 relays, collector ingest with 1, 2 and 4 collectors.
+
+Relays: N relay processes in a full mesh; each gets its own publisher (100 events
+per frame) and its events go to a subscriber at the next relay. Collectors: N
+collectors in one consumer group, in this process, sharing one embedded
+ClickHouse (it allows one process); with a ClickHouse server they would be N
+processes. Baseline of each row: the single-relay (single-collector) figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from bench.collector import fill, records
+from bench.common import Figure, clickhouse_url, processes, spawn_mesh, valkey
+from bench.relay import _stream_publish, _subscriber
+from collector.clickhouse import make_client, migrate
+from collector.config import CollectorConfig
+from collector.service import Collector
+from router.regions import DEFAULT_REGIONS
+
+
+async def _relays(ports: dict[str, int], regions: list[str], per_relay: int) -> float:
+    loop = asyncio.get_running_loop()
+    dones = []
+    subs = []
+    for i, region in enumerate(regions):
+        target = regions[(i + 1) % len(regions)] if len(regions) > 1 else region
+        done: asyncio.Future[float] = loop.create_future()
+        dones.append(done)
+        url = f"ws://127.0.0.1:{ports[target]}/v1/subscribe?topic=bench.>"
+        subs.append(asyncio.create_task(_subscriber(url, per_relay, done, None, 1)))
+    await asyncio.sleep(0.5)
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(_stream_publish(f"ws://127.0.0.1:{ports[r]}/v1/stream", per_relay, 100, 8, None, False) for r in regions)
+    )
+    finished = max(await asyncio.gather(*dones))
+    for s in subs:
+        s.cancel()
+    return per_relay * len(regions) / (finished - started)
+
+
+def relay_scale(quick: bool) -> list[Figure]:
+    per_relay = 5_000 if quick else 50_000
+    figures = []
+    base = None
+    for n in (1, 2, 4):
+        regions = list(DEFAULT_REGIONS[:n]) if n > 1 else [DEFAULT_REGIONS[0], DEFAULT_REGIONS[1]]
+        publishers = regions if n > 1 else regions[:1]
+        with valkey() as redis_url, processes() as spawn:
+            ports = spawn_mesh(spawn, redis_url, regions)
+            if n == 1:  # one publishing relay, its events cross one link as in the relay benchmark
+                rate = asyncio.run(_relays_pair(ports, regions, per_relay))
+            else:
+                rate = asyncio.run(_relays(ports, publishers, per_relay))
+        base = base or rate
+        figures.append(
+            Figure(
+                f"{n} relay{'s' if n > 1 else ''}",
+                "events/s",
+                [rate],
+                [base],
+                note="" if n > 1 else "baseline of every row: this single-relay figure",
+            )
+        )
+    return figures
+
+
+async def _relays_pair(ports: dict[str, int], regions: list[str], per_relay: int) -> float:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[float] = loop.create_future()
+    sub = asyncio.create_task(
+        _subscriber(f"ws://127.0.0.1:{ports[regions[1]]}/v1/subscribe?topic=bench.>", per_relay, done, None, 1)
+    )
+    await asyncio.sleep(0.5)
+    started = time.perf_counter()
+    await _stream_publish(f"ws://127.0.0.1:{ports[regions[0]]}/v1/stream", per_relay, 100, 8, None, False)
+    finished = await done
+    sub.cancel()
+    return per_relay / (finished - started)
+
+
+async def _collectors(redis_url: str, ch_url: str, db: str, n: int, total: int, client: Any) -> float:
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(n)]
+    collectors = [
+        Collector(
+            CollectorConfig(
+                redis_url=redis_url,
+                clickhouse_url=ch_url,
+                database=db,
+                consumer=f"c{i}",
+                group=f"scale-{db}",
+                metrics_port=-1,
+                flush_interval_s=0.5,
+                read_count=100,
+            ),
+            clients[i],
+            clickhouse=client,
+        )
+        for i in range(n)
+    ]
+    for c in collectors:
+        await c.prepare()
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(c.run()) for c in collectors]
+    while sum(c.metrics.get("collector_rows_inserted_total") for c in collectors) < total:
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    for c in collectors:
+        c.stop()
+    await asyncio.gather(*tasks)
+    for r in clients:
+        await r.aclose()
+    return total / elapsed
+
+
+def collector_scale(quick: bool) -> list[Figure]:
+    total = 20_000 if quick else 300_000
+    ch_url = clickhouse_url()
+    client = make_client(ch_url)
+    recs = records(total, seed=5)
+    figures = []
+    base = None
+    with valkey() as redis_url:
+        sync = redis.Redis.from_url(redis_url)
+        for n in (1, 2, 4):
+            db = f"bench_scale_{os.getpid()}_{n}"
+            migrate(client, CollectorConfig(database=db).schema)
+            sync.flushdb()
+            fill(sync, recs)
+            rate = asyncio.run(_collectors(redis_url, ch_url, db, n, total, client))
+            base = base or rate
+            figures.append(Figure(f"{n} collector{'s' if n > 1 else ''}", "records/s", [rate], [base]))
+            client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
+        sync.close()
+    figures[0].note = "collectors share one process and one embedded ClickHouse; baseline: the single collector"
+    return figures
