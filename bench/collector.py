@@ -22,15 +22,9 @@ from collector.clickhouse import make_client, migrate
 from collector.config import CollectorConfig
 from collector.service import Collector
 from router.flowrecord import FIELDS, FlowRecord, pack
+from router.regions import DEFAULT_REGIONS
 
-REGIONS = [
-    "aws:us-east-1",
-    "gcp:europe-west1",
-    "azure:southeastasia",
-    "aws:ap-northeast-1",
-    "gcp:southamerica-east1",
-    "azure:australiaeast",
-]
+REGIONS = list(DEFAULT_REGIONS)
 TOPICS = [f"topic{i}.events" for i in range(20)]
 
 

@@ -179,6 +179,8 @@ def spawn_mesh(
                 "REDIS_URL": redis_url,
                 "MESHSCOPE_LOG_LEVEL": "WARNING",
                 "MESHSCOPE_TRACE_SAMPLE_RATIO": "0",
+                # a benchmark subscriber must not lose events to its buffer while it is descheduled
+                "MESHSCOPE_SUBSCRIBER_BUFFER": "1000000",
                 **(extra or {}),
             },
         )

@@ -22,15 +22,9 @@ from bench.common import Figure, clickhouse_url, valkey
 from collector.config import CollectorConfig
 from dashboard.config import DashboardConfig
 from dashboard.serve import DashboardRuntime
+from router.regions import DEFAULT_REGIONS
 
-REGIONS = [
-    "aws:us-east-1",
-    "gcp:europe-west1",
-    "azure:southeastasia",
-    "aws:ap-northeast-1",
-    "gcp:southamerica-east1",
-    "azure:australiaeast",
-]
+REGIONS = list(DEFAULT_REGIONS)
 TOPICS = 24
 
 

@@ -31,7 +31,9 @@ TOPIC = "bench.orders"
 _run = itertools.count()
 
 
-def events(n: int, start: int, stamp: bool = False, run_id: int | None = None) -> list[dict[str, Any]]:
+def events(
+    n: int, start: int, stamp: bool = False, run_id: int | None = None, topic: str = TOPIC
+) -> list[dict[str, Any]]:
     """Events with ids unique across runs (the relay drops repeated (source, id) pairs)."""
     prefix = next(_run) if run_id is None else run_id
     out = []
@@ -40,7 +42,7 @@ def events(n: int, start: int, stamp: bool = False, run_id: int | None = None) -
             "specversion": "1.0",
             "id": f"r{prefix}-{i}",
             "source": "/bench",
-            "type": TOPIC,
+            "type": topic,
             "data": {"n": i, "payload": "x" * 120},
         }
         if stamp:
@@ -49,23 +51,25 @@ def events(n: int, start: int, stamp: bool = False, run_id: int | None = None) -
     return out
 
 
-async def _subscriber(
-    url: str, want: int, done: asyncio.Future[float], latencies: list[float] | None, per_message: int
-) -> None:
+async def _subscriber(url: str, want: int, done: asyncio.Future[float], latencies: list[float] | None) -> None:
+    """Count events until ``want`` arrived; a message is one event or a JSON array of them."""
     got = 0
     async with websockets.connect(url, max_size=None, compression=None) as ws:
-        done_ready = True
         while got < want:
             raw = await ws.recv()
+            decoded = orjson.loads(raw)
+            batch = decoded if isinstance(decoded, list) else [decoded]
             if latencies is not None:
-                for ev in orjson.loads(raw) if per_message > 1 else [orjson.loads(raw)]:
-                    latencies.append((time.time_ns() - ev["data"]["t0"]) / 1e6)
-            got += per_message
-        if done_ready and not done.done():
-            done.set_result(time.perf_counter())
+                now = time.time_ns()
+                latencies.extend((now - ev["data"]["t0"]) / 1e6 for ev in batch)
+            got += len(batch)
+    if not done.done():
+        done.set_result(time.perf_counter())
 
 
-async def _stream_publish(url: str, total: int, per_frame: int, window: int, rate: float | None, stamp: bool) -> float:
+async def _stream_publish(
+    url: str, total: int, per_frame: int, window: int, rate: float | None, stamp: bool, topic: str = TOPIC
+) -> float:
     """Publish ``total`` events, ``per_frame`` per frame, at most ``window`` frames un-acked."""
     sem = asyncio.Semaphore(window)
     run_id = next(_run)
@@ -80,7 +84,7 @@ async def _stream_publish(url: str, total: int, per_frame: int, window: int, rat
         sent = 0
         while sent < total:
             await sem.acquire()
-            batch = events(per_frame, sent, stamp, run_id)
+            batch = events(per_frame, sent, stamp, run_id, topic)
             await ws.send(orjson.dumps(batch if per_frame > 1 else batch[0]))
             sent += per_frame
             if rate:
@@ -99,9 +103,10 @@ async def relay_stream(
     """Events per second through A -> B (subscriber at B), publishing over WS /v1/stream."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[float] = loop.create_future()
-    sub = asyncio.create_task(
-        _subscriber(f"ws://127.0.0.1:{ports[B]}/v1/subscribe?topic=bench.>", total, done, latencies, 1)
-    )
+    # the high-rate subscribe path: up to 100 waiting events per message (one per message when measuring latency)
+    batch = 1 if latencies is not None else 100
+    url = f"ws://127.0.0.1:{ports[B]}/v1/subscribe?topic=bench.>&batch={batch}"
+    sub = asyncio.create_task(_subscriber(url, total, done, latencies))
     await _wait_interest(ports)
     started = await _stream_publish(
         f"ws://127.0.0.1:{ports[A]}/v1/stream", total, per_frame, 8, rate, latencies is not None
@@ -212,7 +217,7 @@ async def bare_stream(
 ) -> float:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[float] = loop.create_future()
-    sub = asyncio.create_task(_subscriber(f"ws://127.0.0.1:{last_port}/out", total, done, latencies, per_frame))
+    sub = asyncio.create_task(_subscriber(f"ws://127.0.0.1:{last_port}/out", total, done, latencies))
     await asyncio.sleep(0.2)
     started = await _stream_publish(f"ws://127.0.0.1:{first_port}/in", total, per_frame, 8, rate, latencies is not None)
     finished = await asyncio.wait_for(done, 120)

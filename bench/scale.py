@@ -30,18 +30,22 @@ async def _relays(ports: dict[str, int], regions: list[str], per_relay: int) -> 
     loop = asyncio.get_running_loop()
     dones = []
     subs = []
-    for i, region in enumerate(regions):
-        target = regions[(i + 1) % len(regions)] if len(regions) > 1 else region
+    for i in range(len(regions)):
+        # relay i's events (topic bench.r<i>) go to the one subscriber for them, at relay i + 1
+        target = regions[(i + 1) % len(regions)]
         done: asyncio.Future[float] = loop.create_future()
         dones.append(done)
-        url = f"ws://127.0.0.1:{ports[target]}/v1/subscribe?topic=bench.>"
-        subs.append(asyncio.create_task(_subscriber(url, per_relay, done, None, 1)))
+        url = f"ws://127.0.0.1:{ports[target]}/v1/subscribe?topic=bench.r{i}&batch=100"
+        subs.append(asyncio.create_task(_subscriber(url, per_relay, done, None)))
     await asyncio.sleep(0.5)
     started = time.perf_counter()
     await asyncio.gather(
-        *(_stream_publish(f"ws://127.0.0.1:{ports[r]}/v1/stream", per_relay, 100, 8, None, False) for r in regions)
+        *(
+            _stream_publish(f"ws://127.0.0.1:{ports[r]}/v1/stream", per_relay, 100, 8, None, False, f"bench.r{i}")
+            for i, r in enumerate(regions)
+        )
     )
-    finished = max(await asyncio.gather(*dones))
+    finished = max(await asyncio.wait_for(asyncio.gather(*dones), 300))
     for s in subs:
         s.cancel()
     return per_relay * len(regions) / (finished - started)
@@ -77,12 +81,12 @@ async def _relays_pair(ports: dict[str, int], regions: list[str], per_relay: int
     loop = asyncio.get_running_loop()
     done: asyncio.Future[float] = loop.create_future()
     sub = asyncio.create_task(
-        _subscriber(f"ws://127.0.0.1:{ports[regions[1]]}/v1/subscribe?topic=bench.>", per_relay, done, None, 1)
+        _subscriber(f"ws://127.0.0.1:{ports[regions[1]]}/v1/subscribe?topic=bench.>&batch=100", per_relay, done, None)
     )
     await asyncio.sleep(0.5)
     started = time.perf_counter()
     await _stream_publish(f"ws://127.0.0.1:{ports[regions[0]]}/v1/stream", per_relay, 100, 8, None, False)
-    finished = await done
+    finished = await asyncio.wait_for(done, 300)
     sub.cancel()
     return per_relay / (finished - started)
 

@@ -230,12 +230,14 @@ def migrations(opts: SchemaOptions) -> list[Migration]:
                     f"{n.local('pair_hour')} AS SELECT toStartOfHour(bucket) AS bucket, src_region, dst_region, "
                     f"{_ROLLUP_SELECT} FROM {n.local('pair_minute')} GROUP BY src_region, dst_region, bucket"
                 ),
-                # trace_index answers "when did this trace happen" by binary search on trace_id; the
-                # lookup in flows then reads only that time range instead of every bloom filter
+                # trace_index answers "when and on which edges did this trace happen" by a binary search on
+                # trace_id; the lookup in flows then reads only those (src, dst, topic) key prefixes in that
+                # time range instead of testing every granule's bloom filter
                 *n.table(
                     "trace_index",
                     "trace_id String, first_ts SimpleAggregateFunction(min, DateTime64(6, 'UTC')), "
-                    "last_ts SimpleAggregateFunction(max, DateTime64(6, 'UTC'))",
+                    "last_ts SimpleAggregateFunction(max, DateTime64(6, 'UTC')), "
+                    "edges SimpleAggregateFunction(groupUniqArrayArray, Array(Tuple(String, String, String)))",
                     "AggregatingMergeTree",
                     f"PARTITION BY toDate(first_ts) ORDER BY trace_id "
                     f"TTL toDateTime(first_ts) + INTERVAL {opts.flows_ttl_days} DAY",
@@ -244,7 +246,8 @@ def migrations(opts: SchemaOptions) -> list[Migration]:
                 ),
                 (
                     f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.`trace_index_mv`{n.on_cluster} TO "
-                    f"{n.local('trace_index')} AS SELECT trace_id, min(ts) AS first_ts, max(ts) AS last_ts "
+                    f"{n.local('trace_index')} AS SELECT trace_id, min(ts) AS first_ts, max(ts) AS last_ts, "
+                    f"groupUniqArray((toString(src_region), toString(dst_region), toString(topic))) AS edges "
                     f"FROM {n.local('flows')} WHERE trace_id != '' GROUP BY trace_id"
                 ),
             ),

@@ -96,9 +96,9 @@ def build_app(
         if not q.TRACE_ID.match(trace_id):
             return _error(400, "a trace id is 32 lower-case hex digits")
         params = {"trace_id": trace_id}
-        first, last, found = (await store.rows(q.trace_range_sql(db), params))[0]
+        first, last, edges, found = (await store.rows(q.trace_range_sql(db), params))[0]
         # no index entry (records older than the index): fall back to the bloom filter alone
-        rows = await store.rows(q.trace_sql(db, first, last) if found else q.trace_sql(db), params)
+        rows = await store.rows(q.trace_sql(db, (first, last, edges) if found and edges else None), params)
         if not rows:
             return _error(404, f"no flow records for trace {trace_id}")
         return JSON(q.shape_trace(trace_id, rows))

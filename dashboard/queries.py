@@ -13,6 +13,7 @@ from typing import Any
 
 from collector.histogram import quantile
 from dashboard.health import Thresholds, error_pct, health
+from router.flowrecord import FIELDS
 
 WINDOWS: dict[str, int] = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
 SECOND_TABLE_MAX_S = 900
@@ -283,45 +284,41 @@ def shape_edge(
     }
 
 
-TRACE_COLUMNS = (
-    "ts",
-    "event_id",
-    "span_id",
-    "parent_span_id",
-    "topic",
-    "kind",
-    "src_region",
-    "dst_region",
-    "relay",
-    "hop_ms",
-    "e2e_ms",
-    "status",
-    "bytes",
-    "attempt",
-    "seq",
-)
+TRACE_COLUMNS = tuple(f for f in FIELDS if f != "trace_id")  # every field but the one asked for
 
 
 def trace_range_sql(db: str) -> str:
-    """When a trace happened, from the trace index (a binary search on trace_id)."""
+    """When and on which edges a trace happened, from the trace index (a binary search on trace_id)."""
     return (
-        f"SELECT toUnixTimestamp64Micro(min(first_ts)), toUnixTimestamp64Micro(max(last_ts)), count() "
-        f"FROM `{db}`.`trace_index` WHERE trace_id = %(trace_id)s"
+        f"SELECT toUnixTimestamp64Micro(min(first_ts)), toUnixTimestamp64Micro(max(last_ts)), "
+        f"groupUniqArrayArray(edges), count() FROM `{db}`.`trace_index` WHERE trace_id = %(trace_id)s"
     )
 
 
-def trace_sql(db: str, first_us: int | None = None, last_us: int | None = None) -> str:
-    """The trace's records; with its time range known only those granules are read."""
+def trace_sql(db: str, found: tuple[int, int, list[tuple[str, str, str]]] | None = None) -> str:
+    """The trace's records.
+
+    With its time range and edges known (``found``, from the trace index) only the granules of
+    those primary-key prefixes in that range are read; without, the bloom filter on trace_id is
+    all there is. Edge names come from our own index, and are quoted all the same.
+    """
     where = ""
-    if first_us is not None and last_us is not None:
+    if found is not None:
+        first_us, last_us, edges = found
+        keys = ", ".join(f"({_quote(a)}, {_quote(b)}, {_quote(c)})" for a, b, c in edges)
         where = (
-            f" AND ts >= fromUnixTimestamp64Micro({first_us - 1_000_000}) "
-            f"AND ts <= fromUnixTimestamp64Micro({last_us + 1_000_000})"
+            f" AND (src_region, dst_region, topic) IN ({keys})"
+            f" AND ts >= fromUnixTimestamp64Micro({int(first_us) - 1_000_000})"
+            f" AND ts <= fromUnixTimestamp64Micro({int(last_us) + 1_000_000})"
         )
     return (
         f"SELECT toUnixTimestamp64Micro(ts), {', '.join(TRACE_COLUMNS[1:])} FROM `{db}`.`flows` "
         f"WHERE trace_id = %(trace_id)s{where} ORDER BY ts LIMIT 5000"
     )
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def shape_trace(trace_id: str, rows: list[Any]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNAVAILABLE = 1013
+MAX_SUBSCRIBE_BATCH = 1000
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -146,12 +147,15 @@ def build_app(relay: Relay) -> Starlette:
     async def subscribe(ws: WebSocket) -> None:
         patterns = ws.query_params.getlist("topic")
         group = ws.query_params.get("group")
+        batch_text = ws.query_params.get("batch", "1")
         await ws.accept()
         try:
             if not patterns:
                 raise InvalidTopic("at least one topic=PATTERN is required")
             for p in patterns:
                 validate_pattern(p)
+            if not batch_text.isdigit() or not 1 <= int(batch_text) <= MAX_SUBSCRIBE_BATCH:
+                raise InvalidTopic(f"batch must be a whole number from 1 to {MAX_SUBSCRIBE_BATCH}")
         except InvalidTopic as exc:
             await ws.close(CLOSE_POLICY, str(exc)[:120])
             return
@@ -159,7 +163,7 @@ def build_app(relay: Relay) -> Starlette:
             await _serve_group(ws, group, patterns, ws.query_params.get("consumer") or uuid.uuid4().hex[:12])
             return
         sub = relay.subscribe(patterns)
-        sender = asyncio.create_task(_pump(ws, sub.queue))
+        sender = asyncio.create_task(_pump(ws, sub.queue, int(batch_text)))
         try:
             while True:
                 message = await ws.receive()
@@ -169,10 +173,18 @@ def build_app(relay: Relay) -> Starlette:
             sender.cancel()
             relay.unsubscribe(sub)
 
-    async def _pump(ws: WebSocket, queue: asyncio.Queue[bytes]) -> None:
+    async def _pump(ws: WebSocket, queue: asyncio.Queue[bytes], batch: int) -> None:
+        """Send buffered events: one per message, or with ``batch`` > 1 a JSON array of what is waiting."""
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             while True:
-                await ws.send_text((await queue.get()).decode())
+                first = await queue.get()
+                if batch == 1:
+                    await ws.send_text(first.decode())
+                    continue
+                items = [first]
+                while len(items) < batch and not queue.empty():
+                    items.append(queue.get_nowait())
+                await ws.send_text((b"[" + b",".join(items) + b"]").decode())
 
     async def _serve_group(ws: WebSocket, group: str, patterns: list[str], consumer: str) -> None:
         try:

@@ -314,3 +314,24 @@ async def test_health_and_metrics(mesh: Mesh, http: httpx.AsyncClient) -> None:
     text = (await http.get(f"{mesh[A].url}/metrics")).text
     assert f'meshscope_link_state{{peer="{B}"}} 2' in text
     assert "meshscope_link_rtt_ms" in text and "meshscope_flow_queue_depth" in text
+
+
+async def test_batched_subscriber_gets_arrays_and_bad_batch_is_refused(mesh: Mesh, http: httpx.AsyncClient) -> None:
+    await mesh.start([A])
+    sub = await subscribe(mesh, A, "batch.>", batch="50")
+    await eventually(lambda: mesh[A].relay.interest.route("batch.x").local)
+    events = [cloud_event("batch.x", f"b-{i}") for i in range(120)]
+    reply = await http.post(f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(events))
+    assert reply.status_code == 202
+    got: list[str] = []
+    while len(got) < 120:
+        message = await recv_json(sub)
+        assert isinstance(message, list) and 1 <= len(message) <= 50
+        got.extend(ev["id"] for ev in message)
+    assert got == [f"b-{i}" for i in range(120)]
+    await sub.close()
+    for bad in ("0", "1001", "many"):
+        ws = await subscribe(mesh, A, "batch.>", batch=bad)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), scaled(3))
+        assert ws.close_code == 1008
