@@ -40,6 +40,7 @@ class Event:
     body: dict[str, Any]
     size: int
     published_us: int = 0
+    encoded: bytes | None = None  # the event as JSON, when validation already encoded it
 
 
 def validate_event(obj: object, max_event_bytes: int, size: int | None = None) -> Event:
@@ -79,11 +80,13 @@ def validate_event(obj: object, max_event_bytes: int, size: int | None = None) -
         trace = new_traceparent()
         obj["traceparent"] = trace.format()
         obj.pop("tracestate", None)
+    encoded = None
     if size is None:
-        size = len(orjson.dumps(obj))
+        encoded = orjson.dumps(obj)
+        size = len(encoded)
     if size > max_event_bytes:
         raise EventTooLarge(size, max_event_bytes)
-    return Event(obj["id"], obj["source"], obj["type"], trace, obj, size)
+    return Event(obj["id"], obj["source"], obj["type"], trace, obj, size, 0, encoded)
 
 
 def decode_events(body: bytes, max_event_bytes: int) -> list[Event]:

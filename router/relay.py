@@ -176,8 +176,8 @@ class Relay:
                 src,
                 dst,
                 self.name,
-                round(hop_ms, 3),
-                round(e2e_ms, 3),
+                hop_ms,
+                e2e_ms,
                 status,
                 ev.size,
                 attempt,
@@ -300,7 +300,7 @@ class Relay:
         if self.config.failure_rate and random.random() < self.config.failure_rate:
             self._record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.DELIVERY_FAILED, attempt, seq)
             return
-        data = orjson.dumps(ev.body)
+        data = ev.encoded or orjson.dumps(ev.body)
         delivered = dropped = False
         for sub in self.subscribers.values():
             if sub.patterns.matches(ev.topic):
