@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 HEADER = """# Benchmarks
 
-Reproduce with `python -m bench --write` (about 15 minutes on 2 cores; `--quick`
+Reproduce with `python -m bench --write` (about 10 minutes on 2 cores; `--quick`
 runs every benchmark at a tiny size in seconds). Each table gives medians with
 min and max, the same run's baseline for the underlying part, and the ratio
 (figure / baseline), since ratios drift less between machines than figures.
