@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection
 from router import frame as fr
 from router.envelope import Event, now_us
 from router.errors import FrameError
-from router.routing import CONNECTING, DOWN, UP, backoff_s
+from router.routing import CONNECTING, DOWN, LINK_TRANSITIONS, UP, backoff_s
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ class MeshLink:
             self._ws.transport.abort()
 
     def _set_state(self, state: str) -> None:
+        if state != self.state and state not in LINK_TRANSITIONS[self.state]:
+            log.error("unexpected link state change", extra={"peer": self.url, "from": self.state, "to": state})
         if state != self.state:
             self.state = state
             if state == UP:
