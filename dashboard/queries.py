@@ -34,10 +34,6 @@ def parse_window(text: str | None) -> int:
     return WINDOWS[text]
 
 
-def window_name(seconds: int) -> str:
-    return next(k for k, v in WINDOWS.items() if v == seconds)
-
-
 @dataclass(frozen=True)
 class Span:
     """The time range a window covers, aligned to its table's bucket."""

@@ -78,7 +78,6 @@ class MeshLink:
         self.reconnects = 0
         self.connects = 0
         self._wake = asyncio.Event()
-        self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
 
@@ -103,13 +102,6 @@ class MeshLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def wait_up(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
     def kill(self) -> None:
         """Drop the current connection (fault injection); the link reconnects by itself."""
         if self._ws is not None:
@@ -120,10 +112,6 @@ class MeshLink:
             log.error("unexpected link state change", extra={"peer": self.url, "from": self.state, "to": state})
         if state != self.state:
             self.state = state
-            if state == UP:
-                self._up.set()
-            else:
-                self._up.clear()
             self.on_state(self, state)
 
     async def _run(self) -> None:
