@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
 import logging
 import os
 import time
@@ -32,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from collector.errors import ClickHouseUnavailable, QueryError
+from collector.output import render
 from dashboard import queries as q
 from dashboard.config import DashboardConfig
 from dashboard.live import LiveHub
@@ -122,12 +121,8 @@ def build_app(
         except QueryError as exc:
             return _error(400, str(exc), clickhouse=True)
         if request.query_params.get("format") == "csv":
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(result.columns)
-            writer.writerows(result.rows)
             return Response(
-                buf.getvalue(),
+                render(result.columns, result.rows, "csv"),
                 media_type="text/csv",
                 headers={"content-disposition": 'attachment; filename="meshscope.csv"'},
             )
