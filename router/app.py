@@ -75,17 +75,15 @@ def build_app(relay: Relay) -> Starlette:
         if ctype not in CONTENT_TYPES:
             relay.metrics.inc("rejected_total", status="415")
             return _error(415, f"content type must be one of {sorted(CONTENT_TYPES)} (structured mode)")
-        body = b""
         try:
-            body = await read_body(request)
-            events = decode_events(body, config.max_event_bytes)
+            events = decode_events(await read_body(request), config.max_event_bytes)
             relay.check_capacity()
         except EventTooLarge as exc:
             relay.metrics.inc("rejected_total", status="413")
             return _error(413, str(exc), index=exc.index, limit=exc.limit)
         except MalformedEvent as exc:
             relay.metrics.inc("rejected_total", status="400")
-            _record_rejection(relay, body, exc.index)
+            _record_rejection(relay, exc.event)
             return _error(400, str(exc), attribute=exc.attribute, index=exc.index)
         except Backpressure as exc:
             relay.metrics.inc("rejected_total", status="429")
@@ -131,7 +129,7 @@ def build_app(relay: Relay) -> Starlette:
                             err["id"] = obj.get("id")
                         errors.append(err)
                         if isinstance(exc, MalformedEvent):
-                            _record_rejection_obj(relay, obj)
+                            _record_rejection(relay, exc.event)
                 if relay.sink.full and not await relay.sink.wait_not_full(30.0):
                     await ws.close(CLOSE_UNAVAILABLE, "flow record queue full; try again later")
                     return
@@ -324,17 +322,8 @@ def build_app(relay: Relay) -> Starlette:
     )
 
 
-def _record_rejection(relay: Relay, body: bytes, index: int | None) -> None:
-    """Leave a schema_rejected drop record for the refused event when it has an id."""
-    try:
-        decoded = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return
-    obj = decoded[index] if isinstance(decoded, list) and index is not None and index < len(decoded) else decoded
-    _record_rejection_obj(relay, obj)
-
-
-def _record_rejection_obj(relay: Relay, obj: object) -> None:
+def _record_rejection(relay: Relay, obj: object) -> None:
+    """Leave a schema_rejected drop record for a refused event that has an id (nothing of it is routed)."""
     if isinstance(obj, dict) and isinstance(obj.get("id"), str):
         topic = obj.get("type") if isinstance(obj.get("type"), str) else ""
         relay.record_rejected(obj["id"], str(topic)[:255], SCHEMA_REJECTED, len(orjson.dumps(obj)))

@@ -47,8 +47,17 @@ def validate_event(obj: object, max_event_bytes: int, size: int | None = None) -
     """Check one decoded CloudEvent and return it as an Event; raise on any fault.
 
     ``size`` is the event's encoded size when the caller already knows it (a
-    single-event body); otherwise the event is encoded once to measure it.
+    single-event body); otherwise the event is encoded once to measure it. A
+    MalformedEvent carries the refused event, for its drop record.
     """
+    try:
+        return _validate(obj, max_event_bytes, size)
+    except MalformedEvent as exc:
+        exc.event = obj
+        raise
+
+
+def _validate(obj: object, max_event_bytes: int, size: int | None) -> Event:
     if not isinstance(obj, dict):
         raise MalformedEvent("an event must be a JSON object")
     for name in REQUIRED:

@@ -24,14 +24,15 @@ class InvalidInput(RelayError):
 class MalformedEvent(InvalidInput):
     """An event that is not valid CloudEvents 1.0 structured JSON."""
 
-    def __init__(self, message: str, attribute: str | None = None, index: int | None = None):
+    def __init__(self, message: str, attribute: str | None = None, index: int | None = None, event: object = None):
         super().__init__(message)
         self.attribute = attribute
         self.index = index
+        self.event = event  # the refused event as decoded, when there was one
 
     def at(self, index: int) -> MalformedEvent:
         """The same error, placed at position ``index`` of a batch."""
-        return MalformedEvent(str(self), self.attribute, index)
+        return MalformedEvent(str(self), self.attribute, index, self.event)
 
 
 class EventTooLarge(InvalidInput):
