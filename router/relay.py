@@ -104,6 +104,9 @@ class Relay:
         self.links_by_region: dict[str, MeshLink] = {}
         self._out: Counter[tuple[str, str]] = Counter()  # (destination, topic) -> events, flushed per batch
         self._tasks: list[asyncio.Task[None]] = []
+        # set once the durable groups are loaded: mesh events wait for it (un-acked at the sender), or
+        # events for a group arriving right after a restart would be dropped as having no route
+        self.groups_loaded = asyncio.Event()
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -135,6 +138,7 @@ class Relay:
                 changed = self.interest.add_local(sorted(patterns.patterns)) or changed
             if changed:
                 self._push_interest()
+            self.groups_loaded.set()
             return
 
     async def stop(self) -> None:
@@ -324,6 +328,8 @@ class Relay:
 
     async def receive_mesh(self, peer_region: str, batch: list[fr.MeshEvent]) -> None:
         """Deliver events that arrived from a peer; they are never forwarded again."""
+        if not self.groups_loaded.is_set():
+            await self.groups_loaded.wait()
         group_appends: list[tuple[str, bytes]] = []
         topics: Counter[tuple[str, str]] = Counter()
         for me in batch:
