@@ -21,7 +21,7 @@ from bench.common import Figure, clickhouse_url, valkey
 from collector.clickhouse import make_client, migrate
 from collector.config import CollectorConfig
 from collector.service import Collector
-from router.flowrecord import FIELDS, FlowRecord, pack
+from meshcore.flowrecord import FIELDS, FlowRecord, pack
 from router.regions import DEFAULT_REGIONS
 
 REGIONS = list(DEFAULT_REGIONS)

@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.flowrecord import FIELDS, RecordDecodeError, unpack_columns
+from meshcore.flowrecord import FIELDS, RecordDecodeError, unpack_columns
 
 
 @dataclass

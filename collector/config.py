@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 
 from collector.clickhouse import is_embedded, resolve_url
 from collector.schema import SchemaOptions
-from router import settings as s
-from router.config import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, REDIS_URL
+from meshcore import settings as s
+from meshcore.settings import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, REDIS_URL
 
 CLICKHOUSE_URL = "CLICKHOUSE_URL"
 """ClickHouse server URL (``clickhouse://user:pass@host:8123/db``) or ``chdb://PATH``; unset: embedded."""

@@ -11,7 +11,7 @@ libraries are called, never deeper.
 
 from __future__ import annotations
 
-from router.errors import StreamUnavailable
+from meshcore.errors import StreamUnavailable
 
 
 class CollectorError(Exception):

@@ -27,7 +27,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.flowrecord import DELIVER, FIELDS, FORWARD, OK, PUBLISH
+from meshcore.flowrecord import DELIVER, FIELDS, FORWARD, OK, PUBLISH
 
 _I = {name: i for i, name in enumerate(FIELDS)}
 TS, EVENT_ID, TRACE_ID, SPAN_ID = (_I[n] for n in ("ts", "event_id", "trace_id", "span_id"))

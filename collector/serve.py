@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from collector.config import CollectorConfig
 from collector.service import Collector
-from router.serve import Server, redis_client
+from meshcore.server import Server, redis_client
 
 
 def metrics_app(collector: Collector) -> Starlette:

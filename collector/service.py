@@ -30,9 +30,9 @@ from collector.errors import ClickHouseUnavailable, QueryError, StreamUnavailabl
 from collector.livestats import LiveWindow
 from collector.stream import Entry, FlowStream
 from collector.sync import LinkSync
-from router.flowrecord import FIELDS
-from router.metrics import Registry
-from router.routing import backoff_s
+from meshcore.backoff import backoff_s
+from meshcore.flowrecord import FIELDS
+from meshcore.metrics import Registry
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from collector.config import CollectorConfig
 from dashboard.health import Thresholds
-from router import settings as s
+from meshcore import settings as s
 
 MESHSCOPE_DASHBOARD_HOST = "MESHSCOPE_DASHBOARD_HOST"
 """Interface the dashboard listens on (default 127.0.0.1)."""

@@ -14,7 +14,7 @@ import random
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router.routing import backoff_s
+from meshcore.backoff import backoff_s
 
 log = logging.getLogger(__name__)
 

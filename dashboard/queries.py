@@ -13,7 +13,7 @@ from typing import Any
 
 from collector.histogram import quantile
 from dashboard.health import Thresholds, error_pct, health
-from router.flowrecord import FIELDS
+from meshcore.flowrecord import FIELDS
 
 WINDOWS: dict[str, int] = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
 SECOND_TABLE_MAX_S = 900

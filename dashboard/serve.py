@@ -19,7 +19,7 @@ from dashboard.app import build_app
 from dashboard.config import DashboardConfig
 from dashboard.live import LiveHub
 from dashboard.store import FlowStore
-from router.serve import Server, redis_client
+from meshcore.server import Server, redis_client
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from router import logs
-from router.settings import SettingError
+from meshcore import logs
+from meshcore.settings import SettingError
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

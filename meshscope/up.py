@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dashboard.config import DashboardConfig
 from dashboard.serve import DashboardRuntime
-from router import logs
+from meshcore import logs
 from router.regions import DEFAULT_REGIONS, resolve, rtt_ms
 
 log = logging.getLogger(__name__)

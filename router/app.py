@@ -24,13 +24,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from meshcore.flowrecord import SCHEMA_REJECTED
+from meshcore.topic import validate_pattern
 from router import frame as fr
 from router.envelope import decode_events, validate_event
 from router.errors import Backpressure, EventTooLarge, FrameError, InvalidTopic, MalformedEvent, StreamUnavailable
-from router.flowrecord import SCHEMA_REJECTED
 from router.relay import Relay
 from router.routing import UP
-from router.topic import validate_pattern
 
 log = logging.getLogger(__name__)
 

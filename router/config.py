@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from router import settings as s
+from meshcore import settings as s
+from meshcore.settings import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, REDIS_URL
 from router.regions import Region, resolve
 
 MESHSCOPE_REGION = "MESHSCOPE_REGION"
@@ -24,12 +25,6 @@ MESHSCOPE_PORT = "MESHSCOPE_PORT"
 """Port the relay listens on (default 7400; 0 picks a free one)."""
 MESHSCOPE_PEERS = "MESHSCOPE_PEERS"
 """Comma-separated base URLs of the peer relays (``ws://host:port``)."""
-MESHSCOPE_REDIS_URL = "MESHSCOPE_REDIS_URL"
-"""Redis/Valkey URL; ``REDIS_URL`` is read when this is unset."""
-REDIS_URL = "REDIS_URL"
-"""Fallback Redis URL, the common name most tools set."""
-MESHSCOPE_FLOW_STREAM = "MESHSCOPE_FLOW_STREAM"
-"""Redis stream that receives flow records (default ``meshscope:flows``)."""
 MESHSCOPE_FLOW_STREAM_MAXLEN = "MESHSCOPE_FLOW_STREAM_MAXLEN"
 """Entries the flow stream keeps before trimming (approximate; trimming is counted)."""
 MESHSCOPE_FLOW_QUEUE_MAX = "MESHSCOPE_FLOW_QUEUE_MAX"

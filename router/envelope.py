@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
+from meshcore.topic import validate_topic
 from router.errors import EventTooLarge, InvalidTopic, MalformedEvent
-from router.topic import validate_topic
 from router.tracecontext import TraceParent, new_traceparent, parse_traceparent
 
 REQUIRED = ("specversion", "id", "source", "type")

@@ -3,14 +3,17 @@
 RelayError
 ├── InvalidInput            the producer or a peer sent something we refuse (remote)
 │   ├── MalformedEvent      not JSON, or a CloudEvents attribute missing/invalid (400)
-│   ├── EventTooLarge       over the configured size limit (413)
-│   └── InvalidTopic        a topic or subscription pattern that breaks the grammar
+│   └── EventTooLarge       over the configured size limit (413)
 ├── FrameError              a mesh or stream frame we cannot decode (protocol abuse)
 ├── Backpressure            our queues are full; the caller should retry later (429)
-└── StreamUnavailable       Redis refused or dropped us (translated at the call site)
+InvalidTopic                a topic or pattern that breaks the grammar (meshcore.topic)
+StreamUnavailable           Redis refused or dropped us (meshcore.errors; translated at the call site)
 """
 
 from __future__ import annotations
+
+from meshcore.errors import StreamUnavailable
+from meshcore.topic import InvalidTopic
 
 
 class RelayError(Exception):
@@ -45,10 +48,6 @@ class EventTooLarge(InvalidInput):
         self.index = index
 
 
-class InvalidTopic(InvalidInput):
-    """A topic or subscription pattern that does not follow the token grammar."""
-
-
 class FrameError(RelayError):
     """A mesh or stream frame that cannot be decoded."""
 
@@ -61,5 +60,13 @@ class Backpressure(RelayError):
         self.retry_after_s = retry_after_s
 
 
-class StreamUnavailable(RelayError):
-    """Redis could not be reached or refused a command."""
+__all__ = [
+    "Backpressure",
+    "EventTooLarge",
+    "FrameError",
+    "InvalidInput",
+    "InvalidTopic",
+    "MalformedEvent",
+    "RelayError",
+    "StreamUnavailable",
+]

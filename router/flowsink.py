@@ -17,9 +17,9 @@ import random
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router.flowrecord import FlowRecord, pack
-from router.metrics import Registry
-from router.routing import backoff_s
+from meshcore.backoff import backoff_s
+from meshcore.flowrecord import FlowRecord, pack
+from meshcore.metrics import Registry
 
 log = logging.getLogger(__name__)
 

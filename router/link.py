@@ -22,10 +22,11 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from meshcore.backoff import backoff_s
 from router import frame as fr
 from router.envelope import Event, now_us
 from router.errors import FrameError
-from router.routing import CONNECTING, DOWN, LINK_TRANSITIONS, UP, backoff_s
+from router.routing import CONNECTING, DOWN, LINK_TRANSITIONS, UP
 
 log = logging.getLogger(__name__)
 

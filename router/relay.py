@@ -19,16 +19,17 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router import flowrecord as fk
+from meshcore import flowrecord as fk
+from meshcore.backoff import backoff_s
+from meshcore.flowrecord import FlowRecord
+from meshcore.metrics import Registry
 from router import frame as fr
 from router.config import RelayConfig
 from router.envelope import Event, now_us
 from router.errors import Backpressure, StreamUnavailable
-from router.flowrecord import FlowRecord
 from router.flowsink import FlowSink
 from router.link import MeshLink, Outbound
-from router.metrics import Registry
-from router.routing import LINK_STATE_VALUE, DedupWindow, InterestTable, backoff_s
+from router.routing import LINK_STATE_VALUE, DedupWindow, InterestTable
 from router.spans import HopTracer, otlp_exporter
 from router.subscription import GroupStore, Subscriber
 from router.tracecontext import new_span_id, parse_traceparent

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from router.topic import PatternSet
+from meshcore.topic import PatternSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +118,3 @@ LINK_TRANSITIONS: dict[str, frozenset[str]] = {
     DOWN: frozenset((CONNECTING,)),
 }
 LINK_STATE_VALUE = {DOWN: 0, CONNECTING: 1, UP: 2, DRAINING: 3}
-
-
-def backoff_s(attempt: int, base_s: float, max_s: float, jitter: float) -> float:
-    """Exponential backoff with full-range jitter: ``jitter`` in [0, 1) scales the delay."""
-    delay = min(max_s, base_s * float(2 ** min(attempt, 30)))
-    return delay * (0.5 + jitter / 2)

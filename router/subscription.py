@@ -19,8 +19,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from router.errors import StreamUnavailable
-from router.topic import PatternSet
+from meshcore.errors import StreamUnavailable
+from meshcore.topic import PatternSet
 
 _ids = itertools.count(1)
 

@@ -15,11 +15,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from meshcore.flowrecord import FlowRecord, unpack
+from meshcore.server import Server, bind
 from router.app import build_app
 from router.config import RelayConfig
-from router.flowrecord import FlowRecord, unpack
 from router.relay import Relay
-from router.serve import Server, bind
 from router.spans import HopTracer
 
 TIMEOUT_SCALE = float(os.environ.get("MESHSCOPE_TEST_TIMEOUT_SCALE", "1"))

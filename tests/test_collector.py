@@ -21,7 +21,7 @@ from collector.clickhouse import make_client, migrate
 from collector.config import CollectorConfig
 from collector.histogram import quantile, sql_bucket
 from collector.service import Collector
-from router.flowrecord import FIELDS, FlowRecord, pack
+from meshcore.flowrecord import FIELDS, FlowRecord, pack
 from tests.conftest import CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled
 
 A, C = "aws:us-east-1", "azure:westeurope"

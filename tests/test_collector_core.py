@@ -8,7 +8,7 @@ from collector.batch import Batch, batch_token, should_flush, split_entries
 from collector.histogram import bucket, histogram, quantile, value
 from collector.livestats import LiveWindow, percentile
 from collector.schema import SchemaOptions, migrations
-from router.flowrecord import FlowRecord, pack
+from meshcore.flowrecord import FlowRecord, pack
 
 
 @pytest.mark.parametrize("ms", [0.0, 0.005, 0.01, 0.5, 1.0, 3.7, 40.0, 250.0, 9_999.0, 3_600_000.0])

@@ -13,7 +13,7 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from router.flowrecord import FlowRecord
+from meshcore.flowrecord import FlowRecord
 from tests.conftest import CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled
 
 A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
@@ -230,7 +230,7 @@ async def test_restarted_peer_gets_queued_events_without_duplicates(
         )
         assert reply.status_code == 202
     await eventually(lambda: mesh[A].link_to(C).state != "up")
-    from router.serve import bind
+    from meshcore.server import bind
 
     await mesh.start_one(C, sock=bind("127.0.0.1", port), peers=peers)
     await eventually(lambda: mesh[A].link_to(C).state == "up", 3)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from meshcore.backoff import backoff_s
+from meshcore.flowrecord import FIELDS, FlowRecord, RecordDecodeError, pack, unpack
+from meshcore.metrics import Registry
+from meshcore.settings import SettingError, get_int, get_map_float
+from meshcore.topic import PatternSet, matches, validate_pattern, validate_topic
 from router import frame as fr
 from router.envelope import decode_events, validate_event
 from router.errors import EventTooLarge, FrameError, InvalidTopic, MalformedEvent
-from router.flowrecord import FIELDS, FlowRecord, RecordDecodeError, pack, unpack
-from router.metrics import Registry
 from router.regions import resolve
-from router.routing import DedupWindow, InterestTable, backoff_s
-from router.settings import SettingError, get_int, get_map_float
-from router.topic import PatternSet, matches, validate_pattern, validate_topic
+from router.routing import DedupWindow, InterestTable
 from router.tracecontext import TraceParent, new_traceparent, parse_traceparent
 
 

@@ -7,6 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+MESHSCOPE_REDIS_URL = "MESHSCOPE_REDIS_URL"
+"""Redis/Valkey URL; ``REDIS_URL`` is read when this is unset."""
+REDIS_URL = "REDIS_URL"
+"""Fallback Redis URL, the common name most tools set."""
+MESHSCOPE_FLOW_STREAM = "MESHSCOPE_FLOW_STREAM"
+"""Redis stream that receives flow records (default ``meshscope:flows``)."""
+
 
 class SettingError(ValueError):
     """An environment variable whose value cannot be used."""

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from router.errors import InvalidTopic
+
+class InvalidTopic(ValueError):
+    """A topic or subscription pattern that does not follow the token grammar."""
+
 
 MAX_TOPIC_LENGTH = 255
 _FORBIDDEN = frozenset(" \t\r\n")
