@@ -1,14 +1,35 @@
-"""Running a Starlette app under uvicorn on a socket we bound, so port 0 works and the port is known."""
+"""Running a Starlette app under uvicorn on a socket we bound, so port 0 works and the port is known.
+
+With an SSL context the server speaks HTTPS and WSS. uvicorn keeps the TLS session to itself, yet
+the mesh endpoint must know which certificate a peer presented, so the server uses small subclasses
+of uvicorn's HTTP (httptools, h11) and WebSocket (websockets-sansio) protocols. When a connection is
+made, after the TLS handshake, each wraps its app in one that adds the ASGI TLS extension
+(``scope["extensions"]["tls"]``, built by :func:`meshcore.tls.scope_extension`) to every scope of
+that connection. Without TLS the app is left as it is and scopes carry no ``tls`` extension, as the
+ASGI spec says. A WebSocket upgrade hands the same transport to the WebSocket protocol, so both
+protocols see the same handshake.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from meshcore.tls import TLS_EXTENSION, scope_extension
+
+WS_MAX_SIZE = 64 << 20
+"""Default largest WebSocket message in bytes; callers pass their own body limit."""
 
 
 def redis_client(url: str) -> aioredis.Redis:
@@ -25,8 +46,52 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+def _with_tls(app: ASGIApp, transport: Any) -> ASGIApp:
+    """``app`` adding this connection's TLS extension to each scope; ``app`` itself on plain TCP."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if not isinstance(ssl_object, ssl.SSLObject):
+        return app
+    extension = scope_extension(ssl_object)
+
+    async def with_tls(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["extensions"] = {**(scope.get("extensions") or {}), TLS_EXTENSION: dict(extension)}
+        await app(scope, receive, send)
+
+    return with_tls
+
+
+class _HttpToolsTls(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.app = _with_tls(self.app, transport)
+
+
+class _H11Tls(H11Protocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.app = _with_tls(self.app, transport)
+
+
+class _WebSocketTls(WebSocketsSansIOProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.app = _with_tls(self.app, transport)
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        # a refusal sent as a plain HTTP response (the WebSocket denial response) ends the handshake;
+        # without this uvicorn logs "returned without completing handshake" for every refusal
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+            self.handshake_complete = True
+
+
 class Server:
-    """A uvicorn server bound to a socket we opened, so port 0 works and the port is known."""
+    """A uvicorn server bound to a socket we opened, so port 0 works and the port is known.
+
+    ``ssl_context`` turns on HTTPS/WSS (build it with :func:`meshcore.tls.server_context`).
+    ``ws_max_size`` is the largest WebSocket message in bytes: a frame announcing more is refused
+    (close code 1009) from its header, before its payload is read.
+    """
 
     def __init__(
         self,
@@ -35,31 +100,44 @@ class Server:
         port: int = 0,
         fast: bool = True,
         sock: socket.socket | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ws_max_size: int = WS_MAX_SIZE,
     ):
+        if ws_max_size < 1:
+            raise ValueError(f"ws_max_size={ws_max_size}: it must be at least 1 byte")
         self.sock = sock or bind(host, port)
         self.host = host
         self.port: int = self.sock.getsockname()[1]
+        self.ssl_context = ssl_context
+        factory: Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext] | None = None
+        if ssl_context is not None:
+            factory = lambda _config, _default: ssl_context  # noqa: E731
         self.config = uvicorn.Config(
             app,
             log_config=None,
             access_log=False,
             lifespan="on",
-            ws_max_size=64 << 20,
+            ws_max_size=ws_max_size,
             ws_ping_interval=None,
-            http="httptools" if fast else "h11",
-            ws="websockets-sansio",
+            http=_HttpToolsTls if fast else _H11Tls,
+            ws=_WebSocketTls,
             timeout_graceful_shutdown=5,
+            ssl_context_factory=factory,
         )
         self.server = uvicorn.Server(self.config)
         self.task: asyncio.Task[None] | None = None
 
     @property
+    def _authority(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self._authority}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        return f"{'wss' if self.ssl_context else 'ws'}://{self._authority}"
 
     async def start(self) -> None:
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))

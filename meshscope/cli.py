@@ -1,4 +1,4 @@
-"""``meshscope relay|collector|dashboard|up|sql|bench``: composition only."""
+"""``meshscope relay|collector|dashboard|up|sql|certs|bench``: composition only."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from meshcore import logs
@@ -117,6 +118,49 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(raw: str | None) -> list[str]:
+    return list(dict.fromkeys(item.strip() for item in (raw or "").split(",") if item.strip()))
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from meshcore.certs import CERT_DAYS, CaUnusable, write_bundle
+    from meshcore.tls import Identity
+
+    regions, clients = _names(args.regions), _names(args.clients)
+    if not regions and not clients:
+        print("meshscope certs: name at least one of --regions and --clients", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        identities = [Identity("region", r) for r in regions] + [Identity("client", c) for c in clients]
+        bundle = write_bundle(
+            out,
+            identities,
+            hosts=_names(args.hosts),
+            days=CERT_DAYS if args.days is None else args.days,
+            force=args.force,
+        )
+    except ValueError as exc:
+        print(f"meshscope certs: {exc}", file=sys.stderr)
+        return 2
+    except CaUnusable as exc:
+        print(f"meshscope certs: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"meshscope certs: cannot write to {out}: {exc}", file=sys.stderr)
+        return 1
+    until = f"valid until {bundle.ca_not_after:%Y-%m-%d}"
+    if bundle.ca_reused:
+        print(f"reusing the CA in {out / 'ca.pem'} ({until}; --force replaces it)")
+    else:
+        print(f"new development CA ({until})")
+    for path in bundle.written:
+        print(f"wrote {path}{' (mode 0600)' if path.suffix == '.key' else ''}")
+    for path in bundle.stale:
+        print(f"warning: {path} was signed by the replaced CA; re-issue it", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--relays", required=True, help="region=ws://host:port,... of the relays")
     sim.add_argument("--rate", type=float, default=200.0, help="events per second in total")
     sim.set_defaults(run=_simulate)
+    certs = sub.add_parser(
+        "certs",
+        help="make a development CA and region/client certificates for TLS and mutual TLS",
+        description="Writes ca.pem/ca.key (reused when present), region-<id>.pem/.key (server and client,"
+        " SAN URI meshscope://region/<id>) and client-<name>.pem/.key (client only). Run it again to add"
+        " or rotate certificates under the same CA.",
+    )
+    certs.add_argument("--out", required=True, metavar="DIR", help="directory to write to (made when missing)")
+    certs.add_argument(
+        "--regions", metavar="IDS", help="comma-separated region ids, e.g. aws:us-east-1,gcp:europe-west1"
+    )
+    certs.add_argument("--clients", metavar="NAMES", help="comma-separated client names, e.g. ops,simulator")
+    certs.add_argument(
+        "--hosts",
+        metavar="HOSTS",
+        help="extra DNS names or IPs for region certificates (localhost, 127.0.0.1, ::1 always)",
+    )
+    certs.add_argument("--days", type=int, help="validity of the new certificates in days (default 365)")
+    certs.add_argument("--force", action="store_true", help="replace an existing CA (its certificates stop working)")
+    certs.set_defaults(run=_certs)
     sub.add_parser("bench", help="run the benchmarks: meshscope bench --help (same as python -m bench)")
     sql = sub.add_parser("sql", help="run a query over the flow history and print the result")
     sql.add_argument("query", help='the SQL, e.g. "SELECT topic, count() FROM flows GROUP BY topic"')
