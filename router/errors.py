@@ -2,8 +2,9 @@
 
 RelayError
 ├── InvalidInput            the producer or a peer sent something we refuse (remote)
-│   ├── MalformedEvent      not JSON, or a CloudEvents attribute missing/invalid (400)
-│   └── EventTooLarge       over the configured size limit (413)
+│   ├── MalformedEvent      not JSON, or a CloudEvents attribute missing/invalid/over a limit (400)
+│   ├── EventTooLarge       over the configured size limit (413)
+│   └── UnsupportedMediaType  a content type that is no CloudEvents mode we read (415)
 ├── FrameError              a mesh or stream frame we cannot decode (protocol abuse)
 ├── Backpressure            our queues are full; the caller should retry later (429)
 InvalidTopic                a topic or pattern that breaks the grammar (meshcore.topic)
@@ -48,6 +49,10 @@ class EventTooLarge(InvalidInput):
         self.index = index
 
 
+class UnsupportedMediaType(InvalidInput):
+    """A request whose content type is neither a CloudEvents JSON format nor binary mode we can read."""
+
+
 class FrameError(RelayError):
     """A mesh or stream frame that cannot be decoded."""
 
@@ -69,4 +74,5 @@ __all__ = [
     "MalformedEvent",
     "RelayError",
     "StreamUnavailable",
+    "UnsupportedMediaType",
 ]
