@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import collector, live, queries, relay, scale
+from bench import collector, governance, live, queries, relay, scale
 from bench.common import Figure, machine, table
 
 SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
@@ -22,6 +22,7 @@ SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
     "queries": ("Dashboard queries", lambda q: queries.run(q)),
     "live": ("Live path", lambda q: live.run(q)),
     "scale": ("Scale curve", lambda q: scale.relay_scale(q) + scale.collector_scale(q)),
+    "governance": ("Governance hot path", lambda q: governance.run(q)),
 }
 
 
