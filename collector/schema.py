@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from collector.histogram import sql_bucket
+from meshcore.flowrecord import LOSSES
 
 DEDUP_WINDOW = 10_000
 EDGE_SECOND_TTL_HOURS = 2
@@ -108,6 +109,13 @@ _AGG_VALUES = """
     hop_hist SimpleAggregateFunction(sumMap, Map(UInt16, UInt64)),
     e2e_hist SimpleAggregateFunction(sumMap, Map(UInt16, UInt64))
 """
+# added by migration 5: events lost on the edge (gap records stand for seq..seq_end), and forwards by
+# next hop (a detour shows as a next hop other than the destination)
+_AGG_VALUES_5 = (
+    ("lost", "SimpleAggregateFunction(sum, UInt64)"),
+    ("via_counts", "SimpleAggregateFunction(sumMap, Map(String, UInt64))"),
+)
+_LOSS_LIST = ", ".join(f"'{s}'" for s in sorted(LOSSES))
 
 _AGG_SELECT = f"""
     count() AS records,
@@ -119,12 +127,20 @@ _AGG_SELECT = f"""
     sumMapIf(map({sql_bucket("hop_ms")}, toUInt64(1)), kind = 'deliver') AS hop_hist,
     sumMapIf(map({sql_bucket("e2e_ms")}, toUInt64(1)), kind = 'deliver') AS e2e_hist
 """
+_AGG_SELECT_5 = (
+    _AGG_SELECT.rstrip()
+    + f""",
+    sumIf(if(status = 'gap', seq_end - seq + 1, 1), status IN ({_LOSS_LIST})) AS lost,
+    sumMapIf(map(toString(via), toUInt64(1)), kind = 'forward' AND via != '' AND via != dst_region) AS via_counts
+"""
+)
 
 _ROLLUP_SELECT = """
     sum(records) AS records, sum(entered) AS entered, sum(delivered) AS delivered, sum(errors) AS errors,
     sumMap(status_counts) AS status_counts, sum(bytes) AS bytes, sumMap(hop_hist) AS hop_hist,
     sumMap(e2e_hist) AS e2e_hist
 """
+_ROLLUP_SELECT_5 = _ROLLUP_SELECT.rstrip() + ", sum(lost) AS lost, sumMap(via_counts) AS via_counts\n"
 
 PAIR_SHARDING = "cityHash64(src_region, dst_region)"
 
@@ -252,7 +268,77 @@ def migrations(opts: SchemaOptions) -> list[Migration]:
                 ),
             ),
         ),
+        Migration(5, "principals, detours, losses and refusals", tuple(_migration_5(n, opts))),
     ]
+
+
+def _migration_5(n: _Names, opts: SchemaOptions) -> list[str]:
+    """Flow record format 2: new columns, losses and detours per edge, refusals by principal and schema."""
+    db = n.db
+    tables = ["flows"] + (["flows_local"] if opts.cluster else [])
+    out = [
+        f"ALTER TABLE `{db}`.`{table}`{n.on_cluster} "
+        "ADD COLUMN IF NOT EXISTS principal LowCardinality(String) DEFAULT '', "
+        "ADD COLUMN IF NOT EXISTS via LowCardinality(String) DEFAULT '', "
+        "ADD COLUMN IF NOT EXISTS seq_end UInt64 DEFAULT 0, "
+        "ADD COLUMN IF NOT EXISTS dataschema LowCardinality(String) DEFAULT ''"
+        for table in tables
+    ]
+    aggregates = {
+        "edge_minute": ("toStartOfMinute(ts)", "src_region, dst_region, topic, bucket", True),
+        "edge_second": ("toStartOfSecond(ts)", "src_region, dst_region, topic, bucket", True),
+        "pair_minute": ("toStartOfMinute(ts)", "src_region, dst_region, bucket", False),
+    }
+    for table in [*aggregates, "pair_hour"]:
+        for physical in [table] + ([f"{table}_local"] if opts.cluster else []):
+            out.append(
+                f"ALTER TABLE `{db}`.`{physical}`{n.on_cluster} "
+                + ", ".join(f"ADD COLUMN IF NOT EXISTS {name} {kind}" for name, kind in _AGG_VALUES_5)
+            )
+    # the views read the new columns: replaced, not altered (a view's query is its definition)
+    for table, (bucket, key, with_topic) in aggregates.items():
+        out.append(f"DROP VIEW IF EXISTS `{db}`.`{table}_mv`{n.on_cluster}")
+        out.append(
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.`{table}_mv`{n.on_cluster} TO {n.local(table)} AS "
+            f"SELECT {bucket} AS bucket, src_region, dst_region, {'topic, ' if with_topic else ''}"
+            f"{_AGG_SELECT_5} FROM {n.local('flows')} GROUP BY {key.replace('bucket', bucket)}"
+        )
+    out.append(f"DROP VIEW IF EXISTS `{db}`.`pair_hour_mv`{n.on_cluster}")
+    out.append(
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.`pair_hour_mv`{n.on_cluster} TO "
+        f"{n.local('pair_hour')} AS SELECT toStartOfHour(bucket) AS bucket, src_region, dst_region, "
+        f"{_ROLLUP_SELECT_5} FROM {n.local('pair_minute')} GROUP BY src_region, dst_region, bucket"
+    )
+    # link samples say how each link is secured, whether its region is reached by a detour, and which
+    # governance version each side enforces
+    for table in ["links"] + (["links_local"] if opts.cluster else []):
+        out.append(
+            f"ALTER TABLE `{db}`.`{table}`{n.on_cluster} "
+            "ADD COLUMN IF NOT EXISTS security LowCardinality(String) DEFAULT '', "
+            "ADD COLUMN IF NOT EXISTS via LowCardinality(String) DEFAULT '', "
+            "ADD COLUMN IF NOT EXISTS peer_gov LowCardinality(String) DEFAULT '', "
+            "ADD COLUMN IF NOT EXISTS gov LowCardinality(String) DEFAULT ''"
+        )
+    # refusals (policy denials, schema rejections, malformed events) by who and what, for the governance view
+    out += n.table(
+        "refusal_minute",
+        "bucket DateTime('UTC'), src_region LowCardinality(String), topic LowCardinality(String), "
+        "principal LowCardinality(String), status LowCardinality(String), dataschema LowCardinality(String), "
+        "events SimpleAggregateFunction(sum, UInt64)",
+        "AggregatingMergeTree",
+        f"PARTITION BY toDate(bucket) ORDER BY (src_region, topic, principal, status, dataschema, bucket) "
+        f"TTL bucket + INTERVAL {opts.aggregate_ttl_days} DAY",
+        PAIR_SHARDING.replace("dst_region", "topic"),
+        "ttl_only_drop_parts = 1",
+    )
+    out.append(
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.`refusal_minute_mv`{n.on_cluster} TO "
+        f"{n.local('refusal_minute')} AS SELECT toStartOfMinute(ts) AS bucket, src_region, topic, principal, "
+        f"status, dataschema, count() AS events FROM {n.local('flows')} "
+        f"WHERE status IN ('policy_denied', 'schema_rejected', 'malformed') "
+        f"GROUP BY bucket, src_region, topic, principal, status, dataschema"
+    )
+    return out
 
 
 def migrations_table(opts: SchemaOptions) -> str:

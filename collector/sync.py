@@ -21,7 +21,20 @@ from collector.config import CollectorConfig
 from collector.errors import StreamUnavailable
 
 REGIONS_KEY = "meshscope:regions"
-LINK_COLUMNS = ["ts", "relay", "src_region", "dst_region", "state", "rtt_ms", "queue_depth", "reconnects"]
+LINK_COLUMNS = [
+    "ts",
+    "relay",
+    "src_region",
+    "dst_region",
+    "state",
+    "rtt_ms",
+    "queue_depth",
+    "reconnects",
+    "security",
+    "via",
+    "peer_gov",
+    "gov",
+]
 REGION_COLUMNS = ["id", "provider", "lat", "lon", "city", "relay", "first_seen", "last_seen"]
 
 WithClickHouse = Callable[[str, Callable[[Client], Any]], Awaitable[Any]]
@@ -36,11 +49,20 @@ def link_rows(entries: list[tuple[str, dict[Any, Any]]]) -> list[list[Any]]:
         except orjson.JSONDecodeError:
             continue
         for s in samples if isinstance(samples, list) else []:
-            if isinstance(s, list) and len(s) == 8:
-                ts, relay, src, dst, state, rtt, depth, reconnects = s
+            if not isinstance(s, list) or len(s) not in (8, 12):
+                continue
+            try:
+                ts, relay, src, dst, state, rtt, depth, reconnects = s[:8]
+                security, via, peer_gov, gov = s[8:] if len(s) == 12 else ["", "", "", ""]
                 rows.append(
-                    [int(ts), str(relay), str(src), str(dst), str(state), float(rtt), int(depth), int(reconnects)]
-                )
+                    [
+                        int(ts), str(relay)[:128], str(src)[:128], str(dst)[:128], str(state)[:16], float(rtt),
+                        int(depth), int(reconnects), str(security)[:8], str(via)[:128], str(peer_gov)[:128],
+                        str(gov)[:128],
+                    ]
+                )  # fmt: skip
+            except (TypeError, ValueError):
+                continue
     return rows
 
 

@@ -4,6 +4,15 @@ Records are packed many to a Redis stream entry: the entry's field ``r`` holds a
 orjson array of rows, each row the values in ``FIELDS`` order; ``v`` is the
 format version. One XADD per record costs ~30 µs of client time, one per few
 hundred records costs well under 1 µs per record.
+
+Version 2 adds ``principal`` (who published), ``via`` (the next hop of a
+forward, the previous hop of a deliver: another region than the edge's own
+when the event took a detour), ``seq_end`` (the last sequence number a ``gap``
+record stands for; 0 otherwise) and ``dataschema`` (the schema version the
+event was validated against). Version 1 entries are still read, with those
+fields empty.
+
+``span_id`` identifies a record: every hop of every attempt gets its own.
 """
 
 from __future__ import annotations
@@ -12,11 +21,15 @@ from typing import Any, NamedTuple
 
 import orjson
 
-FORMAT_VERSION = b"1"
+FORMAT_VERSION = b"2"
+FORMAT_VERSION_1 = b"1"
 
 # Kinds of hop, and the statuses a record may carry, each kept in one place.
-PUBLISH, FORWARD, DELIVER, DROP = "publish", "forward", "deliver", "drop"
-KINDS = (PUBLISH, FORWARD, DELIVER, DROP)
+# publish: accepted at the origin; forward: sent towards a destination region (``via`` names the
+# next hop); transit: passed on by a relay between origin and destination; deliver: handed to
+# subscribers in the destination; drop: lost or refused, ``status`` says why
+PUBLISH, FORWARD, TRANSIT, DELIVER, DROP = "publish", "forward", "transit", "deliver", "drop"
+KINDS = (PUBLISH, FORWARD, TRANSIT, DELIVER, DROP)
 
 OK = "ok"
 SCHEMA_REJECTED = "schema_rejected"
@@ -27,6 +40,8 @@ BACKPRESSURE = "backpressure"
 DELIVERY_FAILED = "delivery_failed"
 EXPIRED = "expired"
 DUPLICATE = "duplicate"
+MALFORMED = "malformed"  # not a valid CloudEvent (refused at the edge, 400)
+GAP = "gap"  # sequence numbers of an edge that never arrived: ``seq``..``seq_end``
 STATUSES = (
     OK,
     SCHEMA_REJECTED,
@@ -37,7 +52,11 @@ STATUSES = (
     DELIVERY_FAILED,
     EXPIRED,
     DUPLICATE,
+    MALFORMED,
+    GAP,
 )
+# statuses that mean an accepted event was lost (the rest are refusals or duplicates)
+LOSSES = frozenset((LINK_DOWN, BACKPRESSURE, DELIVERY_FAILED, EXPIRED, GAP))
 
 FIELDS = (
     "ts",
@@ -56,7 +75,12 @@ FIELDS = (
     "bytes",
     "attempt",
     "seq",
+    "principal",
+    "via",
+    "seq_end",
+    "dataschema",
 )
+_V1_WIDTH = 16
 
 
 class FlowRecord(NamedTuple):
@@ -78,6 +102,10 @@ class FlowRecord(NamedTuple):
     bytes: int
     attempt: int
     seq: int
+    principal: str = ""
+    via: str = ""
+    seq_end: int = 0
+    dataschema: str = ""
 
 
 class RecordDecodeError(ValueError):
@@ -93,8 +121,13 @@ def pack(records: list[FlowRecord]) -> dict[bytes, bytes]:
 _INT = frozenset((int,))
 _STR = frozenset((str,))
 _NUM = frozenset((int, float))
-_COLUMN_TYPES = (_INT, _STR, _STR, _STR, _STR, _STR, _STR, _STR, _STR, _STR, _NUM, _NUM, _STR, _INT, _INT, _INT)
+_COLUMN_TYPES = (
+    *(_INT, _STR, _STR, _STR, _STR, _STR, _STR, _STR, _STR, _STR, _NUM, _NUM, _STR, _INT, _INT, _INT),
+    *(_STR, _STR, _INT, _STR),
+)
+_V1_DEFAULTS = ("", "", 0, "")
 _KINDS = frozenset(KINDS)
+_STATUSES = frozenset(STATUSES)
 
 
 def unpack_columns(fields: dict[Any, Any]) -> list[list[Any]]:
@@ -103,7 +136,9 @@ def unpack_columns(fields: dict[Any, Any]) -> list[list[Any]]:
     Raises RecordDecodeError when the entry is not a packed batch of valid records.
     """
     version = fields.get(b"v", fields.get("v"))
-    if version not in (FORMAT_VERSION, FORMAT_VERSION.decode()):
+    if isinstance(version, str):
+        version = version.encode()
+    if version not in (FORMAT_VERSION, FORMAT_VERSION_1):
         raise RecordDecodeError(f"unknown flow record format version {version!r}")
     raw = fields.get(b"r", fields.get("r"))
     if raw is None:
@@ -114,9 +149,11 @@ def unpack_columns(fields: dict[Any, Any]) -> list[list[Any]]:
         raise RecordDecodeError(f"records are not JSON: {exc}") from None
     if not isinstance(rows, list):
         raise RecordDecodeError("records must be a JSON array")
-    width = len(FIELDS)
+    width = len(FIELDS) if version == FORMAT_VERSION else _V1_WIDTH
     if not all(type(row) is list and len(row) == width for row in rows):
         raise RecordDecodeError(f"every record must be an array of {width} fields")
+    if width == _V1_WIDTH:
+        rows = [[*row, *_V1_DEFAULTS] for row in rows]
     if not rows:
         return [[] for _ in FIELDS]
     columns = [list(c) for c in zip(*rows, strict=True)]
@@ -126,6 +163,8 @@ def unpack_columns(fields: dict[Any, Any]) -> list[list[Any]]:
             raise RecordDecodeError(f"field {name} has the wrong type in some record")
     if not set(columns[6]) <= _KINDS:
         raise RecordDecodeError(f"unknown kind in {sorted(set(columns[6]) - _KINDS)!r}")
+    if not set(columns[12]) <= _STATUSES:
+        raise RecordDecodeError(f"unknown status in {sorted(set(columns[12]) - _STATUSES)!r}")
     return columns
 
 

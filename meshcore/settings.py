@@ -50,6 +50,24 @@ def get_float(env: Mapping[str, str], name: str, default: float, minimum: float 
     return value
 
 
+def get_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingError(f"{name}={raw!r} is not true or false")
+
+
+def get_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = get_str(env, name, default)
+    if value not in choices:
+        raise SettingError(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def get_optional_float(env: Mapping[str, str], name: str) -> float | None:
     raw = env.get(name)
     return None if raw is None or raw == "" else get_float(env, name, 0.0, minimum=-1e9)

@@ -1,11 +1,17 @@
 """The relay's HTTP and WebSocket surface (Starlette); it only moves data to ``Relay``.
 
-POST /v1/events              one CloudEvent or a JSON array (all or nothing)
-WS   /v1/stream              high-rate publish: frames of one event or an array
-WS   /v1/subscribe           ?topic=PATTERN (repeatable) [&group=NAME&consumer=ID]
-DELETE /v1/groups/{name}     forget a durable consumer group
-WS   /v1/mesh                peer relays
-GET  /healthz, /metrics
+POST   /v1/events            one CloudEvent or a JSON array (all or nothing); binary mode too
+WS     /v1/stream            high-rate publish: frames of one event or an array
+WS     /v1/subscribe         ?topic=PATTERN (repeatable) [&batch=N] [&group=NAME&consumer=ID[&update=true]]
+DELETE /v1/groups/{name}     forget a durable consumer group (its owner or an admin)
+WS     /v1/mesh              peer relays (region certificate, or a relay token)
+GET    /healthz              public: ok or degraded, with why
+GET    /metrics              Prometheus text (any principal)
+
+Every caller is a principal: a client certificate, or a bearer token
+(``Authorization: Bearer …``, or ``?token=`` where a browser cannot set
+headers on a WebSocket). Without one: 401, as a plain HTTP answer even on
+WebSocket routes (the WebSocket denial response), so clients see the status.
 """
 
 from __future__ import annotations
@@ -13,39 +19,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from meshcore.flowrecord import SCHEMA_REJECTED
-from meshcore.topic import validate_pattern
-from router import frame as fr
-from router.envelope import decode_events, validate_event
-from router.errors import Backpressure, EventTooLarge, FrameError, InvalidTopic, MalformedEvent, StreamUnavailable
-from router.relay import Relay
-from router.routing import UP
+from meshcore import flowrecord as fk
+from meshcore.auth import ANONYMOUS, Principal, bearer_of
+from meshcore.backoff import backoff_s
+from meshcore.names import InvalidName, group_name
+from meshcore.tls import peer_identity
+from meshcore.topic import InvalidTopic, validate_pattern
+from router.committer import Unavailable
+from router.envelope import combine_headers, decode_http, validate_event
+from router.errors import (
+    Backpressure,
+    EventTooLarge,
+    MalformedEvent,
+    StreamUnavailable,
+    UnsupportedMediaType,
+)
+from router.inbound import serve_peer
+from router.outbox import StoreFull
+from router.relay import InDoubt, Relay
+from router.routing import MTLS, PLAIN, TLS
+from router.subscription import ENTRY_ID, MAX_ACK_IDS, GroupConflict, GroupStore
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPES = frozenset(("application/cloudevents+json", "application/cloudevents-batch+json", "application/json"))
 # WebSocket close codes used on protocol abuse
-CLOSE_UNSUPPORTED = 1003
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNAVAILABLE = 1013
 MAX_SUBSCRIBE_BATCH = 1000
+MAX_PATTERNS = 100
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def _event_error(exc: MalformedEvent | EventTooLarge) -> dict[str, Any]:
@@ -54,8 +73,32 @@ def _event_error(exc: MalformedEvent | EventTooLarge) -> dict[str, Any]:
     return {"status": 400, "error": str(exc), "attribute": exc.attribute, "index": exc.index}
 
 
+class BodyTimeout(Exception):
+    """The request body did not arrive in time (408)."""
+
+
 def build_app(relay: Relay) -> Starlette:
     config = relay.config
+    auth = relay.auth
+
+    def principal_of(conn: HTTPConnection, allow_query_token: bool = False) -> Principal | None:
+        ident = peer_identity(conn.scope)
+        if ident is not None:
+            return auth.from_certificate(ident.kind, ident.name)
+        token = bearer_of(conn.headers.get("authorization"))
+        if token is None and allow_query_token:
+            token = conn.query_params.get("token")
+        principal = auth.from_token(token)
+        if principal is None and token is None and auth.allow_anonymous:
+            return ANONYMOUS
+        return principal
+
+    def unauthorized() -> JSONResponse:
+        return _error(
+            401,
+            "authentication required: a client certificate or Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": 'Bearer realm="meshscope"'},
+        )
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -63,39 +106,66 @@ def build_app(relay: Relay) -> Starlette:
             raise EventTooLarge(int(declared), config.max_body_bytes)
         chunks = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > config.max_body_bytes:
-                raise EventTooLarge(size, config.max_body_bytes)
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(config.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > config.max_body_bytes:
+                        raise EventTooLarge(size, config.max_body_bytes)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise BodyTimeout(f"the request body did not arrive within {config.body_timeout_s:g} s") from None
         return b"".join(chunks)
 
+    def unavailable(message: str, retry_after_s: float) -> JSONResponse:
+        relay.metrics.inc("rejected_total", status="503")
+        return _error(503, message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
     async def post_events(request: Request) -> Response:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in CONTENT_TYPES:
-            relay.metrics.inc("rejected_total", status="415")
-            return _error(415, f"content type must be one of {sorted(CONTENT_TYPES)} (structured mode)")
+        principal = principal_of(request)
+        if principal is None:
+            relay.metrics.inc("rejected_total", status="401")
+            return unauthorized()
         try:
-            events = decode_events(await read_body(request), config.max_event_bytes)
+            body = await read_body(request)
+            events = decode_http(combine_headers(request.headers.raw), body, relay.limits)
             relay.check_capacity()
+            result = await relay.publish(events, principal)
+        except UnsupportedMediaType as exc:
+            relay.metrics.inc("rejected_total", status="415")
+            return _error(415, str(exc))
         except EventTooLarge as exc:
             relay.metrics.inc("rejected_total", status="413")
             return _error(413, str(exc), index=exc.index, limit=exc.limit)
         except MalformedEvent as exc:
             relay.metrics.inc("rejected_total", status="400")
-            _record_rejection(relay, exc.event)
+            _record_rejection(relay, exc.event, principal)
             return _error(400, str(exc), attribute=exc.attribute, index=exc.index)
+        except BodyTimeout as exc:
+            relay.metrics.inc("rejected_total", status="408")
+            return _error(408, str(exc))
         except Backpressure as exc:
             relay.metrics.inc("rejected_total", status="429")
-            return JSONResponse({"error": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after_s)})
+            return _error(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+        except Unavailable as exc:
+            return unavailable(str(exc), exc.retry_after_s)
+        except (InDoubt, StoreFull) as exc:
+            return unavailable(str(exc), 1.0)
+        return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202)
+
+    async def deny(ws: WebSocket, response: JSONResponse) -> None:
+        """Refuse a WebSocket before it is accepted, with a real HTTP status the client can read."""
         try:
-            accepted, duplicates = await relay.publish(events)
-        except StreamUnavailable as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
-        return JSONResponse({"accepted": accepted, "duplicates": duplicates}, status_code=202)
+            await ws.send_denial_response(response)
+        except RuntimeError:
+            await ws.close(CLOSE_POLICY)
 
     async def stream(ws: WebSocket) -> None:
         """High-rate publishing: each frame is one event or an array; each frame gets an ack."""
+        principal = principal_of(ws, allow_query_token=True)
+        if principal is None:
+            await deny(ws, unauthorized())
+            return
         await ws.accept()
         frames = 0
         try:
@@ -121,46 +191,74 @@ def build_app(relay: Relay) -> Starlette:
                 events, errors = [], []
                 for i, obj in enumerate(decoded):
                     try:
-                        events.append(validate_event(obj, config.max_event_bytes))
+                        events.append(validate_event(obj, relay.limits))
                     except (MalformedEvent, EventTooLarge) as exc:
                         err = _event_error(exc)
                         err["index"] = i
-                        if isinstance(obj, dict):
-                            err["id"] = obj.get("id")
+                        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                            err["id"] = obj["id"][:256]
                         errors.append(err)
                         if isinstance(exc, MalformedEvent):
-                            _record_rejection(relay, exc.event)
+                            _record_rejection(relay, exc.event, principal)
                 if relay.sink.full and not await relay.sink.wait_not_full(30.0):
                     await ws.close(CLOSE_UNAVAILABLE, "flow record queue full; try again later")
                     return
-                accepted, duplicates = await relay.publish(events) if events else ([], [])
+                result = await relay.publish(events, principal) if events else None
                 await ws.send_bytes(
-                    orjson.dumps({"frame": frames, "accepted": accepted, "duplicates": duplicates, "errors": errors})
+                    orjson.dumps(
+                        {
+                            "frame": frames,
+                            "accepted": result.accepted if result else [],
+                            "duplicates": result.duplicates if result else [],
+                            "errors": errors,
+                        }
+                    )
                 )
         except WebSocketDisconnect:
             return
-        except StreamUnavailable as exc:
+        except (Unavailable, InDoubt, StoreFull) as exc:
+            # frame ``frames`` was not acknowledged: the producer sends it again after reconnecting
             await ws.close(CLOSE_UNAVAILABLE, str(exc)[:120])
 
     async def subscribe(ws: WebSocket) -> None:
+        principal = principal_of(ws, allow_query_token=True)
+        if principal is None:
+            await deny(ws, unauthorized())
+            return
         patterns = ws.query_params.getlist("topic")
         group = ws.query_params.get("group")
         batch_text = ws.query_params.get("batch", "1")
-        await ws.accept()
         try:
             if not patterns:
                 raise InvalidTopic("at least one topic=PATTERN is required")
+            if len(patterns) > MAX_PATTERNS:
+                raise InvalidTopic(f"at most {MAX_PATTERNS} patterns per subscription")
             for p in patterns:
                 validate_pattern(p)
             if not batch_text.isdigit() or not 1 <= int(batch_text) <= MAX_SUBSCRIBE_BATCH:
                 raise InvalidTopic(f"batch must be a whole number from 1 to {MAX_SUBSCRIBE_BATCH}")
-        except InvalidTopic as exc:
-            await ws.close(CLOSE_POLICY, str(exc)[:120])
+            consumer = ws.query_params.get("consumer") or uuid.uuid4().hex[:12]
+            if group is not None:
+                group_name(group)
+                group_name(consumer, "consumer")
+        except (InvalidTopic, InvalidName) as exc:
+            await deny(ws, _error(400, str(exc)))
             return
-        if group:
-            await _serve_group(ws, group, patterns, ws.query_params.get("consumer") or uuid.uuid4().hex[:12])
+        if group is not None:
+            update = ws.query_params.get("update", "").lower() in ("1", "true", "yes")
+            try:
+                await relay.join_group(group, patterns, principal, update)
+            except GroupConflict as exc:
+                await deny(ws, _error(exc.status, str(exc)))
+                return
+            except StreamUnavailable as exc:
+                await deny(ws, _error(503, str(exc)[:300], headers={"Retry-After": "1"}))
+                return
+            await ws.accept()
+            await _serve_group(ws, relay, group, GroupStore.consumer(principal, consumer))
             return
-        sub = relay.subscribe(patterns)
+        await ws.accept()
+        sub = relay.subscribe(patterns, principal)
         sender = asyncio.create_task(_pump(ws, sub.queue, int(batch_text)))
         try:
             while True:
@@ -171,133 +269,49 @@ def build_app(relay: Relay) -> Starlette:
             sender.cancel()
             relay.unsubscribe(sub)
 
-    async def _pump(ws: WebSocket, queue: asyncio.Queue[bytes], batch: int) -> None:
-        """Send buffered events: one per message, or with ``batch`` > 1 a JSON array of what is waiting."""
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            while True:
-                first = await queue.get()
-                if batch == 1:
-                    await ws.send_text(first.decode())
-                    continue
-                items = [first]
-                while len(items) < batch and not queue.empty():
-                    items.append(queue.get_nowait())
-                await ws.send_text((b"[" + b",".join(items) + b"]").decode())
-
-    async def _serve_group(ws: WebSocket, group: str, patterns: list[str], consumer: str) -> None:
-        try:
-            await relay.ensure_group(group, patterns)
-        except StreamUnavailable as exc:
-            await ws.close(CLOSE_UNAVAILABLE, str(exc)[:120])
-            return
-
-        async def reader() -> None:
-            pending = True
-            while True:
-                entries = await relay.groups.read(group, consumer, pending, 100, 500)
-                if pending and not entries:
-                    pending = False
-                    continue
-                for entry_id, event in entries:
-                    await ws.send_text(orjson.dumps({"ack": entry_id, "event": event}).decode())
-                if pending:
-                    # pending entries were sent; move on to new ones (they stay pending until acked)
-                    pending = False
-
-        task = asyncio.create_task(reader())
-        try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                try:
-                    ids = orjson.loads(message.get("text") or message.get("bytes") or b"").get("ack")
-                except (orjson.JSONDecodeError, AttributeError):
-                    ids = None
-                if isinstance(ids, str):
-                    ids = [ids]
-                if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                    await ws.close(CLOSE_INVALID_PAYLOAD, 'expected {"ack": [entry ids]}')
-                    break
-                await relay.groups.ack(group, ids)
-        except (WebSocketDisconnect, StreamUnavailable):
-            pass
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
     async def delete_group(request: Request) -> Response:
+        principal = principal_of(request)
+        if principal is None:
+            return unauthorized()
         name = request.path_params["name"]
-        if not await relay.remove_group(name):
-            return _error(404, f"no consumer group {name!r} in {relay.region}")
+        try:
+            group_name(name)
+            if await relay.remove_group(name, principal) is None:
+                return _error(404, f"no consumer group {name!r} in {relay.region}")
+        except InvalidName as exc:
+            return _error(400, str(exc))
+        except GroupConflict as exc:
+            return _error(exc.status, str(exc))
+        except StreamUnavailable as exc:
+            return _error(503, str(exc)[:300], headers={"Retry-After": "1"})
         return Response(status_code=204)
 
     async def mesh(ws: WebSocket) -> None:
-        """A peer dialed us: it sends HELLO, EVENTS and PING; we answer and push INTEREST."""
+        ident = peer_identity(ws.scope)
+        principal: Principal | None
+        if ident is not None:
+            principal = auth.from_certificate(ident.kind, ident.name)
+            security = MTLS
+        else:
+            principal = auth.from_token(bearer_of(ws.headers.get("authorization")))
+            security = TLS if ws.url.scheme == "wss" else PLAIN
+        if principal is None or principal.region is None:
+            log.warning(
+                "mesh connection refused: no relay identity",
+                extra={"client": str(ws.client), "principal": principal.name if principal else None},
+            )
+            await deny(ws, _error(401 if principal is None else 403, "a mesh peer needs a region certificate or token"))
+            return
         await ws.accept()
-        peer: str | None = None
-        loop = asyncio.get_running_loop()
-        outbox: asyncio.Queue[bytes] = asyncio.Queue()
-        send = outbox.put_nowait
-
-        async def writer() -> None:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-                while True:
-                    await ws.send_bytes(await outbox.get())
-
-        task = asyncio.create_task(writer())
-        try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                msg = fr.decode(message.get("bytes") or message.get("text") or b"")
-                kind = msg["t"]
-                if kind == fr.HELLO:
-                    peer = msg.get("region")
-                    if not isinstance(peer, str):
-                        raise FrameError("HELLO without a region")
-                    send(fr.encode(fr.HELLO, **relay.hello))
-                    send(relay.interest_frame())
-                    relay.inbound.add(send)
-                elif peer is None:
-                    raise FrameError(f"{kind} before HELLO")
-                elif kind == fr.EVENTS:
-                    batch = fr.events_of(msg)
-                    await relay.receive_mesh(peer, batch)
-                    if batch:
-                        send(fr.encode(fr.ACK, seq=batch[-1].seq))
-                elif kind == fr.PING:
-                    pong = fr.encode(fr.PONG, ts=msg.get("ts"))
-                    delay_s = config.link_delays_ms.get(peer, 0.0) / 1000
-                    if delay_s:
-                        loop.call_later(delay_s, send, pong)
-                    else:
-                        send(pong)
-        except FrameError as exc:
-            log.warning("peer broke the mesh protocol", extra={"peer": peer, "error": str(exc)})
-            if ws.application_state != WebSocketState.DISCONNECTED:
-                await ws.close(CLOSE_INVALID_PAYLOAD, str(exc)[:120])
-        except (WebSocketDisconnect, StreamUnavailable):
-            pass
-        finally:
-            relay.inbound.discard(send)
-            task.cancel()
+        await serve_peer(ws, relay, principal.region, security, principal.name)
 
     async def healthz(request: Request) -> Response:
-        links = {link.peer_region or link.url: link.state for link in relay.links}
-        return JSONResponse(
-            {
-                "status": "ok",
-                "region": relay.region,
-                "relay": relay.name,
-                "links": links,
-                "links_up": sum(1 for s in links.values() if s == UP),
-            }
-        )
+        health = relay.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     async def metrics(request: Request) -> Response:
+        if principal_of(request) is None:
+            return unauthorized()
         return PlainTextResponse(relay.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager
@@ -322,8 +336,92 @@ def build_app(relay: Relay) -> Starlette:
     )
 
 
-def _record_rejection(relay: Relay, obj: object) -> None:
-    """Leave a schema_rejected drop record for a refused event that has an id (nothing of it is routed)."""
+async def _pump(ws: WebSocket, queue: asyncio.Queue[bytes], batch: int) -> None:
+    """Send buffered events: one per message, or with ``batch`` > 1 a JSON array of what is waiting."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            first = await queue.get()
+            if batch == 1:
+                await ws.send_text(first.decode())
+                continue
+            items = [first]
+            while len(items) < batch and not queue.empty():
+                items.append(queue.get_nowait())
+            await ws.send_text((b"[" + b",".join(items) + b"]").decode())
+
+
+async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str) -> None:
+    """A group member: its un-acked entries first, then new ones; acks as they come. Survives Redis outages."""
+
+    async def reader() -> None:
+        pending = True
+        failures = 0
+        while True:
+            try:
+                entries = await relay.groups.read(group, consumer, pending, 100, 500)
+            except StreamUnavailable as exc:
+                failures += 1
+                relay.metrics.inc("task_restarts_total", task="group-reader")
+                delay = backoff_s(failures - 1, 0.1, 5.0, random.random())
+                if failures == 1:
+                    log.warning("group reader lost Redis; retrying", extra={"group": group, "error": str(exc)[:200]})
+                await asyncio.sleep(delay)
+                pending = True  # read our un-acked entries again: nothing is lost across the outage
+                continue
+            failures = 0
+            if pending and not entries:
+                pending = False
+                continue
+            for entry_id, event in entries:
+                await ws.send_text(orjson.dumps({"ack": entry_id, "event": event}).decode())
+            if pending:
+                # pending entries were sent; move on to new ones (they stay pending until acked)
+                pending = False
+
+    task = asyncio.create_task(reader())
+    try:
+        while True:
+            receive = asyncio.create_task(ws.receive())
+            done, _ = await asyncio.wait({receive, task}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                receive.cancel()
+                exc = task.exception()
+                log.error("group reader stopped", extra={"group": group, "error": repr(exc)})
+                await ws.close(CLOSE_UNAVAILABLE, "group reader stopped; reconnect")
+                return
+            message = receive.result()
+            if message["type"] == "websocket.disconnect":
+                break
+            try:
+                ids = orjson.loads(message.get("text") or message.get("bytes") or b"").get("ack")
+            except (orjson.JSONDecodeError, AttributeError):
+                ids = None
+            if isinstance(ids, str):
+                ids = [ids]
+            if (
+                not isinstance(ids, list)
+                or len(ids) > MAX_ACK_IDS
+                or not all(isinstance(i, str) and ENTRY_ID.fullmatch(i) for i in ids)
+            ):
+                await ws.close(CLOSE_INVALID_PAYLOAD, 'expected {"ack": [entry ids]}')
+                break
+            for attempt in range(50):
+                try:
+                    await relay.groups.ack(group, ids)
+                    break
+                except StreamUnavailable:
+                    await asyncio.sleep(backoff_s(attempt, 0.1, 2.0, random.random()))
+    except WebSocketDisconnect:
+        pass
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+def _record_rejection(relay: Relay, obj: object, principal: Principal) -> None:
+    """Leave a ``malformed`` drop record for a refused event that has an id (nothing of it is routed)."""
     if isinstance(obj, dict) and isinstance(obj.get("id"), str):
         topic = obj.get("type") if isinstance(obj.get("type"), str) else ""
-        relay.record_rejected(obj["id"], str(topic)[:255], SCHEMA_REJECTED, len(orjson.dumps(obj)))
+        size = len(orjson.dumps({k: v for k, v in obj.items() if k != "data"})) if len(obj) < 100 else 0
+        relay.record_rejected(obj["id"], str(topic), fk.MALFORMED, size, principal.name)

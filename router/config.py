@@ -1,4 +1,8 @@
-"""The relay's configuration: one frozen dataclass built by ``RelayConfig.from_env``."""
+"""The relay's configuration: one frozen dataclass built by ``RelayConfig.from_env``.
+
+Each variable is defined once, with a one-line docstring; precedence is an
+explicit argument, then the environment, then the default.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from meshcore import names
 from meshcore import settings as s
 from meshcore.settings import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, REDIS_URL
+from meshcore.tls import TlsFiles
 from router.regions import Region, resolve
 
 MESHSCOPE_REGION = "MESHSCOPE_REGION"
@@ -24,7 +30,39 @@ MESHSCOPE_HOST = "MESHSCOPE_HOST"
 MESHSCOPE_PORT = "MESHSCOPE_PORT"
 """Port the relay listens on (default 7400; 0 picks a free one)."""
 MESHSCOPE_PEERS = "MESHSCOPE_PEERS"
-"""Comma-separated base URLs of the peer relays (``ws://host:port``)."""
+"""Comma-separated peer relays, ``region=wss://host:port`` (the region it must be) or a bare URL."""
+MESHSCOPE_AUTH_FILE = "MESHSCOPE_AUTH_FILE"
+"""TOML file of principals (token hashes, groups, roles); see meshcore/auth.py."""
+MESHSCOPE_ALLOW_ANONYMOUS = "MESHSCOPE_ALLOW_ANONYMOUS"
+"""``true`` lets clients without credentials in (development only; logged and shown in /healthz)."""
+MESHSCOPE_MESH_TOKEN = "MESHSCOPE_MESH_TOKEN"
+"""Bearer token this relay presents to peers when it has no region certificate (mesh links without mTLS)."""
+MESHSCOPE_BODY_TIMEOUT_S = "MESHSCOPE_BODY_TIMEOUT_S"
+"""Seconds a request body may take to arrive (408 after)."""
+MESHSCOPE_MAX_JSON_DEPTH = "MESHSCOPE_MAX_JSON_DEPTH"
+"""Deepest nesting of an event's JSON accepted (400 deeper)."""
+MESHSCOPE_TOPIC_LABEL_MAX = "MESHSCOPE_TOPIC_LABEL_MAX"
+"""Distinct topic label values in /metrics; later topics are summed under ``_other``."""
+MESHSCOPE_LINK_DURABLE = "MESHSCOPE_LINK_DURABLE"
+"""``false`` keeps events bound for other regions in memory only (faster; lost if the relay dies)."""
+MESHSCOPE_LINK_STORE_MAX = "MESHSCOPE_LINK_STORE_MAX"
+"""Events held per destination region until acknowledged; past it the overflow policy applies."""
+MESHSCOPE_LINK_STORE_MAX_AGE_S = "MESHSCOPE_LINK_STORE_MAX_AGE_S"
+"""Oldest an undelivered event may get before it is dropped with a ``drop``/``expired`` record."""
+MESHSCOPE_LINK_OVERFLOW = "MESHSCOPE_LINK_OVERFLOW"
+"""``drop_oldest`` (the oldest held events expire, with records) or ``reject`` (publishers get 503)."""
+MESHSCOPE_LINK_ACK_TIMEOUT_S = "MESHSCOPE_LINK_ACK_TIMEOUT_S"
+"""Seconds without an acknowledgement before unacknowledged events are sent again."""
+MESHSCOPE_LINK_WINDOW = "MESHSCOPE_LINK_WINDOW"
+"""Events per destination sent and not yet acknowledged, at most."""
+MESHSCOPE_HOP_LIMIT = "MESHSCOPE_HOP_LIMIT"
+"""Most relays an event may cross on a detour (2 = one transit relay)."""
+MESHSCOPE_TRANSIT = "MESHSCOPE_TRANSIT"
+"""``false``: this relay carries only its own events, never others' detours."""
+MESHSCOPE_MESH_CLOCK_SKEW_S = "MESHSCOPE_MESH_CLOCK_SKEW_S"
+"""Largest clock difference accepted in a peer's timestamps."""
+MESHSCOPE_PUBLISH_TIMEOUT_S = "MESHSCOPE_PUBLISH_TIMEOUT_S"
+"""Seconds a publish waits for its events to be made durable before answering 503."""
 MESHSCOPE_FLOW_STREAM_MAXLEN = "MESHSCOPE_FLOW_STREAM_MAXLEN"
 """Entries the flow stream keeps before trimming (approximate; trimming is counted)."""
 MESHSCOPE_FLOW_QUEUE_MAX = "MESHSCOPE_FLOW_QUEUE_MAX"
@@ -40,7 +78,7 @@ MESHSCOPE_MAX_EVENT_BYTES = "MESHSCOPE_MAX_EVENT_BYTES"
 MESHSCOPE_SUBSCRIBER_BUFFER = "MESHSCOPE_SUBSCRIBER_BUFFER"
 """Events buffered per live subscriber; past it events are dropped with ``backpressure``."""
 MESHSCOPE_LINK_QUEUE_MAX = "MESHSCOPE_LINK_QUEUE_MAX"
-"""Events queued per mesh link (sent or waiting) before new ones drop with ``link_down``."""
+"""Encoded events waiting in one mesh connection's send queue."""
 MESHSCOPE_LINK_BATCH = "MESHSCOPE_LINK_BATCH"
 """Events per EVENTS frame at most."""
 MESHSCOPE_LINK_BACKOFF_BASE_S = "MESHSCOPE_LINK_BACKOFF_BASE_S"
@@ -65,6 +103,9 @@ MESHSCOPE_LINK_STATS_INTERVAL_S = "MESHSCOPE_LINK_STATS_INTERVAL_S"
 """Seconds between link state samples written to the ``meshscope:links`` stream."""
 
 
+FRAME_OVERHEAD = 1024  # a mesh frame's header and one item's routing fields, at most
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     region: Region
@@ -72,6 +113,10 @@ class RelayConfig:
     host: str = "127.0.0.1"
     port: int = 7400
     peers: tuple[str, ...] = ()
+    auth_file: str | None = None
+    allow_anonymous: bool = False
+    mesh_token: str | None = None
+    tls: TlsFiles | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     flow_stream: str = "meshscope:flows"
     flow_stream_maxlen: int = 1_000_000
@@ -81,8 +126,8 @@ class RelayConfig:
     max_body_bytes: int = 1 << 20
     max_event_bytes: int = 256 << 10
     subscriber_buffer: int = 1000
-    link_queue_max: int = 100_000
-    link_batch: int = 100
+    link_queue_max: int = 10_000
+    link_batch: int = 200
     link_backoff_base_s: float = 0.1
     link_backoff_max_s: float = 5.0
     ping_interval_s: float = 1.0
@@ -93,6 +138,19 @@ class RelayConfig:
     failure_rate: float = 0.0
     chaos_flap_interval_s: float = 0.0
     link_stats_interval_s: float = 1.0
+    body_timeout_s: float = 10.0
+    max_json_depth: int = 32
+    topic_label_max: int = 200
+    link_durable: bool = True
+    link_store_max: int = 200_000
+    link_store_max_age_s: float = 3600.0
+    link_overflow: str = "drop_oldest"
+    link_ack_timeout_s: float = 10.0
+    link_window: int = 5000
+    hop_limit: int = 3
+    transit: bool = True
+    clock_skew_s: float = 300.0
+    publish_timeout_s: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RelayConfig:
@@ -100,6 +158,10 @@ class RelayConfig:
         region_id = overrides.pop("region_id", None) or env.get(MESHSCOPE_REGION)
         if not region_id:
             raise s.SettingError(f"{MESHSCOPE_REGION} is required (e.g. aws:us-east-1)")
+        try:
+            names.region_id(region_id)
+        except names.InvalidName as exc:
+            raise s.SettingError(f"{MESHSCOPE_REGION}: {exc}") from None
         try:
             region = resolve(
                 region_id, s.get_optional_float(env, MESHSCOPE_LAT), s.get_optional_float(env, MESHSCOPE_LON)
@@ -115,6 +177,10 @@ class RelayConfig:
             host=s.get_str(env, MESHSCOPE_HOST, d["host"].default),
             port=s.get_int(env, MESHSCOPE_PORT, d["port"].default),
             peers=s.get_list(env, MESHSCOPE_PEERS),
+            auth_file=env.get(MESHSCOPE_AUTH_FILE) or None,
+            allow_anonymous=s.get_bool(env, MESHSCOPE_ALLOW_ANONYMOUS, False),
+            mesh_token=env.get(MESHSCOPE_MESH_TOKEN) or None,
+            tls=TlsFiles.from_env(env),
             redis_url=env.get(MESHSCOPE_REDIS_URL) or env.get(REDIS_URL) or d["redis_url"].default,
             flow_stream=s.get_str(env, MESHSCOPE_FLOW_STREAM, d["flow_stream"].default),
             flow_stream_maxlen=s.get_int(env, MESHSCOPE_FLOW_STREAM_MAXLEN, d["flow_stream_maxlen"].default, 1),
@@ -122,7 +188,12 @@ class RelayConfig:
             flow_batch=s.get_int(env, MESHSCOPE_FLOW_BATCH, d["flow_batch"].default, 1),
             flow_flush_interval_s=s.get_float(env, MESHSCOPE_FLOW_FLUSH_INTERVAL_S, d["flow_flush_interval_s"].default),
             max_body_bytes=s.get_int(env, MESHSCOPE_MAX_BODY_BYTES, d["max_body_bytes"].default, 1),
-            max_event_bytes=s.get_int(env, MESHSCOPE_MAX_EVENT_BYTES, d["max_event_bytes"].default, 1),
+            max_event_bytes=s.get_int(
+                env,
+                MESHSCOPE_MAX_EVENT_BYTES,
+                min(d["max_event_bytes"].default, s.get_int(env, MESHSCOPE_MAX_BODY_BYTES, 1 << 20, 1) - FRAME_OVERHEAD),
+                1,
+            ),
             subscriber_buffer=s.get_int(env, MESHSCOPE_SUBSCRIBER_BUFFER, d["subscriber_buffer"].default, 1),
             link_queue_max=s.get_int(env, MESHSCOPE_LINK_QUEUE_MAX, d["link_queue_max"].default, 1),
             link_batch=s.get_int(env, MESHSCOPE_LINK_BATCH, d["link_batch"].default, 1),
@@ -138,5 +209,25 @@ class RelayConfig:
             link_stats_interval_s=s.get_float(
                 env, MESHSCOPE_LINK_STATS_INTERVAL_S, d["link_stats_interval_s"].default, 0.05
             ),
+            body_timeout_s=s.get_float(env, MESHSCOPE_BODY_TIMEOUT_S, d["body_timeout_s"].default, 0.01),
+            max_json_depth=s.get_int(env, MESHSCOPE_MAX_JSON_DEPTH, d["max_json_depth"].default, 2),
+            topic_label_max=s.get_int(env, MESHSCOPE_TOPIC_LABEL_MAX, d["topic_label_max"].default, 1),
+            link_durable=s.get_bool(env, MESHSCOPE_LINK_DURABLE, True),
+            link_store_max=s.get_int(env, MESHSCOPE_LINK_STORE_MAX, d["link_store_max"].default, 1),
+            link_store_max_age_s=s.get_float(
+                env, MESHSCOPE_LINK_STORE_MAX_AGE_S, d["link_store_max_age_s"].default, 1.0
+            ),
+            link_overflow=s.get_choice(env, MESHSCOPE_LINK_OVERFLOW, "drop_oldest", ("drop_oldest", "reject")),
+            link_ack_timeout_s=s.get_float(env, MESHSCOPE_LINK_ACK_TIMEOUT_S, d["link_ack_timeout_s"].default, 0.1),
+            link_window=s.get_int(env, MESHSCOPE_LINK_WINDOW, d["link_window"].default, 1),
+            hop_limit=s.get_int(env, MESHSCOPE_HOP_LIMIT, d["hop_limit"].default, 1),
+            transit=s.get_bool(env, MESHSCOPE_TRANSIT, True),
+            clock_skew_s=s.get_float(env, MESHSCOPE_MESH_CLOCK_SKEW_S, d["clock_skew_s"].default, 1.0),
+            publish_timeout_s=s.get_float(env, MESHSCOPE_PUBLISH_TIMEOUT_S, d["publish_timeout_s"].default, 0.05),
         )
+        if config.max_event_bytes + FRAME_OVERHEAD > config.max_body_bytes:
+            raise s.SettingError(
+                f"{MESHSCOPE_MAX_EVENT_BYTES} must be at least {FRAME_OVERHEAD} bytes below {MESHSCOPE_MAX_BODY_BYTES} "
+                "(an event must fit in one mesh frame with its routing header)"
+            )
         return replace(config, **overrides)

@@ -1,15 +1,32 @@
-"""Mesh frames between relays: versioned, batched, one encoding (orjson).
+"""Mesh frames between relays: versioned, batched, one encoding (orjson), validated field by field.
 
-A frame is a JSON object ``{"v": 1, "t": TYPE, ...}``. The dialing relay sends
-HELLO, EVENTS and PING; the accepting relay answers HELLO, INTEREST, ACK and
-PONG. Events travel one way per connection, so every relay pair runs two
-connections, one dialed by each side, as NATS gateways do.
+A frame is a JSON object ``{"v": 2, "t": TYPE, ...}``. Each relay pair runs two
+connections, one dialed by each side, as NATS gateways do; the dialer sends
+HELLO, EVENTS and PING, the accepting relay answers HELLO, INTEREST, ROUTES,
+ACK and PONG::
 
-    HELLO     {"region", "relay", "provider", "lat", "lon"}
-    INTEREST  {"patterns": [...], "gen": n}       full set, newest gen wins
-    EVENTS    {"b": [[seq, span_id, sent_us, published_us, attempt, size, event], ...]}
-    ACK       {"seq": n}                           everything up to n arrived
-    PING/PONG {"ts": µs}                           RTT probe, echoed
+    HELLO     {"region", "relay", "provider", "lat", "lon", "city", "gov"}
+    INTEREST  {"lsa": LSA}                     the sender's own link state, pushed on change
+    ROUTES    {"lsas": [LSA, ...]}             link states the sender knows of other regions
+    EVENTS    {"b": [ITEM, ...]}
+    ACK       {"a": [[origin, epoch, first, last], ...]}   applied (or refused) at the destination
+    PING/PONG {"ts": µs}                       liveness and RTT, echoed
+
+    LSA   {"region", "seq", "links": {region: rtt_ms}, "patterns": [...], "transit": bool}
+    ITEM  [origin, epoch, seq, floor, high, dst, path, span_id, sent_us, published_us, attempt,
+           principal, event]
+
+An ITEM is one event on its way from ``origin`` to ``dst``: ``seq`` numbers it
+in the origin's sequence for that destination (``epoch`` names that sequence;
+``floor`` is the lowest number the origin still holds, ``high`` the highest it
+assigned), ``path`` lists the relays it went through (origin first; the last
+one is the relay that sent this frame), ``span_id`` is the sender's hop span.
+
+Everything a peer sends is untrusted input, checked as strictly as a publish:
+``decode`` refuses anything that is not a known v2 frame (the connection is
+closed), ``items_of`` checks each ITEM and returns the bad ones separately with
+the reason, so one bad event is refused (and acknowledged, so it is not sent
+forever) without losing the rest of the frame.
 """
 
 from __future__ import annotations
@@ -19,24 +36,88 @@ from typing import Any
 
 import orjson
 
+from meshcore.names import PRINCIPAL, SPAN_ID, is_region_id
+from meshcore.topic import InvalidTopic, validate_pattern
 from router.errors import FrameError
 
-VERSION = 1
-HELLO, INTEREST, EVENTS, ACK, PING, PONG = "HELLO", "INTEREST", "EVENTS", "ACK", "PING", "PONG"
-TYPES = frozenset((HELLO, INTEREST, EVENTS, ACK, PING, PONG))
+VERSION = 2
+HELLO, INTEREST, ROUTES, EVENTS, ACK, PING, PONG = "HELLO", "INTEREST", "ROUTES", "EVENTS", "ACK", "PING", "PONG"
+TYPES = frozenset((HELLO, INTEREST, ROUTES, EVENTS, ACK, PING, PONG))
+
+MAX_ITEMS = 1000
+MAX_PATTERNS = 1000
+MAX_REGIONS = 256
+MAX_ACK_RANGES = 10_000
+MAX_SEQ = (1 << 63) - 1
+MAX_ATTEMPT = 1_000_000
+MAX_HOPS = 16
+EPOCH_LENGTH = 16
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True, slots=True)
-class MeshEvent:
-    """One event inside an EVENTS frame with its hop context."""
+class Item:
+    """One event in an EVENTS frame, with its routing and hop context."""
 
+    origin: str
+    epoch: str
     seq: int
+    floor: int
+    high: int
+    dst: str
+    path: tuple[str, ...]
     span_id: str
     sent_us: int
     published_us: int
     attempt: int
-    size: int
-    body: dict[str, Any]
+    principal: str
+    event: dict[str, Any]
+
+    def row(self) -> list[Any]:
+        return [
+            self.origin,
+            self.epoch,
+            self.seq,
+            self.floor,
+            self.high,
+            self.dst,
+            list(self.path),
+            self.span_id,
+            self.sent_us,
+            self.published_us,
+            self.attempt,
+            self.principal,
+            self.event,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class BadItem:
+    """An ITEM that failed validation; ``key`` (origin, epoch, seq) when those parsed, to acknowledge it."""
+
+    index: int
+    reason: str
+    key: tuple[str, str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStateAd:
+    """A region's link state advertisement: its up links with RTT, and its subscription patterns."""
+
+    region: str
+    seq: int
+    links: dict[str, float]
+    patterns: tuple[str, ...]
+    transit: bool = True  # whether the region carries other regions' events on detours
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "seq": self.seq,
+            "links": self.links,
+            "patterns": list(self.patterns),
+            "transit": self.transit,
+        }
 
 
 def encode(kind: str, **fields: Any) -> bytes:
@@ -45,18 +126,17 @@ def encode(kind: str, **fields: Any) -> bytes:
     return orjson.dumps({"v": VERSION, "t": kind, **fields})
 
 
-def encode_events(batch: list[MeshEvent]) -> bytes:
-    return orjson.dumps(
-        {
-            "v": VERSION,
-            "t": EVENTS,
-            "b": [[e.seq, e.span_id, e.sent_us, e.published_us, e.attempt, e.size, e.body] for e in batch],
-        }
-    )
+def encode_item(item: Item) -> bytes:
+    """One ITEM's JSON, so the sender can size frames before joining them."""
+    return orjson.dumps(item.row())
+
+
+def encode_events(encoded_items: list[bytes]) -> bytes:
+    return b'{"v":2,"t":"EVENTS","b":[' + b",".join(encoded_items) + b"]}"
 
 
 def decode(data: bytes | str) -> dict[str, Any]:
-    """Decode one frame; raise FrameError on anything that is not a known v1 frame."""
+    """Decode one frame; raise FrameError on anything that is not a known v2 frame."""
     try:
         frame = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -64,30 +144,170 @@ def decode(data: bytes | str) -> dict[str, Any]:
     if not isinstance(frame, dict):
         raise FrameError("frame must be a JSON object")
     if frame.get("v") != VERSION:
-        raise FrameError(f"unsupported frame version {frame.get('v')!r}")
+        raise FrameError(f"unsupported frame version {str(frame.get('v'))[:20]!r}")
     if frame.get("t") not in TYPES:
-        raise FrameError(f"unknown frame type {frame.get('t')!r}")
+        raise FrameError(f"unknown frame type {str(frame.get('t'))[:20]!r}")
     return frame
 
 
-def events_of(frame: dict[str, Any]) -> list[MeshEvent]:
-    """The events of a decoded EVENTS frame; raise FrameError when malformed."""
-    batch = frame.get("b")
-    if not isinstance(batch, list):
-        raise FrameError("EVENTS frame without a batch")
+# ---- field checks -------------------------------------------------------------------------
+
+
+def _int(value: object, low: int, high: int, what: str) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise FrameError(f"{what} must be a whole number from {low} to {high}")
+    return value
+
+
+def _region(value: object, what: str) -> str:
+    if not is_region_id(value):
+        raise FrameError(f"{what} is not a region id")
+    return str(value)
+
+
+def _str(value: object, max_length: int, what: str) -> str:
+    if not isinstance(value, str) or len(value) > max_length:
+        raise FrameError(f"{what} must be a string of at most {max_length} characters")
+    return value
+
+
+def _number(value: object, low: float, high: float, what: str) -> float:
+    if type(value) not in (int, float) or not low <= float(value) <= high:  # type: ignore[arg-type]
+        raise FrameError(f"{what} must be a number from {low} to {high}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def hello_of(frame: dict[str, Any]) -> dict[str, Any]:
+    """The checked fields of a HELLO."""
+    return {
+        "region": _region(frame.get("region"), "HELLO region"),
+        "relay": _str(frame.get("relay"), 128, "HELLO relay"),
+        "provider": _str(frame.get("provider"), 32, "HELLO provider"),
+        "lat": _number(frame.get("lat"), -90, 90, "HELLO lat"),
+        "lon": _number(frame.get("lon"), -180, 180, "HELLO lon"),
+        "city": _str(frame.get("city"), 128, "HELLO city"),
+        "gov": _str(frame.get("gov", ""), 128, "HELLO gov"),
+    }
+
+
+def lsa_of(obj: object) -> LinkStateAd:
+    if not isinstance(obj, dict):
+        raise FrameError("a link state must be an object")
+    region = _region(obj.get("region"), "link state region")
+    seq = _int(obj.get("seq"), 0, MAX_SEQ, "link state seq")
+    links = obj.get("links")
+    if not isinstance(links, dict) or len(links) > MAX_REGIONS:
+        raise FrameError(f"link state links must be an object of at most {MAX_REGIONS} regions")
+    checked = {_region(peer, "link state peer"): _number(rtt, 0, 3_600_000, "link RTT") for peer, rtt in links.items()}
+    patterns = obj.get("patterns")
+    if not isinstance(patterns, list) or len(patterns) > MAX_PATTERNS:
+        raise FrameError(f"link state patterns must be a list of at most {MAX_PATTERNS}")
+    try:
+        pats = tuple(validate_pattern(p) for p in patterns)
+    except InvalidTopic as exc:
+        raise FrameError(f"link state pattern: {exc}") from None
+    transit = obj.get("transit", True)
+    if not isinstance(transit, bool):
+        raise FrameError("link state transit must be true or false")
+    return LinkStateAd(region, seq, checked, pats, transit)
+
+
+def lsas_of(frame: dict[str, Any]) -> list[LinkStateAd]:
+    if frame["t"] == INTEREST:
+        return [lsa_of(frame.get("lsa"))]
+    lsas = frame.get("lsas")
+    if not isinstance(lsas, list) or len(lsas) > MAX_REGIONS:
+        raise FrameError(f"ROUTES must carry a list of at most {MAX_REGIONS} link states")
+    return [lsa_of(x) for x in lsas]
+
+
+def acks_of(frame: dict[str, Any]) -> list[tuple[str, str, int, int]]:
+    ranges = frame.get("a")
+    if not isinstance(ranges, list) or len(ranges) > MAX_ACK_RANGES:
+        raise FrameError(f"ACK must carry a list of at most {MAX_ACK_RANGES} ranges")
     out = []
-    for item in batch:
-        if not isinstance(item, list) or len(item) != 7 or not isinstance(item[6], dict):
-            raise FrameError("malformed event in EVENTS frame")
-        seq, span_id, sent_us, published_us, attempt, size, body = item
-        if not (
-            isinstance(seq, int)
-            and isinstance(span_id, str)
-            and isinstance(sent_us, int)
-            and isinstance(published_us, int)
-            and isinstance(attempt, int)
-            and isinstance(size, int)
-        ):
-            raise FrameError("malformed hop context in EVENTS frame")
-        out.append(MeshEvent(seq, span_id, sent_us, published_us, attempt, size, body))
+    for r in ranges:
+        if not isinstance(r, list) or len(r) != 4:
+            raise FrameError("an ACK range is [origin, epoch, first, last]")
+        origin = _region(r[0], "ACK origin")
+        epoch = _epoch(r[1])
+        first = _int(r[2], 1, MAX_SEQ, "ACK first")
+        last = _int(r[3], first, MAX_SEQ, "ACK last")
+        out.append((origin, epoch, first, last))
     return out
+
+
+def ts_of(frame: dict[str, Any]) -> int:
+    return _int(frame.get("ts"), 0, MAX_SEQ, f"{frame['t']} ts")
+
+
+def _epoch(value: object) -> str:
+    if not isinstance(value, str) or len(value) != EPOCH_LENGTH or not set(value) <= _HEX:
+        raise FrameError(f"epoch must be {EPOCH_LENGTH} lower-case hex digits")
+    return value
+
+
+def items_of(
+    frame: dict[str, Any], sender: str, receiver: str, now_us: int, max_age_us: int, skew_us: int, hop_limit: int
+) -> tuple[list[Item], list[BadItem]]:
+    """The ITEMs of an EVENTS frame from authenticated ``sender``; malformed ones come back as BadItems.
+
+    The event itself (the CloudEvent) is checked by the caller with the same validation as a publish.
+    """
+    batch = frame.get("b")
+    if not isinstance(batch, list) or len(batch) > MAX_ITEMS:
+        raise FrameError(f"EVENTS must carry a list of at most {MAX_ITEMS} items")
+    good: list[Item] = []
+    bad: list[BadItem] = []
+    for i, row in enumerate(batch):
+        key: tuple[str, str, int] | None = None
+        try:
+            if not isinstance(row, list) or len(row) != 13:
+                raise FrameError("an item must be an array of 13 fields")
+            origin = _region(row[0], "origin")
+            epoch = _epoch(row[1])
+            seq = _int(row[2], 1, MAX_SEQ, "seq")
+            key = (origin, epoch, seq)
+            floor = _int(row[3], 1, seq, "floor")
+            high = _int(row[4], seq, MAX_SEQ, "high")
+            dst = _region(row[5], "dst")
+            path = row[6]
+            if not isinstance(path, list) or not 1 <= len(path) <= min(hop_limit, MAX_HOPS):
+                raise FrameError(f"path must list 1 to {min(hop_limit, MAX_HOPS)} regions")
+            hops = tuple(_region(p, "path region") for p in path)
+            if hops[0] != origin or hops[-1] != sender or len(set(hops)) != len(hops):
+                raise FrameError("path must start at the origin, end at the sending relay and not repeat")
+            if receiver in hops or dst in hops:
+                raise FrameError("the item has already passed through this relay or its destination")
+            span_id = row[7]
+            if not isinstance(span_id, str) or SPAN_ID.fullmatch(span_id) is None or span_id == "0" * 16:
+                raise FrameError("span_id must be 16 lower-case hex digits, not all zero")
+            sent_us = _int(row[8], now_us - skew_us, now_us + skew_us, "sent_us (too old or in the future)")
+            published_us = _int(row[9], now_us - max_age_us, sent_us + skew_us, "published_us")
+            attempt = _int(row[10], 1, MAX_ATTEMPT, "attempt")
+            principal = row[11]
+            if not isinstance(principal, str) or (principal and PRINCIPAL.fullmatch(principal) is None):
+                raise FrameError("principal is not a principal name")
+            event = row[12]
+            if not isinstance(event, dict):
+                raise FrameError("event must be a JSON object")
+            good.append(
+                Item(
+                    origin,
+                    epoch,
+                    seq,
+                    floor,
+                    high,
+                    dst,
+                    hops,
+                    span_id,
+                    sent_us,
+                    published_us,
+                    attempt,
+                    principal,
+                    event,
+                )
+            )
+        except FrameError as exc:
+            bad.append(BadItem(i, str(exc), key))
+    return good, bad

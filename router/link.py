@@ -1,10 +1,16 @@
 """An outbound mesh link: this relay dials one peer and sends it events.
 
-The link keeps every event it was handed until the peer ACKs it: on a
-reconnect the un-acked ones are sent again (``attempt`` + 1) before new ones,
-and the peer's dedup window drops any it already delivered. The peer answers
-HELLO with its own HELLO and INTEREST, and pushes a new INTEREST whenever its
-subscriptions change. Reconnects back off exponentially with jitter.
+The link only carries frames; what must be resent lives in the relay's
+per-destination channels (``router.channel``), which rewind when a link goes
+down. The dialing side authenticates with its region certificate (mutual TLS)
+or, without one, with its mesh token, and checks that the peer it reached is
+the region it expected: the HELLO names it, and under TLS with a CA the
+peer's certificate must name the same region.
+
+Liveness: a PING every ``ping_interval_s``; a link that receives nothing for
+``3 x ping_interval_s`` is declared down at once (the transport is aborted, so
+a black-holed TCP connection cannot hold it up), its RTT stops being reported,
+and it is redialled with exponential backoff and jitter.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,85 +30,104 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from meshcore.backoff import backoff_s
+from meshcore.tls import identity_of
 from router import frame as fr
-from router.envelope import Event, now_us
+from router.envelope import now_us
 from router.errors import FrameError
-from router.routing import CONNECTING, DOWN, LINK_TRANSITIONS, UP
+from router.routing import CONNECTING, DOWN, LINK_TRANSITIONS, MTLS, PLAIN, TLS, UP
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class Outbound:
-    """One event waiting for (or awaiting the ACK of) a link send."""
+class PeerRefused(Exception):
+    """The peer is not who we expected, or refused us; the link backs off and tries again."""
 
-    event: Event
-    span_id: str
-    parent_span_id: str
-    received_us: int
-    attempt: int = 0
-    seq: int = 0
+
+@dataclass(frozen=True)
+class PeerAddress:
+    """A peer to dial: its URL and, when configured, the region it must be."""
+
+    url: str
+    region: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> PeerAddress:
+        """``region=wss://host:port`` or a bare ``wss://host:port``."""
+        region, sep, url = text.partition("=")
+        if not sep:
+            return cls(text.strip())
+        return cls(url.strip(), region.strip())
+
+
+@dataclass
+class LinkCallbacks:
+    on_up: Callable[[MeshLink], None]
+    on_down: Callable[[MeshLink], None]
+    on_acks: Callable[[MeshLink, list[tuple[str, str, int, int]]], None]
+    on_lsas: Callable[[MeshLink, list[fr.LinkStateAd]], None]
+    on_state: Callable[[MeshLink, str], None]
 
 
 class MeshLink:
     def __init__(
         self,
-        url: str,
+        peer: PeerAddress,
         hello: dict[str, Any],
+        callbacks: LinkCallbacks,
         *,
-        queue_max: int,
+        ssl_context: ssl.SSLContext | None,
+        client_cert: bool,
+        token: str | None,
+        frame_max_bytes: int,
         batch: int,
+        queue_max: int,
         backoff_base_s: float,
         backoff_max_s: float,
         ping_interval_s: float,
-        on_hello: Callable[[MeshLink, dict[str, Any]], None],
-        on_interest: Callable[[MeshLink, list[str], int], None],
-        on_sent: Callable[[MeshLink, list[Outbound], int], None],
-        on_state: Callable[[MeshLink, str], None],
-        delays_ms: dict[str, float] | None = None,
+        delay_ms: float = 0.0,
     ):
-        self.url = url.rstrip("/") + "/v1/mesh"
+        base = peer.url.rstrip("/")
+        self.url = base + "/v1/mesh"
+        self.expected_region = peer.region
         self.hello = hello
-        self.queue_max = queue_max
+        self.cb = callbacks
+        self.ssl_context = ssl_context if base.startswith("wss://") else None
+        self.client_cert = client_cert and self.ssl_context is not None
+        self.token = None if self.client_cert else token
+        self._cert_region: str | None = None
+        self.frame_max_bytes = frame_max_bytes
         self.batch = batch
+        self.queue_max = queue_max
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.ping_interval_s = ping_interval_s
-        self.on_hello, self.on_interest, self.on_sent, self.on_state = on_hello, on_interest, on_sent, on_state
-        self.delays_ms = delays_ms or {}
-        self.peer_region: str | None = None
+        self.delay_ms = delay_ms
+        self.peer_region: str | None = peer.region
         self.peer_hello: dict[str, Any] = {}
+        self.peer_gov = ""
         self.state = DOWN
-        self.queue: deque[Outbound] = deque()
-        self.unacked: OrderedDict[int, Outbound] = OrderedDict()
-        self.next_seq = 1
+        self.security = PLAIN
         self.rtt_ms: float | None = None
         self.reconnects = 0
         self.connects = 0
+        self.last_error = ""
+        self.queue: deque[bytes] = deque()  # encoded items waiting for a frame
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
+        self._last_heard = 0.0
 
     @property
-    def depth(self) -> int:
-        return len(self.queue) + len(self.unacked)
+    def name(self) -> str:
+        return self.peer_region or self.url
 
-    def enqueue(self, item: Outbound) -> bool:
-        """Queue an event for the peer; False when the link's queue is full."""
-        if self.depth >= self.queue_max:
-            return False
-        self.queue.append(item)
+    @property
+    def room(self) -> int:
+        """How many more items the link takes now (0 unless it is up)."""
+        return self.queue_max - len(self.queue) if self.state == UP else 0
+
+    def send(self, encoded_items: list[bytes]) -> None:
+        self.queue.extend(encoded_items)
         self._wake.set()
-        return True
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"link {self.url}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def kill(self) -> None:
         """Drop the current connection (fault injection); the link reconnects by itself."""
@@ -109,70 +135,107 @@ class MeshLink:
             self._ws.transport.abort()
 
     def _set_state(self, state: str) -> None:
-        if state != self.state and state not in LINK_TRANSITIONS[self.state]:
-            log.error("unexpected link state change", extra={"peer": self.url, "from": self.state, "to": state})
-        if state != self.state:
-            self.state = state
-            self.on_state(self, state)
+        if state == self.state:
+            return
+        if state not in LINK_TRANSITIONS[self.state]:
+            log.error("unexpected link state change", extra={"peer": self.name, "from": self.state, "to": state})
+        self.state = state
+        if state != UP:
+            self.rtt_ms = None
+        self.cb.on_state(self, state)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Dial, serve, back off, forever; the owner supervises this task."""
         failures = 0
         while True:
             self._set_state(CONNECTING)
             try:
-                async with websockets.connect(
-                    self.url, open_timeout=5, ping_interval=None, max_size=None, compression=None
-                ) as ws:
-                    self._ws = ws
-                    await self._handshake(ws)
-                    failures = 0
-                    await self._serve(ws)
+                await self._connect_and_serve()
+                failures = 0
             except asyncio.CancelledError:
-                self._set_state(DOWN)
+                self._went_down()
                 raise
-            except (OSError, websockets.WebSocketException, FrameError, TimeoutError) as exc:
-                log.info("mesh link down", extra={"peer": self.url, "error": repr(exc)})
-            finally:
-                self._ws = None
-            self._set_state(DOWN)
+            except (OSError, websockets.WebSocketException, FrameError, TimeoutError, PeerRefused) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                level = logging.WARNING if isinstance(exc, PeerRefused | FrameError) else logging.INFO
+                log.log(level, "mesh link down", extra={"peer": self.name, "error": self.last_error})
+            self._went_down()
             failures += 1
             self.reconnects += 1
             await asyncio.sleep(backoff_s(failures - 1, self.backoff_base_s, self.backoff_max_s, random.random()))
 
+    def _went_down(self) -> None:
+        was_up = self.state == UP
+        self._ws = None
+        self.queue.clear()
+        self._set_state(DOWN)
+        if was_up:
+            self.cb.on_down(self)
+
+    async def _connect_and_serve(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with websockets.connect(
+            self.url,
+            ssl=self.ssl_context,
+            additional_headers=headers,
+            open_timeout=5,
+            ping_interval=None,
+            max_size=self.frame_max_bytes,
+            compression=None,
+        ) as ws:
+            self._ws = ws
+            self.security = self._security_of(ws)
+            await self._handshake(ws)
+            await self._serve(ws)
+
+    def _security_of(self, ws: ClientConnection) -> str:
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return PLAIN
+        der = ssl_object.getpeercert(binary_form=True)
+        ident = identity_of(der) if der else None
+        if self.client_cert and (ident is None or ident.kind != "region"):
+            raise PeerRefused("the peer's certificate names no region (meshscope://region/...)")
+        if ident is not None and ident.kind == "region":
+            if self.expected_region is not None and ident.name != self.expected_region:
+                raise PeerRefused(f"the peer's certificate names {ident.name}, expected {self.expected_region}")
+            self._cert_region = ident.name
+        else:
+            self._cert_region = None
+        # mutual when we presented our certificate too (the server asked for it and verified it)
+        return MTLS if self.client_cert and ident is not None else TLS
+
     async def _handshake(self, ws: ClientConnection) -> None:
         await ws.send(fr.encode(fr.HELLO, **self.hello))
         got_hello = got_interest = False
+        deadline = time.monotonic() + 5
         while not (got_hello and got_interest):
-            msg = fr.decode(await asyncio.wait_for(ws.recv(), 5))
+            msg = fr.decode(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic())))
             if msg["t"] == fr.HELLO:
-                self._take_hello(msg)
+                hello = fr.hello_of(msg)
+                region = hello["region"]
+                if self.expected_region is not None and region != self.expected_region:
+                    raise PeerRefused(f"peer says it is {region}, expected {self.expected_region}")
+                if self._cert_region is not None and self._cert_region != region:
+                    raise PeerRefused(f"peer says it is {region} but its certificate names {self._cert_region}")
+                if region == self.hello["region"]:
+                    raise PeerRefused("the peer has our own region id")
+                self.peer_region = region
+                self.peer_hello = hello
+                self.peer_gov = hello["gov"]
                 got_hello = True
-            elif msg["t"] == fr.INTEREST:
-                self._take_interest(msg)
-                got_interest = True
-        # resend what the peer never acknowledged, ahead of new events
-        for item in reversed(self.unacked.values()):
-            self.queue.appendleft(item)
-        self.unacked.clear()
+            elif msg["t"] in (fr.INTEREST, fr.ROUTES) and got_hello:
+                self.cb.on_lsas(self, fr.lsas_of(msg))
+                got_interest = got_interest or msg["t"] == fr.INTEREST
+            else:
+                raise FrameError(f"unexpected {msg['t']} during the handshake")
         self.connects += 1
+        self._last_heard = time.monotonic()
         self._set_state(UP)
-
-    def _take_hello(self, msg: dict[str, Any]) -> None:
-        region = msg.get("region")
-        if not isinstance(region, str):
-            raise FrameError("HELLO without a region")
-        self.peer_region = region
-        self.peer_hello = msg
-        self.on_hello(self, msg)
-
-    def _take_interest(self, msg: dict[str, Any]) -> None:
-        patterns, gen = msg.get("patterns"), msg.get("gen")
-        if not isinstance(patterns, list) or not isinstance(gen, int):
-            raise FrameError("malformed INTEREST")
-        self.on_interest(self, [p for p in patterns if isinstance(p, str)], gen)
+        self.cb.on_up(self)
 
     async def _serve(self, ws: ClientConnection) -> None:
-        delay_s = self.delays_ms.get(self.peer_region or "", 0.0) / 1000
+        delay_s = self.delay_ms / 1000
         wire: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def transmit(data: bytes) -> None:
@@ -193,62 +256,64 @@ class MeshLink:
             asyncio.create_task(self._send_loop(transmit)),
             asyncio.create_task(self._recv_loop(ws)),
             asyncio.create_task(self._ping_loop(transmit)),
+            asyncio.create_task(self._watchdog(ws)),
         ]
         if delay_s:
             tasks.append(asyncio.create_task(delayed_writer()))
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
+            raise ConnectionError("mesh link closed")
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _send_loop(self, transmit: Callable[[bytes], Awaitable[None]]) -> None:
+    async def _send_loop(self, transmit: Callable[[bytes], Any]) -> None:
+        budget = self.frame_max_bytes - 64
         while True:
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            items = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
-            sent_us = now_us()
-            batch = []
-            for item in items:
-                item.attempt += 1
-                item.seq = self.next_seq
-                self.next_seq += 1
-                self.unacked[item.seq] = item
-                ev = item.event
-                batch.append(
-                    fr.MeshEvent(item.seq, item.span_id, sent_us, ev.published_us, item.attempt, ev.size, ev.body)
-                )
-            self.on_sent(self, items, sent_us)
-            await transmit(fr.encode_events(batch))
+            items: list[bytes] = []
+            size = 0
+            while self.queue and len(items) < self.batch and (not items or size + len(self.queue[0]) + 1 <= budget):
+                item = self.queue.popleft()
+                items.append(item)
+                size += len(item) + 1
+            await transmit(fr.encode_events(items))
 
     async def _recv_loop(self, ws: ClientConnection) -> None:
         async for raw in ws:
+            self._last_heard = time.monotonic()
             msg = fr.decode(raw)
             kind = msg["t"]
             if kind == fr.ACK:
-                seq = msg.get("seq")
-                if not isinstance(seq, int):
-                    raise FrameError("malformed ACK")
-                while self.unacked:
-                    first = next(iter(self.unacked))
-                    if first > seq:
-                        break
-                    del self.unacked[first]
+                self.cb.on_acks(self, fr.acks_of(msg))
             elif kind == fr.PONG:
-                ts = msg.get("ts")
-                if isinstance(ts, int):
-                    self.rtt_ms = (now_us() - ts) / 1000
-            elif kind == fr.INTEREST:
-                self._take_interest(msg)
+                self.rtt_ms = max(0.0, (now_us() - fr.ts_of(msg)) / 1000)
+            elif kind in (fr.INTEREST, fr.ROUTES):
+                self.cb.on_lsas(self, fr.lsas_of(msg))
             elif kind == fr.HELLO:
-                self._take_hello(msg)
+                self.peer_gov = fr.hello_of(msg)["gov"]
+            else:
+                raise FrameError(f"a dialing relay does not take {kind}")
 
-    async def _ping_loop(self, transmit: Callable[[bytes], Awaitable[None]]) -> None:
+    async def _ping_loop(self, transmit: Callable[[bytes], Any]) -> None:
         while True:
             await transmit(fr.encode(fr.PING, ts=now_us()))
             await asyncio.sleep(self.ping_interval_s)
+
+    async def _watchdog(self, ws: ClientConnection) -> None:
+        """Declare the link down when nothing arrived for three ping intervals."""
+        deadline_s = 3 * self.ping_interval_s
+        while True:
+            await asyncio.sleep(self.ping_interval_s / 2)
+            silent = time.monotonic() - self._last_heard
+            if silent > deadline_s:
+                log.warning("mesh link silent; declaring it down", extra={"peer": self.name, "silent_s": silent})
+                with contextlib.suppress(Exception):
+                    ws.transport.abort()
+                raise TimeoutError(f"no frame from the peer for {silent:.1f} s")

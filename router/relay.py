@@ -1,18 +1,31 @@
 """The relay: takes published and mesh events, routes them, and records every hop.
 
-This module joins the pure parts (routing, trace context, flow records) to the
-I/O parts (links, subscribers, the flow sink). Its per-event path is
-synchronous and allocation-light; the only awaits are Redis appends for
-durable groups, done once per batch.
+This module joins the pure parts (routing, channels, trace context, flow
+records) to the I/O parts (links, subscribers, the committer, the flow sink).
+
+Order of work for a publish: validate, check duplicates (by principal, source
+and id), decide where the event goes, then make it durable in ONE commit:
+local group appends, the outbound store of every destination region, and the
+publish/deliver/drop records that say so. Only once that commit landed is the
+event marked as seen, handed to live subscribers and sent over the mesh, and
+the publisher answered 202. When Redis fails the publisher gets 503 with
+Retry-After and a retry is accepted, not called a duplicate.
+
+A mesh batch is applied the same way on the receiving side: group appends,
+deliver records and the receiver's applied state (which makes resends
+idempotent) in one commit, and the batch is acknowledged only after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -20,50 +33,103 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from meshcore import flowrecord as fk
-from meshcore.backoff import backoff_s
-from meshcore.flowrecord import FlowRecord
+from meshcore.auth import Authenticator, Principal, load_principals
+from meshcore.breaker import CircuitBreaker
+from meshcore.errors import StreamUnavailable
+from meshcore.flowrecord import FlowRecord, pack
 from meshcore.metrics import Registry
+from meshcore.supervise import Supervisor
+from meshcore.tls import client_context
 from router import frame as fr
+from router.channel import OriginState
+from router.committer import Committer, Ops, Unavailable
 from router.config import RelayConfig
-from router.envelope import Event, now_us
-from router.errors import Backpressure, StreamUnavailable
+from router.envelope import Event, EventLimits, now_us, validate_event
+from router.errors import FrameError, InvalidInput
 from router.flowsink import FlowSink
-from router.link import MeshLink, Outbound
-from router.routing import LINK_STATE_VALUE, DedupWindow, InterestTable
+from router.link import LinkCallbacks, MeshLink, PeerAddress
+from router.outbox import Dropped, Outbox, StoreFull, ranges_of
+from router.routing import LINK_STATE_VALUE, SECURITY_VALUE, UP, DedupWindow, LinkStateTable, LocalInterest
 from router.spans import HopTracer, otlp_exporter
-from router.subscription import GroupStore, Subscriber
+from router.subscription import GroupConflict, GroupInfo, GroupStore, Subscriber
 from router.tracecontext import new_span_id, parse_traceparent
 
 log = logging.getLogger(__name__)
 
 LINK_STREAM = "meshscope:links"
 REGIONS_KEY = "meshscope:regions"
+LSA_KEY = "meshscope:lsa"
+LSA_REFRESH_S = 5.0
+ROUTE_AGE_S = 30.0
+
+
+class InDoubt(Exception):
+    """An earlier attempt of this event is still being made durable; the publisher retries later."""
+
+
+@dataclass
+class PublishResult:
+    accepted: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Inbound:
+    """A peer relay that dialed us: where to push link state and acknowledgements."""
+
+    region: str
+    send: Callable[[bytes], None]
+    security: str
+    principal: str
 
 
 class Relay:
-    def __init__(self, config: RelayConfig, client: aioredis.Redis, tracer: HopTracer | None = None):
+    def __init__(
+        self,
+        config: RelayConfig,
+        client: aioredis.Redis,
+        tracer: HopTracer | None = None,
+        auth: Authenticator | None = None,
+    ):
         self.config = config
         self.region = config.region.id
         self.name = config.relay_name
         self.redis = client
-        self.metrics = m = Registry()
+        self.auth = auth or load_principals(config.auth_file, config.allow_anonymous)
+        self.limits = EventLimits(max_event_bytes=config.max_event_bytes, max_depth=config.max_json_depth)
+        self.metrics = m = Registry(topic_label_max=config.topic_label_max)
         m.describe("events_in_total", "counter", "Events received, by topic and source (producer or peer region)")
         m.describe("events_out_total", "counter", "Events sent, by topic and destination (local or peer region)")
         m.describe("drops_total", "counter", "Events dropped, by reason")
         m.describe("rejected_total", "counter", "Publish requests or events refused, by HTTP status")
-        m.describe("mesh_duplicates_total", "counter", "Resent mesh events already delivered")
+        m.describe("mesh_duplicates_total", "counter", "Resent mesh events already applied")
+        m.describe("mesh_refused_items_total", "counter", "Mesh items refused as malformed, by peer")
         m.describe("link_state", "gauge", "Link state: 0 down, 1 connecting, 2 up, 3 draining")
-        m.describe("link_rtt_ms", "gauge", "Last measured round trip time of a link")
-        m.describe("link_queue_depth", "gauge", "Events queued or awaiting ACK on a link")
+        m.describe("link_security", "gauge", "Link security: 0 plain, 1 tls (token), 2 mtls")
+        m.describe("link_rtt_ms", "gauge", "Round trip time of an up link (absent while down)")
+        m.describe("link_queue_depth", "gauge", "Events held for a destination region, sent or not")
         m.describe("link_reconnects_total", "counter", "Reconnect attempts of a link")
         m.describe("subscribers", "gauge", "Connected live subscribers")
         m.describe("subscriber_queue_depth", "gauge", "Events buffered for live subscribers, summed")
-        self.interest = InterestTable()
+        m.describe("task_restarts_total", "counter", "Background tasks restarted after a crash, by task")
+        m.describe("redis_errors_total", "counter", "Failed Redis commits (retried), by error")
+        m.describe("redis_up", "gauge", "1 while commits to Redis succeed")
+        m.describe("transit_total", "counter", "Events passed on for other regions (detours)")
+        m.describe("anonymous", "gauge", "1 when clients without credentials are let in")
+        m.set("anonymous", 1 if self.auth.allow_anonymous else 0)
+        self.supervisor = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
+        self.breaker = CircuitBreaker("redis")
+        self.committer = Committer(
+            client, f"{self.region}/{self.name}", self.breaker, lambda err: m.inc("redis_errors_total", error=err)
+        )
+        self.local = LocalInterest()
+        self.routes = LinkStateTable(self.region, config.hop_limit, ROUTE_AGE_S, config.link_store_max_age_s)
         self.dedup = DedupWindow(config.dedup_window)
-        self.mesh_dedup = DedupWindow(config.dedup_window)
         self.subscribers: dict[int, Subscriber] = {}
         self.groups = GroupStore(client, self.region)
-        self.inbound: set[Callable[[bytes], None]] = set()
+        self.inbound: dict[int, Inbound] = {}
+        self.origins: dict[str, OriginState] = {}
+        self.applied_key = f"meshscope:applied:{self.region}"
         self.sink = FlowSink(
             client,
             config.flow_stream,
@@ -72,11 +138,13 @@ class Relay:
             config.flow_batch,
             config.flow_flush_interval_s,
             m,
+            writer=f"{self.region}/{self.name}/flows",
         )
         if tracer is None:
             exporter = otlp_exporter(config.otlp_endpoint) if config.otlp_endpoint else None
             tracer = HopTracer(self.region, self.name, config.trace_sample_ratio, exporter)
         self.tracer = tracer
+        self.gov_version = ""
         self.hello = {
             "region": self.region,
             "relay": self.name,
@@ -84,79 +152,103 @@ class Relay:
             "lat": config.region.lat,
             "lon": config.region.lon,
             "city": config.region.city,
+            "gov": self.gov_version,
         }
-        self.links: list[MeshLink] = [
-            MeshLink(
-                url,
-                self.hello,
-                queue_max=config.link_queue_max,
-                batch=config.link_batch,
-                backoff_base_s=config.link_backoff_base_s,
-                backoff_max_s=config.link_backoff_max_s,
-                ping_interval_s=config.ping_interval_s,
-                on_hello=self._on_hello,
-                on_interest=self._on_interest,
-                on_sent=self._on_sent,
-                on_state=self._on_link_state,
-                delays_ms=config.link_delays_ms,
+        tls = config.tls
+        ssl_ctx = client_context(tls, tls.ca) if tls is not None and tls.ca else None
+        callbacks = LinkCallbacks(self._link_up, self._link_down, self._link_acks, self._link_lsas, self._link_state)
+        self.links: list[MeshLink] = []
+        for text in config.peers:
+            peer = PeerAddress.parse(text)
+            self.links.append(
+                MeshLink(
+                    peer,
+                    self.hello,
+                    callbacks,
+                    ssl_context=ssl_ctx,
+                    client_cert=ssl_ctx is not None,
+                    token=config.mesh_token,
+                    frame_max_bytes=config.max_body_bytes,
+                    batch=config.link_batch,
+                    queue_max=config.link_queue_max,
+                    backoff_base_s=config.link_backoff_base_s,
+                    backoff_max_s=config.link_backoff_max_s,
+                    ping_interval_s=config.ping_interval_s,
+                    delay_ms=config.link_delays_ms.get(peer.region or "", 0.0),
+                )
             )
-            for url in config.peers
-        ]
         self.links_by_region: dict[str, MeshLink] = {}
-        self._out: Counter[tuple[str, str]] = Counter()  # (destination, topic) -> events, flushed per batch
-        self._tasks: list[asyncio.Task[None]] = []
-        # set once the durable groups are loaded: mesh events wait for it (un-acked at the sender), or
-        # events for a group arriving right after a restart would be dropped as having no route
-        self.groups_loaded = asyncio.Event()
+        self.outbox = Outbox(config, client, self.routes, self.links_by_region, self.record, self.limits)
+        self._lsa_seq = now_us()
+        self._out: Counter[tuple[str, str]] = Counter()
+        self._wake = asyncio.Event()
+        # set once groups, stored events and applied state are loaded: mesh events and publishes wait
+        # for it, or events right after a restart would be routed without knowing the durable groups
+        self.ready = asyncio.Event()
 
-    # ---- life cycle -------------------------------------------------------------------
+    # ---- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start serving even when Redis is down: groups and the region register once it is back."""
-        self._tasks.append(asyncio.create_task(self._register(), name="register"))
-        self.sink.start()
+        """Start serving even when Redis is down: state loads once it is back."""
+        if self.auth.allow_anonymous:
+            log.warning("clients without credentials are let in (MESHSCOPE_ALLOW_ANONYMOUS); development only")
+        sup = self.supervisor
+        sup.spawn("committer", self.committer.run)
+        sup.spawn("flow-sink", self.sink.run)
+        sup.spawn("load", self._load, restart=False)
+        sup.spawn("dispatch", self._dispatch_loop)
+        sup.spawn("link-samples", self._sample_links)
+        sup.spawn("link-state", self._advertise_loop)
         for link in self.links:
-            link.start()
-        self._tasks.append(asyncio.create_task(self._sample_links(), name="link-samples"))
+            sup.spawn(f"link {link.url}", link.run)
         if self.config.chaos_flap_interval_s > 0:
-            self._tasks.append(asyncio.create_task(self._flap_links(), name="link-flaps"))
+            sup.spawn("link-flaps", self._flap_links)
         log.info("relay started", extra={"peers": list(self.config.peers)})
 
-    async def _register(self) -> None:
+    async def _load(self) -> None:
         attempt = 0
         while True:
             try:
                 groups = await self.groups.load()
+                applied: Any = await self.redis.hgetall(self.applied_key)
+                lsas: Any = await self.redis.hgetall(LSA_KEY)
+                dropped = await self.outbox.load()
                 await self.redis.hset(REGIONS_KEY, self.region, orjson.dumps({**self.hello, "ts": now_us()}))
             except (StreamUnavailable, RedisError) as exc:
-                delay = backoff_s(attempt, 0.2, 5.0, random.random())
-                log.warning("cannot load consumer groups yet", extra={"error": str(exc), "retry_in_s": delay})
+                delay = min(5.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2)
+                log.warning("cannot load relay state yet", extra={"error": str(exc)[:300], "retry_in_s": delay})
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue
-            changed = False
-            for patterns in groups.values():
-                changed = self.interest.add_local(sorted(patterns.patterns)) or changed
-            if changed:
-                self._push_interest()
-            self.groups_loaded.set()
-            return
+            break
+        for origin, raw in applied.items():
+            self.origins[origin.decode()] = OriginState.from_json(orjson.loads(raw))
+        now = now_us()
+        for raw in lsas.values():
+            try:
+                self.routes.merge(fr.lsa_of(orjson.loads(raw)), now)
+            except (FrameError, ValueError):
+                continue
+        changed = False
+        for info in groups.values():
+            changed = self.local.add(sorted(info.patterns.patterns)) or changed
+        self._drop_records(dropped)
+        if changed:
+            self._advertise()
+        self.ready.set()
+        self._wake.set()
+        log.info("relay state loaded", extra={"groups": len(groups), "held": self.outbox.depth})
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        # wait for them, so no Redis command is cut off after its client is closed
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for link in self.links:
-            await link.stop()
+        await self.supervisor.stop()
         await self.sink.shutdown()
         self.tracer.shutdown()
 
-    # ---- records ----------------------------------------------------------------------
+    # ---- records ----------------------------------------------------------------------------
 
-    def _record(
+    def record(
         self,
-        ev: Event,
+        ev: Event | None,
         kind: str,
         span_id: str,
         parent: str,
@@ -167,128 +259,182 @@ class Relay:
         status: str = fk.OK,
         attempt: int = 1,
         seq: int = 0,
+        principal: str = "",
+        via: str = "",
+        seq_end: int = 0,
+        item: fr.Item | None = None,
+        into: list[FlowRecord] | None = None,
     ) -> None:
-        e2e_ms = (ts - ev.published_us) / 1000 if ev.published_us else 0.0
-        self.sink.add(
-            FlowRecord(
-                ts,
-                ev.id,
-                ev.trace.trace_id,
-                span_id,
-                parent,
-                ev.topic,
-                kind,
-                src,
-                dst,
-                self.name,
-                hop_ms,
-                e2e_ms,
-                status,
-                ev.size,
-                attempt,
-                seq,
-            )
+        """One flow record: into a commit's records when ``into`` is given, else through the sink."""
+        if ev is not None:
+            event_id, trace_id, topic, size, published = ev.id, ev.trace.trace_id, ev.topic, ev.size, ev.published_us
+            schema = ev.body.get("dataschema", "")
+        elif item is not None:
+            body = item.event
+            tp = parse_traceparent(body.get("traceparent"))
+            event_id, topic = str(body.get("id", ""))[:256], str(body.get("type", ""))[:255]
+            trace_id, size, published = (tp.trace_id if tp else ""), 0, item.published_us
+            schema = body.get("dataschema", "")
+        else:
+            event_id = trace_id = topic = schema = ""
+            size = published = 0
+        rec = FlowRecord(
+            ts,
+            event_id,
+            trace_id,
+            span_id,
+            parent,
+            topic,
+            kind,
+            src,
+            dst,
+            self.name,
+            hop_ms,
+            (ts - published) / 1000 if published else 0.0,
+            status,
+            size,
+            attempt,
+            seq,
+            principal,
+            via,
+            seq_end,
+            schema if isinstance(schema, str) else "",
         )
+        if into is not None:
+            into.append(rec)
+        else:
+            self.sink.add(rec)
+        if kind == fk.FORWARD:
+            self._out[(dst, topic)] += 1
+        elif kind == fk.DELIVER:
+            self._out[("local", topic)] += 1
         if status != fk.OK:
             self.metrics.inc("drops_total", reason=status)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "event dropped",
-                    extra={
-                        "status": status,
-                        "event_id": ev.id,
-                        "topic": ev.topic,
-                        "trace_id": ev.trace.trace_id,
-                        "span_id": span_id,
-                        "dst": dst,
-                    },
-                )
-        if self.tracer.enabled:
+        if self.tracer.enabled and trace_id and parent:
             self.tracer.hop(
                 f"meshscope {kind}",
-                ev.trace.trace_id,
+                trace_id,
                 span_id,
                 parent,
                 ts - int(hop_ms * 1000),
                 ts,
                 {
-                    "messaging.destination.name": ev.topic,
+                    "messaging.destination.name": topic,
                     "meshscope.kind": kind,
                     "meshscope.status": status,
                     "meshscope.src_region": src,
                     "meshscope.dst_region": dst,
-                    "messaging.message.id": ev.id,
+                    "messaging.message.id": event_id,
+                    "enduser.id": principal,
                 },
             )
 
-    def record_rejected(self, event_id: str, topic: str, status: str, size: int) -> None:
+    def record_rejected(self, event_id: str, topic: str, status: str, size: int, principal: str) -> None:
         """A drop record for an event refused at the edge (nothing of it is routed)."""
-        ts = now_us()
-        self.sink.add(
-            FlowRecord(
-                ts,
-                event_id,
-                "",
-                new_span_id(),
-                "",
-                topic,
-                fk.DROP,
-                self.region,
-                self.region,
-                self.name,
-                0.0,
-                0.0,
-                status,
-                size,
-                1,
-                0,
-            )
-        )
+        rec = FlowRecord(
+            now_us(), event_id[:256], "", new_span_id(), "", topic[:255], fk.DROP, self.region, self.region,
+            self.name, 0.0, 0.0, status, size, 1, 0, principal, "", 0, "",
+        )  # fmt: skip
+        self.sink.add(rec)
         self.metrics.inc("drops_total", reason=status)
 
-    # ---- publish ----------------------------------------------------------------------
+    def _drop_records(self, dropped: list[Dropped]) -> None:
+        for d in dropped:
+            for held in d.items:
+                self.record(
+                    held.event, fk.DROP, new_span_id(), held.span_id, self.region, d.channel.dst, now_us(), 0.0,
+                    d.status, held.attempt or 1, held.seq, held.principal,
+                )  # fmt: skip
+
+    # ---- publish ----------------------------------------------------------------------------
 
     def check_capacity(self) -> None:
-        """Raise Backpressure when flow records could not be kept."""
+        """Raise when events cannot be accepted now: Redis is failing (503) or flow records back up (429)."""
+        self.committer.available()
         if self.sink.full:
+            from router.errors import Backpressure
+
             raise Backpressure("the relay's flow record queue is full", retry_after_s=1)
 
-    async def publish(self, events: list[Event]) -> tuple[list[str], list[str]]:
-        """Route accepted events; returns (accepted ids, duplicate ids)."""
-        accepted: list[str] = []
-        duplicates: list[str] = []
-        group_appends: list[tuple[str, bytes]] = []
-        region = self.region
+    async def publish(self, events: list[Event], principal: Principal) -> PublishResult:
+        """Make accepted events durable, then route them; raise Unavailable (503) when Redis fails."""
+        if not self.ready.is_set():
+            raise Unavailable("the relay is still loading its state from Redis", 1.0)
+        self.committer.available()
+        result = PublishResult()
+        ops = Ops()
+        records: list[FlowRecord] = []
+        reserved: list[tuple[str, ...]] = []
+        held: list[tuple[str, Any]] = []
+        lives: list[tuple[Event, str, list[Subscriber]]] = []
+        appended: Counter[str] = Counter()
         topics: Counter[tuple[str, str]] = Counter()
-        for ev in events:
-            start = now_us()
-            ev.published_us = start
-            topics[("producer", ev.topic)] += 1
-            span = new_span_id()
-            if self.dedup.seen(ev.source, ev.id):
-                duplicates.append(ev.id)
-                self._record(ev, fk.DROP, span, ev.trace.span_id, region, region, start, 0.0, fk.DUPLICATE)
-                continue
-            accepted.append(ev.id)
-            route = self.interest.route(ev.topic)
-            if route.empty:
-                self._record(ev, fk.DROP, span, ev.trace.span_id, region, region, start, 0.0, fk.NO_ROUTE)
-                continue
-            ts = now_us()
-            self._record(ev, fk.PUBLISH, span, ev.trace.span_id, region, region, ts, (ts - start) / 1000)
-            if route.local:
-                self._deliver(ev, span, region, ts, 1, 0, group_appends)
-            for peer in route.peers:
-                link = self.links_by_region.get(peer)
-                if link is None or not link.enqueue(Outbound(ev, new_span_id(), span, ts)):
-                    self._record(ev, fk.DROP, new_span_id(), span, region, peer, now_us(), 0.0, fk.LINK_DOWN)
-        self.metrics.inc_many("events_in_total", ("source", "topic"), topics)
-        self._flush_out()
-        if group_appends:
-            await self.groups.append(group_appends)
-        return accepted, duplicates
+        region = self.region
+        try:
+            for ev in events:
+                key = (principal.name, ev.source, ev.id)
+                state = self.dedup.state(key)
+                start = now_us()
+                ev.published_us = start
+                span = new_span_id()
+                if state == "pending":
+                    raise InDoubt(f"an earlier attempt of event {ev.id!r} is still being stored; retry shortly")
+                if state == "seen":
+                    result.duplicates.append(ev.id)
+                    self.record(ev, fk.DROP, span, ev.trace.span_id, region, region, start, 0.0, fk.DUPLICATE,
+                                principal=principal.name)  # fmt: skip
+                    continue
+                self.dedup.reserve(key)
+                reserved.append(key)
+                result.accepted.append(ev.id)
+                topics[("producer", ev.topic)] += 1
+                local = self.local.patterns.matches(ev.topic)
+                remote = self.routes.interested(ev.topic)
+                if not local and not remote:
+                    self.record(ev, fk.DROP, span, ev.trace.span_id, region, region, start, 0.0, fk.NO_ROUTE,
+                                principal=principal.name, into=records)  # fmt: skip
+                    continue
+                ts = now_us()
+                self.record(ev, fk.PUBLISH, span, ev.trace.span_id, region, region, ts, (ts - start) / 1000,
+                            principal=principal.name, into=records)  # fmt: skip
+                if local:
+                    subs = self._local(ev, span, region, ts, 1, 0, principal.name, "", ops, records)
+                    if subs:
+                        lives.append((ev, span, subs))
+                for dst in remote:
+                    item, overflow = self.outbox.append(ops, dst, ev, span, principal.name, start, appended[dst])
+                    appended[dst] += 1
+                    held.append((dst, item))
+                    for old in overflow:
+                        self.record(old.event, fk.DROP, new_span_id(), old.span_id, region, dst, ts, 0.0, fk.EXPIRED,
+                                    old.attempt or 1, old.seq, old.principal, into=records)  # fmt: skip
+        except (InDoubt, StoreFull):
+            for reserved_key in reserved:
+                self.dedup.release(reserved_key)
+            for dst, n in appended.items():
+                self.outbox.channels[dst].next_seq -= n
+            raise
+        self.outbox.persist(ops, set(appended))
+        if records:
+            ops.xadd(self.config.flow_stream, pack(records))
 
-    def _deliver(
+        def landed() -> None:
+            for key in reserved:
+                self.dedup.commit(key)
+            for dst, item in held:
+                self.outbox.channel(dst).hold(item)
+            for ev, span, subs in lives:
+                self._offer(ev, span, region, subs)
+            if held:
+                self._wake.set()
+
+        ops.then.append(landed)
+        self.metrics.inc_many("events_in_total", ("source", "topic"), topics)
+        await self.committer.commit(ops, self.config.publish_timeout_s)
+        self._flush_out()
+        return result
+
+    def _local(
         self,
         ev: Event,
         parent: str,
@@ -296,191 +442,355 @@ class Relay:
         sent_us: int,
         attempt: int,
         seq: int,
-        group_appends: list[tuple[str, bytes]],
-    ) -> None:
-        """Hand one event to every matching local subscriber and group; record the outcome."""
+        principal: str,
+        via: str,
+        ops: Ops,
+        records: list[FlowRecord],
+    ) -> list[Subscriber]:
+        """Add the group appends and the deliver (or drop) record of one event; return its live subscribers."""
         ts = now_us()
         hop_ms = (ts - sent_us) / 1000
         region = self.region
         if self.config.failure_rate and random.random() < self.config.failure_rate:
-            self._record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.DELIVERY_FAILED, attempt, seq)
-            return
+            self.record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.DELIVERY_FAILED, attempt, seq,
+                        principal, via, into=records)  # fmt: skip
+            return []
+        subs = [s for s in self.subscribers.values() if s.patterns.matches(ev.topic)]
+        groups = self.groups.matching(ev.topic)
         data = ev.encoded or orjson.dumps(ev.body)
-        delivered = dropped = False
-        for sub in self.subscribers.values():
-            if sub.patterns.matches(ev.topic):
-                if sub.offer(data):
-                    delivered = True
-                else:
-                    dropped = True
-                    self._record(
-                        ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.BACKPRESSURE, attempt, seq
-                    )
-        for group in self.groups.matching(ev.topic):
-            group_appends.append((group, data))
-            delivered = True
-        if delivered:
-            self._record(ev, fk.DELIVER, new_span_id(), parent, src, region, ts, hop_ms, fk.OK, attempt, seq)
-            self._out[("local", ev.topic)] += 1
-        elif not dropped:
-            self._record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.NO_ROUTE, attempt, seq)
+        for group in groups:
+            ops.xadd(self.groups.stream(group), {b"e": data}, self.groups.maxlen)
+        if subs or groups:
+            self.record(ev, fk.DELIVER, new_span_id(), parent, src, region, ts, hop_ms, fk.OK, attempt, seq,
+                        principal, via, into=records)  # fmt: skip
+        else:
+            self.record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.NO_ROUTE, attempt, seq,
+                        principal, via, into=records)  # fmt: skip
+        return subs
 
-    # ---- mesh, accepting side -----------------------------------------------------------
+    def _offer(self, ev: Event, parent: str, src: str, subs: list[Subscriber]) -> None:
+        """Hand a durable event to live subscribers; a full buffer costs that subscriber the event, recorded."""
+        data = ev.encoded or orjson.dumps(ev.body)
+        for sub in subs:
+            if sub.id in self.subscribers and not sub.offer(data):
+                self.record(ev, fk.DROP, new_span_id(), parent, src, self.region, now_us(), 0.0, fk.BACKPRESSURE)
 
-    async def receive_mesh(self, peer_region: str, batch: list[fr.MeshEvent]) -> None:
-        """Deliver events that arrived from a peer; they are never forwarded again."""
-        if not self.groups_loaded.is_set():
-            await self.groups_loaded.wait()
-        group_appends: list[tuple[str, bytes]] = []
+    # ---- mesh, accepting side ---------------------------------------------------------------
+
+    async def receive_mesh(self, peer: str, frame: dict[str, Any], reply: Callable[[bytes], None]) -> None:
+        """Apply an EVENTS frame from authenticated ``peer``; acknowledge once its durable steps landed."""
+        await self.ready.wait()
+        self.committer.available()
+        now = now_us()
+        good, bad = fr.items_of(
+            frame,
+            peer,
+            self.region,
+            now,
+            int(self.config.link_store_max_age_s * 1_000_000) + int(self.config.clock_skew_s * 1_000_000),
+            int(self.config.clock_skew_s * 1_000_000),
+            self.config.hop_limit,
+        )
+        acks: list[tuple[str, str, int]] = []
+        for b in bad:
+            self._refuse_item(peer, b.reason, b.key, acks)
+        ops = Ops()
+        records: list[FlowRecord] = []
+        lives: list[tuple[Event, str, str, list[Subscriber]]] = []
+        onward: list[fr.Item] = []
+        changed: set[str] = set()
         topics: Counter[tuple[str, str]] = Counter()
-        for me in batch:
-            body = me.body
-            event_id, source, topic = body.get("id"), body.get("source"), body.get("type")
-            trace = parse_traceparent(body.get("traceparent"))
-            if not (isinstance(event_id, str) and isinstance(source, str) and isinstance(topic, str) and trace):
-                log.warning("peer sent an event without id, source, type or traceparent", extra={"peer": peer_region})
-                self.metrics.inc("drops_total", reason="malformed_mesh_event")
+        for item in good:
+            key = (item.origin, item.epoch, item.seq)
+            if item.dst != self.region:
+                onward.append(item)
                 continue
-            if self.mesh_dedup.seen(source, event_id):
+            tp = parse_traceparent(item.event.get("traceparent"))
+            try:
+                if tp is None:
+                    raise InvalidInput("a mesh event must carry a valid traceparent")
+                ev = validate_event(item.event, self.limits)
+            except InvalidInput as exc:
+                self._refuse_item(peer, f"event: {exc}", key, acks)
+                continue
+            state = self.origins.setdefault(item.origin, OriginState())
+            apply, gaps = state.admit(item.epoch, item.seq, item.floor, item.high)
+            changed.add(item.origin)
+            acks.append(key)
+            for first, last in gaps:
+                log.error("events lost in transit", extra={"origin": item.origin, "first": first, "last": last})
+                self.record(None, fk.DROP, new_span_id(), "", item.origin, self.region, now_us(), 0.0, fk.GAP,
+                            seq=first, seq_end=last, into=records)  # fmt: skip
+            if not apply:
                 self.metrics.inc("mesh_duplicates_total")
                 continue
-            ev = Event(event_id, source, topic, trace, body, me.size, me.published_us)
-            topics[(peer_region, topic)] += 1
-            if self.interest.route(topic).local:
-                self._deliver(ev, me.span_id, peer_region, me.sent_us, me.attempt, me.seq, group_appends)
-            else:
-                ts = now_us()
-                self._record(
-                    ev,
-                    fk.DROP,
-                    new_span_id(),
-                    me.span_id,
-                    peer_region,
-                    self.region,
-                    ts,
-                    (ts - me.sent_us) / 1000,
-                    fk.NO_ROUTE,
-                    me.attempt,
-                    me.seq,
-                )
+            ev.published_us = item.published_us
+            topics[(item.origin, ev.topic)] += 1
+            via = peer if peer != item.origin else ""
+            subs = self._local(ev, item.span_id, item.origin, item.sent_us, item.attempt, item.seq, item.principal,
+                               via, ops, records)  # fmt: skip
+            if subs:
+                lives.append((ev, item.span_id, item.origin, subs))
+        for origin in changed:
+            ops.hset(self.applied_key, origin, orjson.dumps(self.origins[origin].to_json()))
+        if records:
+            ops.xadd(self.config.flow_stream, pack(records))
+
+        def landed() -> None:
+            for ev, parent, src, subs in lives:
+                self._offer(ev, parent, src, subs)
+            if acks:
+                reply(fr.encode(fr.ACK, a=ranges_of(acks)))
+
+        ops.then.append(landed)
+        if onward:
+            self.outbox.transit(onward, lambda ranges: reply(fr.encode(fr.ACK, a=ranges)))
+            self.metrics.inc("transit_total", len(onward))
         self.metrics.inc_many("events_in_total", ("source", "topic"), topics)
         self._flush_out()
-        if group_appends:
-            await self.groups.append(group_appends)
+        done = self.committer.submit(ops)
+        if self.committer.backlog > 20:
+            await done  # Redis is slow: stop reading this peer until it catches up
+
+    def _refuse_item(self, peer: str, reason: str, key: tuple[str, str, int] | None, acks: list[Any]) -> None:
+        log.warning("peer sent a malformed mesh item; refused", extra={"peer": peer, "reason": reason[:200]})
+        self.metrics.inc("mesh_refused_items_total", peer=peer)
+        self.metrics.inc("drops_total", reason=fk.MALFORMED)
+        if key is not None:
+            acks.append(key)  # refused for good: the sender must not send it forever
+
+    def register_inbound(self, conn: Inbound) -> int:
+        key = id(conn)
+        self.inbound[key] = conn
+        conn.send(fr.encode(fr.HELLO, **self.hello))
+        conn.send(fr.encode(fr.INTEREST, lsa=self._own_lsa().to_json()))
+        conn.send(fr.encode(fr.ROUTES, lsas=[ad.to_json() for ad in self.routes.fresh()]))
+        return key
+
+    def unregister_inbound(self, key: int) -> None:
+        self.inbound.pop(key, None)
+
+    # ---- link state ---------------------------------------------------------------------------
+
+    def _own_lsa(self) -> fr.LinkStateAd:
+        links = {
+            link.peer_region: round(link.rtt_ms or 1.0, 3)
+            for link in self.links
+            if link.state == UP and link.peer_region is not None
+        }
+        return fr.LinkStateAd(self.region, self._lsa_seq, links, tuple(sorted(self.local.patterns.patterns)),
+                              self.config.transit)  # fmt: skip
+
+    def _advertise(self) -> None:
+        """Our link state changed (links or interest): a new advertisement to everyone who dialed in."""
+        self._lsa_seq = max(now_us(), self._lsa_seq + 1)
+        ad = self._own_lsa()
+        data = fr.encode(fr.INTEREST, lsa=ad.to_json())
+        for conn in list(self.inbound.values()):
+            conn.send(data)
+        ops = Ops()
+        ops.hset(LSA_KEY, self.region, orjson.dumps(ad.to_json()))
+        if self.breaker.healthy:
+            self.committer.submit(ops)
+
+    async def _advertise_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LSA_REFRESH_S * (0.8 + random.random() * 0.4))
+            self._advertise()
+            if self.routes.refresh(now_us()):
+                self._wake.set()
+
+    def _flood(self, ads: list[fr.LinkStateAd]) -> None:
+        data = fr.encode(fr.ROUTES, lsas=[ad.to_json() for ad in ads])
+        for conn in list(self.inbound.values()):
+            conn.send(data)
+
+    def _own_links_changed(self) -> None:
+        links = {
+            link.peer_region: link.rtt_ms or 1.0
+            for link in self.links
+            if link.state == UP and link.peer_region is not None
+        }
+        if self.routes.set_own_links(links):
+            self._advertise()
+        self._wake.set()
+
+    def _link_up(self, link: MeshLink) -> None:
+        assert link.peer_region is not None
+        self.links_by_region[link.peer_region] = link
+        self.metrics.set("link_security", SECURITY_VALUE[link.security], peer=link.peer_region)
+        self._own_links_changed()
+
+    def _link_down(self, link: MeshLink) -> None:
+        if link.peer_region is not None:
+            resent = self.outbox.link_down(link.peer_region)
+            if resent:
+                log.info("events will be sent again", extra={"peer": link.peer_region, "events": resent})
+        self._own_links_changed()
+
+    def _link_acks(self, link: MeshLink, ranges: list[tuple[str, str, int, int]]) -> None:
+        if self.outbox.acked(ranges):
+            self._wake.set()
+
+    def _link_lsas(self, link: MeshLink, ads: list[fr.LinkStateAd]) -> None:
+        now = now_us()
+        newer = [ad for ad in ads if self.routes.merge(ad, now)]
+        if newer:
+            self._flood(newer)
+            self._wake.set()
+
+    def _link_state(self, link: MeshLink, state: str) -> None:
+        peer = link.name
+        self.metrics.set("link_state", LINK_STATE_VALUE[state], peer=peer)
+        if state != UP:
+            self.metrics.remove("link_rtt_ms", peer=peer)
+        if state == "connecting" and link.connects:
+            self.metrics.inc("link_reconnects_total", peer=peer)
+        log.info("link state", extra={"peer": peer, "state": state})
+
+    # ---- dispatch -----------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        """Send held events whenever something changed, and check ages and late acknowledgements."""
+        await self.ready.wait()
+        last_check = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.1)
+            self._wake.clear()
+            self.outbox.dispatch()
+            self._flush_out()
+            now = time.monotonic()
+            if now - last_check >= 0.5:
+                last_check = now
+                if self.outbox.overdue():
+                    self.outbox.dispatch()
+                self._drop_records(self.outbox.expire(now_us()))
+                if self.outbox.dirty and self.breaker.healthy:
+                    ops = Ops()
+                    self.outbox.persist(ops, set())
+                    if ops:
+                        self.committer.submit(ops)
 
     def _flush_out(self) -> None:
         if self._out:
             self.metrics.inc_many("events_out_total", ("destination", "topic"), self._out)
             self._out.clear()
 
-    def interest_frame(self) -> bytes:
-        return fr.encode(fr.INTEREST, patterns=sorted(self.interest.local.patterns), gen=self.interest.generation)
+    # ---- local subscribers ------------------------------------------------------------------
 
-    def _push_interest(self) -> None:
-        data = self.interest_frame()
-        for send in list(self.inbound):
-            send(data)
-
-    # ---- local subscribers ------------------------------------------------------------
-
-    def subscribe(self, patterns: list[str]) -> Subscriber:
-        sub = Subscriber(patterns, self.config.subscriber_buffer)
+    def subscribe(self, patterns: list[str], principal: Principal | None = None) -> Subscriber:
+        sub = Subscriber(patterns, self.config.subscriber_buffer, principal)
         self.subscribers[sub.id] = sub
-        if self.interest.add_local(patterns):
-            self._push_interest()
+        if self.local.add(patterns):
+            self._advertise()
         self.metrics.set("subscribers", len(self.subscribers))
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        if self.subscribers.pop(sub.id, None) is not None and self.interest.remove_local(sorted(sub.patterns.patterns)):
-            self._push_interest()
+        if self.subscribers.pop(sub.id, None) is not None and self.local.remove(sorted(sub.patterns.patterns)):
+            self._advertise()
         self.metrics.set("subscribers", len(self.subscribers))
 
-    async def ensure_group(self, group: str, patterns: list[str]) -> None:
-        old, new = await self.groups.ensure(group, patterns)
-        if old != new:
-            changed = self.interest.add_local(sorted(new.patterns))
+    async def join_group(
+        self, group: str, patterns: list[str], principal: Principal, update: bool
+    ) -> tuple[GroupInfo | None, GroupInfo]:
+        old, new = await self.groups.join(group, patterns, principal, update, principal.has_role("admin"), now_us())
+        if old is None or old.patterns != new.patterns:
+            changed = self.local.add(sorted(new.patterns.patterns))
             if old is not None:
-                changed = self.interest.remove_local(sorted(old.patterns)) or changed
+                changed = self.local.remove(sorted(old.patterns.patterns)) or changed
             if changed:
-                self._push_interest()
+                self._advertise()
+        return old, new
 
-    async def remove_group(self, group: str) -> bool:
+    async def remove_group(self, group: str, principal: Principal) -> GroupInfo | None:
+        info = self.groups.groups.get(group)
+        if info is not None and info.owner and info.owner != principal.name and not principal.has_role("admin"):
+            raise GroupConflict(f"only the owner of group {group!r} ({info.owner}) or an admin may delete it", 403)
         old = await self.groups.remove(group)
-        if old is not None and self.interest.remove_local(sorted(old.patterns)):
-            self._push_interest()
-        return old is not None
+        if old is not None and self.local.remove(sorted(old.patterns.patterns)):
+            self._advertise()
+        return old
 
-    # ---- mesh, dialing side -----------------------------------------------------------
+    # ---- samples and health -------------------------------------------------------------------
 
-    def _on_hello(self, link: MeshLink, msg: dict[str, Any]) -> None:
-        region = msg["region"]
-        if region == self.region:
-            log.warning("peer has our own region id", extra={"peer": link.url})
-        self.links_by_region[region] = link
-
-    def _on_interest(self, link: MeshLink, patterns: list[str], gen: int) -> None:
-        if link.peer_region is not None:
-            self.interest.set_peer(link.peer_region, patterns, gen)
-
-    def _on_sent(self, link: MeshLink, items: list[Outbound], sent_us: int) -> None:
-        peer = link.peer_region or "?"
-        out = self._out
-        for item in items:
-            ev = item.event
-            self._record(
-                ev,
-                fk.FORWARD,
-                item.span_id,
-                item.parent_span_id,
-                self.region,
-                peer,
-                sent_us,
-                (sent_us - item.received_us) / 1000 if item.attempt == 1 else 0.0,
-                fk.OK,
-                item.attempt,
-                item.seq,
+    def link_rows(self) -> list[dict[str, Any]]:
+        """Every outbound link with its state, security, RTT (while up) and what is held for its region."""
+        rows = []
+        for link in self.links:
+            peer = link.peer_region or link.url
+            ch = self.outbox.channels.get(peer)
+            route = self.routes.route(peer) if link.peer_region else None
+            rows.append(
+                {
+                    "peer": peer,
+                    "state": link.state,
+                    "security": link.security if link.state == UP else "",
+                    "rtt_ms": link.rtt_ms if link.state == UP else None,
+                    "queue_depth": ch.depth if ch else 0,
+                    "reconnects": link.reconnects,
+                    "via": route.next_hop if route and route.reachable and not route.direct else "",
+                    "gov": link.peer_gov,
+                    "last_error": link.last_error if link.state != UP else "",
+                }
             )
-            out[(peer, ev.topic)] += 1
-        self._flush_out()
-
-    def _on_link_state(self, link: MeshLink, state: str) -> None:
-        peer = link.peer_region or link.url
-        self.metrics.set("link_state", LINK_STATE_VALUE[state], peer=peer)
-        if state == "connecting" and link.connects:
-            self.metrics.inc("link_reconnects_total", peer=peer)
-        log.info("link state", extra={"peer": peer, "state": state})
-
-    async def _flap_links(self) -> None:
-        """Drop a random up link now and then, so a demo shows reconnects and queued resends."""
-        while True:
-            await asyncio.sleep(random.expovariate(1 / self.config.chaos_flap_interval_s))
-            up = [link for link in self.links if link.state == "up"]
-            if up:
-                link = random.choice(up)
-                log.info("dropping a mesh link on purpose", extra={"peer": link.peer_region})
-                link.kill()
+        return rows
 
     async def _sample_links(self) -> None:
         while True:
             await asyncio.sleep(self.config.link_stats_interval_s)
-            samples = []
             ts = now_us()
-            queued = 0
-            for link in self.links:
-                peer = link.peer_region or link.url
-                self.metrics.set("link_queue_depth", link.depth, peer=peer)
-                queued += link.depth
-                if link.rtt_ms is not None:
-                    self.metrics.set("link_rtt_ms", link.rtt_ms, peer=peer)
+            samples = []
+            for row in self.link_rows():
+                peer = row["peer"]
+                self.metrics.set("link_queue_depth", row["queue_depth"], peer=peer)
+                if row["rtt_ms"] is not None:
+                    self.metrics.set("link_rtt_ms", row["rtt_ms"], peer=peer)
                 samples.append(
-                    [ts, self.name, self.region, peer, link.state, link.rtt_ms or 0.0, link.depth, link.reconnects]
-                )
+                    [ts, self.name, self.region, peer, row["state"], row["rtt_ms"] or 0.0, row["queue_depth"],
+                     row["reconnects"], row["security"], row["via"], row["gov"], self.gov_version]
+                )  # fmt: skip
             self.metrics.set("subscriber_queue_depth", sum(s.queue.qsize() for s in self.subscribers.values()))
-            if samples:
+            self.metrics.set("redis_up", 1 if self.breaker.healthy else 0)
+            if samples and self.breaker.healthy:
                 try:
                     await self.redis.xadd(
-                        LINK_STREAM, {b"v": b"1", b"r": orjson.dumps(samples)}, maxlen=100_000, approximate=True
+                        LINK_STREAM, {b"v": b"2", b"r": orjson.dumps(samples)}, maxlen=100_000, approximate=True
                     )
+                    await self.redis.publish(LINK_STREAM, orjson.dumps({"region": self.region, "links": samples}))
                 except RedisError as exc:
-                    log.warning("cannot write link samples", extra={"error": str(exc)})
+                    log.warning("cannot write link samples", extra={"error": str(exc)[:200]})
+
+    def health(self) -> dict[str, Any]:
+        reasons = []
+        if not self.breaker.healthy:
+            reasons.append(f"redis unavailable: {self.breaker.last_error or 'circuit ' + self.breaker.state}")
+        if not self.ready.is_set():
+            reasons.append("state not loaded from Redis yet")
+        if self.sink.full:
+            reasons.append("flow record queue full")
+        reasons += self.supervisor.problems()
+        links = {row["peer"]: row["state"] for row in self.link_rows()}
+        return {
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            "region": self.region,
+            "relay": self.name,
+            "anonymous_allowed": self.auth.allow_anonymous,
+            "governance": self.gov_version,
+            "links": links,
+            "links_up": sum(1 for s in links.values() if s == UP),
+            "held": self.outbox.depth,
+            "inbound": sorted({c.region for c in self.inbound.values()}),
+        }
+
+    async def _flap_links(self) -> None:
+        """Drop a random up link now and then, so a demo shows reconnects and resends."""
+        while True:
+            await asyncio.sleep(random.expovariate(1 / self.config.chaos_flap_interval_s))
+            up = [link for link in self.links if link.state == UP]
+            if up:
+                link = random.choice(up)
+                log.info("dropping a mesh link on purpose", extra={"peer": link.peer_region})
+                link.kill()

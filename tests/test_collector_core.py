@@ -66,7 +66,7 @@ def test_live_window_counts_what_an_edge_means() -> None:
 def test_batches_token_and_flush_policy() -> None:
     assert batch_token(["1-0", "2-0"]) == batch_token(["1-0", "2-0"]) != batch_token(["1-0"])
     b = Batch(started=10.0)
-    b.add("1-0", [[1, 3], [2, 4]] + [[0, 0]] * 14)
+    b.add("1-0", [[1, 3], [2, 4]] + [[0, 0]] * 18)
     assert b.columns[:2] == [[1, 3], [2, 4]] and len(b) == 2
     assert should_flush(b, 10.5, 2, 1.0)  # enough rows
     assert not should_flush(b, 10.5, 3, 1.0)
@@ -77,7 +77,7 @@ def test_batches_token_and_flush_policy() -> None:
 def test_split_entries_separates_poison() -> None:
     good_fields = pack([FlowRecord(1, "e", "t", "s", "p", "x", "publish", "a", "a", "r", 0.1, 0.1, "ok", 1, 1, 0)])
     good, bad = split_entries([("1-0", good_fields), ("2-0", {b"v": b"1", b"r": b"garbage"})])
-    assert [g[0] for g in good] == ["1-0"] and len(good[0][1]) == 16 and good[0][1][1] == ["e"]
+    assert [g[0] for g in good] == ["1-0"] and len(good[0][1]) == 20 and good[0][1][1] == ["e"]
     assert bad[0].entry_id == "2-0" and "JSON" in bad[0].reason
 
 
@@ -94,4 +94,4 @@ def test_cluster_ddl_is_replicated_and_distributed() -> None:
     mv = next(s for s in cluster if "edge_minute_mv" in s)
     assert "TO `meshscope`.`edge_minute_local`" in mv and "FROM `meshscope`.`flows_local`" in mv
     assert all("non_replicated_deduplication_window" not in s for s in cluster)
-    assert sum("non_replicated_deduplication_window" in s for s in single) == 8  # every MergeTree table
+    assert sum("non_replicated_deduplication_window" in s for s in single) == 9  # every MergeTree table

@@ -11,6 +11,7 @@ import redis
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from meshcore.flowrecord import FlowRecord
 from router.spans import HopTracer
 from router.subscription import Subscriber
 from tests.conftest import CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled
@@ -23,7 +24,7 @@ async def setup_watch(mesh: Mesh) -> tuple[Subscriber, Subscriber]:
     await mesh.start([A, C])
     local = mesh[A].relay.subscribe([">"])
     remote = mesh[C].relay.subscribe([">"])
-    await eventually(lambda: C in mesh[A].relay.interest.route("a.b").peers)
+    await eventually(lambda: C in mesh[A].relay.routes.interested("a.b"))
     return local, remote
 
 
@@ -57,7 +58,7 @@ async def test_bad_posts_get_their_status_and_route_nothing(
     await mesh.start([A, C], env=mesh_env)
     local = mesh[A].relay.subscribe([">"])
     remote = mesh[C].relay.subscribe([">"])
-    await eventually(lambda: C in mesh[A].relay.interest.route("a.b").peers)
+    await eventually(lambda: C in mesh[A].relay.routes.interested("a.b"))
     reply = await http.post(f"{mesh[A].url}/v1/events", content=body, headers=headers)
     assert reply.status_code == status
     payload = reply.json()
@@ -70,7 +71,7 @@ async def test_bad_posts_get_their_status_and_route_nothing(
     assert mesh[A].relay.metrics.get("rejected_total", status=str(status)) == 1
 
 
-async def test_rejected_event_leaves_a_schema_rejected_record(
+async def test_malformed_event_leaves_a_malformed_drop_record(
     mesh: Mesh, http: httpx.AsyncClient, redis_sync: redis.Redis
 ) -> None:
     await mesh.start([A])
@@ -81,31 +82,55 @@ async def test_rejected_event_leaves_a_schema_rejected_record(
     )
     assert reply.status_code == 400
     records = await eventually(lambda: [r for r in flow_records(redis_sync) if r.event_id == "r-1"])
-    assert [(r.kind, r.status) for r in records] == [("drop", "schema_rejected")]
+    assert [(r.kind, r.status, r.principal) for r in records] == [("drop", "malformed", "tester")]
+
+
+async def test_unreachable_redis_answers_503_and_says_why(mesh: Mesh, http: httpx.AsyncClient) -> None:
+    # a relay whose Redis is unreachable cannot make events durable: 503 with Retry-After, nothing routed
+    real = mesh.redis_url
+    mesh.redis_url = "redis://127.0.0.1:1/0"
+    try:
+        running = await mesh.start_one(A, wait_ready=False)
+    finally:
+        mesh.redis_url = real
+    sub = running.relay.subscribe(["a.>"])
+    for i in range(3):
+        reply = await http.post(
+            f"{running.url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("a.b", f"u-{i}"))
+        )
+        assert reply.status_code == 503
+        assert int(reply.headers["retry-after"]) >= 1
+        assert reply.json()["error"]
+    assert sub.queue.qsize() == 0
+    health = (await http.get(f"{running.url}/healthz")).json()
+    assert health["status"] == "degraded"
+    assert any("not loaded" in r or "redis" in r for r in health["reasons"])
 
 
 async def test_full_flow_queue_answers_429_with_retry_after(mesh: Mesh, http: httpx.AsyncClient) -> None:
-    # a relay whose Redis is unreachable cannot write flow records, so its queue fills
-    dead = mesh.redis_url
-    mesh.redis_url = "redis://127.0.0.1:1/0"
-    try:
-        await mesh.start([A], env={"MESHSCOPE_FLOW_QUEUE_MAX": "3"})
-    finally:
-        mesh.redis_url = dead
-    sub = mesh[A].relay.subscribe(["a.>"])
-    statuses = []
-    for i in range(6):
-        reply = await http.post(
-            f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("a.b", f"bp-{i}"))
-        )
-        statuses.append(reply.status_code)
-        if reply.status_code == 429:
-            assert reply.headers["retry-after"] == "1"
-            assert "full" in reply.json()["error"]
-    assert statuses[:2] == [202, 202] and statuses[-1] == 429
-    accepted = statuses.count(202)
-    assert sub.queue.qsize() == accepted  # refused events were not delivered
-    await eventually(lambda: mesh[A].relay.metrics.get("flow_write_errors_total") >= 1)
+    await mesh.start([A], env={"MESHSCOPE_FLOW_QUEUE_MAX": "3"})
+    relay = mesh[A].relay
+    sub = relay.subscribe(["a.>"])
+    url = f"{mesh[A].url}/v1/events"
+    ok = await http.post(url, headers=CE_JSON, content=orjson.dumps(cloud_event("a.b", "q-0")))
+    assert ok.status_code == 202
+    # a backlog of records the sink has not written yet (as when Redis is slow): the queue is full
+    relay.sink.pending.extend(relay.sink.pending[:1] * 3 or [_record()] * 3)
+    reply = await http.post(
+        f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("a.b", "q-1"))
+    )
+    assert reply.status_code == 429
+    assert reply.headers["retry-after"] == "1" and "full" in reply.json()["error"]
+    await eventually(lambda: sub.queue.qsize() == 1)
+    await eventually(lambda: not relay.sink.full)
+    again = await http.post(
+        f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("a.b", "q-1"))
+    )
+    assert again.status_code == 202 and again.json()["accepted"] == ["q-1"]  # the refused event was not kept
+
+
+def _record() -> FlowRecord:
+    return FlowRecord(1, "x", "", "0123456789abcdef", "", "a.b", "drop", A, A, "r", 0.0, 0.0, "no_route", 1, 1, 0)
 
 
 async def test_sampled_hop_spans_share_ids_with_flow_records(
@@ -116,7 +141,7 @@ async def test_sampled_hop_spans_share_ids_with_flow_records(
         mesh.tracers[region] = HopTracer(region, f"relay-{region}", 1.0, processor=SimpleSpanProcessor(exporter))
     await mesh.start([A, C])
     sub = mesh[C].relay.subscribe(["a.>"])
-    await eventually(lambda: C in mesh[A].relay.interest.route("a.b").peers)
+    await eventually(lambda: C in mesh[A].relay.routes.interested("a.b"))
     tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     await http.post(
         f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("a.b", "o-1", traceparent=tp))

@@ -11,21 +11,21 @@ import orjson
 import pytest
 import redis
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from meshcore.flowrecord import FlowRecord
-from tests.conftest import CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled
+from tests.conftest import AUTH, CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled
 
 A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
 
 
 async def subscribe(mesh: Mesh, region: str, *patterns: str, **params: str) -> ClientConnection:
     query = "&".join([f"topic={p}" for p in patterns] + [f"{k}={v}" for k, v in params.items()])
-    return await connect(f"{mesh[region].ws_url}/v1/subscribe?{query}")
+    return await connect(f"{mesh[region].ws_url}/v1/subscribe?{query}", additional_headers=AUTH)
 
 
 async def wait_interest(mesh: Mesh, origin: str, peer: str, topic: str) -> None:
-    await eventually(lambda: peer in mesh[origin].relay.interest.route(topic).peers, 2)
+    await eventually(lambda: peer in mesh[origin].relay.routes.interested(topic), 2)
 
 
 async def recv_json(ws: ClientConnection, timeout_s: float = 3) -> Any:
@@ -102,7 +102,7 @@ async def test_producer_traceparent_is_kept_across_hops(
 async def test_local_subscriber_gets_local_events(mesh: Mesh, http: httpx.AsyncClient) -> None:
     await mesh.start([A, B])
     sub = await subscribe(mesh, A, "*.created")
-    await eventually(lambda: mesh[A].relay.interest.route("x.created").local)
+    await eventually(lambda: mesh[A].relay.local.patterns.matches("x.created"))
     await http.post(f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("x.created", "l-1")))
     assert (await recv_json(sub))["id"] == "l-1"
     assert mesh[B].relay.metrics.total("events_in_total") == 0
@@ -113,7 +113,7 @@ async def test_late_subscription_propagates_within_a_second(mesh: Mesh, http: ht
     await mesh.start([A, B, C])
     started = time.monotonic()
     sub = await subscribe(mesh, B, "payments.>")
-    await eventually(lambda: B in mesh[A].relay.interest.route("payments.settled").peers, 1.0)
+    await eventually(lambda: B in mesh[A].relay.routes.interested("payments.settled"), 1.0)
     assert time.monotonic() - started < scaled(1.0)
     await http.post(
         f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("payments.settled", "s-1"))
@@ -121,7 +121,7 @@ async def test_late_subscription_propagates_within_a_second(mesh: Mesh, http: ht
     assert (await recv_json(sub))["id"] == "s-1"
     await sub.close()
     # interest withdrawn when the last subscriber leaves
-    await eventually(lambda: B not in mesh[A].relay.interest.route("payments.settled").peers, 1.0)
+    await eventually(lambda: B not in mesh[A].relay.routes.interested("payments.settled"), 1.0)
 
 
 async def test_no_duplicates_in_a_full_mesh_with_many_subscribers(mesh: Mesh, http: httpx.AsyncClient) -> None:
@@ -151,7 +151,7 @@ async def test_stream_publishing_acks_per_frame(mesh: Mesh) -> None:
     await mesh.start([A, C])
     sub = await subscribe(mesh, C, "orders.>")
     await wait_interest(mesh, A, C, "orders.x")
-    async with connect(f"{mesh[A].ws_url}/v1/stream") as ws:
+    async with connect(f"{mesh[A].ws_url}/v1/stream", additional_headers=AUTH) as ws:
         frame = [cloud_event("orders.x", f"w-{i}") for i in range(100)]
         frame[7] = {"specversion": "1.0", "id": "bad", "source": "/p"}  # no type
         await ws.send(orjson.dumps(frame))
@@ -180,7 +180,7 @@ async def test_stream_publishing_acks_per_frame(mesh: Mesh) -> None:
 )
 async def test_stream_protocol_abuse_closes_with_a_clear_code(mesh: Mesh, frame: bytes, code: int) -> None:
     await mesh.start([A])
-    async with connect(f"{mesh[A].ws_url}/v1/stream") as ws:
+    async with connect(f"{mesh[A].ws_url}/v1/stream", additional_headers=AUTH) as ws:
         await ws.send(frame)
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), scaled(3))
@@ -188,9 +188,9 @@ async def test_stream_protocol_abuse_closes_with_a_clear_code(mesh: Mesh, frame:
 
 
 async def test_stream_oversized_frame_closes_1009(mesh: Mesh) -> None:
-    await mesh.start([A], env={"MESHSCOPE_MAX_BODY_BYTES": "1000"})
-    async with connect(f"{mesh[A].ws_url}/v1/stream") as ws:
-        await ws.send(orjson.dumps(cloud_event("a.b", "big", data="x" * 2000)))
+    await mesh.start([A], env={"MESHSCOPE_MAX_BODY_BYTES": "4096"})
+    async with connect(f"{mesh[A].ws_url}/v1/stream", additional_headers=AUTH) as ws:
+        await ws.send(orjson.dumps(cloud_event("a.b", "big", data="x" * 5000)))
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), scaled(3))
         assert ws.close_code == 1009
@@ -271,7 +271,7 @@ async def test_durable_group_member_gets_what_it_missed(mesh: Mesh, http: httpx.
 
     r = await http.delete(f"{mesh[C].url}/v1/groups/audit")
     assert r.status_code == 204
-    await eventually(lambda: not mesh[A].relay.interest.route("orders.x").peers, 1)
+    await eventually(lambda: not mesh[A].relay.routes.interested("orders.x"), 1)
     assert (await http.delete(f"{mesh[C].url}/v1/groups/audit")).status_code == 404
 
 
@@ -319,7 +319,7 @@ async def test_health_and_metrics(mesh: Mesh, http: httpx.AsyncClient) -> None:
 async def test_batched_subscriber_gets_arrays_and_bad_batch_is_refused(mesh: Mesh, http: httpx.AsyncClient) -> None:
     await mesh.start([A])
     sub = await subscribe(mesh, A, "batch.>", batch="50")
-    await eventually(lambda: mesh[A].relay.interest.route("batch.x").local)
+    await eventually(lambda: mesh[A].relay.local.patterns.matches("batch.x"))
     events = [cloud_event("batch.x", f"b-{i}") for i in range(120)]
     reply = await http.post(f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(events))
     assert reply.status_code == 202
@@ -331,7 +331,7 @@ async def test_batched_subscriber_gets_arrays_and_bad_batch_is_refused(mesh: Mes
     assert got == [f"b-{i}" for i in range(120)]
     await sub.close()
     for bad in ("0", "1001", "many"):
-        ws = await subscribe(mesh, A, "batch.>", batch=bad)
-        with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), scaled(3))
-        assert ws.close_code == 1008
+        with pytest.raises(InvalidStatus) as refused:
+            await subscribe(mesh, A, "batch.>", batch=bad)
+        assert refused.value.response.status_code == 400
+        assert b"batch must be a whole number" in refused.value.response.body

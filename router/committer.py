@@ -1,0 +1,232 @@
+"""Group commit of a relay's durable steps to Redis, each commit applied exactly once.
+
+Everything that must be durable before an event is acknowledged (group
+appends, the outbound stream of each destination, the receiver's applied
+state, and the flow records that say so) is a list of operations. Publishes
+and mesh batches hand their operations to one ``Committer``, which merges what
+is waiting into one commit and runs it as one Lua script: atomic, one round
+trip, and guarded by a per-writer commit counter (``meshscope:commit:<writer>``).
+A commit whose reply was lost is retried with the same number, and the script
+skips it if it had already run: a retried write never lands twice.
+
+While Redis fails the committer retries the commit at its head with backoff,
+behind a circuit breaker; callers waiting on a commit give up after their own
+timeout (a publisher gets 503 with Retry-After), but the commit itself goes on
+until it lands, and its ``then`` callbacks run when it does. Every operation
+is one that cannot fail on a healthy server (XADD with ``*``, HSET, XTRIM), so
+a script never stops half way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from meshcore.backoff import backoff_s
+from meshcore.breaker import CircuitBreaker
+
+log = logging.getLogger(__name__)
+
+SCRIPT = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = tonumber(ARGV[1])
+if n <= last then return 0 end
+local i = 2
+local argc = #ARGV
+while i <= argc do
+  local op = ARGV[i]
+  if op == 'X' then
+    local key, maxlen, nf = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    local args = {key}
+    if maxlen ~= '0' then
+      args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = maxlen
+    end
+    args[#args + 1] = '*'
+    for j = 1, nf * 2 do args[#args + 1] = ARGV[i + 3 + j] end
+    redis.call('XADD', unpack(args))
+    i = i + 4 + nf * 2
+  elseif op == 'H' then
+    redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'D' then
+    redis.call('HDEL', ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'T' then
+    redis.call('XTRIM', ARGV[i + 1], 'MAXLEN', ARGV[i + 2])
+    i = i + 3
+  else
+    return redis.error_reply('unknown op ' .. tostring(op))
+  end
+end
+redis.call('SET', KEYS[1], n)
+return 1
+"""
+
+
+class Unavailable(Exception):
+    """Redis is failing: the circuit is open, or the commit did not land in time."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class Ops:
+    """Operations of one commit, in order; ``then`` runs once they are durable."""
+
+    args: list[bytes | str | int] = field(default_factory=list)
+    then: list[Callable[[], None]] = field(default_factory=list)
+
+    def xadd(self, stream: str, fields: dict[bytes, bytes], maxlen: int = 0) -> None:
+        self.args += ["X", stream, maxlen, len(fields)]
+        for k, v in fields.items():
+            self.args += [k, v]
+
+    def hset(self, key: str, name: str, value: bytes | str) -> None:
+        self.args += ["H", key, name, value]
+
+    def hdel(self, key: str, name: str) -> None:
+        self.args += ["D", key, name]
+
+    def trim(self, stream: str, maxlen: int) -> None:
+        self.args += ["T", stream, maxlen]
+
+    def __bool__(self) -> bool:
+        return bool(self.args)
+
+
+@dataclass
+class _Commit:
+    ops: list[Ops]
+    done: asyncio.Future[None]
+
+
+class Committer:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        writer: str,
+        breaker: CircuitBreaker,
+        on_error: Callable[[str], None] | None = None,
+        max_args: int = 200_000,
+    ):
+        self.client = client
+        self.key = f"meshscope:commit:{writer}"
+        self.breaker = breaker
+        self.on_error = on_error
+        self.max_args = max_args
+        self._script = client.register_script(SCRIPT)
+        self._queue: list[_Commit] = []
+        self._wake = asyncio.Event()
+        self._number: int | None = None
+        self.commits = 0
+        self.skipped = 0
+
+    def available(self) -> None:
+        """Raise Unavailable when the circuit is open (callers answer 503 at once)."""
+        now = time.monotonic()
+        if not self.breaker.allow(now):
+            raise Unavailable(
+                f"Redis is unavailable ({self.breaker.last_error or 'circuit open'})",
+                max(1.0, self.breaker.retry_after_s(now)),
+            )
+
+    def submit(self, ops: Ops) -> asyncio.Future[None]:
+        """Queue ``ops``; the future resolves once they are durable (their ``then`` has run)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Commit([ops], done))
+        self._wake.set()
+        return done
+
+    async def commit(self, ops: Ops, timeout_s: float) -> None:
+        """Submit and wait; raise Unavailable when the circuit is open or the commit is late."""
+        self.available()
+        done = self.submit(ops)
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout_s)
+        except TimeoutError:
+            raise Unavailable(
+                f"Redis did not confirm within {timeout_s} s ({self.breaker.last_error or 'slow'})", 1.0
+            ) from None
+
+    async def write(self, ops: Ops) -> None:
+        """Land ``ops`` now, retrying until it does (for a writer that does not run the commit loop)."""
+        await self._land(list(ops.args))
+        for callback in ops.then:
+            callback()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    async def run(self) -> None:
+        """The commit loop: merge what waits, run it once, retry the same commit until it lands."""
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch: list[_Commit] = []
+            size = 0
+            while self._queue and (not batch or size + len(self._queue[0].ops[0].args) <= self.max_args):
+                c = self._queue.pop(0)
+                size += sum(len(o.args) for o in c.ops)
+                batch.append(c)
+            args: list[bytes | str | int] = []
+            for c in batch:
+                for o in c.ops:
+                    args.extend(o.args)
+            await self._land(args)
+            for c in batch:
+                for o in c.ops:
+                    for callback in o.then:
+                        try:
+                            callback()
+                        except Exception:
+                            log.exception("a post-commit step failed")
+                if not c.done.done():
+                    c.done.set_result(None)
+
+    async def _land(self, args: list[bytes | str | int]) -> None:
+        attempt = 0
+        while True:
+            try:
+                if self._number is None:
+                    self._number = int(await self.client.get(self.key) or 0)
+                number = self._number + 1
+                if args:
+                    applied = await self._script(keys=[self.key], args=[number, *args])
+                    if not applied and attempt == 0:
+                        # a first attempt is never a repeat: the counter is ahead of us, so another
+                        # writer has our name or Redis kept a counter we lost; take it and run again
+                        self._number = int(await self.client.get(self.key) or 0)
+                        log.error(
+                            "commit counter was ahead; is another relay using this name?", extra={"key": self.key}
+                        )
+                        continue
+                    if not applied:
+                        self.skipped += 1
+                    self._number = number
+                self.breaker.success()
+                self.commits += 1
+                return
+            except RedisError as exc:
+                self.breaker.failure(time.monotonic(), str(exc))
+                if self.on_error is not None:
+                    self.on_error(type(exc).__name__)
+                delay = backoff_s(attempt, 0.05, 2.0, random.random())
+                attempt += 1
+                if attempt == 1 or attempt % 20 == 0:
+                    log.warning(
+                        "cannot commit to Redis; retrying the same commit",
+                        extra={"error": str(exc)[:300], "attempt": attempt, "retry_in_s": round(delay, 3)},
+                    )
+                await asyncio.sleep(delay)

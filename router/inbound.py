@@ -1,0 +1,113 @@
+"""The accepting side of a mesh link: a peer relay dialed us and sends HELLO, EVENTS and PING.
+
+The peer is authenticated before the WebSocket is accepted (a region
+certificate under mutual TLS, or a relay principal's token bound to a
+region). Its HELLO must name that same region: a HELLO that claims another
+region is refused and logged. The region of everything that arrives is the
+authenticated one, never a field of a frame. A peer that sends nothing for
+three ping intervals is disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from router import frame as fr
+from router.committer import Unavailable
+from router.errors import FrameError
+from router.relay import Inbound, Relay
+
+log = logging.getLogger(__name__)
+
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY = 1008
+CLOSE_UNAVAILABLE = 1013
+
+
+async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, principal: str) -> None:
+    """Run one inbound mesh connection from the authenticated ``region`` until it closes."""
+    config = relay.config
+    loop = asyncio.get_running_loop()
+    outbox: asyncio.Queue[bytes] = asyncio.Queue()
+    delay_s = config.link_delays_ms.get(region, 0.0) / 1000
+    last_heard = time.monotonic()
+
+    def send(data: bytes) -> None:
+        if delay_s:
+            loop.call_later(delay_s, outbox.put_nowait, data)
+        else:
+            outbox.put_nowait(data)
+
+    async def writer() -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while True:
+                await ws.send_bytes(await outbox.get())
+
+    async def watchdog() -> None:
+        while True:
+            await asyncio.sleep(config.ping_interval_s / 2)
+            if time.monotonic() - last_heard > 3 * config.ping_interval_s:
+                log.warning("inbound mesh link silent; closing it", extra={"peer": region})
+                return
+
+    conn = Inbound(region, send, security, principal)
+    key: int | None = None
+    tasks = [asyncio.create_task(writer()), asyncio.create_task(watchdog())]
+    receiver = asyncio.create_task(ws.receive())
+    try:
+        while True:
+            done, _ = await asyncio.wait({receiver, tasks[1]}, return_when=asyncio.FIRST_COMPLETED)
+            if tasks[1] in done:
+                await _close(ws, CLOSE_POLICY, "no frames within three ping intervals")
+                return
+            message = receiver.result()
+            if message["type"] == "websocket.disconnect":
+                return
+            receiver = asyncio.create_task(ws.receive())
+            last_heard = time.monotonic()
+            msg = fr.decode(message.get("bytes") or message.get("text") or b"")
+            kind = msg["t"]
+            if kind == fr.HELLO:
+                hello = fr.hello_of(msg)
+                if hello["region"] != region:
+                    log.warning(
+                        "peer's HELLO claims another region; refused",
+                        extra={"peer": region, "claimed": hello["region"], "principal": principal},
+                    )
+                    await _close(ws, CLOSE_POLICY, f"you are {region}, not {hello['region']}")
+                    return
+                if key is None:
+                    key = relay.register_inbound(conn)
+            elif key is None:
+                raise FrameError(f"{kind} before HELLO")
+            elif kind == fr.EVENTS:
+                await relay.receive_mesh(region, msg, send)
+            elif kind == fr.PING:
+                send(fr.encode(fr.PONG, ts=fr.ts_of(msg)))
+            else:
+                raise FrameError(f"an accepting relay does not take {kind}")
+    except FrameError as exc:
+        log.warning("peer broke the mesh protocol", extra={"peer": region, "error": str(exc)[:300]})
+        await _close(ws, CLOSE_INVALID_PAYLOAD, str(exc)[:120])
+    except Unavailable as exc:
+        await _close(ws, CLOSE_UNAVAILABLE, str(exc)[:120])
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if key is not None:
+            relay.unregister_inbound(key)
+        receiver.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(receiver, *tasks, return_exceptions=True)
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    if ws.application_state != WebSocketState.DISCONNECTED:
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await ws.close(code, reason)

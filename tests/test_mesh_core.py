@@ -1,0 +1,400 @@
+"""Pure parts of the mesh, table-driven: routes, frames, channels, applied state, breaker, auth. No servers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshcore.auth import AuthConfigError, parse_principals, token_hash
+from meshcore.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from meshcore.supervise import Supervisor
+from router import frame as fr
+from router.channel import Channel, Held, OriginState
+from router.envelope import validate_event
+from router.errors import FrameError
+from router.outbox import ranges_of
+from router.routing import DedupWindow, LinkStateTable, LocalInterest
+
+A, B, C, D = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope", "aws:ap-northeast-1"
+NOW = 1_800_000_000_000_000
+
+
+def ad(region: str, links: dict[str, float], patterns: tuple[str, ...] = (), seq: int = NOW, transit: bool = True):
+    return fr.LinkStateAd(region, seq, links, patterns, transit)
+
+
+# ---- routes -----------------------------------------------------------------------------------
+
+
+def table(own: dict[str, float], *ads: fr.LinkStateAd, hop_limit: int = 3) -> LinkStateTable:
+    t = LinkStateTable(A, hop_limit, route_age_s=30, interest_age_s=3600)
+    t.set_own_links(own)
+    for a in ads:
+        t.merge(a, NOW)
+    return t
+
+
+@pytest.mark.parametrize(
+    ("own", "ads", "dst", "path"),
+    [
+        # the direct link wins whenever it is up, even when a detour would be faster
+        ({B: 255, C: 85}, [ad(C, {B: 10})], B, (B,)),
+        # direct link down: through the relay that reaches the destination
+        ({C: 85}, [ad(C, {B: 160}), ad(B, {C: 160})], B, (C, B)),
+        # the cheapest detour of two
+        ({C: 85, D: 10}, [ad(C, {B: 160}), ad(D, {B: 50})], B, (D, B)),
+        # a relay that offers no transit is never a detour
+        ({C: 85, D: 10}, [ad(C, {B: 160}), ad(D, {B: 50}, transit=False)], B, (C, B)),
+        # nobody reaches it
+        ({C: 85}, [ad(C, {D: 10})], B, ()),
+        # two transit hops, within the hop limit of 3
+        ({C: 10}, [ad(C, {D: 10}), ad(D, {B: 10})], B, (C, D, B)),
+    ],
+)
+def test_routes(own: dict[str, float], ads: list[fr.LinkStateAd], dst: str, path: tuple[str, ...]) -> None:
+    route = table(own, *ads).route(dst)
+    assert route.path == path
+    assert route.next_hop == (path[0] if path else None)
+
+
+def test_hop_limit_bounds_detours() -> None:
+    t = table({C: 10}, ad(C, {D: 10}), ad(D, {B: 10}), hop_limit=2)
+    assert not t.route(B).reachable
+
+
+def test_stale_link_state_stops_routing_but_interest_is_kept() -> None:
+    t = table({C: 10}, ad(C, {B: 10}, seq=NOW), ad(B, {}, ("orders.>",), seq=NOW))
+    assert t.route(B).path == (C, B) and t.interested("orders.x") == (B,)
+    later = NOW + 31_000_000
+    assert t.refresh(later)
+    assert not t.route(B).reachable  # C's links are too old to route by
+    assert t.interested("orders.x") == (B,)  # but B still wants orders: hold them for it
+    assert t.refresh(NOW + 3601_000_000) and t.interested("orders.x") == ()
+
+
+def test_newer_link_state_wins_and_older_is_ignored() -> None:
+    t = table({}, ad(B, {}, ("a.>",), seq=NOW + 5))
+    assert not t.merge(ad(B, {}, ("b.>",), seq=NOW + 4), NOW)
+    assert t.interested("a.x") == (B,)
+    assert t.merge(ad(B, {}, ("b.>",), seq=NOW + 6), NOW)
+    assert t.interested("a.x") == () and t.interested("b.x") == (B,)
+    assert not t.merge(ad(A, {}, (">",)), NOW)  # our own advertisement coming back is ignored
+
+
+def test_local_interest_is_reference_counted() -> None:
+    interest = LocalInterest()
+    assert interest.add(["orders.>"]) is True
+    assert interest.add(["orders.>"]) is False  # a second subscriber on the same pattern
+    assert interest.remove(["orders.>"]) is False  # one subscriber still there
+    assert interest.patterns.matches("orders.x")
+    assert interest.remove(["orders.>"]) is True
+    assert not interest.patterns.matches("orders.x")
+
+
+def test_dedup_marks_seen_only_after_commit() -> None:
+    window = DedupWindow(2)
+    key = ("tester", "/src", "1")
+    assert window.state(key) == "new" and window.reserve(key)
+    assert window.state(key) == "pending" and not window.reserve(key)
+    window.release(key)  # the commit failed: a retry is new, not a duplicate
+    assert window.state(key) == "new" and window.reserve(key)
+    window.commit(key)
+    assert window.state(key) == "seen"
+    window.commit(("tester", "/src", "2"))
+    window.commit(("tester", "/src", "3"))
+    assert window.state(key) == "new"  # bounded: the oldest is forgotten
+    assert window.state(("other", "/src", "3")) == "new"  # another principal's event with the same id
+
+
+# ---- frames -----------------------------------------------------------------------------------
+
+
+def good_row(**over: Any) -> list[Any]:
+    row = {
+        "origin": A,
+        "epoch": "0123456789abcdef",
+        "seq": 5,
+        "floor": 3,
+        "high": 9,
+        "dst": C,
+        "path": [A],
+        "span": "00f067aa0ba902b7",
+        "sent": NOW,
+        "published": NOW - 1000,
+        "attempt": 1,
+        "principal": "billing",
+        "event": {"specversion": "1.0", "id": "x", "source": "/s", "type": "a.b"},
+    }
+    row.update(over)
+    return list(row.values())
+
+
+def items(*rows: Any, sender: str = A, receiver: str = C) -> tuple[list[fr.Item], list[fr.BadItem]]:
+    return fr.items_of({"t": "EVENTS", "b": list(rows)}, sender, receiver, NOW, 3600_000_000, 300_000_000, 3)
+
+
+@pytest.mark.parametrize(
+    ("row", "says"),
+    [
+        (good_row(origin="evil<script>"), "origin"),
+        (good_row(epoch="xyz"), "epoch"),
+        (good_row(seq=0), "seq"),
+        (good_row(seq=True), "seq"),
+        (good_row(seq=2**64), "seq"),
+        (good_row(floor=6), "floor"),
+        (good_row(high=4), "high"),
+        (good_row(dst="nowhere"), "dst"),
+        (good_row(path=[]), "path"),
+        (good_row(path=[C]), "path must start at the origin"),  # claims another origin's path
+        (good_row(path=[A, B]), "end at the sending relay"),
+        (good_row(path=[A, A]), "not repeat"),
+        (good_row(path=[A, B, A]), "path"),
+        (good_row(span="0" * 16), "span_id"),
+        (good_row(span="XYZ"), "span_id"),
+        (good_row(sent=NOW + 400_000_000), "sent_us"),
+        (good_row(sent=NOW - 400_000_000), "sent_us"),
+        (good_row(published=NOW - 4000_000_000), "published_us"),
+        (good_row(attempt=0), "attempt"),
+        (good_row(principal="a b"), "principal"),
+        (good_row(event=[1, 2]), "event"),
+        (good_row()[:12], "13 fields"),
+    ],
+)
+def test_bad_items_are_refused_with_the_reason(row: list[Any], says: str) -> None:
+    good, bad = items(row, good_row(seq=6))
+    assert [i.seq for i in good] == [6]  # one bad item does not cost the rest of the frame
+    assert len(bad) == 1 and says in bad[0].reason
+
+
+def test_an_item_that_passed_through_the_receiver_is_refused() -> None:
+    good, bad = items(good_row(path=[A, B]), sender=B, receiver=B)
+    assert not good and "already passed" in bad[0].reason
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"not json", b"[]", b'{"v": 1, "t": "HELLO"}', b'{"v": 2, "t": "NOPE"}', b'{"t": "HELLO"}', b'{"v": 2}'],
+)
+def test_bad_frames_are_refused(data: bytes) -> None:
+    with pytest.raises(FrameError):
+        fr.decode(data)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"t": "EVENTS", "b": None},
+        {"t": "EVENTS", "b": [good_row()] * (fr.MAX_ITEMS + 1)},
+        {"t": "ACK", "a": [[A, "0123456789abcdef", 5, 4]]},
+        {"t": "ACK", "a": "x"},
+        {"t": "INTEREST", "lsa": {"region": A, "seq": 1, "links": {}, "patterns": ["a..b"]}},
+        {"t": "INTEREST", "lsa": {"region": A, "seq": 1, "links": {"x": 1}, "patterns": []}},
+        {"t": "ROUTES", "lsas": [{"region": A, "seq": -1, "links": {}, "patterns": []}]},
+        {"t": "HELLO", "region": A, "relay": "r", "provider": "aws", "lat": 91, "lon": 0, "city": "x"},
+    ],
+)
+def test_bad_frame_contents_are_refused(frame: dict[str, Any]) -> None:
+    with pytest.raises(FrameError):
+        if frame["t"] == "EVENTS":
+            fr.items_of(frame, A, C, NOW, 10**12, 10**9, 3)
+        elif frame["t"] == "ACK":
+            fr.acks_of(frame)
+        elif frame["t"] == "HELLO":
+            fr.hello_of(frame)
+        else:
+            fr.lsas_of(frame)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=5), c, max_size=5),
+        max_leaves=30,
+    )
+)
+def test_arbitrary_frames_never_raise_anything_but_frame_error(value: Any) -> None:
+    for kind in ("EVENTS", "ACK", "ROUTES", "INTEREST", "HELLO"):
+        frame = {"v": 2, "t": kind, "b": value, "a": value, "lsas": value, "lsa": value, "region": value}
+        try:
+            fr.decode(orjson.dumps(frame))
+            if kind == "EVENTS":
+                fr.items_of(frame, A, C, NOW, 10**12, 10**9, 3)
+            elif kind == "ACK":
+                fr.acks_of(frame)
+            elif kind == "HELLO":
+                fr.hello_of(frame)
+            else:
+                fr.lsas_of(frame)
+        except FrameError:
+            pass
+
+
+def test_items_round_trip_through_a_frame() -> None:
+    good, _ = items(good_row())
+    data = fr.encode_events([fr.encode_item(good[0])])
+    again, bad = fr.items_of(fr.decode(data), A, C, NOW, 3600_000_000, 300_000_000, 3)
+    assert again == good and not bad
+
+
+# ---- channels and applied state ---------------------------------------------------------------
+
+
+def held(seq: int, accepted_us: int = NOW) -> Held:
+    ev = validate_event({"specversion": "1.0", "id": f"e{seq}", "source": "/s", "type": "a.b"})
+    return Held(seq, ev, "00f067aa0ba902b7", "p", accepted_us)
+
+
+def channel_with(n: int) -> Channel:
+    ch = Channel(A, B)
+    for seq in ch.assign(n):
+        ch.hold(held(seq))
+    return ch
+
+
+def test_channel_sends_in_order_and_resends_what_was_not_acknowledged() -> None:
+    ch = channel_with(5)
+    assert [h.seq for h in ch.take(3, 1.0, B)] == [1, 2, 3]
+    assert [h.seq for h in ch.take(9, 1.0, B)] == [4, 5]
+    assert ch.take(9, 1.0, B) == []
+    assert [h.seq for h in ch.ack(1, 2)] == [1, 2] and ch.floor == 3
+    assert ch.rewind(B) == 3  # the link went down: 3..5 go again
+    again = ch.take(9, 2.0, C)
+    assert [(h.seq, h.attempt, h.via) for h in again] == [(3, 2, C), (4, 2, C), (5, 2, C)]
+
+
+def test_out_of_order_acks_free_only_a_contiguous_prefix() -> None:
+    ch = channel_with(4)
+    ch.take(4, 1.0, B)
+    assert ch.ack(3, 4) == [] and ch.floor == 1  # 1 and 2 not yet: nothing leaves the store
+    assert ch.rewind() == 2  # only the unacknowledged ones are sent again
+    assert [h.seq for h in ch.take(9, 1.0, B)] == [1, 2]
+    assert [h.seq for h in ch.ack(1, 2)] == [1, 2, 3, 4] and ch.floor == 5 and ch.depth == 0
+
+
+def test_floor_stays_below_numbers_whose_commit_has_not_landed() -> None:
+    ch = channel_with(2)
+    ch.take(2, 1.0, B)
+    pending = ch.assign(1)  # a publish committing seq 3
+    ch.ack(1, 2)
+    assert ch.floor == 3  # not next_seq: seq 3 is assigned but not held yet
+    ch.hold(held(pending.start))
+    assert [h.seq for h in ch.take(9, 1.0, B)] == [3]
+
+
+def test_overflow_and_age_drop_the_oldest() -> None:
+    ch = Channel(A, B)
+    for seq in ch.assign(5):
+        ch.hold(held(seq, NOW + seq))
+    assert [h.seq for h in ch.drop_oldest(2)] == [1, 2] and ch.floor == 3
+    assert ch.expired(NOW + 10, 5) == 2  # accepted at NOW+3 and NOW+4 are older than 5 µs
+    assert ch.depth == 3
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "applied", "gaps"),
+    [
+        # (epoch, seq, floor, high) arrivals; which were applied; gaps reported
+        ([("e1", 1, 1, 3), ("e1", 2, 1, 3), ("e1", 2, 1, 3)], [True, True, False], []),
+        ([("e1", 2, 1, 3), ("e1", 1, 1, 3), ("e1", 3, 1, 3)], [True, True, True], []),  # out of order
+        # the origin expired 1..4 (and recorded them): the floor moves past them, no gap
+        ([("e1", 1, 1, 9), ("e1", 6, 5, 9)], [True, True], []),
+        # the origin lost its store (new epoch): 2..9 were announced and never arrived
+        ([("e1", 1, 1, 9), ("e2", 1, 1, 1)], [True, True], [(2, 9)]),
+        ([("e1", 1, 1, 5), ("e1", 3, 1, 5), ("e2", 1, 1, 1)], [True, True, True], [(2, 2), (4, 5)]),
+    ],
+)
+def test_origin_state_applies_once_and_names_gaps(
+    arrivals: list[tuple[str, int, int, int]], applied: list[bool], gaps: list[tuple[int, int]]
+) -> None:
+    state = OriginState()
+    seen_applied, seen_gaps = [], []
+    for epoch, seq, floor, high in arrivals:
+        ok, found = state.admit(epoch, seq, floor, high)
+        seen_applied.append(ok)
+        seen_gaps += found
+    assert (seen_applied, seen_gaps) == (applied, gaps)
+    assert OriginState.from_json(orjson.loads(orjson.dumps(state.to_json()))) == state
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 40), max_size=120))
+def test_every_number_is_applied_exactly_once_whatever_the_order(seqs: list[int]) -> None:
+    state = OriginState()
+    applied = [s for s in seqs if state.admit("e1", s, 1, 40)[0]]
+    assert sorted(applied) == sorted(set(seqs))
+
+
+def test_ack_ranges_are_compacted() -> None:
+    keys = [(A, "e", 3), (A, "e", 1), (A, "e", 2), (A, "e", 7), (B, "f", 1), (A, "e", 2)]
+    assert ranges_of(keys) == [[A, "e", 1, 3], [A, "e", 7, 7], [B, "f", 1, 1]]
+
+
+# ---- breaker, supervisor, principals -------------------------------------------------------------
+
+
+def test_circuit_breaker_opens_cools_down_and_closes() -> None:
+    b = CircuitBreaker("redis", failure_threshold=2, cooldown_s=1.0, max_cooldown_s=4.0)
+    b.failure(0.0, "refused")
+    assert b.state == CLOSED and b.allow(0.0)
+    b.failure(0.1, "refused")
+    assert b.state == OPEN and not b.allow(0.5) and b.retry_after_s(0.5) == pytest.approx(0.6)
+    assert b.allow(1.2) and b.state == HALF_OPEN
+    b.failure(1.2, "still refused")
+    assert b.state == OPEN and b.current_cooldown_s == 2.0  # doubles
+    assert b.allow(3.3)
+    b.success()
+    assert b.state == CLOSED and b.healthy
+
+
+async def test_supervisor_restarts_a_crashing_task_and_counts_it() -> None:
+    runs: list[int] = []
+    restarts: list[str] = []
+
+    async def flaky() -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError("boom")
+        await asyncio.sleep(10)
+
+    sup = Supervisor(on_restart=restarts.append, base_s=0.01, max_s=0.02)
+    sup.spawn("flaky", flaky)
+    for _ in range(200):
+        if len(runs) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(runs) == 3 and restarts == ["flaky", "flaky"]
+    assert sup.tasks["flaky"].running and "boom" in sup.tasks["flaky"].last_error
+    assert any("crashed" in p for p in sup.problems())
+    await sup.stop()
+
+
+@pytest.mark.parametrize(
+    ("doc", "says"),
+    [
+        ({"users": {}}, "unknown top-level"),
+        ({"principals": {"bad name": {}}}, "principal name"),
+        ({"principals": {"a": {"token": "clear"}}}, "unknown key"),
+        ({"principals": {"a": {"token_sha256": "abc"}}}, "64 lower-case hex"),
+        ({"principals": {"a": {"roles": ["root"]}}}, "unknown role"),
+        ({"principals": {"a": {"region": "mars"}}}, "region id"),
+        ({"principals": {"a": {"token_sha256": "a" * 64}, "b": {"token_sha256": "a" * 64}}}, "also the token"),
+    ],
+)
+def test_bad_principals_files_are_refused(doc: dict[str, Any], says: str) -> None:
+    with pytest.raises(AuthConfigError, match=says):
+        parse_principals(doc)
+
+
+def test_tokens_are_looked_up_by_hash() -> None:
+    auth = parse_principals({"principals": {"svc": {"token_sha256": token_hash("ms_secret"), "groups": ["g"]}}})
+    assert auth.from_token("ms_secret").name == "svc"  # type: ignore[union-attr]
+    assert auth.from_token("ms_other") is None and auth.from_token(None) is None
+    relay = auth.from_certificate("region", A)
+    assert relay is not None and relay.name == f"relay:{A}" and relay.region == A
+    assert auth.from_certificate("region", "evil<>") is None
