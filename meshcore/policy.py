@@ -21,15 +21,20 @@ last rule.
 
 **Specificity.** Of the rules that match a request, the most specific one
 decides, and the decision names it. A rule's specificity for a request is the
-tuple below, compared left to right (bigger wins):
+tuple below, compared left to right (bigger wins). The topic comes first: a
+rule about ``secret.>`` says more about a secret topic than a rule about
+``>`` says about its principal, so ``deny * secret.>`` holds against
+``allow group:testers >``, and letting testers publish secrets takes a rule
+as precise about the topic (``allow group:testers secret.>``), which then wins
+by step 4:
 
-1. who: 2 if it names the principal (``principal:NAME``), 1 if one of the
+1. literal tokens in its pattern that matched (``orders.eu.>`` has 2); a rule
+   with several patterns takes the matching pattern that ranks highest by 1-3;
+2. 1 if that pattern has no ``>``, else 0 (``orders.*.created`` beats ``orders.eu.>``);
+3. the pattern's token count (``orders.*.>`` beats ``orders.>``);
+4. who: 2 if it names the principal (``principal:NAME``), 1 if one of the
    principal's groups (``group:NAME``), 0 if ``*``; a rule naming several takes
    its best match;
-2. literal tokens in its pattern that matched (``orders.eu.>`` has 2); a rule
-   with several patterns takes the matching pattern that ranks highest by 2-4;
-3. 1 if that pattern has no ``>``, else 0 (``orders.*.created`` beats ``orders.eu.>``);
-4. the pattern's token count (``orders.*.>`` beats ``orders.>``);
 5. 1 if the rule lists regions, else 0;
 6. at equal specificity deny beats allow, and among equals of one effect the
    rule written first is named.
@@ -248,7 +253,7 @@ class PolicyEngine:
             for rank, pattern in c.patterns:
                 if matches(pattern, topic):
                     deny = 1 if c.rule.effect is Effect.DENY else 0
-                    key = (who, *rank, 1 if c.regions else 0, deny, -c.order)
+                    key = (*rank, who, 1 if c.regions else 0, deny, -c.order)
                     if best_key is None or key > best_key:
                         best, best_key = c, key
                     break
@@ -263,9 +268,11 @@ class PolicyEngine:
         )
 
     def decide_subscription(self, principal: Caller, pattern: str, region: str | None = None) -> Decision:
-        """Refuse a subscription up front when no allow rule could ever let it read anything.
+        """Refuse a subscription up front when nothing it could match may be read.
 
-        Allowed here does not mean every event is readable: deliveries still go through ``read_gate``.
+        That is the case when no allow rule overlaps the pattern, or when one deny rule covers
+        every topic of the pattern and no overlapping allow rule is at least as specific. Allowed
+        here does not mean every event is readable: deliveries still go through ``read_gate``.
         """
         if not self.enforcing:
             return _ALLOW_ALL
@@ -273,15 +280,31 @@ class PolicyEngine:
             validate_pattern(pattern)
         except InvalidTopic as exc:
             return Decision(False, None, f"denied: {exc}")
+        allows: list[tuple[tuple[int, ...], _Compiled]] = []
+        denies: list[tuple[tuple[int, ...], _Compiled]] = []
         for c in self._by_action[Action.SUBSCRIBE]:
-            if (
-                c.rule.effect is Effect.ALLOW
-                and (not c.regions or region in c.regions)
-                and c.who(principal) >= 0
-                and any(overlaps(p, pattern) for _, p in c.patterns)
-            ):
-                return Decision(True, c.rule.id, f"rule {c.rule.id!r} allows some topics of {pattern!r}")
-        return Decision(False, None, f"no rule allows {principal.name!r} to subscribe to any topic of {pattern!r}")
+            who = c.who(principal)
+            if who < 0 or (c.regions and region not in c.regions):
+                continue
+            regions = 1 if c.regions else 0
+            if c.rule.effect is Effect.ALLOW:
+                for rank, p in c.patterns:
+                    if overlaps(p, pattern):
+                        allows.append(((*rank, who, regions), c))
+                        break
+            else:
+                for rank, p in c.patterns:
+                    if covers(p, pattern):
+                        denies.append(((*rank, who, regions), c))
+                        break
+        if not allows:
+            return Decision(False, None, f"no rule allows {principal.name!r} to subscribe to any topic of {pattern!r}")
+        if denies:
+            deny_key, deny = max(denies, key=lambda d: d[0])
+            if all(key < deny_key for key, _ in allows):
+                return Decision(False, deny.rule.id, f"rule {deny.rule.id!r} denies every topic of {pattern!r}")
+        best = max(allows, key=lambda a: a[0])[1]
+        return Decision(True, best.rule.id, f"rule {best.rule.id!r} allows some topics of {pattern!r}")
 
     def read_gate(self, principal: Caller, region: str | None = None) -> ReadGate:
         """The per-event check for one subscriber: ``gate(topic) -> bool``."""
@@ -304,6 +327,22 @@ def overlaps(a: str, b: str) -> bool:
         if x != "*" and y != "*" and x != y:
             return False
     return True
+
+
+def covers(a: str, b: str) -> bool:
+    """True when every topic that matches pattern ``b`` also matches pattern ``a``."""
+    ta, tb = a.split("."), b.split(".")
+    for i, x in enumerate(ta):
+        if x == ">":
+            return len(tb) > i
+        if i >= len(tb):
+            return False
+        y = tb[i]
+        if y == ">":
+            return False
+        if x != "*" and (y == "*" or x != y):
+            return False
+    return len(ta) == len(tb)
 
 
 class ReadGate:

@@ -4,6 +4,11 @@ POST   /v1/events            one CloudEvent or a JSON array (all or nothing); bi
 WS     /v1/stream            high-rate publish: frames of one event or an array
 WS     /v1/subscribe         ?topic=PATTERN (repeatable) [&batch=N] [&group=NAME&consumer=ID[&update=true]]
 DELETE /v1/groups/{name}     forget a durable consumer group (its owner or an admin)
+GET    /v1/governance        the governance document this relay enforces, and its history
+PUT    /v1/governance        replace policies and schemas (admin; ``meshscope governance apply DIR``)
+GET    /v1/policies          the policy rules; PUT replaces them (admin)
+GET    /v1/schemas           the schema subjects; GET /v1/schemas/{subject} one subject's versions
+POST   /v1/schemas/{subject} register the next version of a subject (admin; 409 when incompatible)
 WS     /v1/mesh              peer relays (region certificate, or a relay token)
 GET    /healthz              public: ok or degraded, with why
 GET    /metrics              Prometheus text (any principal)
@@ -37,8 +42,9 @@ from meshcore.backoff import backoff_s
 from meshcore.names import InvalidName, group_name
 from meshcore.tls import peer_identity
 from meshcore.topic import InvalidTopic, validate_pattern
+from router.admin import admin_routes
 from router.committer import Unavailable
-from router.envelope import combine_headers, decode_http, validate_event
+from router.envelope import Event, combine_headers, decode_http, validate_event
 from router.errors import (
     Backpressure,
     EventTooLarge,
@@ -129,6 +135,13 @@ def build_app(relay: Relay) -> Starlette:
         try:
             body = await read_body(request)
             events = decode_http(combine_headers(request.headers.raw), body, relay.limits)
+            # policy and schema first: they need no Redis, so a relay cut off from it still refuses what it refused
+            refusals = relay.check(events, principal)
+            for index, refusal in enumerate(refusals):
+                if refusal is not None:  # a batch is all or nothing
+                    relay.metrics.inc("rejected_total", status=str(refusal.status))
+                    where: dict[str, Any] = {"index": index} if len(events) > 1 else {}
+                    return _error(refusal.status, refusal.error, **refusal.details, **where)
             relay.check_capacity()
             result = await relay.publish(events, principal)
         except UnsupportedMediaType as exc:
@@ -188,10 +201,11 @@ def build_app(relay: Relay) -> Starlette:
                     await ws.close(CLOSE_INVALID_PAYLOAD, "frame must be an event object or an array of them")
                     return
                 frames += 1
-                events, errors = [], []
+                valid: list[tuple[int, Event]] = []
+                errors: list[dict[str, Any]] = []
                 for i, obj in enumerate(decoded):
                     try:
-                        events.append(validate_event(obj, relay.limits))
+                        valid.append((i, validate_event(obj, relay.limits)))
                     except (MalformedEvent, EventTooLarge) as exc:
                         err = _event_error(exc)
                         err["index"] = i
@@ -200,6 +214,14 @@ def build_app(relay: Relay) -> Starlette:
                         errors.append(err)
                         if isinstance(exc, MalformedEvent):
                             _record_rejection(relay, exc.event, principal)
+                events = []
+                for (i, ev), refusal in zip(valid, relay.check([ev for _, ev in valid], principal), strict=True):
+                    if refusal is None:
+                        events.append(ev)
+                    else:
+                        errors.append({"status": refusal.status, "error": refusal.error, "index": i, "id": ev.id,
+                                       **refusal.details})  # fmt: skip
+                errors.sort(key=lambda e: int(e["index"]))
                 if relay.sink.full and not await relay.sink.wait_not_full(30.0):
                     await ws.close(CLOSE_UNAVAILABLE, "flow record queue full; try again later")
                     return
@@ -244,18 +266,23 @@ def build_app(relay: Relay) -> Starlette:
         except (InvalidTopic, InvalidName) as exc:
             await deny(ws, _error(400, str(exc)))
             return
+        for pattern in patterns:
+            decision = relay.governance.policy.decide_subscription(principal, pattern, relay.region)
+            if not decision.allowed:
+                await deny(ws, _error(403, decision.reason, rule=decision.rule))
+                return
         if group is not None:
             update = ws.query_params.get("update", "").lower() in ("1", "true", "yes")
             try:
                 await relay.join_group(group, patterns, principal, update)
             except GroupConflict as exc:
-                await deny(ws, _error(exc.status, str(exc)))
+                await deny(ws, _error(exc.status, str(exc), rule=exc.rule))
                 return
             except StreamUnavailable as exc:
                 await deny(ws, _error(503, str(exc)[:300], headers={"Retry-After": "1"}))
                 return
             await ws.accept()
-            await _serve_group(ws, relay, group, GroupStore.consumer(principal, consumer))
+            await _serve_group(ws, relay, group, GroupStore.consumer(principal, consumer), principal)
             return
         await ws.accept()
         sub = relay.subscribe(patterns, principal)
@@ -329,6 +356,7 @@ def build_app(relay: Relay) -> Starlette:
             WebSocketRoute("/v1/subscribe", subscribe),
             Route("/v1/groups/{name}", delete_group, methods=["DELETE"]),
             WebSocketRoute("/v1/mesh", mesh),
+            *admin_routes(relay, principal_of, unauthorized),
             Route("/healthz", healthz),
             Route("/metrics", metrics),
         ],
@@ -350,8 +378,12 @@ async def _pump(ws: WebSocket, queue: asyncio.Queue[bytes], batch: int) -> None:
             await ws.send_text((b"[" + b",".join(items) + b"]").decode())
 
 
-async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str) -> None:
-    """A group member: its un-acked entries first, then new ones; acks as they come. Survives Redis outages."""
+async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, principal: Principal) -> None:
+    """A group member: its un-acked entries first, then new ones; acks as they come. Survives Redis outages.
+
+    An entry the member's policy does not let it read is not sent: it is acknowledged for the
+    group with a ``drop``/``policy_denied`` record naming the member, so the refusal is visible.
+    """
 
     async def reader() -> None:
         pending = True
@@ -372,8 +404,20 @@ async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str) -
             if pending and not entries:
                 pending = False
                 continue
+            gate = relay.read_gate(principal)
+            refused = []
             for entry_id, event in entries:
+                topic = event.get("type") if isinstance(event, dict) else None
+                if gate is not None and (not isinstance(topic, str) or not gate(topic)):
+                    refused.append(entry_id)
+                    relay.record_rejected(
+                        str(event.get("id", ""))[:256] if isinstance(event, dict) else "", str(topic or "")[:255],
+                        fk.POLICY_DENIED, 0, principal.name,
+                    )  # fmt: skip
+                    continue
                 await ws.send_text(orjson.dumps({"ack": entry_id, "event": event}).decode())
+            if refused:
+                await relay.groups.ack(group, refused)
             if pending:
                 # pending entries were sent; move on to new ones (they stay pending until acked)
                 pending = False

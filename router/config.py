@@ -171,6 +171,7 @@ class RelayConfig:
         except ValueError as exc:
             raise s.SettingError(f"{exc} ({MESHSCOPE_LAT}, {MESHSCOPE_LON})") from None
         d: dict[str, Any] = {f.name: f for f in fields(cls)}
+        body_bytes = s.get_int(env, MESHSCOPE_MAX_BODY_BYTES, d["max_body_bytes"].default, 1)
         config = cls(
             region=region,
             relay_name=s.get_str(env, MESHSCOPE_RELAY_NAME, f"relay-{region_id}"),
@@ -187,11 +188,11 @@ class RelayConfig:
             flow_queue_max=s.get_int(env, MESHSCOPE_FLOW_QUEUE_MAX, d["flow_queue_max"].default, 1),
             flow_batch=s.get_int(env, MESHSCOPE_FLOW_BATCH, d["flow_batch"].default, 1),
             flow_flush_interval_s=s.get_float(env, MESHSCOPE_FLOW_FLUSH_INTERVAL_S, d["flow_flush_interval_s"].default),
-            max_body_bytes=s.get_int(env, MESHSCOPE_MAX_BODY_BYTES, d["max_body_bytes"].default, 1),
+            max_body_bytes=body_bytes,
             max_event_bytes=s.get_int(
                 env,
                 MESHSCOPE_MAX_EVENT_BYTES,
-                min(d["max_event_bytes"].default, s.get_int(env, MESHSCOPE_MAX_BODY_BYTES, 1 << 20, 1) - FRAME_OVERHEAD),
+                min(d["max_event_bytes"].default, body_bytes - FRAME_OVERHEAD),
                 1,
             ),
             subscriber_buffer=s.get_int(env, MESHSCOPE_SUBSCRIBER_BUFFER, d["subscriber_buffer"].default, 1),

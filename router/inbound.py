@@ -81,6 +81,7 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
                     )
                     await _close(ws, CLOSE_POLICY, f"you are {region}, not {hello['region']}")
                     return
+                conn.gov = hello["gov"]
                 if key is None:
                     key = relay.register_inbound(conn)
             elif key is None:

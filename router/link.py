@@ -112,6 +112,7 @@ class MeshLink:
         self.connects = 0
         self.last_error = ""
         self.queue: deque[bytes] = deque()  # encoded items waiting for a frame
+        self.controls: deque[bytes] = deque()  # whole control frames (a new HELLO), sent before items
         self._wake = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._last_heard = 0.0
@@ -128,6 +129,12 @@ class MeshLink:
     def send(self, encoded_items: list[bytes]) -> None:
         self.queue.extend(encoded_items)
         self._wake.set()
+
+    def control(self, frame: bytes) -> None:
+        """Send a control frame (a HELLO with a new governance version) on the current connection."""
+        if self.state == UP:
+            self.controls.append(frame)
+            self._wake.set()
 
     def kill(self) -> None:
         """Drop the current connection (fault injection); the link reconnects by itself."""
@@ -168,6 +175,7 @@ class MeshLink:
         was_up = self.state == UP
         self._ws = None
         self.queue.clear()
+        self.controls.clear()
         self._set_state(DOWN)
         if was_up:
             self.cb.on_down(self)
@@ -273,6 +281,8 @@ class MeshLink:
     async def _send_loop(self, transmit: Callable[[bytes], Any]) -> None:
         budget = self.frame_max_bytes - 64
         while True:
+            while self.controls:
+                await transmit(self.controls.popleft())
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()

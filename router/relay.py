@@ -35,9 +35,12 @@ from redis.exceptions import RedisError
 from meshcore import flowrecord as fk
 from meshcore.auth import Authenticator, Principal, load_principals
 from meshcore.breaker import CircuitBreaker
+from meshcore.document import SchemaViolation
 from meshcore.errors import StreamUnavailable
 from meshcore.flowrecord import FlowRecord, pack
+from meshcore.governance import Governance
 from meshcore.metrics import Registry
+from meshcore.policy import Action, Decision
 from meshcore.supervise import Supervisor
 from meshcore.tls import client_context
 from router import frame as fr
@@ -49,6 +52,7 @@ from router.errors import FrameError, InvalidInput
 from router.flowsink import FlowSink
 from router.link import LinkCallbacks, MeshLink, PeerAddress
 from router.outbox import Dropped, Outbox, StoreFull, ranges_of
+from router.registry import GovernanceStore, GovernanceWatcher
 from router.routing import LINK_STATE_VALUE, SECURITY_VALUE, UP, DedupWindow, LinkStateTable, LocalInterest
 from router.spans import HopTracer, otlp_exporter
 from router.subscription import GroupConflict, GroupInfo, GroupStore, Subscriber
@@ -73,6 +77,15 @@ class PublishResult:
     duplicates: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why an event may not be published: 403 (a policy rule) or 422 (its schema), with the details."""
+
+    status: int
+    error: str
+    details: dict[str, Any]
+
+
 @dataclass
 class Inbound:
     """A peer relay that dialed us: where to push link state and acknowledgements."""
@@ -81,6 +94,7 @@ class Inbound:
     send: Callable[[bytes], None]
     security: str
     principal: str
+    gov: str = ""
 
 
 class Relay:
@@ -116,6 +130,9 @@ class Relay:
         m.describe("redis_up", "gauge", "1 while commits to Redis succeed")
         m.describe("transit_total", "counter", "Events passed on for other regions (detours)")
         m.describe("anonymous", "gauge", "1 when clients without credentials are let in")
+        m.describe("governance_info", "gauge", "1 for the governance version this relay enforces")
+        m.describe("governance_registry_up", "gauge", "1 while the governance registry answers")
+        m.describe("policy_filtered_total", "counter", "Events not delivered to a subscriber its policy forbids")
         m.set("anonymous", 1 if self.auth.allow_anonymous else 0)
         self.supervisor = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.breaker = CircuitBreaker("redis")
@@ -144,6 +161,8 @@ class Relay:
             exporter = otlp_exporter(config.otlp_endpoint) if config.otlp_endpoint else None
             tracer = HopTracer(self.region, self.name, config.trace_sample_ratio, exporter)
         self.tracer = tracer
+        self.registry = GovernanceStore(client)
+        self.watcher = GovernanceWatcher(self.registry, self._governance_changed)
         self.gov_version = ""
         self.hello = {
             "region": self.region,
@@ -178,6 +197,7 @@ class Relay:
                 )
             )
         self.links_by_region: dict[str, MeshLink] = {}
+        self._group_gates: dict[str, Callable[[str], bool] | None] = {}
         self.outbox = Outbox(config, client, self.routes, self.links_by_region, self.record, self.limits)
         self._lsa_seq = now_us()
         self._out: Counter[tuple[str, str]] = Counter()
@@ -199,6 +219,7 @@ class Relay:
         sup.spawn("dispatch", self._dispatch_loop)
         sup.spawn("link-samples", self._sample_links)
         sup.spawn("link-state", self._advertise_loop)
+        sup.spawn("governance", self._watch_governance)
         for link in self.links:
             sup.spawn(f"link {link.url}", link.run)
         if self.config.chaos_flap_interval_s > 0:
@@ -213,6 +234,7 @@ class Relay:
                 applied: Any = await self.redis.hgetall(self.applied_key)
                 lsas: Any = await self.redis.hgetall(LSA_KEY)
                 dropped = await self.outbox.load()
+                await self.watcher.refresh()
                 await self.redis.hset(REGIONS_KEY, self.region, orjson.dumps({**self.hello, "ts": now_us()}))
             except (StreamUnavailable, RedisError) as exc:
                 delay = min(5.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2)
@@ -329,11 +351,20 @@ class Relay:
                 },
             )
 
-    def record_rejected(self, event_id: str, topic: str, status: str, size: int, principal: str) -> None:
+    def record_rejected(
+        self,
+        event_id: str,
+        topic: str,
+        status: str,
+        size: int,
+        principal: str,
+        trace_id: str = "",
+        dataschema: str = "",
+    ) -> None:
         """A drop record for an event refused at the edge (nothing of it is routed)."""
         rec = FlowRecord(
-            now_us(), event_id[:256], "", new_span_id(), "", topic[:255], fk.DROP, self.region, self.region,
-            self.name, 0.0, 0.0, status, size, 1, 0, principal, "", 0, "",
+            now_us(), event_id[:256], trace_id, new_span_id(), "", topic[:255], fk.DROP, self.region, self.region,
+            self.name, 0.0, 0.0, status, size, 1, 0, principal, "", 0, dataschema[:2048],
         )  # fmt: skip
         self.sink.add(rec)
         self.metrics.inc("drops_total", reason=status)
@@ -345,6 +376,100 @@ class Relay:
                     held.event, fk.DROP, new_span_id(), held.span_id, self.region, d.channel.dst, now_us(), 0.0,
                     d.status, held.attempt or 1, held.seq, held.principal,
                 )  # fmt: skip
+
+    # ---- governance ---------------------------------------------------------------------------
+
+    @property
+    def governance(self) -> Governance:
+        return self.watcher.governance
+
+    async def _watch_governance(self) -> None:
+        await self.ready.wait()
+        self.metrics.set("governance_registry_up", 1)
+        await self.watcher.run()
+
+    def _governance_changed(self, gov: Governance) -> None:
+        old = self.gov_version
+        self.gov_version = self.hello["gov"] = gov.version_id
+        if old:
+            self.metrics.remove("governance_info", version=old)
+        self.metrics.set("governance_info", 1, version=gov.version_id)
+        for sub in self.subscribers.values():
+            sub.gate = self.read_gate(sub.principal)
+        self._group_gates.clear()
+        hello = fr.encode(fr.HELLO, **self.hello)
+        for conn in list(self.inbound.values()):
+            conn.send(hello)
+        for link in self.links:
+            link.control(hello)
+
+    def read_gate(self, principal: Principal | None) -> Callable[[str], bool] | None:
+        """The per-event read check of a subscriber (None: everything it subscribed to is readable)."""
+        policy = self.governance.policy
+        if not policy.enforcing or principal is None:
+            return None
+        return policy.read_gate(principal, self.region)
+
+    def _group_gate(self, group: str) -> Callable[[str], bool] | None:
+        """A durable group receives what its owner may read."""
+        if group not in self._group_gates:
+            info = self.groups.groups.get(group)
+            owner = self.auth.by_name.get(info.owner) if info and info.owner else None
+            if owner is None and info is not None and info.owner:
+                owner = Principal(info.owner)
+            self._group_gates[group] = self.read_gate(owner)
+        return self._group_gates[group]
+
+    def authorize(self, principal: Principal, action: Action, resource: str) -> Decision:
+        return self.governance.policy.decide(principal, action, resource, self.region)
+
+    def may_administer(self, principal: Principal, resource: str) -> Decision:
+        """Admins by role always may (so a policy cannot lock everyone out); others when a rule allows it."""
+        if principal.has_role("admin") and not principal.anonymous:
+            return Decision(True, None, f"{principal.name} has the admin role")
+        if not self.governance.policy.enforcing:
+            return Decision(False, None, "without a policy only principals with the admin role may change governance")
+        return self.authorize(principal, Action.ADMIN, resource)
+
+    def check(self, events: list[Event], principal: Principal) -> list[Refusal | None]:
+        """Policy and schema for each event at its origin; refused ones leave a drop record.
+
+        An accepted event whose topic a schema governs carries the version it was checked against
+        in its ``dataschema`` attribute.
+        """
+        gov = self.governance
+        out: list[Refusal | None] = []
+        for ev in events:
+            decision = gov.policy.decide(principal, Action.PUBLISH, ev.topic, self.region)
+            if not decision.allowed:
+                out.append(Refusal(403, decision.reason, {"rule": decision.rule}))
+                self.record_rejected(ev.id, ev.topic, fk.POLICY_DENIED, ev.size, principal.name, ev.trace.trace_id)
+                continue
+            body = ev.body
+            named = body.get("dataschema") if isinstance(body.get("dataschema"), str) else None
+            try:
+                if "data_base64" in body and gov.schemas.subject_for(ev.topic) is not None:
+                    raise SchemaViolation("", "a governed topic takes JSON data, not data_base64", named or "")
+                uri = gov.schemas.validate(ev.topic, body.get("data"), named)
+            except SchemaViolation as exc:
+                out.append(
+                    Refusal(
+                        422,
+                        str(exc),
+                        {"pointer": exc.pointer, "reason": exc.reason, "dataschema": exc.schema_version},
+                    )
+                )
+                self.record_rejected(
+                    ev.id, ev.topic, fk.SCHEMA_REJECTED, ev.size, principal.name, ev.trace.trace_id,
+                    exc.schema_version,
+                )  # fmt: skip
+                continue
+            if uri is not None and named != uri:
+                body["dataschema"] = uri
+                ev.encoded = orjson.dumps(body)
+                ev.size = len(ev.encoded)
+            out.append(None)
+        return out
 
     # ---- publish ----------------------------------------------------------------------------
 
@@ -455,8 +580,24 @@ class Relay:
             self.record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.DELIVERY_FAILED, attempt, seq,
                         principal, via, into=records)  # fmt: skip
             return []
-        subs = [s for s in self.subscribers.values() if s.patterns.matches(ev.topic)]
-        groups = self.groups.matching(ev.topic)
+        topic = ev.topic
+        subs = []
+        filtered = 0
+        for s in self.subscribers.values():
+            if s.patterns.matches(topic):
+                if s.gate is None or s.gate(topic):
+                    subs.append(s)
+                else:
+                    filtered += 1
+        groups = []
+        for g in self.groups.matching(topic):
+            gate = self._group_gate(g)
+            if gate is None or gate(topic):
+                groups.append(g)
+            else:
+                filtered += 1
+        if filtered:
+            self.metrics.inc("policy_filtered_total", filtered)
         data = ev.encoded or orjson.dumps(ev.body)
         for group in groups:
             ops.xadd(self.groups.stream(group), {b"e": data}, self.groups.maxlen)
@@ -464,7 +605,8 @@ class Relay:
             self.record(ev, fk.DELIVER, new_span_id(), parent, src, region, ts, hop_ms, fk.OK, attempt, seq,
                         principal, via, into=records)  # fmt: skip
         else:
-            self.record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, fk.NO_ROUTE, attempt, seq,
+            status = fk.POLICY_DENIED if filtered else fk.NO_ROUTE
+            self.record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, status, attempt, seq,
                         principal, via, into=records)  # fmt: skip
         return subs
 
@@ -681,6 +823,7 @@ class Relay:
 
     def subscribe(self, patterns: list[str], principal: Principal | None = None) -> Subscriber:
         sub = Subscriber(patterns, self.config.subscriber_buffer, principal)
+        sub.gate = self.read_gate(principal)
         self.subscribers[sub.id] = sub
         if self.local.add(patterns):
             self._advertise()
@@ -695,7 +838,15 @@ class Relay:
     async def join_group(
         self, group: str, patterns: list[str], principal: Principal, update: bool
     ) -> tuple[GroupInfo | None, GroupInfo]:
+        decision = self.authorize(principal, Action.JOIN, group)
+        if not decision.allowed:
+            raise GroupConflict(decision.reason, 403, decision.rule)
+        for pattern in patterns:
+            decision = self.governance.policy.decide_subscription(principal, pattern, self.region)
+            if not decision.allowed:
+                raise GroupConflict(decision.reason, 403, decision.rule)
         old, new = await self.groups.join(group, patterns, principal, update, principal.has_role("admin"), now_us())
+        self._group_gates.pop(group, None)
         if old is None or old.patterns != new.patterns:
             changed = self.local.add(sorted(new.patterns.patterns))
             if old is not None:
@@ -732,6 +883,9 @@ class Relay:
                     "reconnects": link.reconnects,
                     "via": route.next_hop if route and route.reachable and not route.direct else "",
                     "gov": link.peer_gov,
+                    "governance_mismatch": bool(
+                        link.state == UP and link.peer_gov and self.gov_version and link.peer_gov != self.gov_version
+                    ),
                     "last_error": link.last_error if link.state != UP else "",
                 }
             )
@@ -770,6 +924,11 @@ class Relay:
             reasons.append("state not loaded from Redis yet")
         if self.sink.full:
             reasons.append("flow record queue full")
+        stale = self.watcher.stale_s()
+        if stale is not None:
+            reasons.append(
+                f"governance registry unreachable for {stale:.0f} s; enforcing version {self.gov_version or 'none'}"
+            )
         reasons += self.supervisor.problems()
         links = {row["peer"]: row["state"] for row in self.link_rows()}
         return {
@@ -778,7 +937,12 @@ class Relay:
             "region": self.region,
             "relay": self.name,
             "anonymous_allowed": self.auth.allow_anonymous,
-            "governance": self.gov_version,
+            "governance": {
+                "version": self.gov_version,
+                "registry_reachable": stale is None,
+                "policy_enforced": self.governance.policy.enforcing,
+                "subjects": len(self.governance.schemas.subjects),
+            },
             "links": links,
             "links_up": sum(1 for s in links.values() if s == UP),
             "held": self.outbox.depth,

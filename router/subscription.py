@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,18 +40,20 @@ MAX_ACK_IDS = 10_000
 class GroupConflict(Exception):
     """The group exists with other patterns (409), or may not be changed by this principal (403)."""
 
-    def __init__(self, message: str, status: int):
+    def __init__(self, message: str, status: int, rule: str | None = None):
         super().__init__(message)
         self.status = status
+        self.rule = rule
 
 
 class Subscriber:
-    __slots__ = ("dropped", "id", "patterns", "principal", "queue")
+    __slots__ = ("dropped", "gate", "id", "patterns", "principal", "queue")
 
     def __init__(self, patterns: list[str], buffer: int, principal: Principal | None = None):
         self.id = next(_ids)
         self.patterns = PatternSet(patterns)
         self.principal = principal
+        self.gate: Callable[[str], bool] | None = None  # the policy's per-topic read check
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=buffer)
         self.dropped = 0
 

@@ -144,13 +144,20 @@ class Mesh:
     def peer_url(self, region: str, port: int) -> str:
         return f"{region}={'wss' if self.certs else 'ws'}://127.0.0.1:{port}"
 
-    async def start(self, regions: list[str], env: dict[str, str] | None = None, **overrides: Any) -> Mesh:
+    async def start(
+        self,
+        regions: list[str],
+        env: dict[str, str] | None = None,
+        redis_urls: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> Mesh:
         self.regions = sorted(set(self.regions) | set(regions))
         write_principals(self.auth_file, self.regions)
         socks = {r: bind() for r in regions}
         for region, sock in socks.items():
             peers = tuple(self.peer_url(r, s.getsockname()[1]) for r, s in socks.items() if r != region)
-            await self.start_one(region, sock=sock, peers=peers, env=env, **overrides)
+            url = (redis_urls or {}).get(region)
+            await self.start_one(region, sock=sock, peers=peers, env=env, redis_url=url, **overrides)
         for region in regions:
             await eventually(lambda region=region: self.all_links_up(region), 10)
         return self
@@ -179,13 +186,17 @@ class Mesh:
         sock: Any = None,
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
+        redis_url: str | None = None,
         **overrides: Any,
     ) -> RunningRelay:
         if region not in self.regions:
             self.regions = sorted({*self.regions, region})
             write_principals(self.auth_file, self.regions)
-        config = RelayConfig.from_env(self.environ(region, env), **overrides)
-        client = aioredis.Redis.from_url(self.redis_url)
+        environ = self.environ(region, env)
+        if redis_url is not None:
+            environ["REDIS_URL"] = redis_url
+        config = RelayConfig.from_env(environ, **overrides)
+        client = aioredis.Redis.from_url(environ["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
         relay = Relay(config, client, tracer=self.tracers.get(region))
         ssl_context = server_context(config.tls) if config.tls is not None else None
         server = Server(

@@ -277,3 +277,67 @@ def test_a_more_specific_deny_always_wins(
     assert not after.allowed
     if before.allowed:
         assert after.rule == "exact-deny"
+
+
+@pytest.mark.parametrize(
+    ("rules", "allowed", "decided_by"),
+    [
+        # the topic is the first measure of specificity: a deny for everyone on secret.> holds against
+        # a group's allow on everything
+        (
+            [rule("all", "allow", "group:billing", ">"), rule("no-secrets", "deny", "*", "secret.>")],
+            False,
+            "no-secrets",
+        ),
+        # as precise about the topic, and more about the principal: the exception wins
+        (
+            [
+                rule("no-secrets", "deny", "*", "secret.>"),
+                rule("billing-secrets", "allow", "group:billing", "secret.>"),
+            ],
+            True,
+            "billing-secrets",
+        ),
+        # equal in everything: deny beats allow
+        ([rule("a", "allow", "group:billing", "secret.>"), rule("d", "deny", "group:billing", "secret.>")], False, "d"),
+    ],
+)
+def test_topic_specificity_comes_before_who(rules: list[Rule], allowed: bool, decided_by: str) -> None:
+    decision = PolicyEngine(rules).decide(ALICE, Action.PUBLISH, "secret.plans")
+    assert (decision.allowed, decision.rule) == (allowed, decided_by)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (">", "x.y", True),
+        ("secret.>", "secret.>", True),
+        ("secret.>", "secret.*.x", True),
+        ("secret.*", "secret.>", False),
+        ("secret.*", "secret.x", True),
+        ("x.y", "x.*", False),
+        ("*.y", "x.y", True),
+        ("a.>", "a", False),
+    ],
+)
+def test_covers(a: str, b: str, expected: bool) -> None:
+    from meshcore.policy import covers
+
+    assert covers(a, b) is expected
+
+
+def test_a_subscription_fully_denied_is_refused_up_front() -> None:
+    engine = PolicyEngine(
+        [
+            rule("reads", "allow", "*", ">", "subscribe"),
+            rule("no-secrets", "deny", "*", "secret.>", "subscribe"),
+            rule("public", "allow", "*", "secret.public", "subscribe"),
+        ]
+    )
+    assert engine.decide_subscription(BOB, "orders.>").allowed
+    assert engine.decide_subscription(BOB, "secret.>").allowed  # secret.public is readable
+    refused = PolicyEngine(
+        [rule("reads", "allow", "*", ">", "subscribe"), rule("no", "deny", "*", "secret.>", "subscribe")]
+    )
+    decision = refused.decide_subscription(BOB, "secret.>")
+    assert not decision.allowed and decision.rule == "no"

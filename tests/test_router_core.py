@@ -11,7 +11,7 @@ from meshcore.metrics import Registry
 from meshcore.settings import SettingError, get_int, get_map_float
 from meshcore.topic import PatternSet, matches, validate_pattern, validate_topic
 from router.envelope import decode_events, validate_event
-from router.errors import EventTooLarge, FrameError, InvalidTopic, MalformedEvent
+from router.errors import EventTooLarge, InvalidTopic, MalformedEvent
 from router.regions import resolve
 from router.tracecontext import TraceParent, new_traceparent, parse_traceparent
 

@@ -1,0 +1,199 @@
+"""The governance registry in Valkey, and the watcher that keeps a relay enforcing its newest version.
+
+Keys::
+
+    meshscope:governance:current    the newest document (JSON, see meshcore.governance)
+    meshscope:governance:version    its version id alone, for the cheap periodic check
+    meshscope:governance:versions   hash: version number -> that document, the whole history
+    meshscope:governance:log        stream: one entry per change (version, author, time, summary)
+    meshscope:governance            pub/sub channel: a version id when it changes
+
+A change is made under WATCH on the current document, so two admins writing
+at once cannot both build on the same version: one is retried on the other's.
+Relays learn of a change from the channel at once and, in case a message was
+lost, from a version check every few seconds. A relay that cannot reach the
+registry keeps enforcing the last version it loaded and says so in /healthz;
+it never falls back to "no policy".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, WatchError
+
+from meshcore.backoff import backoff_s
+from meshcore.errors import StreamUnavailable
+from meshcore.governance import (
+    Governance,
+    GovernanceContent,
+    GovernanceDocument,
+    diff,
+    from_json,
+    next_document,
+    to_json,
+)
+
+log = logging.getLogger(__name__)
+
+CURRENT = "meshscope:governance:current"
+VERSION = "meshscope:governance:version"
+VERSIONS = "meshscope:governance:versions"
+LOG = "meshscope:governance:log"
+CHANNEL = "meshscope:governance"
+CHECK_INTERVAL_S = 3.0
+
+
+class GovernanceStore:
+    def __init__(self, client: aioredis.Redis):
+        self.client = client
+
+    async def current(self) -> GovernanceDocument | None:
+        try:
+            raw: Any = await self.client.get(CURRENT)
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot read the governance registry: {exc}") from exc
+        return from_json(raw) if raw else None
+
+    async def version_id(self) -> str:
+        try:
+            raw: Any = await self.client.get(VERSION)
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot read the governance registry: {exc}") from exc
+        return raw.decode() if raw else "none"
+
+    async def change(
+        self, edit: Callable[[GovernanceContent], GovernanceContent], author: str
+    ) -> tuple[GovernanceDocument, bool]:
+        """Apply ``edit`` to the current content as ``author``; returns (document, whether it changed).
+
+        Raises the governance core's InvalidDocument / IncompatibleSchema for a refused change.
+        """
+        for attempt in range(20):
+            try:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    await pipe.watch(CURRENT)
+                    raw: Any = await pipe.get(CURRENT)
+                    current = from_json(raw) if raw else None
+                    content = edit(current.content if current else GovernanceContent())
+                    document = next_document(current, content, author, datetime.now(UTC))
+                    if document is current:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return document, False
+                    data = to_json(document)
+                    summary = diff(current.content if current else None, content).summary()
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(CURRENT, data)
+                    pipe.set(VERSION, document.version_id)
+                    pipe.hset(VERSIONS, str(document.version), data)
+                    pipe.xadd(
+                        LOG,
+                        {
+                            b"version": document.version_id.encode(),
+                            b"author": author.encode(),
+                            b"at": document.changed_at.isoformat().encode(),
+                            b"summary": orjson.dumps(summary),
+                        },
+                        maxlen=10_000,
+                        approximate=True,
+                    )
+                    pipe.publish(CHANNEL, document.version_id)
+                    await pipe.execute()
+                    return document, True
+            except WatchError:
+                await asyncio.sleep(0.01 * (attempt + 1))
+            except RedisError as exc:
+                raise StreamUnavailable(f"cannot write the governance registry: {exc}") from exc
+        raise StreamUnavailable("the governance registry kept changing under us; try again")
+
+    async def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        try:
+            entries: Any = await self.client.xrevrange(LOG, count=limit)
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot read the governance log: {exc}") from exc
+        out = []
+        for _, fields in entries:
+            out.append(
+                {
+                    "version": fields[b"version"].decode(),
+                    "author": fields[b"author"].decode(),
+                    "changed_at": fields[b"at"].decode(),
+                    "summary": orjson.loads(fields[b"summary"]),
+                }
+            )
+        return out
+
+
+class GovernanceWatcher:
+    """Holds what this relay enforces and follows the registry; ``on_change`` runs after each new version."""
+
+    def __init__(self, store: GovernanceStore, on_change: Callable[[Governance], None]):
+        self.store = store
+        self.on_change = on_change
+        self.governance = Governance()
+        self.loaded = False  # whether a version (or the absence of any) was read from the registry once
+        self.last_ok = 0.0  # when the registry last answered
+        self.last_error = ""
+
+    @property
+    def version_id(self) -> str:
+        return self.governance.version_id
+
+    def stale_s(self) -> float | None:
+        """Seconds since the registry last answered, when it is failing now."""
+        return time.time() - self.last_ok if self.last_error else None
+
+    async def refresh(self) -> bool:
+        """Load the newest version if it differs from ours; True when it changed."""
+        version = await self.store.version_id()
+        self.last_ok = time.time()
+        self.last_error = ""
+        if self.loaded and version == self.version_id:
+            return False
+        document = await self.store.current() if version != "none" else None
+        governance = Governance(document, previous=self.governance)
+        changed = governance.version_id != self.version_id or not self.loaded
+        self.governance = governance
+        self.loaded = True
+        if changed:
+            log.info("governance version enforced", extra={"version": governance.version_id})
+            self.on_change(governance)
+        return changed
+
+    async def run(self) -> None:
+        """Follow the channel, and check the version every few seconds in case a message was lost."""
+        failures = 0
+        while True:
+            pubsub = self.store.client.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                await self.refresh()
+                failures = 0
+                next_check = time.monotonic() + CHECK_INTERVAL_S
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None or time.monotonic() >= next_check:
+                        await self.refresh()
+                        next_check = time.monotonic() + CHECK_INTERVAL_S
+            except (RedisError, OSError, StreamUnavailable) as exc:
+                self.last_error = str(exc)[:300]
+                delay = backoff_s(failures, 0.2, 5.0, random.random())
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "governance registry unreachable; enforcing the last version",
+                        extra={"version": self.version_id, "error": self.last_error},
+                    )
+                await asyncio.sleep(delay)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,252 @@
+"""Governance defined once, enforced at every relay: three real relays on a real Valkey.
+
+Policies and schemas are written through one relay's admin API and must be
+enforced by the others within seconds, without restarts; a relay cut off from
+the registry keeps enforcing what it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+import pytest
+import redis
+from cloudevents.core.bindings.http import to_binary_event, to_structured_event
+from cloudevents.core.v1.event import CloudEvent
+
+from tests.conftest import AUTH, CE_JSON, OTHER_AUTH, Mesh, cloud_event, eventually, flow_records, scaled
+from tests.netfault import TcpProxy
+
+A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
+
+POLICY = {
+    "policies": [
+        {"id": "testers-publish", "effect": "allow", "principals": ["group:testers"], "actions": ["publish"],
+         "topics": [">"]},
+        {"id": "no-secrets", "effect": "deny", "principals": ["*"], "actions": ["publish", "subscribe"],
+         "topics": ["secret.>"]},
+        {"id": "everyone-reads", "effect": "allow", "principals": ["*"], "actions": ["subscribe", "join"],
+         "topics": [">"]},
+    ]
+}  # fmt: skip
+ORDER_V1 = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {"total": {"type": "number"}, "currency": {"type": "string", "enum": ["EUR", "USD"]}},
+    "required": ["total"],
+    "additionalProperties": False,
+}
+
+
+async def put_policies(http: httpx.AsyncClient, relay_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    reply = await http.put(f"{relay_url}/v1/policies", json=body)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+async def publish(http: httpx.AsyncClient, url: str, event: dict[str, Any], **headers: str) -> httpx.Response:
+    return await http.post(f"{url}/v1/events", headers={**CE_JSON, **headers}, content=orjson.dumps(event))
+
+
+async def test_a_policy_written_at_one_relay_is_enforced_at_the_others_within_seconds(
+    mesh: Mesh, http: httpx.AsyncClient, redis_sync: redis.Redis
+) -> None:
+    await mesh.start([A, B, C])
+    assert (await publish(http, mesh[B].url, cloud_event("secret.plans", "s-0"))).status_code == 202  # no policy yet
+    started = time.monotonic()
+    change = await put_policies(http, mesh[A].url, POLICY)
+    version = change["version"]
+    assert change["author"] == "tester" and change["changed"]
+    for region in (B, C):
+        await eventually(lambda region=region: mesh[region].relay.gov_version == version, 5)
+    assert time.monotonic() - started < scaled(5)
+    reply = await publish(http, mesh[C].url, cloud_event("secret.plans", "s-1"))
+    assert reply.status_code == 403
+    assert reply.json()["rule"] == "no-secrets" and "no-secrets" in reply.json()["error"]
+    # the other producer is in no group that may publish: denied by default, no rule named
+    other = await publish(http, mesh[B].url, cloud_event("orders.x", "o-1"), **OTHER_AUTH)
+    assert other.status_code == 403 and other.json()["rule"] is None
+    assert (await publish(http, mesh[B].url, cloud_event("orders.x", "o-2"))).status_code == 202
+    records = await eventually(
+        lambda: (rs := [r for r in flow_records(redis_sync) if r.event_id in ("s-1", "o-1")]) and len(rs) == 2 and rs, 5
+    )
+    assert sorted((r.event_id, r.kind, r.status, r.principal) for r in records) == [
+        ("o-1", "drop", "policy_denied", "other"),
+        ("s-1", "drop", "policy_denied", "tester"),
+    ]
+    health = (await http.get(f"{mesh[B].url}/healthz")).json()
+    assert health["governance"]["version"] == version and health["governance"]["policy_enforced"]
+    metrics = (await http.get(f"{mesh[C].url}/metrics")).text
+    assert f'meshscope_governance_info{{version="{version}"}} 1' in metrics
+    history = (await http.get(f"{mesh[C].url}/v1/governance")).json()
+    assert history["enforced"] == version and history["history"][0]["author"] == "tester"
+
+
+async def test_a_subscriber_never_receives_a_topic_it_may_not_read_even_over_the_mesh(
+    mesh: Mesh, http: httpx.AsyncClient
+) -> None:
+    await mesh.start([A, C])
+    await put_policies(
+        http,
+        mesh[A].url,
+        {
+            "policies": [
+                *POLICY["policies"],
+                {"id": "others-no-audit", "effect": "deny", "principals": ["principal:other"],
+                 "actions": ["subscribe"], "topics": ["audit.>"]},
+            ]
+        },
+    )  # fmt: skip
+    await eventually(lambda: mesh[C].relay.gov_version == mesh[A].relay.gov_version, 5)
+    # a subscription that can read nothing is refused up front, with the rule
+    async with httpx.AsyncClient():
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus
+
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"{mesh[C].ws_url}/v1/subscribe?topic=secret.>", additional_headers=AUTH):
+                pass
+        assert refused.value.response.status_code == 403
+        assert orjson.loads(refused.value.response.body)["rule"] == "no-secrets"
+        # a broad subscription is allowed, and filtered per event at delivery
+        async with connect(f"{mesh[C].ws_url}/v1/subscribe?topic=>", additional_headers=OTHER_AUTH) as sub:
+            await eventually(lambda: C in mesh[A].relay.routes.interested("audit.login"))
+            for i, topic in enumerate(["audit.login", "orders.x", "audit.logout", "orders.y"]):
+                assert (await publish(http, mesh[A].url, cloud_event(topic, f"m-{i}"))).status_code == 202
+            got = [orjson.loads(await asyncio.wait_for(sub.recv(), scaled(3)))["type"] for _ in range(2)]
+            assert got == ["orders.x", "orders.y"]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sub.recv(), scaled(0.5))
+    assert mesh[C].relay.metrics.get("policy_filtered_total") >= 2
+
+
+async def test_a_relay_cut_off_from_the_registry_keeps_enforcing_its_last_version(
+    mesh: Mesh, http: httpx.AsyncClient, redis_url: str
+) -> None:
+    host, port = redis_url.split("//")[1].split("/")[0].split(":")
+    proxy = await TcpProxy(host, int(port)).start()
+    try:
+        await mesh.start([A, B], redis_urls={B: f"redis://{proxy.url_host}/0"})
+        version = (await put_policies(http, mesh[A].url, POLICY))["version"]
+        await eventually(lambda: mesh[B].relay.gov_version == version, 5)
+        proxy.cut()
+        # a new version B cannot learn: it allows secrets again
+        await put_policies(http, mesh[A].url, {"policies": POLICY["policies"][:1]})
+        await eventually(lambda: mesh[A].relay.gov_version != version, 5)
+        await asyncio.sleep(scaled(4))  # past B's periodic version check
+        assert mesh[B].relay.gov_version == version
+        denied = await publish(http, mesh[B].url, cloud_event("secret.plans", "cut-1"))
+        assert denied.status_code == 403 and denied.json()["rule"] == "no-secrets"  # never falls open
+        health = await eventually(
+            lambda: (
+                (h := mesh[B].relay.health())
+                and any("governance registry unreachable" in r for r in h["reasons"])
+                and h
+            ),
+            10,
+        )
+        assert version in " ".join(health["reasons"]) and not health["governance"]["registry_reachable"]
+        # the link between the two is flagged while they enforce different versions
+        rows = await eventually(lambda: [r for r in mesh[A].relay.link_rows() if r["governance_mismatch"]], 10)
+        assert rows[0]["peer"] == B
+        proxy.forward()
+        await eventually(lambda: mesh[B].relay.gov_version == mesh[A].relay.gov_version, 15)
+        assert (await publish(http, mesh[B].url, cloud_event("secret.plans", "cut-2"))).status_code == 202
+        await eventually(lambda: not any(r["governance_mismatch"] for r in mesh[A].relay.link_rows()), 10)
+    finally:
+        await proxy.stop()
+
+
+async def test_schemas_are_enforced_at_the_origin_and_travel_with_the_event(
+    mesh: Mesh, http: httpx.AsyncClient, redis_sync: redis.Redis
+) -> None:
+    await mesh.start([A, C])
+    subject = quote("orders.>", safe="")
+    reply = await http.post(f"{mesh[A].url}/v1/schemas/{subject}", json={"schema": ORDER_V1})
+    assert reply.status_code == 201, reply.text
+    version = reply.json()["version"]
+    await eventually(lambda: mesh[C].relay.gov_version == version, 5)
+    sub = mesh[C].relay.subscribe(["orders.>"])
+    await eventually(lambda: C in mesh[A].relay.routes.interested("orders.created"))
+    bad = await publish(http, mesh[A].url, cloud_event("orders.created", "bad-1", data={"total": "12", "x": 1}))
+    assert bad.status_code == 422
+    body = bad.json()
+    assert body["pointer"] in ("/total", "") and body["dataschema"] == "meshscope:schema/orders.%3E/1"
+    assert "total" in body["error"] or "x" in body["error"]
+    good = await publish(http, mesh[A].url, cloud_event("orders.created", "good-1", data={"total": 12.5}))
+    assert good.status_code == 202
+    delivered = orjson.loads(await asyncio.wait_for(sub.queue.get(), scaled(3)))
+    assert delivered["id"] == "good-1" and delivered["dataschema"] == "meshscope:schema/orders.%3E/1"
+    records = await eventually(
+        lambda: (rs := [r for r in flow_records(redis_sync) if r.event_id in ("bad-1", "good-1")]) and len(rs) >= 4
+        and rs
+    )  # fmt: skip
+    by_kind = {(r.event_id, r.kind): r for r in records}
+    assert by_kind[("bad-1", "drop")].status == "schema_rejected"
+    assert by_kind[("bad-1", "drop")].dataschema == "meshscope:schema/orders.%3E/1"
+    assert by_kind[("good-1", "publish")].dataschema == "meshscope:schema/orders.%3E/1"
+    assert by_kind[("good-1", "deliver")].dataschema == "meshscope:schema/orders.%3E/1"  # across the mesh
+
+
+@pytest.mark.parametrize(
+    ("mode", "change", "status"),
+    [
+        ("backward", {"properties": {"note": {"type": "string"}}}, 201),  # optional field on a closed object
+        ("backward", {"required": ["total", "currency"]}, 409),  # required added
+        ("backward", {"properties": {"total": {"type": "string"}}}, 409),  # type changed
+        ("backward", {"properties": {"currency": {"type": "string", "enum": ["EUR"]}}}, 409),  # enum narrowed
+        ("forward", {"properties": {"currency": {"type": "string", "enum": ["EUR"]}}}, 201),  # narrowed: old reads new
+        ("forward", {"properties": {"note": {"type": "string"}}}, 409),  # old closed schema cannot read a new field
+        ("full", {"properties": {"note": {"type": "string"}}}, 409),
+        ("none", {"properties": {"total": {"type": "string"}}}, 201),
+    ],
+)
+async def test_schema_versions_are_checked_for_compatibility(
+    mesh: Mesh, http: httpx.AsyncClient, mode: str, change: dict[str, Any], status: int
+) -> None:
+    await mesh.start([A])
+    subject = quote("orders.>", safe="")
+    first = await http.post(f"{mesh[A].url}/v1/schemas/{subject}", json={"schema": ORDER_V1, "compatibility": mode})
+    assert first.status_code == 201
+    v2 = {**ORDER_V1, **{k: v for k, v in change.items() if k != "properties"}}
+    v2["properties"] = {**ORDER_V1["properties"], **change.get("properties", {})}
+    reply = await http.post(f"{mesh[A].url}/v1/schemas/{subject}", json={"schema": v2})
+    assert reply.status_code == status, reply.text
+    if status == 409:
+        assert reply.json()["reasons"]
+        versions = (await http.get(f"{mesh[A].url}/v1/schemas/{subject}")).json()["versions"]
+        assert len(versions) == 1  # the refused version was not registered
+
+
+async def test_only_admins_change_governance(mesh: Mesh, http: httpx.AsyncClient) -> None:
+    await mesh.start([A])
+    refused = await http.put(f"{mesh[A].url}/v1/policies", json=POLICY, headers=OTHER_AUTH)
+    assert refused.status_code == 403
+    async with httpx.AsyncClient() as anon:
+        assert (await anon.get(f"{mesh[A].url}/v1/governance")).status_code == 401
+    bad = await http.put(f"{mesh[A].url}/v1/policies", json={"policies": [{"id": "x", "effect": "maybe"}]})
+    assert bad.status_code == 400 and bad.json()["path"].startswith("policies")
+
+
+async def test_binary_and_structured_mode_from_the_sdk_are_the_same_event(mesh: Mesh, http: httpx.AsyncClient) -> None:
+    await mesh.start([A])
+    sub = mesh[A].relay.subscribe(["sdk.>"])
+    attrs = {"type": "sdk.order", "source": "/sdk", "specversion": "1.0", "datacontenttype": "application/json"}
+    for make in (to_binary_event, to_structured_event):
+        message = make(CloudEvent({**attrs, "id": f"sdk-{make.__name__}"}, {"total": 3}))
+        reply = await http.post(f"{mesh[A].url}/v1/events", headers=dict(message.headers), content=message.body)
+        assert reply.status_code == 202, reply.text
+    got = [orjson.loads(await asyncio.wait_for(sub.queue.get(), scaled(3))) for _ in range(2)]
+    strip = [{k: v for k, v in e.items() if k not in ("id", "traceparent", "time")} for e in got]
+    assert strip[0] == strip[1] and strip[0]["data"] == {"total": 3}
+    subject = quote("sdk.>", safe="")
+    schema = {"type": "object", "properties": {"total": {"type": "integer", "maximum": 10}}}
+    assert (await http.post(f"{mesh[A].url}/v1/schemas/{subject}", json={"schema": schema})).status_code == 201
+    message = to_binary_event(CloudEvent({**attrs, "id": "sdk-bad"}, {"total": 99}))
+    reply = await http.post(f"{mesh[A].url}/v1/events", headers=dict(message.headers), content=message.body)
+    assert reply.status_code == 422 and reply.json()["pointer"] == "/total"
