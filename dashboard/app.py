@@ -103,7 +103,17 @@ def build_app(
         return JSON(q.shape_trace(trace_id, rows))
 
     async def sql(request: Request) -> Response:
-        body = await request.body()
+        # the body is refused at the limit, before it is buffered whole
+        limit = config.sql_max_query_bytes
+        too_large = _error(413, f"the request body is over {limit} bytes", refused=True)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return too_large
         text: Any
         if request.headers.get("content-type", "").startswith("application/json"):
             try:
@@ -116,9 +126,10 @@ def build_app(
             return _error(400, "the query is empty")
         try:
             result, truncated = await run_user_sql(store, text, config)
-        except SqlRefused as exc:
-            return _error(403, str(exc), refused=True)
-        except QueryError as exc:
+        except SqlRefused as exc:  # 403; 413 and 429 (with Retry-After) are its subclasses
+            retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+            return JSON({"error": str(exc), "refused": True}, status_code=exc.status, headers=retry)
+        except QueryError as exc:  # ClickHouse's error, sanitized by run_user_sql
             return _error(400, str(exc), clickhouse=True)
         if request.query_params.get("format") == "csv":
             return Response(

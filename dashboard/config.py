@@ -24,11 +24,23 @@ MESHSCOPE_HEALTH_LAG_AMBER_MS = "MESHSCOPE_HEALTH_LAG_AMBER_MS"
 MESHSCOPE_HEALTH_LAG_RED_MS = "MESHSCOPE_HEALTH_LAG_RED_MS"
 """p99 end-to-end lag at which an edge turns red (default 2000 ms)."""
 MESHSCOPE_SQL_MAX_EXECUTION_S = "MESHSCOPE_SQL_MAX_EXECUTION_S"
-"""Longest a query of /api/sql may run."""
+"""Longest a query of /api/sql may run (default 10 s); each of its two checks runs under the same limit."""
 MESHSCOPE_SQL_MAX_ROWS = "MESHSCOPE_SQL_MAX_ROWS"
 """Most rows /api/sql returns (more are cut, and the answer says so)."""
 MESHSCOPE_SQL_MAX_MEMORY_BYTES = "MESHSCOPE_SQL_MAX_MEMORY_BYTES"
-"""Most memory one query of /api/sql may use."""
+"""Most memory one query of /api/sql (or one of its checks) may use (default 1 GiB)."""
+MESHSCOPE_SQL_MAX_QUERY_BYTES = "MESHSCOPE_SQL_MAX_QUERY_BYTES"
+"""Largest /api/sql request body (default 64 KiB; 413 above); ClickHouse's max_query_size is this plus 4 KiB."""
+MESHSCOPE_SQL_CONCURRENCY = "MESHSCOPE_SQL_CONCURRENCY"
+"""Queries of /api/sql that run at once, each on its own worker thread and ClickHouse client (default 2)."""
+MESHSCOPE_SQL_QUEUE = "MESHSCOPE_SQL_QUEUE"
+"""Queries of /api/sql that may wait for a worker (default 8); more are answered 429 with Retry-After."""
+MESHSCOPE_SQL_MAX_AST_DEPTH = "MESHSCOPE_SQL_MAX_AST_DEPTH"
+"""Deepest syntax tree (and bracket nesting) of an /api/sql query (default 256)."""
+MESHSCOPE_SQL_MAX_AST_ELEMENTS = "MESHSCOPE_SQL_MAX_AST_ELEMENTS"
+"""Most syntax-tree nodes of an /api/sql query (default 10000)."""
+MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMENTS = "MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMENTS"
+"""Most syntax-tree nodes after aliases and * are expanded (default 50000)."""
 MESHSCOPE_LINK_STALE_S = "MESHSCOPE_LINK_STALE_S"
 """A link with no sample for this long is shown as down (its relay stopped reporting)."""
 
@@ -42,6 +54,12 @@ class DashboardConfig:
     sql_max_execution_s: float = 10.0
     sql_max_rows: int = 10_000
     sql_max_memory_bytes: int = 1 << 30
+    sql_max_query_bytes: int = 64 << 10
+    sql_concurrency: int = 2
+    sql_queue: int = 8
+    sql_max_ast_depth: int = 256
+    sql_max_ast_elements: int = 10_000
+    sql_max_expanded_ast_elements: int = 50_000
     link_stale_s: float = 10.0
 
     @classmethod
@@ -62,6 +80,14 @@ class DashboardConfig:
             sql_max_execution_s=s.get_float(env, MESHSCOPE_SQL_MAX_EXECUTION_S, d["sql_max_execution_s"], 0.1),
             sql_max_rows=s.get_int(env, MESHSCOPE_SQL_MAX_ROWS, d["sql_max_rows"], 1),
             sql_max_memory_bytes=s.get_int(env, MESHSCOPE_SQL_MAX_MEMORY_BYTES, d["sql_max_memory_bytes"], 1 << 20),
+            sql_max_query_bytes=s.get_int(env, MESHSCOPE_SQL_MAX_QUERY_BYTES, d["sql_max_query_bytes"], 64),
+            sql_concurrency=s.get_int(env, MESHSCOPE_SQL_CONCURRENCY, d["sql_concurrency"], 1),
+            sql_queue=s.get_int(env, MESHSCOPE_SQL_QUEUE, d["sql_queue"], 0),
+            sql_max_ast_depth=s.get_int(env, MESHSCOPE_SQL_MAX_AST_DEPTH, d["sql_max_ast_depth"], 8),
+            sql_max_ast_elements=s.get_int(env, MESHSCOPE_SQL_MAX_AST_ELEMENTS, d["sql_max_ast_elements"], 16),
+            sql_max_expanded_ast_elements=s.get_int(
+                env, MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMENTS, d["sql_max_expanded_ast_elements"], 16
+            ),
             link_stale_s=s.get_float(env, MESHSCOPE_LINK_STALE_S, d["link_stale_s"], 1.0),
         )
         return replace(config, **overrides)

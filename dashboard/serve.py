@@ -61,10 +61,12 @@ class DashboardRuntime:
 
     async def stop(self) -> None:
         await self.server.stop()
+        await asyncio.to_thread(self.store.close)
         await self.redis.aclose()
 
     async def serve(self) -> None:
         try:
             await self.server.server.serve(sockets=[self.server.sock])
         finally:
+            await asyncio.to_thread(self.store.close)
             await self.redis.aclose()

@@ -1,114 +1,693 @@
-"""The statement check in front of ``POST /api/sql``, with no I/O.
+"""The checks in front of ``POST /api/sql``, with no I/O: raw text and ClickHouse's own dumps in, decisions out.
 
-Defence in depth: ClickHouse runs every query with ``readonly = 1`` and hard
-limits; this check refuses, before anything runs, what is not a single read
-statement, and after ClickHouse has parsed the query (``EXPLAIN QUERY TREE``)
-``check_tables`` refuses any table outside the meshscope database and any table
-function but a few harmless generators.
+Why three stages: ClickHouse evaluates constant expressions (``file('/etc/passwd')``,
+scalar subqueries) while it *analyses* a query, before any row limit can help,
+and its error texts quote the values it failed on. So whatever reaches the
+analyser must already be known harmless, and each stage feeds the next:
+
+1. ``check_statement``: a single-pass tokenizer that mirrors ClickHouse's lexer
+   (strings, quoted names, nested-comment rules, numbers) and refuses what it
+   does not know (unicode outside literals, ``$heredoc$``, ``@var``, ``\\G``,
+   ``{param}``), then a small grammar: one statement; SELECT, WITH, EXPLAIN
+   (of a SELECT), ``SHOW TABLES [LIKE '...']``, ``SHOW CREATE TABLE name``,
+   ``SHOW COLUMNS FROM name``, ``DESCRIBE [TABLE] name``; no SETTINGS, FORMAT or
+   INTO OUTFILE. No regular expression looks at user text, so the work is linear.
+2. ``check_ast``: ClickHouse's parse (``EXPLAIN AST``, which parses and evaluates
+   nothing): every node must be of a kind listed here (``* APPLY(f)`` hides its
+   function, so it is not), every function and table function must be on the
+   allowlist of ``dashboard.sqlfunctions``, every table must be in the database.
+3. ``check_query_tree``: the analysed query (``EXPLAIN QUERY TREE``, run only
+   after stage 2 passed, so constant folding can only run allowlisted pure
+   functions): every table it resolved, including ``x IN db.table``, must be in
+   the database, or be ``system.one``, which a query without FROM reads.
+
+ClickHouse's own errors reach the user through ``sanitize_error``: code name
+and first line, without the query echo, stack trace or server version.
+
+Errors (each carries the HTTP status it maps to)::
+
+    SqlRefused        403  the statement is not allowed; the message says why
+    ├── SqlTooLarge   413  the request body is over the size limit
+    └── SqlBusy       429  every SQL worker and wait slot is taken; retry later
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
 
-ALLOWED_FIRST = frozenset(("SELECT", "WITH", "EXPLAIN", "DESCRIBE", "DESC", "SHOW"))
-# Never allowed anywhere in the statement (outside string literals).
-FORBIDDEN_WORDS = {
-    "OUTFILE": "writing files (INTO OUTFILE) is not allowed",
-    "SETTINGS": "SETTINGS are fixed by the server for this endpoint",
-    "FORMAT": "the result format is chosen by the endpoint (use ?format=csv for CSV)",
-}
-SAFE_TABLE_FUNCTIONS = frozenset(("numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "values"))
-SHOW_ALLOWED = re.compile(r"^SHOW\s+(TABLES|CREATE(\s+TABLE)?|COLUMNS|INDEX|INDEXES|DICTIONARIES)\b", re.I)
-
-_STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
-_QUOTED_IDENT = re.compile(r'`(?:[^`\\]|\\.)*`|"(?:[^"\\]|\\.)*"')
-_LINE_COMMENT = re.compile(r"--[^\n]*|#[^\n]*")
-_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
-_TABLE_FUNCTION_CALL = re.compile(r"\b(?:FROM|JOIN|TABLE)\s+(\w+)\s*\(", re.I)
-_NAME = r"(?:`[^`]*`|\"[^\"]*\"|\w+)"
-_QUALIFIED = re.compile(rf"({_NAME})\s*\.\s*{_NAME}")
-_FROM_IN = re.compile(rf"\b(?:FROM|IN)\s+({_NAME})(?!\w)(?!\s*\.)", re.I)
+from dashboard.sqlfunctions import ANALYSER_FUNCTIONS, IN_FUNCTIONS, is_allowed_function, is_allowed_table_function
 
 
 class SqlRefused(ValueError):
-    """The statement is refused; the message says why, for the user."""
+    """The statement is refused before it ran; the message says why, for the user."""
+
+    status = 403
+    retry_after_s: int | None = None
 
 
-def _strip(sql: str, keep_names: bool = False) -> str:
-    """The statement with comments removed and literals blanked (so words in them do not count).
+class SqlTooLarge(SqlRefused):
+    """The request body (or query) is over ``sql_max_query_bytes``."""
 
-    Quoted identifiers are blanked too unless ``keep_names``.
+    status = 413
+
+
+class SqlBusy(SqlRefused):
+    """Every SQL worker is running and the wait queue is full."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+# ---- stage 1: tokens and grammar ------------------------------------------------------
+
+TokenKind = Literal["word", "quoted", "string", "number", "punct"]
+StatementKind = Literal["select", "explain", "show_tables", "show_create", "show_columns", "describe"]
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    kind: TokenKind
+    text: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A statement that passed stage 1."""
+
+    kind: StatementKind
+    text: str
+    """What runs: the statement from its first to its last token (comments around it and ``;`` cut)."""
+    analysed: str | None
+    """The SELECT that stage 3 analyses (the whole statement, or what an EXPLAIN explains)."""
+
+
+ALLOWED_FIRST = frozenset(("SELECT", "WITH", "EXPLAIN", "DESCRIBE", "DESC", "SHOW"))
+EXPLAIN_KINDS = frozenset(("AST", "SYNTAX", "QUERY", "PLAN", "PIPELINE", "ESTIMATE"))
+SHOW_FORMS = "only SHOW TABLES [LIKE '...'], SHOW CREATE TABLE name and SHOW COLUMNS FROM name are allowed"
+_WORD_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_WORD = _WORD_START | frozenset("0123456789")
+_DIGITS = frozenset("0123456789")
+_HEX = _DIGITS | frozenset("abcdefABCDEF")
+_SPACE = frozenset(" \t\r\n")
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F)) - _SPACE
+_SINGLE = frozenset("()[],;+*%?")
+_AFTER_DOT_IS_NAME = frozenset(("word", "quoted", "number"))
+_REFUSED_CHARS = {
+    "$": "$ is only allowed inside string literals (no heredoc strings)",
+    "@": "@variables are not supported",
+    "\\": "a backslash is only allowed inside string literals",
+    "{": "query parameters ({name:Type}) are not supported",
+    "}": "query parameters ({name:Type}) are not supported",
+}
+
+
+def tokenize(sql: str) -> list[Token]:
+    """The significant tokens of ``sql`` (no whitespace or comments), in one left-to-right pass.
+
+    Raises SqlRefused for anything ClickHouse's lexer would read differently or
+    not at all: unterminated strings and comments, a ``/*`` inside a comment,
+    control characters, non-ASCII text outside literals and comments.
     """
-    out = _BLOCK_COMMENT.sub(" ", sql)
-    out = _STRING.sub("''", out)
-    if not keep_names:
-        out = _QUOTED_IDENT.sub(lambda m: m.group(0)[0] + "x" + m.group(0)[0], out)
-    return _LINE_COMMENT.sub(" ", out)
+    if not _CONTROL.isdisjoint(sql):
+        at = next(k for k, c in enumerate(sql) if c in _CONTROL)
+        raise SqlRefused(f"control character {ord(sql[at]):#04x} at offset {at} is not allowed")
+    out: list[Token] = []
+    n = len(sql)
+    i = 0
+    while i < n:
+        ch = sql[i]
+        start = i
+        if ch in _SPACE:
+            i += 1
+            continue
+        nxt = sql[i + 1] if i + 1 < n else ""
+        if (ch == "-" and nxt == "-") or (ch == "/" and nxt == "/") or (ch == "#" and nxt in (" ", "!")):
+            i = _line_comment_end(sql, i)
+            continue
+        if ch == "/" and nxt == "*":
+            i = _block_comment_end(sql, i)
+            continue
+        if ch == "'":
+            i = _quoted_end(sql, i, "'", "string literal")
+            out.append(Token("string", sql[start:i], start, i))
+        elif ch in '`"':
+            i = _quoted_end(sql, i, ch, "quoted name")
+            if "\n" in sql[start:i] or "\r" in sql[start:i]:
+                raise SqlRefused(f"a quoted name cannot contain a line break (offset {start})")
+            out.append(Token("quoted", sql[start:i], start, i))
+        elif ch in "xXbB" and nxt == "'":
+            i = _hex_or_bin_string_end(sql, i)
+            out.append(Token("string", sql[start:i], start, i))
+        elif ch in _WORD_START:
+            i += 1
+            while i < n and sql[i] in _WORD:
+                i += 1
+            out.append(Token("word", sql[start:i], start, i))
+        elif ch in _DIGITS or (ch == "." and nxt in _DIGITS and not _dot_is_operator(out, sql, i)):
+            i = _number_end(sql, i, after_dot=bool(out) and out[-1].text == ".")
+            if i < n and sql[i] in _WORD:
+                # 1st, 2x: ClickHouse reads digits followed by letters as one name
+                while i < n and sql[i] in _WORD:
+                    i += 1
+                if not all(c in _WORD for c in sql[start:i]):
+                    raise SqlRefused(f"malformed number {sql[start:i]!r} at offset {start}")
+                out.append(Token("word", sql[start:i], start, i))
+            else:
+                out.append(Token("number", sql[start:i], start, i))
+        else:
+            i = _punct_end(sql, i)
+            out.append(Token("punct", sql[start:i], start, i))
+    return out
 
 
-def check_statement(sql: str, database: str) -> str:
-    """Return the statement (without a trailing semicolon) if it may run, else raise SqlRefused."""
-    if not isinstance(sql, str) or not sql.strip():
+def _line_comment_end(sql: str, i: int) -> int:
+    end = sql.find("\n", i)
+    return len(sql) if end < 0 else end
+
+
+def _block_comment_end(sql: str, i: int) -> int:
+    # ClickHouse nests /* */ comments; refusing a nested opener keeps both readings the same
+    end = sql.find("*/", i + 2)
+    if end < 0:
+        raise SqlRefused(f"the comment at offset {i} is not closed")
+    if sql.find("/*", i + 2, end + 1) >= 0:  # end + 1: "/*/" opens before it closes
+        raise SqlRefused(f"nested comments are not allowed (offset {i})")
+    return end + 2
+
+
+def _quoted_end(sql: str, i: int, quote: str, what: str) -> int:
+    """End of a quoted token starting at ``i``: a backslash escapes the next character, a doubled quote is a quote.
+
+    Each ``find`` starts where the last one stopped, so the scan stays linear.
+    """
+    n = len(sql)
+    j = i + 1
+    q = sql.find(quote, j)
+    while q >= 0:
+        b = sql.find("\\", j, q)
+        if b >= 0:
+            if b + 1 >= n:
+                break
+            j = b + 2
+            if j > q:
+                q = sql.find(quote, j)
+            continue
+        if q + 1 < n and sql[q + 1] == quote:
+            j = q + 2
+            q = sql.find(quote, j)
+            continue
+        return q + 1
+    raise SqlRefused(f"the {what} at offset {i} is not closed")
+
+
+def _hex_or_bin_string_end(sql: str, i: int) -> int:
+    digits = _HEX if sql[i] in "xX" else frozenset("01")
+    j = i + 2
+    while j < len(sql) and sql[j] in digits:
+        j += 1
+    if j >= len(sql) or sql[j] != "'":
+        raise SqlRefused(f"the string literal at offset {i} is not closed")
+    return j + 1
+
+
+def _dot_is_operator(out: list[Token], sql: str, i: int) -> bool:
+    # as ClickHouse: after a name, a number or a closing bracket, ".1" is tuple access, not a number
+    if i == 0 or not out:
+        return False
+    last = out[-1]
+    return last.kind in _AFTER_DOT_IS_NAME or last.text in (")", "]")
+
+
+def _number_end(sql: str, i: int, after_dot: bool) -> int:
+    """End of a number, read exactly as ClickHouse's lexer reads it (so ``1e--x`` splits the same way)."""
+    n = len(sql)
+    if after_dot:  # x.1.1: only an integer after a tuple-access dot
+        j = i + 1
+        while j < n and (sql[j] in _DIGITS or _separator(sql, j, False, False)):
+            j += 1
+        return j
+    j = i
+    hex_ = False
+    start_of_block = False
+    if sql[j] == "0" and j + 2 < n and sql[j + 1] in "xXbB":
+        if sql[j + 1] in "xX" and sql[j + 2] in _HEX:
+            hex_, start_of_block, j = True, True, j + 2
+        elif sql[j + 1] in "bB" and sql[j + 2] in "01":
+            start_of_block, j = True, j + 2
+        else:
+            j += 1
+    elif sql[j] != ".":
+        j += 1
+    digits = _HEX if hex_ else _DIGITS
+    while j < n and (sql[j] in digits or _separator(sql, j, start_of_block, hex_)):
+        j += 1
+        start_of_block = False
+    if j < n and sql[j] == ".":
+        j += 1
+        start_of_block = True
+        while j < n and (sql[j] in digits or _separator(sql, j, start_of_block, hex_)):
+            j += 1
+            start_of_block = False
+    if j + 1 < n and sql[j] in ("pP" if hex_ else "eE"):
+        j += 1
+        start_of_block = True
+        if j + 1 < n and sql[j] in "+-":
+            j += 1
+        while j < n and (sql[j] in _DIGITS or _separator(sql, j, start_of_block, False)):
+            j += 1
+            start_of_block = False
+    return j
+
+
+def _separator(sql: str, j: int, start_of_block: bool, hex_: bool) -> bool:
+    # 1_000_000: an underscore between digits
+    return sql[j] == "_" and not start_of_block and j + 1 < len(sql) and sql[j + 1] in (_HEX if hex_ else _DIGITS)
+
+
+def _punct_end(sql: str, i: int) -> int:
+    ch = sql[i]
+    nxt = sql[i + 1] if i + 1 < len(sql) else ""
+    if ch in _SINGLE or ch == ".":
+        return i + 1
+    if ch == "-":
+        return i + 2 if nxt == ">" else i + 1
+    if ch == "/":
+        return i + 1
+    if ch == "=":
+        return i + 2 if nxt == "=" else i + 1
+    if ch == "<":
+        return i + 2 if nxt in ("=", ">") else i + 1
+    if ch == ">":
+        return i + 2 if nxt == "=" else i + 1
+    if ch == ":":
+        return i + 2 if nxt == ":" else i + 1
+    if ch == "!" and nxt == "=":
+        return i + 2
+    if ch == "|" and nxt == "|":
+        return i + 2
+    if ch in _REFUSED_CHARS:
+        raise SqlRefused(f"{_REFUSED_CHARS[ch]} (offset {i})")
+    if ord(ch) > 0x7F:
+        raise SqlRefused(f"use ASCII outside string literals, quoted names and comments ({ch!r} at offset {i})")
+    raise SqlRefused(f"unexpected character {ch!r} at offset {i}")
+
+
+def check_statement(sql: str, database: str, max_depth: int = 256) -> Statement:
+    """Stage 1: the statement, if its text may go to ClickHouse's parser; else SqlRefused."""
+    tokens = tokenize(sql)
+    while tokens and tokens[-1].text == ";":
+        tokens.pop()
+    if not tokens:
         raise SqlRefused("the query is empty")
-    bare = _strip(sql).strip()
-    if ";" in bare.rstrip(";").rstrip():
-        raise SqlRefused("only one statement at a time is allowed")
-    bare = bare.rstrip(";").strip()
-    if not bare:
-        raise SqlRefused("the query is empty")
-    first = bare.split(None, 1)[0].upper()
+    _check_brackets(tokens, max_depth)
+    for k, tok in enumerate(tokens):
+        if tok.text == ";":
+            raise SqlRefused("only one statement at a time is allowed")
+        if tok.kind != "word":
+            continue
+        word = tok.text.upper()
+        if word == "SETTINGS":
+            raise SqlRefused("SETTINGS are fixed by the server for this endpoint")
+        if word in ("OUTFILE", "INFILE"):
+            raise SqlRefused(f"reading or writing files (INTO OUTFILE, FROM INFILE) is not allowed; {word} is refused")
+        if word == "FORMAT" and (k + 1 == len(tokens) or tokens[k + 1].text != "("):
+            raise SqlRefused("the result format is chosen by the endpoint (use ?format=csv for CSV)")
+    first = tokens[0].text.upper() if tokens[0].kind == "word" else tokens[0].text
     if first not in ALLOWED_FIRST:
         raise SqlRefused(
             f"only read statements are allowed (SELECT, WITH, EXPLAIN, DESCRIBE, SHOW); {first} is refused"
         )
-    words = set(re.findall(r"[A-Za-z_]+", bare.upper()))
-    for word, why in FORBIDDEN_WORDS.items():
-        if word in words:
-            raise SqlRefused(why)
-    for fn in _TABLE_FUNCTION_CALL.findall(bare):
-        if fn.lower() not in SAFE_TABLE_FUNCTIONS:
-            raise SqlRefused(f"the table function {fn}() is not allowed")
+    text = sql[tokens[0].start : tokens[-1].end]
+    if first in ("SELECT", "WITH"):
+        return Statement("select", text, text)
+    if first == "EXPLAIN":
+        inner = _explained(tokens)
+        return Statement("explain", text, sql[inner.start : tokens[-1].end])
     if first == "SHOW":
-        _check_show(_strip(sql, keep_names=True).strip().rstrip(";"), database)
-    text = sql.strip()
-    while text.endswith(";"):
-        text = text[:-1].rstrip()
-    return text
+        return Statement(_show_kind(tokens, database), text, None)
+    rest = tokens[2:] if len(tokens) > 2 and tokens[1].text.upper() == "TABLE" else tokens[1:]
+    _table_name(rest, database, "DESCRIBE takes a table name: DESCRIBE [TABLE] name")
+    return Statement("describe", text, None)
 
 
-def _check_show(bare: str, database: str) -> None:
-    m = SHOW_ALLOWED.match(bare)
-    if not m:
-        raise SqlRefused("only SHOW TABLES, SHOW CREATE TABLE and SHOW COLUMNS are allowed")
-    outside = [db.strip('`"') for db in _QUALIFIED.findall(bare)]
-    names = [n.strip('`"') for n in _FROM_IN.findall(bare)]
-    what = m.group(1).upper()
-    # SHOW TABLES FROM db: every name is a database; SHOW COLUMNS FROM t [FROM db]: all but the first
-    outside += names if what in ("TABLES", "DICTIONARIES") else names[1:]
-    for db in outside:
-        if db != database:
-            raise SqlRefused(f"only the {database} database can be read")
+def _check_brackets(tokens: list[Token], max_depth: int) -> None:
+    stack: list[str] = []
+    for tok in tokens:
+        if tok.text in ("(", "["):
+            stack.append(")" if tok.text == "(" else "]")
+            if len(stack) > max_depth:
+                raise SqlRefused(f"the query is nested more than {max_depth} brackets deep")
+        elif tok.text in (")", "]") and (not stack or stack.pop() != tok.text):
+            raise SqlRefused(f"unbalanced {tok.text!r} at offset {tok.start}")
+    if stack:
+        raise SqlRefused(f"{len(stack)} bracket(s) not closed")
 
 
-_TREE_TABLE = re.compile(r"\btable_name:\s*([^\s,]+)")
-_TREE_FUNCTION = re.compile(r"\btable_function_name:\s*([^\s,]+)")
+def _explained(tokens: list[Token]) -> Token:
+    """The first token of the SELECT an EXPLAIN explains: EXPLAIN [kind] [option = value, ...] SELECT|WITH ..."""
+    k = 1
+    if k < len(tokens) and tokens[k].text.upper() in EXPLAIN_KINDS:
+        k += (
+            2
+            if tokens[k].text.upper() == "QUERY" and k + 1 < len(tokens) and tokens[k + 1].text.upper() == "TREE"
+            else 1
+        )
+    while k + 2 < len(tokens) and tokens[k].kind == "word" and tokens[k + 1].text == "=":
+        if tokens[k + 2].kind not in ("number", "word", "string"):
+            break
+        k += 3
+        if k < len(tokens) and tokens[k].text == ",":
+            k += 1
+    if k < len(tokens) and tokens[k].kind == "word" and tokens[k].text.upper() in ("SELECT", "WITH"):
+        return tokens[k]
+    raise SqlRefused(
+        "EXPLAIN is allowed for SELECT queries only: EXPLAIN [AST|SYNTAX|QUERY TREE|PLAN|PIPELINE] SELECT ..."
+    )
 
 
-def check_tables(tree_lines: Iterable[str], database: str) -> None:
-    """Refuse a parsed query (ClickHouse's EXPLAIN QUERY TREE) that reads outside ``database``."""
-    text = "\n".join(tree_lines)
-    for name in _TREE_TABLE.findall(text):
-        db = name.split(".", 1)[0] if "." in name else database
-        if db != database:
-            raise SqlRefused(f"{name} is outside the {database} database; only {database} can be read")
-    for fn in _TREE_FUNCTION.findall(text):
-        if fn.lower() not in SAFE_TABLE_FUNCTIONS:
-            raise SqlRefused(f"the table function {fn}() is not allowed")
+def _show_kind(tokens: list[Token], database: str) -> StatementKind:
+    words = [t.text.upper() if t.kind == "word" else t.text for t in tokens[1:]]
+    if words[:1] == ["TABLES"]:
+        pattern = tokens[-1].kind == "string"
+        if len(words) == 1 or (pattern and words[1:-1] in (["LIKE"], ["ILIKE"], ["NOT", "LIKE"], ["NOT", "ILIKE"])):
+            return "show_tables"
+    elif words[:2] == ["CREATE", "TABLE"]:  # not SHOW CREATE USER, ROLE, DATABASE, ...
+        _table_name(tokens[3:], database, SHOW_FORMS)
+        return "show_create"
+    elif words[:1] == ["COLUMNS"] and words[1:2] in (["FROM"], ["IN"]):
+        _table_name(tokens[3:], database, SHOW_FORMS)
+        return "show_columns"
+    raise SqlRefused(f"{SHOW_FORMS}, for one table of the {database} database")
 
 
-def describe_target(sql: str) -> str | None:
-    """The table a DESCRIBE statement names (``db.table`` or ``table``), for the database check."""
-    m = re.match(r"^\s*DESC(?:RIBE)?\s+(?:TABLE\s+)?([`\"\w.]+)\s*$", _strip(sql).rstrip(";"), re.I)
-    return m.group(1).replace("`", "").replace('"', "") if m else None
+def _table_name(tokens: list[Token], database: str, usage: str) -> None:
+    """Refuse anything but ``name`` or ``database.name`` (each bare or quoted) with nothing after it."""
+    names = [t for t in tokens if t.kind in ("word", "quoted")]
+    if len(tokens) == 1 and names:
+        return
+    if len(tokens) == 3 and tokens[1].text == "." and len(names) == 2:
+        db = unquote(tokens[0])
+        if db == database:
+            return
+        raise SqlRefused(f"{db}.{unquote(tokens[2])} is outside the {database} database; only {database} can be read")
+    raise SqlRefused(f"{usage}, for one table of the {database} database")
+
+
+def unquote(token: Token) -> str:
+    """The name a word or quoted-name token stands for (quotes removed, escapes resolved)."""
+    if token.kind != "quoted":
+        return token.text
+    quote, body = token.text[0], token.text[1:-1]
+    out: list[str] = []
+    k = 0
+    while k < len(body):
+        ch = body[k]
+        if ch == "\\" and k + 1 < len(body):
+            out.append(body[k + 1])
+            k += 2
+        elif ch == quote and k + 1 < len(body) and body[k + 1] == quote:
+            out.append(quote)
+            k += 2
+        else:
+            out.append(ch)
+            k += 1
+    return "".join(out)
+
+
+# ---- stage 2: ClickHouse's parse (EXPLAIN AST) ------------------------------------------
+
+OUTSIDE_ALLOWED = frozenset(("system.one",))
+"""The one table outside the database a query may name: what a SELECT without FROM reads."""
+
+ROOT_NODE: dict[StatementKind, str] = {
+    "select": "SelectWithUnionQuery",
+    "explain": "Explain",
+    "show_tables": "ShowTables",
+    "show_create": "ShowCreateTableQuery",
+    "show_columns": "ShowColumns",
+    "describe": "DescribeQuery",
+}
+# Every node kind a read query of this endpoint parses to. Not here, so refused:
+# ColumnsApplyTransformer (* APPLY(f) calls f without a Function node),
+# QueryParameter, and whatever a later ClickHouse adds.
+AST_NODES = frozenset(
+    (
+        *ROOT_NODE.values(),
+        "SelectIntersectExceptQuery",
+        "SelectQuery",
+        "ExpressionList",
+        "Function",
+        "Identifier",
+        "Literal",
+        "Asterisk",
+        "QualifiedAsterisk",
+        "ColumnsRegexpMatcher",
+        "ColumnsListMatcher",
+        "QualifiedColumnsRegexpMatcher",
+        "QualifiedColumnsListMatcher",
+        "ColumnsTransformerList",
+        "ColumnsExceptTransformer",
+        "ColumnsReplaceTransformer",
+        "ColumnsReplaceTransformer::Replacement",
+        "TablesInSelectQuery",
+        "TablesInSelectQueryElement",
+        "TableExpression",
+        "TableIdentifier",
+        "TableJoin",
+        "ArrayJoin",
+        "Subquery",
+        "WithElement",
+        "OrderByElement",
+        "InterpolateElement",
+        "WindowDefinition",
+        "WindowListElement",
+        "SampleRatio",
+        "Set",  # the server's own SETTINGS clause, and EXPLAIN options (user SETTINGS stop at stage 1)
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AstLine:
+    depth: int
+    kind: str
+    name: str
+    """The first word after the kind (a function's or table's name), or ''."""
+    well_formed: bool
+    """Nothing follows the name but ``(alias ...)``/``(children N)`` annotations."""
+
+
+def parse_ast_line(line: str) -> AstLine:
+    """One line of ``EXPLAIN AST``: one space of indent per level, ``Kind [name] [(annotations)]``."""
+    body = line.lstrip(" ")
+    kind, _, rest = body.partition(" ")
+    name, _, after = rest.partition(" ")
+    if name.startswith("("):
+        name, after = "", rest
+    return AstLine(len(line) - len(body), kind, name, after == "" or after.startswith("("))
+
+
+@dataclass(slots=True)
+class _Open:
+    """A node of the dump whose children are still being read."""
+
+    line: AstLine
+    children: int = 0
+
+
+def check_ast(lines: Iterable[str], statement: Statement, database: str) -> None:
+    """Stage 2: refuse a parse with a node, function, table function or table outside the allowlists."""
+    path: list[_Open] = []  # the open node at each depth above the current line
+    roots = 0
+    for raw in lines:
+        line = parse_ast_line(raw)
+        if line.depth == 0:
+            roots += 1
+            if roots > 1 or line.kind != ROOT_NODE[statement.kind]:
+                raise SqlRefused(f"ClickHouse parsed this as {line.kind}, which is not a {statement.kind} statement")
+        if line.kind not in AST_NODES:
+            raise SqlRefused(f"the construct {line.kind} is not allowed here")
+        del path[line.depth :]
+        parent = path[-1] if 0 < line.depth == len(path) else None
+        if parent is not None:
+            parent.children += 1
+        if line.kind == "Function":
+            _check_function(line, parent.line.kind if parent else "")
+        elif line.kind == "TableIdentifier":
+            _check_table(line, database)
+        elif line.kind == "Identifier" and parent is not None and parent.children == 2 and len(path) >= 2:
+            _check_in_operand(line, parent.line, path[-2].line, database)
+        path.extend(_Open(AstLine(len(path), "", "", True)) for _ in range(line.depth - len(path)))
+        path.append(_Open(line))
+
+
+def _check_in_operand(line: AstLine, parent: AstLine, grandparent: AstLine, database: str) -> None:
+    """``x IN db.table``: refused before analysis, which would compare the table's columns and say how many."""
+    if parent.kind != "ExpressionList" or grandparent.kind != "Function":
+        return
+    if grandparent.name.lower() not in IN_FUNCTIONS:
+        return
+    if not line.well_formed:
+        raise SqlRefused(f"the name {line.name!r}... after IN is not allowed (use plain names)")
+    db, dot, _ = line.name.partition(".")
+    if dot and db != database and line.name not in OUTSIDE_ALLOWED:
+        raise SqlRefused(
+            f"{line.name} is outside the {database} database; only {database} can be read"
+            " (for an array column, write has(array, x))"
+        )
+
+
+def _check_function(line: AstLine, parent: str) -> None:
+    if not line.well_formed or not line.name:
+        raise SqlRefused(f"the function name {line.name!r}... is not allowed (use plain names)")
+    if parent == "TableExpression":
+        if not is_allowed_table_function(line.name):
+            raise SqlRefused(
+                f"the table function {line.name}() is not allowed; only numbers, zeros, generate_series and values"
+            )
+    elif not is_allowed_function(line.name):
+        raise SqlRefused(f"the function {line.name}() is not allowed on this endpoint")
+
+
+def _check_table(line: AstLine, database: str) -> None:
+    if not line.well_formed or not line.name:
+        raise SqlRefused(f"the table name {line.name!r}... is not allowed (use plain names)")
+    db, dot, _ = line.name.partition(".")
+    if dot and db != database and line.name not in OUTSIDE_ALLOWED:
+        raise SqlRefused(f"{line.name} is outside the {database} database; only {database} can be read")
+
+
+# ---- stage 3: the analysed query (EXPLAIN QUERY TREE) -----------------------------------
+
+
+def _values(line: str, key: str) -> list[str]:
+    """Every value of ``key: value`` in one query-tree line (an alias may repeat a key; all count)."""
+    out = []
+    at = line.find(key)
+    while at >= 0:
+        start = at + len(key)
+        end = line.find(",", start)
+        out.append(line[start : end if end >= 0 else len(line)].strip())
+        at = line.find(key, start)
+    return out
+
+
+def check_query_tree(lines: Iterable[str], database: str) -> None:
+    """Stage 3: refuse an analysed query that resolved a table, table function or function outside the lists."""
+    for raw in lines:
+        line = raw.lstrip(" ")
+        if line.startswith("TABLE id:"):
+            for name in _values(line, "table_name: "):
+                db, dot, _ = name.partition(".")
+                if name not in OUTSIDE_ALLOWED and (not dot or db != database):
+                    raise SqlRefused(f"{name} is outside the {database} database; only {database} can be read")
+        elif line.startswith("TABLE_FUNCTION id:"):
+            for name in _values(line, "table_function_name: "):
+                if not is_allowed_table_function(name):
+                    raise SqlRefused(f"the table function {name}() is not allowed")
+        elif line.startswith("FUNCTION id:"):
+            for name in _values(line, "function_name: "):
+                if not is_allowed_function(name) and name.lower() not in ANALYSER_FUNCTIONS:
+                    raise SqlRefused(f"the function {name}() is not allowed on this endpoint")
+
+
+# ---- ClickHouse's error texts ----------------------------------------------------------
+
+# Where ClickHouse starts quoting the query, a stack trace, its version or other names.
+_ECHO_MARKERS = (
+    " In scope ",
+    ": In scope",
+    ": while executing",
+    " while executing",
+    ": While executing",
+    ". Stack trace",
+    "Stack trace:",
+    " (version ",
+    ". Maybe you meant",
+    " Maybe you meant",
+)
+
+
+def sanitize_error(text: str, max_chars: int = 300) -> str:
+    """ClickHouse's error as ``NAME (code N): first line``, cut before any query echo, trace or version.
+
+    The text a driver wraps around it (an HTTP URL, a chdb prefix) is dropped too.
+    """
+    text = text[:20_000]
+    at = text.find("Code: ")
+    if at < 0:
+        return "ClickHouse could not run the query"
+    text = text[at + len("Code: ") :]
+    digits = 0
+    while digits < len(text) and text[digits] in _DIGITS:
+        digits += 1
+    code = text[:digits] or "?"
+    message = _without_prefix(text[digits:])
+    while message.startswith("Code: "):  # chdb wraps an error in its own "Code: N. DB::Exception:"
+        nested = len("Code: ")
+        while nested < len(message) and message[nested] in _DIGITS:
+            nested += 1
+        message = _without_prefix(message[nested:])
+    trace = message.find("Stack trace")
+    name = _error_name(message[:trace] if trace >= 0 else message)
+    if message.startswith("Syntax error"):
+        message = _syntax_error(message)
+    message = message.split("\n", 1)[0]
+    for marker in _ECHO_MARKERS:
+        cut = message.find(marker)
+        if cut >= 0:
+            message = message[:cut]
+    if name and message.endswith(f"({name})"):
+        message = message[: -len(name) - 2]
+    message = message.strip().rstrip(".:,")
+    if len(message) > max_chars:
+        message = message[: max_chars - 1] + "…"
+    return f"{name or 'ClickHouse error'} (code {code}): {message}"
+
+
+def _without_prefix(message: str) -> str:
+    message = message.lstrip(". ")
+    return message[len("DB::Exception: ") :] if message.startswith("DB::Exception: ") else message
+
+
+def _error_name(message: str) -> str:
+    """The trailing ``(UPPER_CASE_NAME)`` ClickHouse ends its messages with."""
+    end = message.rfind(")")
+    while end >= 0:
+        start = message.rfind("(", 0, end)
+        if start < 0:
+            return ""
+        candidate = message[start + 1 : end]
+        if (
+            candidate
+            and all(c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789" for c in candidate)
+            and candidate[0].isalpha()
+        ):
+            return candidate
+        end = message.rfind(")", 0, start)
+    return ""
+
+
+def _syntax_error(message: str) -> str:
+    """``Syntax error: failed at position N (TOKEN) (line L, col C): <query echo>. Expected one of: ...``
+
+    becomes ``Syntax error near TOKEN. Expected one of: ...``: the position counts
+    the checker's own prefix, and the echo is the query again.
+    """
+    near = ""
+    open_ = message.find(" (")
+    close = message.find(") (line", open_)
+    if open_ >= 0 and close > open_:
+        near = " near " + message[open_ + 2 : close]
+    expected = message.find("Expected one of")
+    if expected < 0:
+        expected = message.find("Expected ")
+    tail = (". " + message[expected:]) if expected >= 0 else ""
+    return "Syntax error" + near + tail

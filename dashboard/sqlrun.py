@@ -1,62 +1,114 @@
-"""Running a user's SQL: the statement check, ClickHouse's own parse, then the query under limits."""
+"""Running a user's SQL for ``POST /api/sql``: the guard's checks, then the query, on the SQL lane.
+
+The I/O half of ``dashboard.sqlguard``. One request is one job on one lane
+thread (``dashboard.store.SqlLane``), with that thread's ClickHouse client:
+
+1. ``check_statement``: tokenizer and grammar, in Python;
+2. ``EXPLAIN AST <statement>``: ClickHouse parses, evaluates nothing; ``check_ast``;
+3. ``EXPLAIN QUERY TREE <select>`` (for SELECT, WITH and EXPLAIN): analysis,
+   which constant-folds, so it runs only after step 2 allowed every function;
+   ``check_query_tree``;
+4. the statement itself.
+
+Every statement sent to ClickHouse, the checks included, carries the same
+limits (``limits``), with ``readonly = 1`` last. ClickHouse's errors come back
+through ``sanitize_error``: READONLY and ACCESS_DENIED as SqlRefused (403),
+the rest as QueryError (400).
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable
+import math
 from typing import Any
 
-from collector.errors import QueryError
+from clickhouse_connect.driver.client import Client
+
+from collector.clickhouse import make_client
+from collector.errors import ClickHouseUnavailable, QueryError
 from dashboard.config import DashboardConfig
-from dashboard.sqlguard import SqlRefused, check_statement, check_tables, describe_target
-from dashboard.store import FlowStore, Result
+from dashboard.sqlguard import (
+    SqlRefused,
+    SqlTooLarge,
+    Statement,
+    check_ast,
+    check_query_tree,
+    check_statement,
+    sanitize_error,
+)
+from dashboard.store import FlowStore, Result, SqlLane, run_query
 
-_INNER_QUERY = re.compile(r"\b(SELECT|WITH)\b", re.I)
+QUERY_SIZE_HEADROOM = 4096
+"""ClickHouse's max_query_size is the body limit plus this: room for ``EXPLAIN QUERY TREE`` and the SETTINGS clause."""
+REFUSALS = ("READONLY", "ACCESS_DENIED")
 
 
-def limits(config: DashboardConfig) -> dict[str, Any]:
-    # readonly last: it forbids changing any setting after it
-    return {
+def limits(config: DashboardConfig, result: bool = False) -> dict[str, Any]:
+    """The settings every statement of a user request runs with; ``result`` adds the row cap of the query itself.
+
+    The checks run without the row cap: a cut EXPLAIN dump would hide the rest of the query from them.
+    """
+    settings: dict[str, Any] = {
         "max_execution_time": config.sql_max_execution_s,
-        "max_result_rows": config.sql_max_rows + 1,
-        "result_overflow_mode": "break",
         "max_memory_usage": config.sql_max_memory_bytes,
-        "readonly": 1,
+        "max_query_size": config.sql_max_query_bytes + QUERY_SIZE_HEADROOM,
+        "max_ast_depth": config.sql_max_ast_depth,
+        "max_ast_elements": config.sql_max_ast_elements,
+        "max_expanded_ast_elements": config.sql_max_expanded_ast_elements,
     }
+    if result:
+        # ClickHouse's own LIMIT on the outermost result: it stops the query there (embedded
+        # ClickHouse ignores max_result_rows), and one row more says the answer was cut
+        settings["limit"] = config.sql_max_rows + 1
+    settings["readonly"] = 1  # last: it forbids changing any setting after it
+    return settings
 
 
-async def _refusing(call: Awaitable[Result]) -> Result:
-    """ClickHouse's own read-only and access refusals become SqlRefused, with its text kept."""
-    try:
-        return await call
-    except QueryError as exc:
-        if any(code in str(exc) for code in ("(READONLY)", "(ACCESS_DENIED)")):
-            raise SqlRefused(f"refused: read-only access only ({exc})") from exc
-        raise
-
-
-async def run_user_sql(store: FlowStore, sql: str, config: DashboardConfig) -> tuple[Result, bool]:
-    """(result, truncated); raises SqlRefused, or QueryError with ClickHouse's text."""
+def guard(client: Client, sql: str, config: DashboardConfig) -> Statement:
+    """Steps 1 to 3 on the calling thread: the statement if it may run; SqlRefused or QueryError if not."""
     db = config.store.database
-    statement = check_statement(sql, db)
-    first = statement.split(None, 1)[0].upper()
-    if first in ("SELECT", "WITH", "EXPLAIN"):
-        inner = statement
-        if first == "EXPLAIN":
-            m = _INNER_QUERY.search(statement)
-            if m is None:
-                raise SqlRefused("EXPLAIN is allowed for SELECT queries only")
-            inner = statement[m.start() :]
-        tree = await _refusing(store.query(f"EXPLAIN QUERY TREE {inner}", settings={"readonly": 1}))
-        check_tables((r[0] for r in tree.rows), db)
-    elif first in ("DESCRIBE", "DESC"):
-        target = describe_target(statement)
-        if target is None:
-            raise SqlRefused("DESCRIBE takes one table of the meshscope database")
-        if "." in target and target.split(".", 1)[0] != db:
-            raise SqlRefused(f"only the {db} database can be read")
-    result = await _refusing(store.query(statement, settings=limits(config)))
+    statement = check_statement(sql, db, config.sql_max_ast_depth)
+    checks = limits(config)
+    ast = run_query(client, f"EXPLAIN AST {statement.text}", settings=checks)
+    check_ast((str(row[0]) for row in ast.rows), statement, db)
+    if statement.analysed is not None:
+        tree = run_query(client, f"EXPLAIN QUERY TREE {statement.analysed}", settings=checks)
+        check_query_tree((str(row[0]) for row in tree.rows), db)
+    return statement
+
+
+def answer(client: Client, sql: str, config: DashboardConfig) -> tuple[Result, bool]:
+    """One whole request on the calling thread: (result, truncated)."""
+    try:
+        statement = guard(client, sql, config)
+        result = run_query(client, statement.text, settings=limits(config, result=True))
+    except QueryError as exc:
+        message = sanitize_error(str(exc))
+        if message.split(" ", 1)[0] in REFUSALS:
+            raise SqlRefused(f"refused by ClickHouse: {message}") from exc
+        raise QueryError(message) from exc
+    except ClickHouseUnavailable as exc:  # its text may name the server or the data path
+        raise ClickHouseUnavailable("ClickHouse did not answer the query") from exc
     truncated = len(result.rows) > config.sql_max_rows
     if truncated:
         result.rows = result.rows[: config.sql_max_rows]
     return result, truncated
+
+
+async def run_user_sql(store: FlowStore, sql: str, config: DashboardConfig) -> tuple[Result, bool]:
+    """(result, truncated) off the event loop; raises SqlRefused (and its 413/429 kinds) or QueryError."""
+    if len(sql.encode("utf-8", "replace")) > config.sql_max_query_bytes:
+        raise SqlTooLarge(f"the query is over {config.sql_max_query_bytes} bytes")
+    return await sql_lane(store, config).run(lambda client: answer(client, sql, config))
+
+
+def sql_lane(store: FlowStore, config: DashboardConfig) -> SqlLane:
+    """The store's SQL lane, made on first use (the dashboard's start-up hands the app only the store)."""
+    if store.lane is None:
+        url, database = config.store.clickhouse_url, config.store.database
+        store.lane = SqlLane(
+            lambda: make_client(url, database=database),
+            workers=config.sql_concurrency,
+            queue=config.sql_queue,
+            retry_after_s=max(1, math.ceil(config.sql_max_execution_s)),
+        )
+    return store.lane
