@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import collector, governance, live, queries, relay, scale
+from bench import collector, governance, live, metrics, queries, relay, scale
 from bench.common import Figure, machine, table
 
 SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
@@ -23,6 +23,7 @@ SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
     "live": ("Live path", lambda q: live.run(q)),
     "scale": ("Scale curve", lambda q: scale.relay_scale(q) + scale.collector_scale(q)),
     "governance": ("Governance hot path", lambda q: governance.run(q)),
+    "metrics": ("Metrics hot path and scrape", lambda q: metrics.run(q)),
 }
 
 

@@ -7,17 +7,19 @@ import contextlib
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from collector.config import CollectorConfig
 from collector.service import Collector
+from meshcore.metrics import content_type_for
 from meshcore.server import Server, redis_client
 
 
 def metrics_app(collector: Collector) -> Starlette:
     async def metrics(request: Request) -> Response:
-        return PlainTextResponse(collector.metrics.render(), media_type="text/plain; version=0.0.4")
+        openmetrics, content_type = content_type_for(request.headers.get("accept"))
+        return Response(await asyncio.to_thread(collector.metrics.render, openmetrics), media_type=content_type)
 
     async def healthz(request: Request) -> Response:
         up = collector.metrics.get("collector_clickhouse_up") == 1

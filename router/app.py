@@ -32,13 +32,14 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from meshcore import flowrecord as fk
 from meshcore.auth import ANONYMOUS, Principal, bearer_of
 from meshcore.backoff import backoff_s
+from meshcore.metrics import content_type_for
 from meshcore.names import InvalidName, group_name
 from meshcore.tls import peer_identity
 from meshcore.topic import InvalidTopic, validate_pattern
@@ -339,7 +340,9 @@ def build_app(relay: Relay) -> Starlette:
     async def metrics(request: Request) -> Response:
         if principal_of(request) is None:
             return unauthorized()
-        return PlainTextResponse(relay.metrics.render(), media_type="text/plain; version=0.0.4")
+        openmetrics, content_type = content_type_for(request.headers.get("accept"))
+        # rendering takes a while with many series: off the event loop, so links and publishes go on
+        return Response(await asyncio.to_thread(relay.metrics.render, openmetrics), media_type=content_type)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -39,7 +39,8 @@ from meshcore.document import SchemaViolation
 from meshcore.errors import StreamUnavailable
 from meshcore.flowrecord import FlowRecord, pack
 from meshcore.governance import Governance
-from meshcore.metrics import Registry
+from meshcore.loopmon import monitor_loop
+from meshcore.metrics import E2E_LATENCY_MS, HOP_LATENCY_MS, Registry
 from meshcore.policy import Action, Decision
 from meshcore.supervise import Supervisor
 from meshcore.tls import client_context
@@ -111,7 +112,11 @@ class Relay:
         self.redis = client
         self.auth = auth or load_principals(config.auth_file, config.allow_anonymous)
         self.limits = EventLimits(max_event_bytes=config.max_event_bytes, max_depth=config.max_json_depth)
-        self.metrics = m = Registry(topic_label_max=config.topic_label_max)
+        self.metrics = m = Registry(topic_label_max=config.topic_label_max, process=True)
+        m.describe(
+            HOP_LATENCY_MS, "histogram", "Latency of the last hop of delivered events, by source region and topic"
+        )
+        m.describe(E2E_LATENCY_MS, "histogram", "Publish-to-delivery latency of delivered events, by origin and topic")
         m.describe("events_in_total", "counter", "Events received, by topic and source (producer or peer region)")
         m.describe("events_out_total", "counter", "Events sent, by topic and destination (local or peer region)")
         m.describe("drops_total", "counter", "Events dropped, by reason")
@@ -220,6 +225,7 @@ class Relay:
         sup.spawn("link-samples", self._sample_links)
         sup.spawn("link-state", self._advertise_loop)
         sup.spawn("governance", self._watch_governance)
+        sup.spawn("loop-monitor", lambda: monitor_loop(self.metrics))
         for link in self.links:
             sup.spawn(f"link {link.url}", link.run)
         if self.config.chaos_flap_interval_s > 0:
@@ -604,6 +610,10 @@ class Relay:
         if subs or groups:
             self.record(ev, fk.DELIVER, new_span_id(), parent, src, region, ts, hop_ms, fk.OK, attempt, seq,
                         principal, via, into=records)  # fmt: skip
+            trace_id = ev.trace.trace_id
+            self.metrics.observe(HOP_LATENCY_MS, hop_ms, trace_id, peer=src, topic=topic)
+            if ev.published_us:
+                self.metrics.observe(E2E_LATENCY_MS, (ts - ev.published_us) / 1000, trace_id, peer=src, topic=topic)
         else:
             status = fk.POLICY_DENIED if filtered else fk.NO_ROUTE
             self.record(ev, fk.DROP, new_span_id(), parent, src, region, ts, hop_ms, status, attempt, seq,
