@@ -86,8 +86,21 @@ def _up(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         failure_rate=args.failure_rate,
         flap_interval_s=args.flap_interval,
+        insecure=args.insecure,
+        redis_port=args.redis_port,
     )
     return run(opts)
+
+
+def _token(token_file: str | None) -> str | None:
+    """A client's bearer token: --token-file, else MESHSCOPE_TOKEN_FILE, else MESHSCOPE_TOKEN."""
+    path = token_file or os.environ.get("MESHSCOPE_TOKEN_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise SettingError(f"cannot read the token file {path}: {exc.strerror}") from None
+    return os.environ.get("MESHSCOPE_TOKEN") or None
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -98,8 +111,18 @@ def _simulate(args: argparse.Namespace) -> int:
         print("meshscope simulate: --relays takes region=ws://host:port,...", file=sys.stderr)
         return 2
     logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="simulator")
+    import ssl
+
+    ca = args.ca or os.environ.get("MESHSCOPE_TLS_CA")
+    config = SimulatorConfig(
+        relays,
+        args.rate,
+        token=_token(args.token_file),
+        ssl_context=ssl.create_default_context(cafile=ca) if ca else None,
+        bad_token=_token(args.bad_token_file) if args.bad_token_file else None,
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        _run(Simulator(SimulatorConfig(relays, args.rate)).run())
+        _run(Simulator(config).run())
     return 0
 
 
@@ -205,10 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=90.0,
         help="mean seconds between deliberate link drops on two relays (0: none)",
     )
+    up.add_argument("--insecure", action="store_true", help="no TLS: plain HTTP and WebSockets (tokens still needed)")
+    up.add_argument("--redis-port", type=int, help="port of the embedded Valkey (default 16379, or a free one)")
     up.set_defaults(run=_up)
     sim = sub.add_parser("simulate", help="drive demo traffic through running relays")
-    sim.add_argument("--relays", required=True, help="region=ws://host:port,... of the relays")
+    sim.add_argument("--relays", required=True, help="region=ws(s)://host:port,... of the relays")
     sim.add_argument("--rate", type=float, default=200.0, help="events per second in total")
+    sim.add_argument("--token-file", help="file holding the producers' bearer token (or MESHSCOPE_TOKEN[_FILE])")
+    sim.add_argument("--bad-token-file", help="token of a second producer whose events governance refuses")
+    sim.add_argument("--ca", help="CA bundle the relays' certificates chain to (or MESHSCOPE_TLS_CA)")
     sim.set_defaults(run=_simulate)
     certs = sub.add_parser(
         "certs",

