@@ -269,6 +269,23 @@ def migrations(opts: SchemaOptions) -> list[Migration]:
             ),
         ),
         Migration(5, "principals, detours, losses and refusals", tuple(_migration_5(n, opts))),
+        Migration(
+            6,
+            "durable group lag",
+            tuple(
+                n.table(
+                    "group_lag",
+                    "ts DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)), region LowCardinality(String), "
+                    "`group` LowCardinality(String), owner LowCardinality(String), patterns Array(String), "
+                    "added UInt64, acked UInt64, pending UInt64, lag UInt64, oldest_age_s Float32, consumers UInt32",
+                    "MergeTree",
+                    f"PARTITION BY toDate(ts) ORDER BY (region, `group`, ts) "
+                    f"TTL toDateTime(ts) + INTERVAL {opts.links_ttl_days} DAY",
+                    "cityHash64(region, `group`)",
+                    "ttl_only_drop_parts = 1",
+                )
+            ),
+        ),
     ]
 
 

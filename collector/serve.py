@@ -22,11 +22,8 @@ def metrics_app(collector: Collector) -> Starlette:
         return Response(await asyncio.to_thread(collector.metrics.render, openmetrics), media_type=content_type)
 
     async def healthz(request: Request) -> Response:
-        up = collector.metrics.get("collector_clickhouse_up") == 1
-        return JSONResponse(
-            {"status": "ok" if up else "degraded", "clickhouse_up": up, "consumer": collector.config.consumer},
-            status_code=200 if up else 503,
-        )
+        health = collector.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     return Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz)])
 

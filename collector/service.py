@@ -6,12 +6,17 @@
     every claim_idle_s / 2: recover stale manifests, then XAUTOCLAIM idle entries
 
 ClickHouse down: the insert is retried with backoff for as long as it takes;
-nothing is acked meanwhile, so the stream keeps every record.
+nothing is acked meanwhile, so the stream keeps every record. Redis down: the
+loop backs off and starts again from the stream's own record of what this
+collector read and did not ack (and from the in-flight manifests), so an
+outage of any length costs nothing and counts nothing twice. ``health()`` says
+which dependency is failing, since when, and why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -70,9 +75,14 @@ class Collector:
         m.describe("collector_dead_letters_total", "counter", "Entries moved to the dead-letter stream")
         m.describe("collector_recovered_batches_total", "counter", "In-flight batches recovered after a crash")
         m.describe("collector_claimed_entries_total", "counter", "Entries taken over from idle consumers")
+        m.describe("collector_redis_up", "gauge", "1 while Redis answers the collector")
+        m.describe("collector_redis_errors_total", "counter", "Times the collector lost Redis and backed off")
         self._stopping = False
         self._ready = asyncio.Event()
         self._inflight: asyncio.Task[None] | None = None
+        self._redis_error = ""
+        self._redis_down_since = 0.0
+        self._clickhouse_error = ""
 
     # ---- ClickHouse ---------------------------------------------------------------------
 
@@ -94,6 +104,7 @@ class Collector:
                 return result
             except (ClickHouseUnavailable, OperationalError, OSError) as exc:
                 self.metrics.set("collector_clickhouse_up", 0)
+                self._clickhouse_error = str(exc)[:300]
                 self.metrics.inc("collector_insert_errors_total", reason="unavailable")
                 delay = backoff_s(attempt, 0.2, 10.0, random.random())
                 log.warning(
@@ -129,9 +140,51 @@ class Collector:
     # ---- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.prepare()
-        await self.recover(own=True)
-        self._ready.set()
+        """Collect until stopped; a Redis outage of any length pauses it, never ends it."""
+        failures = 0
+        while not self._stopping:
+            try:
+                await self.prepare()
+                await self.recover(own=True)
+                self._ready.set()
+                self._redis_error = ""
+                self.metrics.set("collector_redis_up", 1)
+                failures = 0
+                await self._collect()
+            except StreamUnavailable as exc:
+                self.metrics.set("collector_redis_up", 0)
+                self.metrics.inc("collector_redis_errors_total")
+                if not self._redis_error:
+                    self._redis_down_since = time.time()
+                    log.warning("Redis unavailable; records wait in the stream", extra={"error": str(exc)[:300]})
+                self._redis_error = str(exc)[:300]
+                await self._forget_uncommitted()
+                await asyncio.sleep(backoff_s(failures, 0.2, 5.0, random.random()))
+                failures += 1
+        await self.flush()
+
+    async def _forget_uncommitted(self) -> None:
+        """Drop what was read and not committed: the stream still holds it as pending, read again on resume."""
+        self.batch = Batch()
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            if not inflight.done():
+                inflight.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await inflight  # its manifest (when saved) is recovered on resume
+
+    def health(self) -> dict[str, Any]:
+        reasons = []
+        if self._redis_error:
+            down = time.time() - self._redis_down_since
+            reasons.append(f"redis unavailable for {down:.0f} s: {self._redis_error}")
+        if self.metrics.get("collector_clickhouse_up") == 0:
+            reasons.append(f"clickhouse unavailable: {self._clickhouse_error}")
+        if not self._ready.is_set() and not reasons:
+            reasons.append("starting")
+        return {"status": "degraded" if reasons else "ok", "reasons": reasons, "consumer": self.config.consumer}
+
+    async def _collect(self) -> None:
         last_claim = last_live = last_sync = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
@@ -155,7 +208,6 @@ class Collector:
             elif self._inflight is not None and self._inflight.done():
                 inflight, self._inflight = self._inflight, None
                 await inflight  # surfaces a failed commit
-        await self.flush()
 
     def stop(self) -> None:
         self._stopping = True

@@ -2,14 +2,18 @@
 
 Embedded ClickHouse can be open in one process only; while ``meshscope up``
 holds it, the query goes to that dashboard's ``/api/sql`` instead (read-only
-there, with its limits).
+there, with its limits). The dashboard needs a principal with the sql role: the
+client sends the bearer token in ``MESHSCOPE_TOKEN_FILE`` (a file holding one
+token) or ``MESHSCOPE_TOKEN``, the names every meshscope client reads.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError, ProgrammingError
@@ -24,14 +28,30 @@ class SqlFailed(Exception):
 
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8080"
+MESHSCOPE_TOKEN_FILE = "MESHSCOPE_TOKEN_FILE"
+"""A file holding one bearer token, which clients send (wins over ``MESHSCOPE_TOKEN``)."""
+MESHSCOPE_TOKEN = "MESHSCOPE_TOKEN"
+"""A bearer token clients send, when ``MESHSCOPE_TOKEN_FILE`` is unset."""
 
 
-def via_dashboard(url: str, query: str) -> tuple[list[str], list[list[Any]]]:
+def client_token(env: Mapping[str, str]) -> str | None:
+    """The bearer token a client sends: the contents of ``MESHSCOPE_TOKEN_FILE``, else ``MESHSCOPE_TOKEN``."""
+    path = env.get(MESHSCOPE_TOKEN_FILE)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip() or None
+        except OSError as exc:
+            raise SqlFailed(f"cannot read the token file {path} ({MESHSCOPE_TOKEN_FILE}): {exc.strerror}") from None
+    return env.get(MESHSCOPE_TOKEN) or None
+
+
+def via_dashboard(url: str, query: str, token: str | None = None) -> tuple[list[str], list[list[Any]]]:
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        url.rstrip("/") + "/api/sql",
-        data=json.dumps({"sql": query}).encode(),
-        headers={"content-type": "application/json"},
-        method="POST",
+        url.rstrip("/") + "/api/sql", data=json.dumps({"sql": query}).encode(), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as reply:
@@ -41,22 +61,29 @@ def via_dashboard(url: str, query: str) -> tuple[list[str], list[list[Any]]]:
             message = json.loads(exc.read()).get("error", str(exc))
         except ValueError:
             message = str(exc)
+        if exc.code == 401:
+            message += (
+                f" (the dashboard wants a token with the sql role: set {MESHSCOPE_TOKEN_FILE} or {MESHSCOPE_TOKEN})"
+            )
         raise SqlFailed(message) from None
     except (urllib.error.URLError, OSError) as exc:
         raise SqlFailed(f"cannot reach the dashboard at {url}: {exc}") from None
     return list(body["columns"]), list(body["rows"])
 
 
-def run_sql(config: CollectorConfig, query: str, via: str | None = None) -> tuple[list[str], list[list[Any]]]:
+def run_sql(
+    config: CollectorConfig, query: str, via: str | None = None, token: str | None = None
+) -> tuple[list[str], list[list[Any]]]:
+    """Run ``query``: through the dashboard at ``via`` (with ``token``, else :func:`client_token`), or directly."""
     if via:
-        return via_dashboard(via, query)
+        return via_dashboard(via, query, token or client_token(os.environ))
     try:
         client = make_client(config.clickhouse_url, database=config.database)
     except ProgrammingError as exc:
         if is_embedded(config.clickhouse_url):
             # the embedded engine is held by a running `meshscope up`: ask its dashboard
             try:
-                return via_dashboard(DEFAULT_DASHBOARD, query)
+                return via_dashboard(DEFAULT_DASHBOARD, query, token or client_token(os.environ))
             except SqlFailed as fallback:
                 raise SqlFailed(f"{exc}; and through the dashboard: {fallback}") from None
         raise SqlFailed(str(exc)) from None

@@ -1,8 +1,10 @@
-"""Link samples and region registrations from Redis into the ``links`` and ``regions`` tables.
+"""Link and group samples and region registrations from Redis into ClickHouse.
 
-Relays write a link sample batch to the ``meshscope:links`` stream every second
-and register themselves in the ``meshscope:regions`` hash; this copies both into
-ClickHouse through its own consumer group, acking after the insert.
+Relays write a link sample batch to the ``meshscope:links`` stream every second,
+a durable group sample batch to ``meshscope:groups:lag`` every few seconds, and
+register themselves in the ``meshscope:regions`` hash; this copies them into the
+``links``, ``group_lag`` and ``regions`` tables through consumer groups of its
+own, acking after the insert (with a deduplication token from the entry ids).
 """
 
 from __future__ import annotations
@@ -36,6 +38,46 @@ LINK_COLUMNS = [
     "gov",
 ]
 REGION_COLUMNS = ["id", "provider", "lat", "lon", "city", "relay", "first_seen", "last_seen"]
+GROUPS_STREAM = "meshscope:groups:lag"
+GROUP_COLUMNS = [
+    "ts",
+    "region",
+    "group",
+    "owner",
+    "patterns",
+    "added",
+    "acked",
+    "pending",
+    "lag",
+    "oldest_age_s",
+    "consumers",
+]
+
+
+def group_rows(entries: list[tuple[str, dict[Any, Any]]]) -> list[list[Any]]:
+    """Rows of valid group samples; malformed samples are skipped (they are advisory)."""
+    rows = []
+    for _, fields in entries:
+        try:
+            samples = orjson.loads(fields.get(b"r", b"[]"))
+        except orjson.JSONDecodeError:
+            continue
+        for s in samples if isinstance(samples, list) else []:
+            if not isinstance(s, list) or len(s) != 11:
+                continue
+            try:
+                ts, region, group, owner, patterns, added, acked, pending, lag, oldest, consumers = s
+                rows.append(
+                    [
+                        int(ts), str(region)[:128], str(group)[:64], str(owner)[:128],
+                        [str(p)[:255] for p in patterns][:100], int(added), int(acked), int(pending), int(lag),
+                        float(oldest), int(consumers),
+                    ]
+                )  # fmt: skip
+            except (TypeError, ValueError):
+                continue
+    return rows
+
 
 WithClickHouse = Callable[[str, Callable[[Client], Any]], Awaitable[Any]]
 
@@ -73,25 +115,35 @@ class LinkSync:
         self.group = f"{config.group}-links"
 
     async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.config.links_stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise StreamUnavailable(f"cannot create links consumer group: {exc}") from exc
-        except RedisError as exc:
-            raise StreamUnavailable(f"cannot create links consumer group: {exc}") from exc
+        for stream in (self.config.links_stream, GROUPS_STREAM):
+            try:
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise StreamUnavailable(f"cannot create consumer group on {stream}: {exc}") from exc
+            except RedisError as exc:
+                raise StreamUnavailable(f"cannot create consumer group on {stream}: {exc}") from exc
 
     async def sync(self, with_clickhouse: WithClickHouse) -> None:
         db = self.config.database
         try:
             reply: Any = await self.redis.xreadgroup(
-                self.group, self.config.consumer, {self.config.links_stream: ">"}, count=1000
+                self.group, self.config.consumer, {self.config.links_stream: ">", GROUPS_STREAM: ">"}, count=1000
             )
             regions: Any = await self.redis.hgetall(REGIONS_KEY)
         except RedisError as exc:
+            if "NOGROUP" in str(exc):  # Redis lost the consumer group (restarted without data): make it again
+                await self.ensure_group()
+                return
             raise StreamUnavailable(f"cannot read link samples: {exc}") from exc
-        entries = [(e.decode(), f) for _, raw in reply or [] for e, f in raw]
+        by_stream = {
+            (name.decode() if isinstance(name, bytes) else name): [(e.decode(), f) for e, f in raw]
+            for name, raw in reply or []
+        }
+        entries = by_stream.get(self.config.links_stream, [])
+        group_entries = by_stream.get(GROUPS_STREAM, [])
         rows = link_rows(entries)
+        lag_rows = group_rows(group_entries)
         last_seen: dict[str, int] = {}
         for row in rows:
             last_seen[row[2]] = max(last_seen.get(row[2], 0), row[0])
@@ -122,13 +174,22 @@ class LinkSync:
                     column_names=LINK_COLUMNS,
                     settings={"insert_deduplication_token": batch_token([e for e, _ in entries])},
                 )
+            if lag_rows:
+                client.insert(
+                    f"`{db}`.`group_lag`",
+                    lag_rows,
+                    column_names=GROUP_COLUMNS,
+                    settings={"insert_deduplication_token": batch_token([e for e, _ in group_entries])},
+                )
             if region_rows:
                 client.insert(f"`{db}`.`regions`", region_rows, column_names=REGION_COLUMNS)
 
-        if rows or region_rows:
+        if rows or region_rows or lag_rows:
             await with_clickhouse("links", run)
-        if entries:
-            try:
+        try:
+            if entries:
                 await self.redis.xack(self.config.links_stream, self.group, *[e for e, _ in entries])
-            except RedisError as exc:
-                raise StreamUnavailable(f"cannot ack link samples: {exc}") from exc
+            if group_entries:
+                await self.redis.xack(GROUPS_STREAM, self.group, *[e for e, _ in group_entries])
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot ack link samples: {exc}") from exc

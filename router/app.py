@@ -426,6 +426,7 @@ async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, p
                 pending = False
 
     task = asyncio.create_task(reader())
+    relay.group_members[group] += 1
     try:
         while True:
             receive = asyncio.create_task(ws.receive())
@@ -461,6 +462,7 @@ async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, p
     except WebSocketDisconnect:
         pass
     finally:
+        relay.group_members[group] -= 1
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task

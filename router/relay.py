@@ -62,6 +62,7 @@ from router.tracecontext import new_span_id, parse_traceparent
 log = logging.getLogger(__name__)
 
 LINK_STREAM = "meshscope:links"
+GROUPS_STREAM = "meshscope:groups:lag"
 REGIONS_KEY = "meshscope:regions"
 LSA_KEY = "meshscope:lsa"
 LSA_REFRESH_S = 5.0
@@ -138,6 +139,10 @@ class Relay:
         m.describe("governance_info", "gauge", "1 for the governance version this relay enforces")
         m.describe("governance_registry_up", "gauge", "1 while the governance registry answers")
         m.describe("policy_filtered_total", "counter", "Events not delivered to a subscriber its policy forbids")
+        m.describe("group_pending", "gauge", "Entries of a durable group delivered and not yet acknowledged")
+        m.describe("group_lag", "gauge", "Entries of a durable group not yet delivered to any member")
+        m.describe("group_oldest_age_seconds", "gauge", "Age of a durable group's oldest unacknowledged entry")
+        m.describe("group_consumers", "gauge", "Members of a durable group connected to this relay")
         m.set("anonymous", 1 if self.auth.allow_anonymous else 0)
         self.supervisor = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.breaker = CircuitBreaker("redis")
@@ -202,6 +207,7 @@ class Relay:
                 )
             )
         self.links_by_region: dict[str, MeshLink] = {}
+        self.group_members: Counter[str] = Counter()  # group -> members connected here
         self._group_gates: dict[str, Callable[[str], bool] | None] = {}
         self.outbox = Outbox(config, client, self.routes, self.links_by_region, self.record, self.limits)
         self._lsa_seq = now_us()
@@ -223,6 +229,7 @@ class Relay:
         sup.spawn("load", self._load, restart=False)
         sup.spawn("dispatch", self._dispatch_loop)
         sup.spawn("link-samples", self._sample_links)
+        sup.spawn("group-samples", self._sample_groups)
         sup.spawn("link-state", self._advertise_loop)
         sup.spawn("governance", self._watch_governance)
         sup.spawn("loop-monitor", lambda: monitor_loop(self.metrics))
@@ -925,6 +932,40 @@ class Relay:
                     await self.redis.publish(LINK_STREAM, orjson.dumps({"region": self.region, "links": samples}))
                 except RedisError as exc:
                     log.warning("cannot write link samples", extra={"error": str(exc)[:200]})
+
+    async def _sample_groups(self) -> None:
+        """Every few seconds, each durable group's position, into the history (meshscope:groups:lag) and /metrics."""
+        await self.ready.wait()
+        while True:
+            await asyncio.sleep(max(1.0, self.config.link_stats_interval_s))
+            if not self.breaker.healthy:
+                continue
+            ts = now_us()
+            rows = []
+            for group, info in list(self.groups.groups.items()):
+                try:
+                    lag = await self.groups.lag(group)
+                except StreamUnavailable as exc:
+                    log.warning("cannot sample group lag", extra={"group": group, "error": str(exc)[:200]})
+                    break
+                if not lag:
+                    continue
+                members = self.group_members.get(group, 0)
+                oldest_s = (ts / 1000 - lag["oldest_pending_ms"]) / 1000 if lag["oldest_pending_ms"] else 0.0
+                self.metrics.set("group_pending", lag["pending"], group=group)
+                self.metrics.set("group_lag", lag["lag"], group=group)
+                self.metrics.set("group_oldest_age_seconds", max(0.0, oldest_s), group=group)
+                self.metrics.set("group_consumers", members, group=group)
+                rows.append(
+                    [ts, self.region, group, info.owner, sorted(info.patterns.patterns), lag["added"], lag["acked"],
+                     lag["pending"], lag["lag"], round(max(0.0, oldest_s), 3), members]
+                )  # fmt: skip
+            if rows:
+                try:
+                    await self.redis.xadd(GROUPS_STREAM, {b"v": b"1", b"r": orjson.dumps(rows)}, maxlen=100_000,
+                                          approximate=True)  # fmt: skip
+                except RedisError as exc:
+                    log.warning("cannot write group samples", extra={"error": str(exc)[:200]})
 
     def health(self) -> dict[str, Any]:
         reasons = []

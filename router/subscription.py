@@ -216,22 +216,45 @@ class GroupStore:
             raise StreamUnavailable(f"cannot ack in consumer group {group!r}: {exc}") from exc
 
     async def lag(self, group: str) -> dict[str, Any]:
-        """Pending entries, consumers and lag of one group, as XINFO GROUPS reports them."""
+        """One group's position in its stream: added, read and acknowledged entries, and the oldest pending age.
+
+        ``acked`` (entries read and acknowledged) only grows while members acknowledge; ``backlog``
+        (entries not yet acknowledged) grows while they fall behind. Both are what the lag status
+        rules (collector.grouplag) look at over a window of samples.
+        """
+        stream = self.stream(group)
         try:
-            groups: Any = await self.client.xinfo_groups(self.stream(group))
-            length = int(await self.client.xlen(self.stream(group)))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xinfo_stream(stream)
+            pipe.xinfo_groups(stream)
+            pipe.xpending(stream, group)
+            info, groups, pending_summary = await pipe.execute()
+        except ResponseError:
+            return {}  # the stream or group is gone (deleted, or Redis lost it): nothing to report
         except RedisError as exc:
             raise StreamUnavailable(f"cannot inspect consumer group {group!r}: {exc}") from exc
-        for g in groups:
-            name = g.get("name")
-            if (name.decode() if isinstance(name, bytes) else name) == group:
-                return {
-                    "pending": int(g.get("pending") or 0),
-                    "lag": int(g.get("lag") or 0),
-                    "consumers": int(g.get("consumers") or 0),
-                    "length": length,
-                    "last_delivered": (g.get("last-delivered-id") or b"").decode()
-                    if isinstance(g.get("last-delivered-id"), bytes)
-                    else str(g.get("last-delivered-id") or ""),
-                }
-        return {"pending": 0, "lag": 0, "consumers": 0, "length": length, "last_delivered": ""}
+        row: Any = next((g for g in groups if _text(g.get("name")) == group), None)
+        if row is None:
+            return {}
+        added = int(info.get("entries-added") or info.get("length") or 0)
+        pending = int(row.get("pending") or 0)
+        lag = row.get("lag")
+        read = row.get("entries-read")
+        read_n = int(read) if read is not None else max(0, added - int(lag or 0))
+        lag_n = int(lag) if lag is not None else max(0, added - read_n)
+        oldest = pending_summary.get("min") if isinstance(pending_summary, dict) else None
+        oldest_ms = int(_text(oldest).split("-")[0]) if oldest else 0
+        return {
+            "added": added,
+            "read": read_n,
+            "pending": pending,
+            "lag": lag_n,
+            "acked": max(0, read_n - pending),
+            "backlog": lag_n + pending,
+            "oldest_pending_ms": oldest_ms,
+            "length": int(info.get("length") or 0),
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
