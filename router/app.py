@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -389,11 +390,18 @@ async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, p
     """
 
     async def reader() -> None:
-        pending = True
+        pending = True  # first the member's own un-acknowledged entries, all of them, then new ones
+        after = "0"
         failures = 0
+        next_claim = 0.0
         while True:
             try:
-                entries = await relay.groups.read(group, consumer, pending, 100, 500)
+                if time.monotonic() >= next_claim:
+                    # entries left un-acknowledged by a member of the same principal that went away
+                    next_claim = time.monotonic() + relay.config.group_claim_idle_s / 2
+                    if await relay.groups.claim_idle(group, consumer, int(relay.config.group_claim_idle_s * 1000)):
+                        pending, after = True, "0"
+                entries = await relay.groups.read(group, consumer, pending, 100, 500, after)
             except StreamUnavailable as exc:
                 failures += 1
                 relay.metrics.inc("task_restarts_total", task="group-reader")
@@ -401,12 +409,14 @@ async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, p
                 if failures == 1:
                     log.warning("group reader lost Redis; retrying", extra={"group": group, "error": str(exc)[:200]})
                 await asyncio.sleep(delay)
-                pending = True  # read our un-acked entries again: nothing is lost across the outage
+                pending, after = True, "0"  # read our un-acked entries again: nothing is lost across the outage
                 continue
             failures = 0
             if pending and not entries:
                 pending = False
                 continue
+            if pending:
+                after = entries[-1][0]
             gate = relay.read_gate(principal)
             refused = []
             for entry_id, event in entries:
@@ -421,9 +431,6 @@ async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, p
                 await ws.send_text(orjson.dumps({"ack": entry_id, "event": event}).decode())
             if refused:
                 await relay.groups.ack(group, refused)
-            if pending:
-                # pending entries were sent; move on to new ones (they stay pending until acked)
-                pending = False
 
     task = asyncio.create_task(reader())
     relay.group_members[group] += 1

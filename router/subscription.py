@@ -182,14 +182,16 @@ class GroupStore:
     def matching(self, topic: str) -> list[str]:
         return [g for g, info in self.groups.items() if info.patterns.matches(topic)]
 
-    async def read(self, group: str, consumer: str, pending: bool, count: int, block_ms: int) -> list[tuple[str, Any]]:
-        """Entries for ``consumer``: its own un-acked ones when ``pending``, else new ones."""
+    async def read(
+        self, group: str, consumer: str, pending: bool, count: int, block_ms: int, after: str = "0"
+    ) -> list[tuple[str, Any]]:
+        """Entries for ``consumer``: its own un-acked ones after ``after`` when ``pending``, else new ones."""
         for attempt in range(2):
             try:
                 reply: Any = await self.client.xreadgroup(
                     group,
                     consumer,
-                    {self.stream(group): "0" if pending else ">"},
+                    {self.stream(group): after if pending else ">"},
                     count=count,
                     block=None if pending else block_ms,
                 )
@@ -208,6 +210,34 @@ class GroupStore:
                 if fields and b"e" in fields:
                     out.append((entry_id.decode(), orjson.loads(fields[b"e"])))
         return out
+
+    async def claim_idle(self, group: str, consumer: str, min_idle_ms: int) -> int:
+        """Take over entries idle on another consumer of the same principal (one that went away).
+
+        Only the principal's own consumers (``<principal>/...``) are looked at, so nobody takes
+        another principal's entries. Returns how many were claimed.
+        """
+        prefix = consumer.split("/", 1)[0] + "/"
+        stream = self.stream(group)
+        claimed = 0
+        try:
+            summary: Any = await self.client.xpending(stream, group)
+            for entry in summary.get("consumers") or []:
+                name = _text(entry.get("name"))
+                if name == consumer or not name.startswith(prefix):
+                    continue
+                rows: Any = await self.client.xpending_range(
+                    stream, group, "-", "+", 1000, consumername=name, idle=min_idle_ms
+                )
+                ids: list[Any] = [_text(r["message_id"]) for r in rows]
+                if ids:
+                    await self.client.xclaim(stream, group, consumer, min_idle_ms, ids, justid=True)
+                    claimed += len(ids)
+        except ResponseError:
+            return claimed
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot claim idle entries of group {group!r}: {exc}") from exc
+        return claimed
 
     async def ack(self, group: str, ids: list[str]) -> int:
         try:

@@ -24,6 +24,7 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
         self.connections = 0
@@ -58,9 +59,27 @@ class TcpProxy:
         self.cut()
         if self._server is not None:
             self._server.close()
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._relay(reader, writer)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._handlers.discard(task)
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == CUT:
             writer.transport.abort()
             return
@@ -79,7 +98,7 @@ class TcpProxy:
         self._conns.discard(pair)
         for w in pair:
             with contextlib.suppress(Exception):
-                w.close()
+                w.transport.abort()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:

@@ -272,9 +272,7 @@ async def test_duplicate_suppression_is_per_principal(mesh: Mesh, http: httpx.As
 
 # ---- limits at the edge -----------------------------------------------------------------------
 
-DEEP_BODY = (
-    b'{"specversion":"1.0","id":"deep","source":"/s","type":"a.b","data":' + b'{"x":' * 300 + b"1" + b"}" * 301
-)
+DEEP_BODY = b'{"specversion":"1.0","id":"deep","source":"/s","type":"a.b","data":' + b'{"x":' * 300 + b"1" + b"}" * 301
 
 
 @pytest.mark.parametrize(
@@ -383,3 +381,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_entries_of_a_member_that_went_away_go_to_another_member_of_its_principal(
+    mesh: Mesh, http: httpx.AsyncClient
+) -> None:
+    await mesh.start([A], env={"MESHSCOPE_GROUP_CLAIM_IDLE_S": "0.3"})
+    base = f"{mesh[A].ws_url}/v1/subscribe?topic=o.>&group=jobs"
+    gone = await connect(f"{base}&consumer=old", additional_headers=AUTH)
+    await http.post(f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("o.x", "j-1")))
+    assert orjson.loads(await asyncio.wait_for(gone.recv(), scaled(3)))["event"]["id"] == "j-1"
+    await gone.close()  # never acknowledged
+    # another principal never gets it; a new member of the same principal does, once it sat idle
+    async with connect(f"{base}&consumer=other", additional_headers=OTHER_AUTH) as stranger:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(stranger.recv(), scaled(0.8))
+    async with connect(f"{base}&consumer=new", additional_headers=AUTH) as heir:
+        assert orjson.loads(await asyncio.wait_for(heir.recv(), scaled(3)))["event"]["id"] == "j-1"
