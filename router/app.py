@@ -88,6 +88,7 @@ class BodyTimeout(Exception):
 def build_app(relay: Relay) -> Starlette:
     config = relay.config
     auth = relay.auth
+    relay_allowlist = any(name.startswith("relay:") for name in auth.by_name)
 
     def principal_of(conn: HTTPConnection, allow_query_token: bool = False) -> Principal | None:
         ident = peer_identity(conn.scope)
@@ -330,6 +331,11 @@ def build_app(relay: Relay) -> Starlette:
                 extra={"client": str(ws.client), "principal": principal.name if principal else None},
             )
             await deny(ws, _error(401 if principal is None else 403, "a mesh peer needs a region certificate or token"))
+            return
+        if relay_allowlist and principal.name not in auth.by_name:
+            # the principals file names the mesh's relays: a certificate of the CA alone is not enough
+            log.warning("mesh connection refused: region not in the principals file", extra={"peer": principal.name})
+            await deny(ws, _error(403, f"{principal.region} is not a relay of this mesh"))
             return
         await ws.accept()
         await serve_peer(ws, relay, principal.region, security, principal.name)

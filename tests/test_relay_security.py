@@ -90,6 +90,7 @@ async def test_mesh_refuses_peers_that_are_not_the_region_they_claim(
     mesh: Mesh, certs: Path, other_ca: Path, who: str, expect: int | str
 ) -> None:
     mesh.certs = certs
+    mesh.regions = [A]  # A is a relay of this mesh (it does not run: this test speaks for it)
     await mesh.start_one(C)
     url = f"{mesh[C].ws_url}/v1/mesh"
     if expect == "handshake":
@@ -398,3 +399,16 @@ async def test_entries_of_a_member_that_went_away_go_to_another_member_of_its_pr
             await asyncio.wait_for(stranger.recv(), scaled(0.8))
     async with connect(f"{base}&consumer=new", additional_headers=AUTH) as heir:
         assert orjson.loads(await asyncio.wait_for(heir.recv(), scaled(3)))["event"]["id"] == "j-1"
+
+
+async def test_a_region_certificate_alone_is_not_enough_when_the_mesh_lists_its_relays(
+    mesh: Mesh, certs: Path, tmp_path: Path
+) -> None:
+    # a certificate of the mesh CA for a region the principals file does not name (say, the dashboard's key)
+    write_bundle(certs, [Identity("region", "meshscope:dashboard")])
+    mesh.certs = certs
+    await mesh.start_one(C)
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"{mesh[C].ws_url}/v1/mesh", ssl=client_ssl(certs, "region-meshscope_dashboard")):
+            pass
+    assert refused.value.response.status_code == 403
