@@ -34,6 +34,8 @@ MESHSCOPE_COLLECTOR_BATCH_ROWS = "MESHSCOPE_COLLECTOR_BATCH_ROWS"
 """Rows per ClickHouse insert at most."""
 MESHSCOPE_COLLECTOR_FLUSH_INTERVAL_S = "MESHSCOPE_COLLECTOR_FLUSH_INTERVAL_S"
 """Longest a row waits before its batch is inserted."""
+MESHSCOPE_COLLECTOR_READ_ENTRIES = "MESHSCOPE_COLLECTOR_READ_ENTRIES"
+"""Stream entries (each up to MESHSCOPE_FLOW_BATCH records) read at a time."""
 MESHSCOPE_COLLECTOR_CLAIM_IDLE_S = "MESHSCOPE_COLLECTOR_CLAIM_IDLE_S"
 """Entries pending this long on another consumer are taken over (XAUTOCLAIM)."""
 MESHSCOPE_COLLECTOR_METRICS_PORT = "MESHSCOPE_COLLECTOR_METRICS_PORT"
@@ -86,6 +88,7 @@ class CollectorConfig:
             batch_rows=s.get_int(env, MESHSCOPE_COLLECTOR_BATCH_ROWS, d["batch_rows"], 1),
             flush_interval_s=s.get_float(env, MESHSCOPE_COLLECTOR_FLUSH_INTERVAL_S, d["flush_interval_s"], 0.001),
             claim_idle_s=s.get_float(env, MESHSCOPE_COLLECTOR_CLAIM_IDLE_S, d["claim_idle_s"], 0.01),
+            read_count=s.get_int(env, MESHSCOPE_COLLECTOR_READ_ENTRIES, d["read_count"], 1),
             metrics_port=s.get_int(env, MESHSCOPE_COLLECTOR_METRICS_PORT, d["metrics_port"], -1),
             live_channel=s.get_str(env, MESHSCOPE_LIVE_CHANNEL, d["live_channel"]),
         )

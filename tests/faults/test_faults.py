@@ -251,3 +251,75 @@ async def test_stored_events_missing_after_a_restart_are_reported_as_a_gap(
     await after.publish(20, batch=10)
     await all_arrive(client, after, B, "audit")
     assert scaled(1) > 0
+
+
+async def test_collector_killed_repeatedly_stores_every_record_once(
+    tmp_path: pytest.TempPathFactory, client: redis.Redis, valkey: ValkeyProcess
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from meshcore.flowrecord import FlowRecord, pack
+
+    total = 60_000
+    for start in range(0, total, 500):
+        rows = [
+            FlowRecord(1_795_000_000_000_000 + i, f"e{i}", "t" * 32, f"{i:016x}", "", "orders.x", "deliver", A, B,
+                       "r", 1.0, 2.0, "ok", 100, 1, i)
+            for i in range(start, start + 500)
+        ]  # fmt: skip
+        client.xadd("meshscope:flows", pack(rows))  # type: ignore[arg-type]
+    chdb = f"chdb://{tmp_path}/clickhouse"  # type: ignore[operator]
+    env = {
+        **os.environ,
+        "REDIS_URL": valkey.url,
+        "CLICKHOUSE_URL": chdb,
+        "MESHSCOPE_COLLECTOR_BATCH_ROWS": "500",  # one stream entry per insert: many chances to die mid-way
+        "MESHSCOPE_COLLECTOR_READ_ENTRIES": "1",
+        "MESHSCOPE_COLLECTOR_FLUSH_INTERVAL_S": "0.05",
+        "MESHSCOPE_COLLECTOR_METRICS_PORT": "-1",
+        "MESHSCOPE_COLLECTOR_NAME": "faulty",
+        "MESHSCOPE_LOG_LEVEL": "WARNING",
+    }
+
+    def start() -> subprocess.Popen[bytes]:
+        with open(f"{tmp_path}/collector.log", "ab") as log:  # type: ignore[operator]
+            return subprocess.Popen(
+                [sys.executable, "-m", "meshscope", "collector"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def acked() -> int:
+        groups = client.xinfo_groups("meshscope:flows")
+        return sum(int(g["entries-read"] or 0) - int(g["pending"]) for g in groups)
+
+    kills = 0
+    for _ in range(3):
+        proc = start()
+        before = acked()
+        # kill it while it works: some batches acknowledged, more inserted or on their way
+        try:
+            await eventually(lambda before=before: acked() >= before + 10, 30, 0.01)
+        except AssertionError:
+            raise AssertionError(f"kill {kills}: acked {acked()} of {total // 500} (before {before})") from None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    proc = start()
+    await eventually(lambda: acked() >= total // 500 and not client.hlen("meshscope:collector:inflight"), 60, 0.1)
+    proc.terminate()
+    proc.wait(20)
+    out = subprocess.run(
+        [sys.executable, "-m", "meshscope", "sql", "SELECT count(), uniqExact(span_id) FROM flows", "--format", "csv"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == f"{total},{total}", f"after {kills} kills: {out.stdout}"
