@@ -62,6 +62,7 @@ from router.tracecontext import new_span_id, parse_traceparent
 log = logging.getLogger(__name__)
 
 LINK_STREAM = "meshscope:links"
+STATE_KEY = "meshscope:relaystate"
 GROUPS_STREAM = "meshscope:groups:lag"
 REGIONS_KEY = "meshscope:regions"
 LSA_KEY = "meshscope:lsa"
@@ -230,6 +231,7 @@ class Relay:
         sup.spawn("dispatch", self._dispatch_loop)
         sup.spawn("link-samples", self._sample_links)
         sup.spawn("group-samples", self._sample_groups)
+        sup.spawn("state", self._publish_state)
         sup.spawn("link-state", self._advertise_loop)
         sup.spawn("governance", self._watch_governance)
         sup.spawn("loop-monitor", lambda: monitor_loop(self.metrics))
@@ -966,6 +968,53 @@ class Relay:
                                           approximate=True)  # fmt: skip
                 except RedisError as exc:
                     log.warning("cannot write group samples", extra={"error": str(exc)[:200]})
+
+    def state(self) -> dict[str, Any]:
+        """What this relay knows and decides, for the dashboard's "why this flows here": routes and interest."""
+        subs: Counter[tuple[str, tuple[str, ...]]] = Counter()
+        for sub in self.subscribers.values():
+            subs[(sub.principal.name if sub.principal else "", tuple(sorted(sub.patterns.patterns)))] += 1
+        return {
+            "ts": now_us(),
+            "region": self.region,
+            "relay": self.name,
+            "governance": self.gov_version,
+            "routes": [
+                {
+                    "dst": r.dst,
+                    "next_hop": r.next_hop,
+                    "path": list(r.path),
+                    "cost_ms": None if r.cost_ms == float("inf") else round(r.cost_ms, 3),
+                    "direct": r.direct,
+                }
+                for r in self.routes.table()
+            ],
+            "subscriptions": [
+                {"principal": who, "patterns": list(patterns), "subscribers": n}
+                for (who, patterns), n in sorted(subs.items())
+            ],
+            "groups": [
+                {
+                    "group": g,
+                    "owner": info.owner,
+                    "patterns": sorted(info.patterns.patterns),
+                    "members": self.group_members.get(g, 0),
+                }
+                for g, info in sorted(self.groups.groups.items())
+            ],
+            "interest": sorted(self.local.patterns.patterns),
+            "links": self.link_rows(),
+        }
+
+    async def _publish_state(self) -> None:
+        await self.ready.wait()
+        while True:
+            await asyncio.sleep(2.0)
+            if self.breaker.healthy:
+                try:
+                    await self.redis.hset(STATE_KEY, self.region, orjson.dumps(self.state()))
+                except RedisError as exc:
+                    log.warning("cannot publish relay state", extra={"error": str(exc)[:200]})
 
     def health(self) -> dict[str, Any]:
         reasons = []

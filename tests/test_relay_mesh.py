@@ -335,3 +335,21 @@ async def test_batched_subscriber_gets_arrays_and_bad_batch_is_refused(mesh: Mes
             await subscribe(mesh, A, "batch.>", batch=bad)
         assert refused.value.response.status_code == 400
         assert b"batch must be a whole number" in refused.value.response.body
+
+
+async def test_relays_publish_routes_and_interest_for_the_dashboard(mesh: Mesh, redis_sync: redis.Redis) -> None:
+    await mesh.start([A, B, C])
+    sub = await subscribe(mesh, C, "orders.>")
+    member = await subscribe(mesh, C, "payments.*", group="billing", consumer="m1")
+
+    def state_of(region: str) -> Any:
+        raw = redis_sync.hget("meshscope:relaystate", region)
+        return orjson.loads(raw) if raw else None
+
+    state = await eventually(lambda: (s := state_of(C)) and s["groups"] and s["subscriptions"] and s, 6)
+    assert state["subscriptions"] == [{"principal": "tester", "patterns": ["orders.>"], "subscribers": 1}]
+    assert state["groups"] == [{"group": "billing", "owner": "tester", "patterns": ["payments.*"], "members": 1}]
+    routes = {r["dst"]: r for r in (await eventually(lambda: state_of(A), 6))["routes"]}
+    assert routes[C]["direct"] and routes[C]["path"] == [C]
+    await sub.close()
+    await member.close()
