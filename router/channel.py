@@ -20,7 +20,7 @@ were announced but never applied are lost, and reported as such.
 from __future__ import annotations
 
 import secrets
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,10 @@ class Channel:
     held: OrderedDict[int, Held] = field(default_factory=OrderedDict)
     acked_above: set[int] = field(default_factory=set)
     cursor: int = 1  # the next number to send
-    trimmed: int = 0  # held items removed from the store since the last trim op (for the Redis stream)
+    # the stored entries of this channel's Redis stream, oldest first: one entry per commit, holding the
+    # numbers first..last; an entry is trimmed once the floor passed its last number
+    segments: deque[tuple[int, int]] = field(default_factory=deque)
+    trimmed: int = 0  # entries to trim from the stream at the next persist
 
     @property
     def depth(self) -> int:
@@ -149,7 +152,7 @@ class Channel:
             self.floor = seq + 1
         # numbers assigned to a commit that has not landed yet are not held yet: the floor stays below them
         self.cursor = max(self.cursor, self.floor)
-        self.trimmed += len(done)
+        self._release_segments()
         return done
 
     def drop_oldest(self, n: int) -> list[Held]:
@@ -164,8 +167,13 @@ class Channel:
         elif out:
             self.floor = out[-1].seq + 1
         self.cursor = max(self.cursor, self.floor)
-        self.trimmed += len(out)
+        self._release_segments()
         return out
+
+    def _release_segments(self) -> None:
+        while self.segments and self.segments[0][1] < self.floor:
+            self.segments.popleft()
+            self.trimmed += 1
 
     def expired(self, now_us: int, max_age_us: int) -> int:
         """How many of the oldest held items are older than ``max_age_us``."""

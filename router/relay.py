@@ -553,6 +553,7 @@ class Relay:
                 self.dedup.release(reserved_key)
             for dst, n in appended.items():
                 self.outbox.channels[dst].next_seq -= n
+            self.outbox.discard()
             raise
         self.outbox.persist(ops, set(appended))
         if records:
