@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import collector, governance, live, metrics, queries, relay, scale
+from bench import collector, governance, live, mesh, metrics, queries, relay, scale, store
 from bench.common import Figure, machine, table
 
 SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
@@ -22,6 +22,8 @@ SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
     "queries": ("Dashboard queries", lambda q: queries.run(q)),
     "live": ("Live path", lambda q: live.run(q)),
     "scale": ("Scale curve", lambda q: scale.relay_scale(q) + scale.collector_scale(q)),
+    "mesh": ("What the guarantees cost", lambda q: mesh.run(q)),
+    "store": ("Link store: Redis stream or append-only file", lambda q: store.run(q)),
     "governance": ("Governance hot path", lambda q: governance.run(q)),
     "metrics": ("Metrics hot path and scrape", lambda q: metrics.run(q)),
 }

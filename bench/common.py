@@ -111,11 +111,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout_s: float = 20) -> None:
+def wait_http(url: str, timeout_s: float = 20, context: Any = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            with urllib.request.urlopen(url, timeout=1, context=context):
                 return
         except OSError:
             time.sleep(0.05)
@@ -161,37 +161,110 @@ def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
                 p.kill()
 
 
+@dataclass
+class BenchMesh:
+    """Relay processes of one benchmark run, and how a client reaches them (token, TLS)."""
+
+    ports: dict[str, int]
+    token: str
+    workdir: Path
+    tls: bool = False
+    anonymous: bool = False
+
+    def ws(self, region: str) -> str:
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.ports[region]}"
+
+    def http(self, region: str) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.ports[region]}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.anonymous else {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def ssl(self) -> Any:
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.workdir / "ca.pem")) if self.tls else None
+
+    def ws_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``websockets.connect`` for this mesh (credentials, TLS)."""
+        out: dict[str, Any] = {"additional_headers": self.headers}
+        if self.tls:
+            out["ssl"] = self.ssl
+        return out
+
+
 def spawn_mesh(
-    spawn: Callable[..., Any], redis_url: str, regions: list[str], extra: dict[str, str] | None = None
-) -> dict[str, int]:
-    """Relay processes in a full mesh; returns region -> port once all links are up."""
-    ports = {r: free_port() for r in regions}
+    spawn: Callable[..., Any],
+    redis_url: str,
+    regions: list[str],
+    extra: dict[str, str] | None = None,
+    tls: bool = False,
+    anonymous: bool = False,
+    ports: dict[str, int] | None = None,
+    via: dict[tuple[str, str], int] | None = None,
+) -> BenchMesh:
+    """Relay processes in a full mesh (mutual TLS with ``tls``); returns once all links are up.
+
+    The benchmark client is the principal ``bench`` (an admin, so it can write governance); with
+    ``anonymous`` clients need no token (the relays still authenticate each other). ``via`` sends
+    the link (dialer, peer) to another port, such as a proxy in front of the peer.
+    """
+    from meshcore.auth import new_token, principal_entry
+
+    workdir = Path(tempfile.mkdtemp(prefix="meshscope-bench-mesh-"))
+    token = new_token()
+    relay_tokens = {r: new_token() for r in regions}
+    principals = principal_entry("bench", token, ["bench"], ["viewer", "sql", "admin"])
+    for r, t in relay_tokens.items():
+        principals += principal_entry(f"relay:{r}", t) + f'region = "{r}"\n'
+    (workdir / "principals.toml").write_text(principals)
+    if tls:
+        from meshcore.certs import write_bundle
+        from meshcore.tls import Identity
+
+        write_bundle(workdir, [Identity("region", r) for r in regions])
+    mesh = BenchMesh(ports or {r: free_port() for r in regions}, token, workdir, tls, anonymous)
     for r in regions:
-        peers = ",".join(f"ws://127.0.0.1:{p}" for o, p in ports.items() if o != r)
-        spawn(
-            "-m",
-            "meshscope",
-            "relay",
-            env={
-                "MESHSCOPE_REGION": r,
-                "MESHSCOPE_PORT": str(ports[r]),
-                "MESHSCOPE_PEERS": peers,
-                "REDIS_URL": redis_url,
-                "MESHSCOPE_LOG_LEVEL": "WARNING",
-                "MESHSCOPE_TRACE_SAMPLE_RATIO": "0",
-                # a benchmark subscriber must not lose events to its buffer while it is descheduled
-                "MESHSCOPE_SUBSCRIBER_BUFFER": "1000000",
-                **(extra or {}),
-            },
+        scheme = "wss" if tls else "ws"
+        peers = ",".join(
+            f"{o}={scheme}://127.0.0.1:{(via or {}).get((r, o), p)}" for o, p in mesh.ports.items() if o != r
         )
+        env = {
+            "MESHSCOPE_REGION": r,
+            "MESHSCOPE_PORT": str(mesh.ports[r]),
+            "MESHSCOPE_PEERS": peers,
+            "REDIS_URL": redis_url,
+            "MESHSCOPE_AUTH_FILE": str(workdir / "principals.toml"),
+            "MESHSCOPE_MESH_TOKEN": relay_tokens[r],
+            "MESHSCOPE_ALLOW_ANONYMOUS": "true" if anonymous else "false",
+            "MESHSCOPE_LOG_LEVEL": "WARNING",
+            "MESHSCOPE_TRACE_SAMPLE_RATIO": "0",
+            # a benchmark subscriber must not lose events to its buffer while it is descheduled
+            "MESHSCOPE_SUBSCRIBER_BUFFER": "1000000",
+            **(extra or {}),
+        }
+        if tls:
+            stem = workdir / f"region-{r.replace(':', '_')}"
+            env.update(
+                MESHSCOPE_TLS_CERT=f"{stem}.pem",
+                MESHSCOPE_TLS_KEY=f"{stem}.key",
+                MESHSCOPE_TLS_CA=str(workdir / "ca.pem"),
+            )
+        spawn("-m", "meshscope", "relay", env=env)
     import json
 
-    for p in ports.values():
-        wait_http(f"http://127.0.0.1:{p}/healthz")
+    for r in regions:
+        url = f"{mesh.http(r)}/healthz"
+        wait_http(url, context=mesh.ssl)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"http://127.0.0.1:{p}/healthz", timeout=2) as reply:
-                if json.loads(reply.read())["links_up"] == len(regions) - 1:
-                    break
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=mesh.ssl) as reply:
+                    if json.loads(reply.read())["links_up"] == len(regions) - 1:
+                        break
+            except OSError:
+                pass  # 503 while the relay loads its state
             time.sleep(0.05)
-    return ports
+    return mesh

@@ -18,7 +18,7 @@ import httpx
 import orjson
 import websockets
 
-from bench.common import Figure, clickhouse_url, processes, spawn_mesh, valkey
+from bench.common import BenchMesh, Figure, clickhouse_url, processes, spawn_mesh, valkey
 from collector.config import CollectorConfig
 from dashboard.config import DashboardConfig
 from dashboard.serve import DashboardRuntime
@@ -26,7 +26,7 @@ from dashboard.serve import DashboardRuntime
 A, B = "aws:us-east-1", "gcp:europe-west1"
 
 
-async def _measure(ports: dict[str, int], runtime: DashboardRuntime, n: int) -> tuple[list[float], list[float]]:
+async def _measure(mesh: BenchMesh, runtime: DashboardRuntime, n: int) -> tuple[list[float], list[float]]:
     published: dict[str, float] = {}
     live_seen: dict[str, float] = {}
     delivered: dict[str, float] = {}
@@ -39,21 +39,21 @@ async def _measure(ports: dict[str, int], runtime: DashboardRuntime, n: int) -> 
                     live_seen.setdefault(s["event_id"], now)
 
     async def subscriber() -> None:
-        url = f"ws://127.0.0.1:{ports[B]}/v1/subscribe?topic=live.>"
-        async with websockets.connect(url, max_size=None) as ws:
+        url = f"{mesh.ws(B)}/v1/subscribe?topic=live.>"
+        async with websockets.connect(url, max_size=None, **mesh.ws_kwargs()) as ws:
             async for raw in ws:
                 delivered.setdefault(orjson.loads(raw)["id"], time.time())
 
     tasks = [asyncio.create_task(watch_live()), asyncio.create_task(subscriber())]
     await asyncio.sleep(1.0)
     run_id = int(time.time() * 1000)
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers=mesh.headers, verify=mesh.ssl or True) as http:
         for i in range(n):
             event_id = f"live-{run_id}-{i}"
             body = {"specversion": "1.0", "id": event_id, "source": "/bench", "type": "live.probe", "data": {"i": i}}
             published[event_id] = time.time()
             reply = await http.post(
-                f"http://127.0.0.1:{ports[A]}/v1/events",
+                f"{mesh.http(A)}/v1/events",
                 content=orjson.dumps(body),
                 headers={"content-type": "application/cloudevents+json"},
             )
@@ -76,7 +76,7 @@ def run(quick: bool = False) -> list[Figure]:
     p50 = Figure("publish -> /ws/live p50", "ms", higher_is_better=False)
     p99 = Figure("publish -> /ws/live p99", "ms", target="<= 1,500", higher_is_better=False)
     with valkey() as redis_url, processes() as spawn:
-        ports = spawn_mesh(spawn, redis_url, [A, B])
+        mesh = spawn_mesh(spawn, redis_url, [A, B])
         ch_url = clickhouse_url()
         store = CollectorConfig(
             redis_url=redis_url,
@@ -90,7 +90,7 @@ def run(quick: bool = False) -> list[Figure]:
         async def go() -> tuple[list[float], list[float]]:
             await runtime.start()
             try:
-                return await _measure(ports, runtime, n)
+                return await _measure(mesh, runtime, n)
             finally:
                 await runtime.stop()
 

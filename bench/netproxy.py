@@ -1,4 +1,4 @@
-"""A TCP proxy on loopback that can stop forwarding: the network faults of the test suite.
+"""A TCP proxy on loopback that can stop forwarding: the network faults of tests and benchmarks.
 
 ``forward``   bytes flow both ways (the normal case)
 ``blackhole`` connections stay open but no byte moves either way (a silent network)

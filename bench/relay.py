@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import websockets
 
-from bench.common import Figure, free_port, processes, spawn_mesh, valkey, wait_http
+from bench.common import BenchMesh, Figure, free_port, processes, spawn_mesh, valkey, wait_http
 
 A, B = "aws:us-east-1", "gcp:europe-west1"
 TOPIC = "bench.orders"
@@ -51,10 +51,13 @@ def events(
     return out
 
 
-async def _subscriber(url: str, want: int, done: asyncio.Future[float], latencies: list[float] | None) -> None:
+async def _subscriber(
+    url: str, want: int, done: asyncio.Future[float], latencies: list[float] | None, mesh: BenchMesh | None = None
+) -> None:
     """Count events until ``want`` arrived; a message is one event or a JSON array of them."""
     got = 0
-    async with websockets.connect(url, max_size=None, compression=None) as ws:
+    kwargs = mesh.ws_kwargs() if mesh else {}
+    async with websockets.connect(url, max_size=None, compression=None, **kwargs) as ws:
         while got < want:
             raw = await ws.recv()
             decoded = orjson.loads(raw)
@@ -68,13 +71,21 @@ async def _subscriber(url: str, want: int, done: asyncio.Future[float], latencie
 
 
 async def _stream_publish(
-    url: str, total: int, per_frame: int, window: int, rate: float | None, stamp: bool, topic: str = TOPIC
+    url: str,
+    total: int,
+    per_frame: int,
+    window: int,
+    rate: float | None,
+    stamp: bool,
+    topic: str = TOPIC,
+    mesh: BenchMesh | None = None,
 ) -> float:
     """Publish ``total`` events, ``per_frame`` per frame, at most ``window`` frames un-acked."""
     sem = asyncio.Semaphore(window)
     run_id = next(_run)
     started = time.perf_counter()
-    async with websockets.connect(url, max_size=None, compression=None) as ws:
+    kwargs = mesh.ws_kwargs() if mesh else {}
+    async with websockets.connect(url, max_size=None, compression=None, **kwargs) as ws:
 
         async def acks() -> None:
             async for _ in ws:
@@ -98,18 +109,18 @@ async def _stream_publish(
 
 
 async def relay_stream(
-    ports: dict[str, int], total: int, per_frame: int, rate: float | None = None, latencies: list[float] | None = None
+    mesh: BenchMesh, total: int, per_frame: int, rate: float | None = None, latencies: list[float] | None = None
 ) -> float:
     """Events per second through A -> B (subscriber at B), publishing over WS /v1/stream."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[float] = loop.create_future()
     # the high-rate subscribe path: up to 100 waiting events per message (one per message when measuring latency)
     batch = 1 if latencies is not None else 100
-    url = f"ws://127.0.0.1:{ports[B]}/v1/subscribe?topic=bench.>&batch={batch}"
-    sub = asyncio.create_task(_subscriber(url, total, done, latencies))
-    await _wait_interest(ports)
+    url = f"{mesh.ws(B)}/v1/subscribe?topic=bench.>&batch={batch}"
+    sub = asyncio.create_task(_subscriber(url, total, done, latencies, mesh))
+    await _wait_interest(mesh.ports)
     started = await _stream_publish(
-        f"ws://127.0.0.1:{ports[A]}/v1/stream", total, per_frame, 8, rate, latencies is not None
+        f"{mesh.ws(A)}/v1/stream", total, per_frame, 8, rate, latencies is not None, mesh=mesh
     )
     finished = await asyncio.wait_for(done, 120)
     sub.cancel()
@@ -123,6 +134,7 @@ async def _wait_interest(ports: dict[str, int]) -> None:
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/cloudevents+json"
+wrk.headers["authorization"] = "Bearer %(token)s"
 local n = 0
 local prefix = os.time() .. "-" .. math.random(1, 1000000)
 request = function()
@@ -137,7 +149,7 @@ end
 """
 
 
-async def _python_post(port: int, seconds: float, connections: int) -> float:
+async def _python_post(mesh: BenchMesh, seconds: float, connections: int) -> float:
     """A keep-alive HTTP/1.1 load generator in asyncio, for machines without wrk (slower: it shares the CPU)."""
     run_id = next(_run)
     count = 0
@@ -145,7 +157,7 @@ async def _python_post(port: int, seconds: float, connections: int) -> float:
 
     async def worker(w: int) -> None:
         nonlocal count
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", mesh.ports[A], ssl=mesh.ssl)
         i = 0
         while time.perf_counter() < deadline:
             body = orjson.dumps(
@@ -160,7 +172,11 @@ async def _python_post(port: int, seconds: float, connections: int) -> float:
             writer.write(
                 b"POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\n"
                 b"content-type: application/cloudevents+json\r\n"
-                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                + f"authorization: Bearer {mesh.token}\r\n".encode()
+                + b"content-length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
             )
             head = await reader.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 202"):
@@ -176,13 +192,13 @@ async def _python_post(port: int, seconds: float, connections: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def relay_post(ports: dict[str, int], seconds: float, connections: int = 32) -> float:
+def relay_post(mesh: BenchMesh, seconds: float, connections: int = 32) -> float:
     """Single-event POST /v1/events requests per second, driven by wrk (C, one thread) when installed."""
     wrk = shutil.which("wrk")
     if wrk is None:
-        return asyncio.run(_python_post(ports[A], seconds, connections))
+        return asyncio.run(_python_post(mesh, seconds, connections))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT)
+        f.write(WRK_SCRIPT % {"token": mesh.token})
     out = subprocess.run(
         [
             wrk,
@@ -191,7 +207,7 @@ def relay_post(ports: dict[str, int], seconds: float, connections: int = 32) -> 
             f"-d{max(1, int(seconds))}s",
             "-s",
             f.name,
-            f"http://127.0.0.1:{ports[A]}/v1/events",
+            f"{mesh.http(A)}/v1/events",
         ],
         capture_output=True,
         text=True,
@@ -238,7 +254,7 @@ def run(quick: bool = False, runs: int = 3) -> list[Figure]:
         Figure("hop latency p99", "ms", target="<= 2 (added)", higher_is_better=False),
     ]
     with valkey() as redis_url, processes() as spawn:
-        ports = spawn_mesh(spawn, redis_url, [A, B])
+        mesh = spawn_mesh(spawn, redis_url, [A, B])
         f1, f2 = free_port(), free_port()
         spawn("-m", "bench.forwarder", str(f2))
         wait_port(f2)
@@ -247,16 +263,16 @@ def run(quick: bool = False, runs: int = 3) -> list[Figure]:
 
         async def measure() -> None:
             for _ in range(runs):
-                figures[0].values.append(await relay_stream(ports, n100, 100))
+                figures[0].values.append(await relay_stream(mesh, n100, 100))
                 figures[0].baseline.append(await bare_stream(f1, f2, n100, 100))
-                figures[1].values.append(await relay_stream(ports, n1, 1))
+                figures[1].values.append(await relay_stream(mesh, n1, 1))
                 figures[1].baseline.append(await bare_stream(f1, f2, n1, 1))
-                figures[2].values.append(await asyncio.to_thread(relay_post, ports, post_s))
+                figures[2].values.append(await asyncio.to_thread(relay_post, mesh, post_s))
             # hop latency at half the measured maximum rate (100-event frames -> 10-event frames for smoothness)
             rate = statistics.median(figures[1].values) / 2
             for _ in range(runs):
                 lat: list[float] = []
-                await relay_stream(ports, nlat, 1, rate=rate, latencies=lat)
+                await relay_stream(mesh, nlat, 1, rate=rate, latencies=lat)
                 base: list[float] = []
                 await bare_stream(f1, f2, nlat, 1, rate=rate, latencies=base)
                 hop[0].values.append(pct(lat, 0.5))

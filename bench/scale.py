@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 
 from bench.collector import fill, records
-from bench.common import Figure, clickhouse_url, processes, spawn_mesh, valkey
+from bench.common import BenchMesh, Figure, clickhouse_url, processes, spawn_mesh, valkey
 from bench.relay import _stream_publish, _subscriber
 from collector.clickhouse import make_client, migrate
 from collector.config import CollectorConfig
@@ -26,7 +26,7 @@ from collector.service import Collector
 from router.regions import DEFAULT_REGIONS
 
 
-async def _relays(ports: dict[str, int], regions: list[str], per_relay: int) -> float:
+async def _relays(mesh: BenchMesh, regions: list[str], per_relay: int) -> float:
     loop = asyncio.get_running_loop()
     dones = []
     subs = []
@@ -35,13 +35,13 @@ async def _relays(ports: dict[str, int], regions: list[str], per_relay: int) -> 
         target = regions[(i + 1) % len(regions)]
         done: asyncio.Future[float] = loop.create_future()
         dones.append(done)
-        url = f"ws://127.0.0.1:{ports[target]}/v1/subscribe?topic=bench.r{i}&batch=100"
-        subs.append(asyncio.create_task(_subscriber(url, per_relay, done, None)))
+        url = f"{mesh.ws(target)}/v1/subscribe?topic=bench.r{i}&batch=100"
+        subs.append(asyncio.create_task(_subscriber(url, per_relay, done, None, mesh)))
     await asyncio.sleep(0.5)
     started = time.perf_counter()
     await asyncio.gather(
         *(
-            _stream_publish(f"ws://127.0.0.1:{ports[r]}/v1/stream", per_relay, 100, 8, None, False, f"bench.r{i}")
+            _stream_publish(f"{mesh.ws(r)}/v1/stream", per_relay, 100, 8, None, False, f"bench.r{i}", mesh)
             for i, r in enumerate(regions)
         )
     )
@@ -59,11 +59,11 @@ def relay_scale(quick: bool) -> list[Figure]:
         regions = list(DEFAULT_REGIONS[:n]) if n > 1 else [DEFAULT_REGIONS[0], DEFAULT_REGIONS[1]]
         publishers = regions if n > 1 else regions[:1]
         with valkey() as redis_url, processes() as spawn:
-            ports = spawn_mesh(spawn, redis_url, regions)
+            mesh = spawn_mesh(spawn, redis_url, regions)
             if n == 1:  # one publishing relay, its events cross one link as in the relay benchmark
-                rate = asyncio.run(_relays_pair(ports, regions, per_relay))
+                rate = asyncio.run(_relays_pair(mesh, regions, per_relay))
             else:
-                rate = asyncio.run(_relays(ports, publishers, per_relay))
+                rate = asyncio.run(_relays(mesh, publishers, per_relay))
         base = base or rate
         figures.append(
             Figure(
@@ -77,15 +77,14 @@ def relay_scale(quick: bool) -> list[Figure]:
     return figures
 
 
-async def _relays_pair(ports: dict[str, int], regions: list[str], per_relay: int) -> float:
+async def _relays_pair(mesh: BenchMesh, regions: list[str], per_relay: int) -> float:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[float] = loop.create_future()
-    sub = asyncio.create_task(
-        _subscriber(f"ws://127.0.0.1:{ports[regions[1]]}/v1/subscribe?topic=bench.>&batch=100", per_relay, done, None)
-    )
+    url = f"{mesh.ws(regions[1])}/v1/subscribe?topic=bench.>&batch=100"
+    sub = asyncio.create_task(_subscriber(url, per_relay, done, None, mesh))
     await asyncio.sleep(0.5)
     started = time.perf_counter()
-    await _stream_publish(f"ws://127.0.0.1:{ports[regions[0]]}/v1/stream", per_relay, 100, 8, None, False)
+    await _stream_publish(f"{mesh.ws(regions[0])}/v1/stream", per_relay, 100, 8, None, False, mesh=mesh)
     finished = await asyncio.wait_for(done, 300)
     sub.cancel()
     return per_relay / (finished - started)

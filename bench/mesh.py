@@ -1,0 +1,147 @@
+"""What the mesh's guarantees cost, each against the same run without them.
+
+- mutual TLS links and authenticated publishers, against plain links and anonymous publishers;
+- durable link stores (a Redis stream per destination, written in each publish's commit), against
+  events held in memory only;
+- a schema and a 20-rule policy checked on every publish, against no governance;
+- the time from a link going silent (a proxy that black-holes it) to the relay declaring it down.
+
+Throughput is events/s from a publisher at relay A (100 events per frame) to a subscriber at
+relay B, as in the relay benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import urllib.request
+from typing import Any
+
+import httpx
+
+from bench.common import BenchMesh, Figure, free_port, processes, spawn_mesh, valkey
+from bench.netproxy import TcpProxy
+from bench.relay import A, B, relay_stream
+
+POLICY_RULES = 20
+
+
+def governance() -> dict[str, Any]:
+    """20 rules (the bench principal's allow is the most specific for its topic) and a schema for bench.>."""
+    rules: list[dict[str, Any]] = [
+        {"id": f"team-{i}", "effect": "allow", "principals": [f"group:team{i}"], "actions": ["publish"],
+         "topics": [f"team{i}.>"]}
+        for i in range(POLICY_RULES - 3)
+    ]  # fmt: skip
+    rules += [
+        {"id": "no-secrets", "effect": "deny", "principals": ["*"], "actions": ["publish"], "topics": ["secret.>"]},
+        {"id": "bench-publish", "effect": "allow", "principals": ["group:bench"], "actions": ["publish"],
+         "topics": ["bench.>"]},
+        {"id": "reads", "effect": "allow", "principals": ["*"], "actions": ["subscribe", "join"], "topics": [">"]},
+    ]  # fmt: skip
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0}, "payload": {"type": "string", "maxLength": 1000}},
+        "required": ["n", "payload"],
+    }
+    return {"policies": rules, "subjects": [{"subject": "bench.>", "compatibility": "backward", "versions": [schema]}]}
+
+
+def _throughput(mesh: BenchMesh, total: int, runs: int) -> list[float]:
+    async def measure() -> list[float]:
+        return [await relay_stream(mesh, total, 100) for _ in range(runs)]
+
+    return asyncio.run(measure())
+
+
+def security(total: int, runs: int) -> Figure:
+    fig = Figure("stream, mTLS links + token-authenticated publisher", "events/s")
+    with valkey() as redis_url, processes() as spawn:
+        fig.baseline = _throughput(spawn_mesh(spawn, redis_url, [A, B], anonymous=True), total, runs)
+    with valkey() as redis_url, processes() as spawn:
+        fig.values = _throughput(spawn_mesh(spawn, redis_url, [A, B], tls=True), total, runs)
+    fig.note = "100 events/frame; baseline: the same run with plain links and anonymous publishers"
+    return fig
+
+
+def durability(total: int, runs: int) -> Figure:
+    fig = Figure("stream, durable link stores", "events/s")
+    with valkey() as redis_url, processes() as spawn:
+        fig.baseline = _throughput(
+            spawn_mesh(spawn, redis_url, [A, B], extra={"MESHSCOPE_LINK_DURABLE": "false"}), total, runs
+        )
+    with valkey() as redis_url, processes() as spawn:
+        fig.values = _throughput(spawn_mesh(spawn, redis_url, [A, B]), total, runs)
+    fig.note = "events for B kept in a Redis stream until B acknowledges them; baseline: held in memory only"
+    return fig
+
+
+def governed(total: int, runs: int) -> Figure:
+    fig = Figure(f"stream, schema + {POLICY_RULES}-rule policy", "events/s")
+    with valkey() as redis_url, processes() as spawn:
+        mesh = spawn_mesh(spawn, redis_url, [A, B])
+        fig.baseline = _throughput(mesh, total, runs)
+        reply = httpx.put(
+            f"{mesh.http(A)}/v1/governance", json=governance(), headers=mesh.headers, verify=mesh.ssl or True
+        )
+        reply.raise_for_status()
+        version = reply.json()["version"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{mesh.http(B)}/healthz", timeout=2, context=mesh.ssl) as r:
+                import json
+
+                if json.loads(r.read())["governance"]["version"] == version:
+                    break
+            time.sleep(0.1)
+        fig.values = _throughput(mesh, total, runs)
+    fig.note = "every event checked against the policy and its schema at A; baseline: the same mesh before"
+    return fig
+
+
+def black_hole(runs: int) -> Figure:
+    fig = Figure("black-holed link declared down after", "s", target="<= 3 (3 x ping interval)", higher_is_better=False)
+
+    async def measure() -> None:
+        with valkey() as redis_url, processes() as spawn:
+            ports = {A: free_port(), B: free_port()}
+            proxy = await TcpProxy("127.0.0.1", ports[B]).start()  # A's link to B goes through it
+            try:
+                mesh = await asyncio.to_thread(
+                    spawn_mesh, spawn, redis_url, [A, B], ports=ports, via={(A, B): proxy.port}
+                )
+                async with httpx.AsyncClient() as http:
+                    for _ in range(runs):
+                        await _wait_link(http, mesh, "up")
+                        proxy.blackhole()
+                        started = time.perf_counter()
+                        await _wait_link(http, mesh, "down")
+                        fig.values.append(time.perf_counter() - started)
+                        proxy.forward()
+            finally:
+                await proxy.stop()
+
+    asyncio.run(measure())
+    fig.note = "TCP open, no byte moving (a proxy stops forwarding); MESHSCOPE_PING_INTERVAL_S = 1"
+    return fig
+
+
+async def _wait_link(http: httpx.AsyncClient, mesh: BenchMesh, want: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        links = (await http.get(f"{mesh.http(A)}/healthz")).json()["links"]
+        state = links.get(B, "down")
+        if (want == "up") == (state == "up"):
+            return
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"link to {B} did not go {want}")
+
+
+def run(quick: bool = False) -> list[Figure]:
+    total, runs = (5_000, 1) if quick else (100_000, 3)
+    figures = [security(total, runs), durability(total, runs), governed(total, runs), black_hole(1 if quick else 3)]
+    for f in figures[:3]:
+        f.values = [statistics.median(f.values)] if quick else f.values
+    return figures
