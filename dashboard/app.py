@@ -1,12 +1,19 @@
 """The dashboard's HTTP surface (Starlette); it moves data between ClickHouse, Redis and the browser.
 
-GET  /                          the live world map
+GET  /                          the live world map (viewer; without credentials: a redirect to /login)
+GET  /login[?token=]            the sign-in form; with a token: sign in, set the session cookie, 303 to /
+POST /login                     the sign-in form's target (field ``token``)
+POST /logout                    forget the session cookie
+GET  /api/session               who the caller is: name, roles, how they authenticated
 GET  /api/topology?window=      regions, edges and links over a window
 GET  /api/edges/{src}/{dst}     one edge: time series, topics, recent sampled events
+GET  /api/edges?src=&dst=       the same, for region ids that hold a "/" (a path cannot carry them)
 GET  /api/traces/{trace_id}     every hop of a trace in path order
-POST /api/sql[?format=csv]      read-only SQL over the flow history
+POST /api/sql[?format=csv]      read-only SQL over the flow history (sql role)
 WS   /ws/live                   live per-second edge statistics
-GET  /healthz
+GET  /healthz                   public: status only
+
+Every request passes :class:`dashboard.auth.Gate` first (host, origin, caller, role).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 import orjson
 import plotly
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -30,9 +38,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from collector.errors import ClickHouseUnavailable, QueryError
-from collector.output import render
 from dashboard import queries as q
+from dashboard.auth import DashboardAuth, Gate, login_routes
 from dashboard.config import DashboardConfig
+from dashboard.csvexport import spreadsheet_csv
 from dashboard.live import LiveHub
 from dashboard.sqlguard import SqlRefused
 from dashboard.sqlrun import run_user_sql
@@ -57,6 +66,7 @@ def build_app(
     config: DashboardConfig,
     store: FlowStore,
     hub: LiveHub,
+    auth: DashboardAuth,
     lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]] | None = None,
 ) -> Starlette:
     db = config.store.database
@@ -70,6 +80,10 @@ def build_app(
             PLOTLY_JS, media_type="application/javascript", headers={"cache-control": "public, max-age=86400"}
         )
 
+    async def session(request: Request) -> Response:
+        principal = request.state.principal
+        return JSON({"principal": principal.name, "roles": sorted(principal.roles), "via": principal.via})
+
     async def topology(request: Request) -> Response:
         window_s = q.parse_window(request.query_params.get("window"))
         now = time.time()
@@ -80,7 +94,10 @@ def build_app(
         return JSON(q.shape_topology(edges, regions, links, sp, now, t, config.link_stale_s))
 
     async def edge(request: Request) -> Response:
-        src, dst = request.path_params["src"], request.path_params["dst"]
+        src = request.path_params.get("src", request.query_params.get("src"))
+        dst = request.path_params.get("dst", request.query_params.get("dst"))
+        if not src or not dst:
+            return _error(400, "name the edge: /api/edges/{src}/{dst} or /api/edges?src=…&dst=…")
         sp = q.span(q.parse_window(request.query_params.get("window")), time.time(), max_bucket_s=60)
         params = {"src": src, "dst": dst}
         series, topics, samples = await asyncio.gather(
@@ -133,7 +150,7 @@ def build_app(
             return _error(400, str(exc), clickhouse=True)
         if request.query_params.get("format") == "csv":
             return Response(
-                render(result.columns, result.rows, "csv"),
+                spreadsheet_csv(result.columns, result.rows),
                 media_type="text/csv",
                 headers={"content-disposition": 'attachment; filename="meshscope.csv"'},
             )
@@ -167,7 +184,7 @@ def build_app(
             reader.cancel()
 
     async def healthz(request: Request) -> Response:
-        return JSON({"status": "ok", "live_messages": hub.received, "live_clients": len(hub.clients)})
+        return JSON({"status": "ok", "anonymous_allowed": auth.allow_anonymous})
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         return _error(400, str(exc))
@@ -196,13 +213,17 @@ def build_app(
             Route("/", index),
             Route("/static/plotly.min.js", plotly_js),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+            *login_routes(auth),
+            Route("/api/session", session),
             Route("/api/topology", topology),
             Route("/api/edges/{src}/{dst}", edge),
+            Route("/api/edges", edge),
             Route("/api/traces/{trace_id}", trace),
             Route("/api/sql", sql, methods=["POST"]),
             WebSocketRoute("/ws/live", live),
             Route("/healthz", healthz),
         ],
+        middleware=[Middleware(Gate, auth=auth)],
         exception_handlers={q.BadRequest: bad_request, ClickHouseUnavailable: unavailable, QueryError: query_failed},
         lifespan=lifespan,
     )

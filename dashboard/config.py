@@ -1,4 +1,9 @@
-"""The dashboard's configuration: one frozen dataclass built by ``DashboardConfig.from_env``."""
+"""The dashboard's configuration: one frozen dataclass built by ``DashboardConfig.from_env``.
+
+Security settings read the same variables as the relays where they mean the same thing
+(``MESHSCOPE_AUTH_FILE``, ``MESHSCOPE_ALLOW_ANONYMOUS``, ``MESHSCOPE_TLS_*``); the names are
+defined here again, with the same values, so the dashboard does not import the relay.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ from typing import Any
 
 from collector.config import CollectorConfig
 from dashboard.health import Thresholds
+from dashboard.origin import default_hosts, host_pattern
+from dashboard.session import MIN_SECRET_BYTES, SESSION_TTL_S
 from meshcore import settings as s
+from meshcore.tls import TlsFiles
 
 MESHSCOPE_DASHBOARD_HOST = "MESHSCOPE_DASHBOARD_HOST"
 """Interface the dashboard listens on (default 127.0.0.1)."""
@@ -43,6 +51,14 @@ MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMENTS = "MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMEN
 """Most syntax-tree nodes after aliases and * are expanded (default 50000)."""
 MESHSCOPE_LINK_STALE_S = "MESHSCOPE_LINK_STALE_S"
 """A link with no sample for this long is shown as down (its relay stopped reporting)."""
+MESHSCOPE_AUTH_FILE = "MESHSCOPE_AUTH_FILE"
+"""TOML file of principals (token hashes, roles viewer/sql); unset: a token is made at start (see meshcore/auth.py)."""
+MESHSCOPE_ALLOW_ANONYMOUS = "MESHSCOPE_ALLOW_ANONYMOUS"
+"""``true`` lets requests without credentials in as viewer and sql (development only; logged, shown in /healthz)."""
+MESHSCOPE_DASHBOARD_HOSTS = "MESHSCOPE_DASHBOARD_HOSTS"
+"""Comma-separated Host names the dashboard answers (default localhost, 127.0.0.1, [::1] and the bind host)."""
+MESHSCOPE_DASHBOARD_SECRET = "MESHSCOPE_DASHBOARD_SECRET"
+"""Key (32+ characters) that signs session cookies; unset: random per process, so sessions end on restart."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,28 @@ class DashboardConfig:
     sql_max_ast_elements: int = 10_000
     sql_max_expanded_ast_elements: int = 50_000
     link_stale_s: float = 10.0
+    auth_file: str | None = None
+    allow_anonymous: bool = False
+    hosts: tuple[str, ...] = ()  # empty: default_hosts(host)
+    session_secret: str | None = field(default=None, repr=False)
+    session_ttl_s: float = SESSION_TTL_S
+    tls: TlsFiles | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "hosts", tuple(dict.fromkeys(host_pattern(h) for h in self.hosts)))
+        except ValueError as exc:
+            raise s.SettingError(f"{MESHSCOPE_DASHBOARD_HOSTS}: {exc}") from None
+        if self.session_secret is not None and len(self.session_secret.encode()) < MIN_SECRET_BYTES:
+            raise s.SettingError(
+                f"{MESHSCOPE_DASHBOARD_SECRET} must be at least {MIN_SECRET_BYTES} characters"
+                " (e.g. the output of: python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """The Host names answered: the configured ones, else the loopback names and the bind host."""
+        return self.hosts or default_hosts(self.host)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> DashboardConfig:
@@ -89,5 +127,10 @@ class DashboardConfig:
                 env, MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMENTS, d["sql_max_expanded_ast_elements"], 16
             ),
             link_stale_s=s.get_float(env, MESHSCOPE_LINK_STALE_S, d["link_stale_s"], 1.0),
+            auth_file=env.get(MESHSCOPE_AUTH_FILE) or None,
+            allow_anonymous=s.get_bool(env, MESHSCOPE_ALLOW_ANONYMOUS, False),
+            hosts=s.get_list(env, MESHSCOPE_DASHBOARD_HOSTS),
+            session_secret=env.get(MESHSCOPE_DASHBOARD_SECRET) or None,
+            tls=TlsFiles.from_env(env),
         )
         return replace(config, **overrides)

@@ -3,6 +3,13 @@
 Embedded ClickHouse (chdb) can be open in one process only, so with chdb the
 collector runs in the dashboard's process (``meshscope up`` does this); with a
 ClickHouse server they run apart.
+
+Secure by default, and still one command: without ``MESHSCOPE_AUTH_FILE`` the runtime makes a
+token at start for a principal with the viewer and sql roles and offers a sign-in URL
+(``sign_in_url``, logged at start as Jupyter does); with a principals file, people sign in with
+their own tokens. The session secret is ``MESHSCOPE_DASHBOARD_SECRET`` or random per process, in
+which case sessions end when the process does. With ``MESHSCOPE_TLS_CERT``/``KEY`` the dashboard
+serves HTTPS (and asks for client certificates when ``MESHSCOPE_TLS_CA`` is set).
 """
 
 from __future__ import annotations
@@ -10,16 +17,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 
 from clickhouse_connect.driver.client import Client
 
 from collector.clickhouse import make_client, migrate
 from collector.service import Collector
+from dashboard.access import DASHBOARD_ROLES
 from dashboard.app import build_app
-from dashboard.config import DashboardConfig
+from dashboard.auth import DashboardAuth
+from dashboard.config import MESHSCOPE_ALLOW_ANONYMOUS, DashboardConfig
 from dashboard.live import LiveHub
+from dashboard.origin import WILDCARD_BINDS
+from dashboard.session import SessionCodec
 from dashboard.store import FlowStore
+from meshcore.auth import Principal, load_principals, new_token
 from meshcore.server import Server, redis_client
+from meshcore.tls import server_context
+
+LOCAL_PRINCIPAL = "local"
+"""The principal of the token made at start when no principals file is configured."""
+LOCAL_ROLES = frozenset(("viewer", "sql"))
+"""Its roles: the map and SQL."""
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +50,15 @@ class DashboardRuntime:
         self.config = config
         self.with_collector = with_collector
         self.announce = announce
+        authenticator = load_principals(config.auth_file, config.allow_anonymous)
+        self.token: str | None = None
+        """The token made at start (viewer and sql), when no principals file is configured."""
+        if config.auth_file is None:
+            self.token = new_token()
+            authenticator = authenticator.with_principal(Principal(LOCAL_PRINCIPAL, roles=LOCAL_ROLES), self.token)
+        secret = config.session_secret.encode() if config.session_secret else secrets.token_bytes(32)
+        self.auth = DashboardAuth(authenticator, SessionCodec(secret, config.session_ttl_s), config.allowed_hosts)
+        ssl_context = server_context(config.tls) if config.tls is not None else None
         self.redis = redis_client(config.store.redis_url)
         self.collector: Collector | None = None
         self._collector_task: asyncio.Task[None] | None = None
@@ -40,15 +68,50 @@ class DashboardRuntime:
         self.store = FlowStore(make_client(config.store.clickhouse_url, database=config.store.database))
         self.hub = LiveHub(self.redis, config.store.live_channel)
         self.server = Server(
-            build_app(config, self.store, self.hub, (self._start, self._stop)), config.host, config.port
+            build_app(config, self.store, self.hub, self.auth, (self._start, self._stop)),
+            config.host,
+            config.port,
+            ssl_context=ssl_context,
         )
+
+    @property
+    def url(self) -> str:
+        """Where a browser on this machine reaches the dashboard (a wildcard bind reads as 127.0.0.1)."""
+        scheme = "https" if self.server.ssl_context is not None else "http"
+        host = self.config.host
+        if host in WILDCARD_BINDS:
+            host = "[::1]" if ":" in host else "127.0.0.1"
+        elif ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.server.port}"
+
+    @property
+    def sign_in_url(self) -> str | None:
+        """``URL/login?token=…`` for the token made at start; None when a principals file is configured."""
+        return f"{self.url}/login?token={self.token}" if self.token is not None else None
 
     async def _start(self) -> None:
         if self.with_collector:
             self.collector = Collector(self.config.store, self.redis, clickhouse=self.admin)
             self._collector_task = asyncio.create_task(self.collector.run(), name="collector")
+        if self.auth.allow_anonymous:
+            log.warning(
+                f"{MESHSCOPE_ALLOW_ANONYMOUS} is on: anyone who reaches the dashboard may read the map and run SQL"
+                " without signing in",
+                extra={"url": self.url},
+            )
+        users = [p.name for p in self.auth.authenticator.by_name.values() if not p.roles.isdisjoint(DASHBOARD_ROLES)]
+        if not users and not self.auth.allow_anonymous:
+            log.warning(
+                "no principal in the principals file has the viewer or sql role: nobody can sign in",
+                extra={"auth_file": self.config.auth_file},
+            )
         if self.announce:
-            log.info("dashboard listening", extra={"url": self.server.url})
+            log.info("dashboard listening", extra={"url": self.url})
+            if self.sign_in_url is not None:
+                log.info("to sign in, open this URL (it holds a token made at start)", extra={"url": self.sign_in_url})
+            else:
+                log.info("sign in with a principal's token", extra={"url": f"{self.url}/login"})
 
     async def _stop(self) -> None:
         if self.collector is not None and self._collector_task is not None:

@@ -1,5 +1,11 @@
 // meshscope dashboard: the world map, live edges, drill-down and SQL.
 // Everything is fetched from this origin; plotly and the world topojson are served locally.
+//
+// Every string that comes from events or relays (region ids, cities, providers, topics, event and
+// trace ids, relay names, statuses, errors) is data, never markup. In tables it goes through esc();
+// on the map through plain(), because plotly reads its text, hovertext and names as HTML-like
+// markup (<br>, <b>, <a href>, <span style>) and decodes entities: plain() escapes &, < and >, so
+// the only markup plotly sees is what this file writes around the values.
 "use strict";
 
 const PROVIDER_COLORS = { aws: "#ff9900", gcp: "#4285f4", azure: "#00a2ed", onprem: "#9aa0a6" };
@@ -17,15 +23,37 @@ const state = {
 };
 
 const $ = (id) => document.getElementById(id);
-const key = (src, dst) => `${src}|${dst}`;
+const key = (src, dst) => JSON.stringify([src, dst]);
 const fmt = (v, digits = 1) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+// plotly decodes &amp; &lt; &gt; (and numeric entities) in text parts, but not &quot;: escape only these three
+const plain = (s) => String(s ?? "–").replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" })[c]);
+// a lookup that data cannot steer into Object.prototype ("constructor", "__proto__")
+const pick = (table, name, fallback) => (typeof name === "string" && Object.hasOwn(table, name) ? table[name] : fallback);
+const num = (v) => (Number.isFinite(Number(v)) ? Number(v) : 0);
+
+function signIn() {
+  location.assign("/login");
+}
 
 async function getJSON(url, options) {
   const reply = await fetch(url, options);
+  if (reply.status === 401) signIn();
   const body = await reply.json().catch(() => ({}));
   if (!reply.ok) throw new Error(body.error || `${reply.status} ${reply.statusText}`);
   return body;
+}
+
+async function loadSession() {
+  try {
+    const me = await getJSON("/api/session");
+    $("who-name").textContent = me.principal;
+    $("sign-out").hidden = me.via !== "session";
+    $("who").hidden = false;
+    $("sql-toggle").hidden = !me.roles.includes("sql");
+  } catch (err) {
+    console.warn("session", err);
+  }
 }
 
 // ---- geometry: great circles, bent a little so the two directions of a pair part ---------
@@ -68,17 +96,18 @@ function bearing(lat1, lon1, lat2, lon2) {
 function takeLive(message) {
   state.messages += 1;
   const ts = message.ts;
+  if (typeof ts !== "number") return;
   for (const e of message.edges || []) {
     if (e.src === e.dst) continue;
     const k = key(e.src, e.dst);
     if (!state.live.has(k)) state.live.set(k, new Map());
     const perSecond = state.live.get(k);
     const cur = perSecond.get(ts) || { count: 0, delivered: 0, errors: 0, e2e_p99: null, hop_p99: null };
-    cur.count += e.count;
-    cur.delivered += e.delivered;
-    cur.errors += e.errors;
-    if (e.e2e_p99 !== null) cur.e2e_p99 = Math.max(cur.e2e_p99 || 0, e.e2e_p99);
-    if (e.hop_p99 !== null) cur.hop_p99 = Math.max(cur.hop_p99 || 0, e.hop_p99);
+    cur.count += num(e.count);
+    cur.delivered += num(e.delivered);
+    cur.errors += num(e.errors);
+    if (e.e2e_p99 !== null) cur.e2e_p99 = Math.max(cur.e2e_p99 || 0, num(e.e2e_p99));
+    if (e.hop_p99 !== null) cur.hop_p99 = Math.max(cur.hop_p99 || 0, num(e.hop_p99));
     perSecond.set(ts, cur);
   }
   for (const s of message.samples || []) state.samples.push(s);
@@ -108,9 +137,12 @@ function connectLive() {
     takeLive(JSON.parse(ev.data));
     $("live-text").textContent = `live · ${state.messages} updates`;
   };
-  ws.onclose = () => {
+  ws.onclose = async () => {
     status.className = "live-status off";
     $("live-text").textContent = "live feed lost, reconnecting…";
+    // a refused upgrade shows no status to scripts: ask the API whether the session ended
+    const reply = await fetch("/api/session").catch(() => null);
+    if (reply && reply.status === 401) return signIn();
     setTimeout(connectLive, 1000);
   };
 }
@@ -135,13 +167,13 @@ function buildTraces() {
     const g = arc(a, b);
     traces.push({
       type: "scattergeo", mode: "lines", lat: g.lats, lon: g.lons, hoverinfo: "text",
-      text: g.lats.map(() => `link ${l.src} → ${l.dst}: ${l.state}${l.stale ? " (no report)" : ""}<br>RTT ${fmt(l.rtt_ms)} ms · queue ${l.queue_depth} · reconnects ${l.reconnects}`),
+      text: g.lats.map(() => `link ${plain(l.src)} → ${plain(l.dst)}: ${plain(l.state)}${l.stale ? " (no report)" : ""}<br>RTT ${fmt(l.rtt_ms)} ms · queue ${num(l.queue_depth)} · reconnects ${num(l.reconnects)}`),
       line: { width: down ? 2 : 0.6, color: down ? HEALTH_COLORS.red : "rgba(140,160,200,0.35)", dash: down ? "dash" : "dot" },
       showlegend: false, name: down ? "link-down" : "link",
     });
   }
   // traffic edges
-  const maxRate = Math.max(1, ...state.topology.edges.map((e) => e.events_per_s));
+  const maxRate = Math.max(1, ...state.topology.edges.map((e) => num(e.events_per_s)));
   const arrows = { lat: [], lon: [], angle: [], color: [], text: [], customdata: [] };
   for (const e of state.topology.edges) {
     const a = regions.get(e.src), b = regions.get(e.dst);
@@ -149,19 +181,19 @@ function buildTraces() {
     const live = liveStats(e.src, e.dst);
     const link = linkState.get(key(e.src, e.dst));
     const linkDown = link && link.state !== "up";
-    const rate = live && state.window === "1m" ? live.rate : e.events_per_s;
+    const rate = live && state.window === "1m" ? live.rate : num(e.events_per_s);
     const width = 1 + 7 * Math.sqrt(Math.min(1, rate / maxRate));
-    const color = linkDown ? HEALTH_COLORS.red : HEALTH_COLORS[e.health] || HEALTH_COLORS.idle;
+    const color = linkDown ? HEALTH_COLORS.red : pick(HEALTH_COLORS, e.health, HEALTH_COLORS.idle);
     const g = arc(a, b);
-    const errs = Object.entries(e.errors_by_status).map(([s, n]) => `${s} ${n}`).join(", ") || "none";
-    const hover = `<b>${e.src} → ${e.dst}</b><br>${fmt(e.events_per_s, 2)} ev/s over ${state.window}` +
+    const errs = Object.entries(e.errors_by_status || {}).map(([s, n]) => `${plain(s)} ${num(n)}`).join(", ") || "none";
+    const hover = `<b>${plain(e.src)} → ${plain(e.dst)}</b><br>${fmt(e.events_per_s, 2)} ev/s over ${plain(state.window)}` +
       (live ? ` · live ${fmt(live.rate, 1)} ev/s` : "") +
       `<br>hop p50/p99 ${fmt(e.hop_p50)} / ${fmt(e.hop_p99)} ms<br>e2e p50/p99 ${fmt(e.e2e_p50)} / ${fmt(e.e2e_p99)} ms` +
       `<br>errors ${fmt(e.error_pct, 2)} % (${errs})` + (linkDown ? "<br><b>link down</b>" : "");
     traces.push({
       type: "scattergeo", mode: "lines", lat: g.lats, lon: g.lons, hoverinfo: "text",
       text: g.lats.map(() => hover), customdata: g.lats.map(() => [e.src, e.dst]),
-      line: { width, color }, opacity: 0.9, showlegend: false, name: `edge ${e.src} ${e.dst}`,
+      line: { width, color }, opacity: 0.9, showlegend: false, name: "edge",
     });
     const i = Math.floor(g.lats.length * 0.72);
     arrows.lat.push(g.lats[i]);
@@ -178,15 +210,15 @@ function buildTraces() {
   });
   // regions
   const rs = [...regions.values()];
-  const maxRegion = Math.max(1, ...rs.map((r) => r.events_per_s || 0));
+  const maxRegion = Math.max(1, ...rs.map((r) => num(r.events_per_s)));
   traces.push({
     type: "scattergeo", mode: "markers+text", name: "regions", showlegend: false,
-    lat: rs.map((r) => r.lat), lon: rs.map((r) => r.lon), text: rs.map((r) => r.id), textposition: "bottom center",
-    textfont: { color: "#dbe2f1", size: 11 }, hoverinfo: "text",
-    hovertext: rs.map((r) => `<b>${r.id}</b> (${r.city})<br>${fmt(r.events_per_s, 2)} ev/s published · ${r.delivered} delivered here`),
+    lat: rs.map((r) => r.lat), lon: rs.map((r) => r.lon), customdata: rs.map((r) => r.id),
+    text: rs.map((r) => plain(r.id)), textposition: "bottom center", textfont: { color: "#dbe2f1", size: 11 }, hoverinfo: "text",
+    hovertext: rs.map((r) => `<b>${plain(r.id)}</b> (${plain(r.city)})<br>${fmt(r.events_per_s, 2)} ev/s published · ${num(r.delivered)} delivered here`),
     marker: {
-      size: rs.map((r) => 10 + 22 * Math.sqrt((r.events_per_s || 0) / maxRegion)),
-      color: rs.map((r) => PROVIDER_COLORS[r.provider] || PROVIDER_COLORS.onprem),
+      size: rs.map((r) => 10 + 22 * Math.sqrt(num(r.events_per_s) / maxRegion)),
+      color: rs.map((r) => pick(PROVIDER_COLORS, r.provider, PROVIDER_COLORS.onprem)),
       line: { width: 1.5, color: "#0b1020" }, opacity: 0.95,
     },
   });
@@ -219,7 +251,7 @@ function drawMap() {
 function drawLiveEdges() {
   const rows = [];
   for (const k of state.live.keys()) {
-    const [src, dst] = k.split("|");
+    const [src, dst] = JSON.parse(k);
     const s = liveStats(src, dst);
     if (s && (s.rate > 0 || s.errors > 0)) rows.push({ src, dst, ...s });
   }
@@ -262,7 +294,8 @@ async function refreshEdge() {
   const { src, dst } = state.selected;
   let edge;
   try {
-    edge = await getJSON(`/api/edges/${encodeURIComponent(src)}/${encodeURIComponent(dst)}?window=${state.window}`);
+    const query = new URLSearchParams({ src, dst, window: state.window });
+    edge = await getJSON(`/api/edges?${query}`);
   } catch (err) {
     $("panel-summary").textContent = String(err.message || err);
     return;
@@ -272,7 +305,7 @@ async function refreshEdge() {
   Plotly.react("chart-rate", [{ x: t, y: edge.series.map((p) => p.events_per_s), type: "scatter", mode: "lines", line: { color: "#4285f4" } }], CHART_LAYOUT("events/s"), opts);
   Plotly.react("chart-lag", [{ x: t, y: edge.series.map((p) => p.e2e_p99), type: "scatter", mode: "lines", line: { color: "#f5a623" }, connectgaps: false }], CHART_LAYOUT("p99 end-to-end lag (ms)"), opts);
   Plotly.react("chart-errors", [{ x: t, y: edge.series.map((p) => p.error_pct), type: "scatter", mode: "lines", line: { color: "#e74c3c" } }], CHART_LAYOUT("error %"), opts);
-  $("panel-summary").innerHTML = `<span><b>${edge.events}</b> events</span><span><b>${edge.errors}</b> errors</span><span>window <b>${edge.window}</b></span>`;
+  $("panel-summary").innerHTML = `<span><b>${num(edge.events)}</b> events</span><span><b>${num(edge.errors)}</b> errors</span><span>window <b>${esc(edge.window)}</b></span>`;
   $("topics-body").innerHTML = edge.topics.map((x) =>
     `<tr><td>${esc(x.topic)}</td><td>${fmt(x.events_per_s, 2)}</td><td>${fmt(x.e2e_p50)}</td><td>${fmt(x.e2e_p99)}</td><td>${fmt(x.error_pct, 2)}</td></tr>`).join("");
   state.edgeSamples = edge.samples;
@@ -285,10 +318,11 @@ function drawTail() {
   const live = state.samples.filter((s) => s.src === src && s.dst === dst).slice(-20).reverse();
   const rows = live.length ? live : (state.edgeSamples || []);
   $("tail-body").innerHTML = rows.map((s) => {
-    const when = new Date(s.ts / 1000).toISOString().slice(11, 23);
+    const at = new Date(num(s.ts) / 1000);
+    const when = Number.isNaN(at.getTime()) ? "–" : at.toISOString().slice(11, 23);
     const cls = s.status === "ok" ? "status-ok" : "status-bad";
     return `<tr><td>${when}</td><td>${esc(s.topic)}</td><td class="${cls}">${esc(s.kind)}${s.status === "ok" ? "" : " " + esc(s.status)}</td>` +
-      `<td>${fmt(s.e2e_ms)}</td><td>${s.trace_id ? `<a class="trace-link" data-trace="${esc(s.trace_id)}">${esc(s.trace_id.slice(0, 12))}…</a>` : "–"}</td></tr>`;
+      `<td>${fmt(s.e2e_ms)}</td><td>${s.trace_id ? `<a class="trace-link" data-trace="${esc(s.trace_id)}">${esc(String(s.trace_id).slice(0, 12))}…</a>` : "–"}</td></tr>`;
   }).join("") || '<tr><td colspan="5" class="muted">no sampled events yet</td></tr>';
 }
 
@@ -296,9 +330,9 @@ async function openTrace(traceId) {
   $("trace").hidden = false;
   $("trace-id").textContent = traceId;
   try {
-    const tr = await getJSON(`/api/traces/${traceId}`);
+    const tr = await getJSON(`/api/traces/${encodeURIComponent(traceId)}`);
     $("trace-body").innerHTML = tr.hops.map((h, i) =>
-      `<tr><td>${"&nbsp;".repeat(h.depth * 3)}${i + 1}</td><td>${esc(h.kind)}</td><td>${esc(h.src_region)} → ${esc(h.dst_region)}</td>` +
+      `<tr><td>${"&nbsp;".repeat(Math.min(60, Math.max(0, Math.floor(num(h.depth)))) * 3)}${i + 1}</td><td>${esc(h.kind)}</td><td>${esc(h.src_region)} → ${esc(h.dst_region)}</td>` +
       `<td>${esc(h.relay)}</td><td>${fmt(h.hop_ms, 2)}</td><td>${fmt(h.e2e_ms, 2)}</td>` +
       `<td class="${h.status === "ok" ? "status-ok" : "status-bad"}">${esc(h.status)}</td></tr>`).join("");
   } catch (err) {
@@ -327,6 +361,7 @@ async function runSql() {
 
 async function downloadCsv() {
   const reply = await fetch("/api/sql?format=csv", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ sql: $("sql-text").value }) });
+  if (reply.status === 401) return signIn();
   if (!reply.ok) {
     const body = await reply.json().catch(() => ({}));
     $("sql-error").hidden = false;
@@ -371,6 +406,7 @@ function wire() {
 
 async function main() {
   wire();
+  await loadSession();
   await refreshTopology();
   drawMap();
   connectLive();

@@ -314,7 +314,9 @@ async def stack_factory(
     runtimes: list[Any] = []
 
     async def start(regions: list[str], **dashboard: Any) -> Stack:
+        """Relays for ``regions`` and a dashboard that knows the mesh's principals (AUTH: the tester, viewer+sql)."""
         await mesh.start(regions, env={"MESHSCOPE_LINK_STATS_INTERVAL_S": "0.2"})
+        dashboard.setdefault("auth_file", mesh.auth_file)
         store = CollectorConfig(
             redis_url=redis_url,
             clickhouse_url=clickhouse_url,

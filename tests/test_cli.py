@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import scaled
+from tests.conftest import OTHER_TOKEN, TEST_TOKEN, scaled
 
 
 def meshscope(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "MESHSCOPE_DATA_DIR": str(data_dir), **env}
-    environ.pop("CLICKHOUSE_URL", None)
+    environ = {**os.environ, "MESHSCOPE_DATA_DIR": str(data_dir)}
+    for name in ("CLICKHOUSE_URL", "MESHSCOPE_TOKEN", "MESHSCOPE_TOKEN_FILE"):
+        environ.pop(name, None)
+    environ.update(env)
     return subprocess.run(
         [sys.executable, "-m", "meshscope", *args], env=environ, capture_output=True, text=True, timeout=scaled(120)
     )
@@ -70,3 +74,27 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     out = meshscope("--help", data_dir=tmp_path)
     for command in ("relay", "collector", "dashboard", "up", "simulate", "bench", "sql"):
         assert command in out.stdout
+
+
+async def test_sql_via_a_dashboard_sends_the_token(stack_factory: Any, tmp_path: Path) -> None:
+    stack = await stack_factory(["aws:us-east-1"])
+    token_file = tmp_path / "sql.token"
+    token_file.write_text(TEST_TOKEN + "\n")
+    query = ("sql", "SELECT 1 AS a", "--format", "csv", "--via", stack.url)
+
+    def run(**env: str) -> subprocess.CompletedProcess[str]:
+        return meshscope(*query, data_dir=tmp_path, **env)
+
+    by_file, by_env, viewer, nobody, missing = await asyncio.gather(
+        asyncio.to_thread(run, MESHSCOPE_TOKEN_FILE=str(token_file), MESHSCOPE_TOKEN="ms_ignored"),
+        asyncio.to_thread(run, MESHSCOPE_TOKEN=TEST_TOKEN),
+        asyncio.to_thread(run, MESHSCOPE_TOKEN=OTHER_TOKEN),
+        asyncio.to_thread(run),
+        asyncio.to_thread(run, MESHSCOPE_TOKEN_FILE=str(tmp_path / "absent.token")),
+    )
+    assert (by_file.returncode, by_file.stdout) == (0, "a\n1\n"), by_file.stderr
+    assert (by_env.returncode, by_env.stdout) == (0, "a\n1\n"), by_env.stderr
+    assert viewer.returncode == 1 and "lacks the sql role" in viewer.stderr
+    assert nobody.returncode == 1 and "authentication required" in nobody.stderr
+    assert "MESHSCOPE_TOKEN_FILE" in nobody.stderr  # says how to fix it
+    assert missing.returncode == 1 and "cannot read the token file" in missing.stderr

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import CE_JSON, Stack, cloud_event, eventually, scaled
+from tests.conftest import AUTH, CE_JSON, Stack, cloud_event, eventually, scaled
 
 A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
 
@@ -201,7 +201,7 @@ async def test_sql_limits_hold(stack_factory: Any, http: httpx.AsyncClient) -> N
 
 async def test_live_websocket_reports_edges(stack_factory: Any, http: httpx.AsyncClient) -> None:
     stack = await stack_factory([A, C])
-    async with connect(stack.url.replace("http", "ws") + "/ws/live") as ws:
+    async with connect(stack.url.replace("http", "ws") + "/ws/live", additional_headers=AUTH) as ws:
         await asyncio.sleep(scaled(0.2))
         await publish_and_settle(stack, http, 12)
         deadline = asyncio.get_running_loop().time() + scaled(5)
