@@ -32,7 +32,10 @@ async def _measure(mesh: BenchMesh, runtime: DashboardRuntime, n: int) -> tuple[
     delivered: dict[str, float] = {}
 
     async def watch_live() -> None:
-        async with websockets.connect(runtime.server.ws_url + "/ws/live", max_size=None) as ws:
+        headers = {"Authorization": f"Bearer {runtime.token}"}
+        async with websockets.connect(
+            runtime.server.ws_url + "/ws/live", max_size=None, additional_headers=headers
+        ) as ws:
             async for raw in ws:
                 now = time.time()
                 for s in orjson.loads(raw).get("samples", []):

@@ -134,7 +134,8 @@ def run(quick: bool = False, runs: int = 7) -> list[Figure]:
         async def measure() -> None:
             await runtime.start()
             try:
-                async with httpx.AsyncClient(base_url=runtime.server.url, timeout=60) as http:
+                headers = {"Authorization": f"Bearer {runtime.token}"}
+                async with httpx.AsyncClient(base_url=runtime.server.url, timeout=60, headers=headers) as http:
                     figures[0].values = await _time(http, "/api/topology?window=24h", runs)
                     figures[1].values = await _time(http, f"/api/edges/{src}/{dst}?window=24h", runs)
                     figures[2].values = await _time(http, f"/api/traces/{trace_id}", runs)

@@ -5,12 +5,16 @@ holds it, the query goes to that dashboard's ``/api/sql`` instead (read-only
 there, with its limits). The dashboard needs a principal with the sql role: the
 client sends the bearer token in ``MESHSCOPE_TOKEN_FILE`` (a file holding one
 token) or ``MESHSCOPE_TOKEN``, the names every meshscope client reads.
+``meshscope up`` leaves ``dashboard.json`` in its data directory (the
+dashboard's URL, its CA and the ops token's file), so ``meshscope sql`` in the
+same directory finds the running dashboard without any setting.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -25,6 +29,10 @@ from collector.errors import ClickHouseUnavailable, QueryError
 
 class SqlFailed(Exception):
     """The query could not be run; the message says why."""
+
+
+class SqlUnreachable(SqlFailed):
+    """The dashboard did not answer at all."""
 
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8080"
@@ -46,7 +54,22 @@ def client_token(env: Mapping[str, str]) -> str | None:
     return env.get(MESHSCOPE_TOKEN) or None
 
 
-def via_dashboard(url: str, query: str, token: str | None = None) -> tuple[list[str], list[list[Any]]]:
+UP_FILE = "dashboard.json"
+
+
+def running_dashboard(data_dir: str) -> dict[str, Any] | None:
+    """What ``meshscope up`` wrote about its dashboard in ``data_dir``, if it did."""
+    try:
+        with open(os.path.join(data_dir, UP_FILE), encoding="utf-8") as fh:
+            found = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and isinstance(found.get("url"), str) else None
+
+
+def via_dashboard(
+    url: str, query: str, token: str | None = None, cafile: str | None = None
+) -> tuple[list[str], list[list[Any]]]:
     headers = {"content-type": "application/json"}
     if token:
         headers["authorization"] = f"Bearer {token}"
@@ -54,7 +77,8 @@ def via_dashboard(url: str, query: str, token: str | None = None) -> tuple[list[
         url.rstrip("/") + "/api/sql", data=json.dumps({"sql": query}).encode(), headers=headers, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
+        context = ssl.create_default_context(cafile=cafile) if cafile else None
+        with urllib.request.urlopen(request, timeout=60, context=context) as reply:
             body = json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -67,7 +91,7 @@ def via_dashboard(url: str, query: str, token: str | None = None) -> tuple[list[
             )
         raise SqlFailed(message) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise SqlFailed(f"cannot reach the dashboard at {url}: {exc}") from None
+        raise SqlUnreachable(f"cannot reach the dashboard at {url}: {exc}") from None
     return list(body["columns"]), list(body["rows"])
 
 
@@ -77,17 +101,21 @@ def run_sql(
     """Run ``query``: through the dashboard at ``via`` (with ``token``, else :func:`client_token`), or directly."""
     if via:
         return via_dashboard(via, query, token or client_token(os.environ))
+    up = running_dashboard(config.data_dir) if is_embedded(config.clickhouse_url) else None
+    if up is not None:
+        # a `meshscope up` in this data directory holds the embedded engine: ask its dashboard
+        token = token or client_token(os.environ)
+        if token is None and up.get("token_file"):
+            token = client_token({MESHSCOPE_TOKEN_FILE: str(up["token_file"])})
+        try:
+            return via_dashboard(str(up["url"]), query, token, up.get("ca"))
+        except SqlUnreachable:
+            pass  # it has stopped: open the engine ourselves
     try:
         client = make_client(config.clickhouse_url, database=config.database)
-    except ProgrammingError as exc:
+    except (ProgrammingError, ClickHouseUnavailable, QueryError) as exc:
         if is_embedded(config.clickhouse_url):
-            # the embedded engine is held by a running `meshscope up`: ask its dashboard
-            try:
-                return via_dashboard(DEFAULT_DASHBOARD, query, token or client_token(os.environ))
-            except SqlFailed as fallback:
-                raise SqlFailed(f"{exc}; and through the dashboard: {fallback}") from None
-        raise SqlFailed(str(exc)) from None
-    except (ClickHouseUnavailable, QueryError) as exc:
+            raise SqlFailed(f"{exc} (is another process, such as meshscope up, using {config.data_dir}?)") from None
         raise SqlFailed(str(exc)) from None
     try:
         result = client.query(query, settings={"readonly": 2})

@@ -70,6 +70,10 @@ def _dashboard(args: argparse.Namespace) -> int:
     logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="dashboard")
     runtime = DashboardRuntime(config, with_collector=args.with_collector)
     print(f"meshscope dashboard on {runtime.server.url}", flush=True)
+    if runtime.sign_in_url:
+        print(f"  sign in: {runtime.sign_in_url}", flush=True)
+    else:
+        print(f"  sign in at {runtime.server.url}/login with a principal's token (MESHSCOPE_AUTH_FILE)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         _run(runtime.serve())
     return 0

@@ -302,6 +302,13 @@ def run(opts: UpOptions) -> int:
         )
         runtime = DashboardRuntime(config, with_collector=True, announce=False)
         stack.start_simulator(urls)
+        ca = None if opts.insecure else str(stack.certs / "ca.pem")
+        token_file = str(stack.data / "tokens" / "ops.token")
+        # for `meshscope sql` run in the same directory: where the dashboard is and how to sign in
+        Stack._write_private(
+            stack.data / "dashboard.json",
+            json.dumps({"url": runtime.server.url, "ca": ca, "token_file": token_file}),
+        )
         print(f"meshscope: simulating {opts.rate_per_s:g} events/s, and a producer governance refuses", flush=True)
         url = runtime.server.url
         print(

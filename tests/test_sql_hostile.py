@@ -133,7 +133,7 @@ async def target(
     limits = {"sql_max_execution_s": 2.0, "sql_max_memory_bytes": 256 << 20}
     async with (
         running_dashboard(redis_url, clickhouse_url, db, **limits) as runtime,
-        httpx.AsyncClient(timeout=scaled(20)) as http,
+        httpx.AsyncClient(timeout=scaled(20), headers=_auth(runtime)) as http,
     ):
         await asyncio.to_thread(_plant_secrets, ch_admin, db, secret_db)
         yield Target(str(runtime.server.url), http, runtime, db, secret_db, secret_file, fifo)
@@ -475,7 +475,7 @@ SLOW = "SELECT count() FROM numbers(1000000000000) WHERE sipHash64(number) = 1"
 async def test_healthz_answers_while_slow_queries_run(redis_url: str, clickhouse_url: str, database: str) -> None:
     async with (
         running_dashboard(redis_url, clickhouse_url, database, sql_max_execution_s=3.0) as runtime,
-        httpx.AsyncClient(base_url=str(runtime.server.url), timeout=scaled(30)) as http,
+        httpx.AsyncClient(base_url=str(runtime.server.url), timeout=scaled(30), headers=_auth(runtime)) as http,
     ):
         slow = [asyncio.create_task(http.post("/api/sql", json={"sql": SLOW})) for _ in range(4)]
         await asyncio.sleep(0.3)
@@ -498,7 +498,7 @@ async def test_a_full_lane_answers_429_with_retry_after(redis_url: str, clickhou
         running_dashboard(
             redis_url, clickhouse_url, database, sql_max_execution_s=2.0, sql_concurrency=1, sql_queue=1
         ) as runtime,
-        httpx.AsyncClient(base_url=str(runtime.server.url), timeout=scaled(30)) as http,
+        httpx.AsyncClient(base_url=str(runtime.server.url), timeout=scaled(30), headers=_auth(runtime)) as http,
     ):
         replies = await asyncio.gather(*(http.post("/api/sql", json={"sql": SLOW}) for _ in range(4)))
         after = await http.post("/api/sql", json={"sql": "SELECT 1"})
@@ -511,7 +511,7 @@ async def test_a_full_lane_answers_429_with_retry_after(redis_url: str, clickhou
 async def test_request_bodies_are_size_limited(redis_url: str, clickhouse_url: str, database: str) -> None:
     async with (
         running_dashboard(redis_url, clickhouse_url, database, sql_max_query_bytes=1024) as runtime,
-        httpx.AsyncClient(base_url=str(runtime.server.url), timeout=scaled(30)) as http,
+        httpx.AsyncClient(base_url=str(runtime.server.url), timeout=scaled(30), headers=_auth(runtime)) as http,
     ):
         fits = "SELECT 1 -- " + "x" * 900
         too_big = "SELECT 1 -- " + "x" * 1100
@@ -527,3 +527,8 @@ async def test_request_bodies_are_size_limited(redis_url: str, clickhouse_url: s
     assert small.status_code == 200
     for reply in (declared, streamed, as_json):
         assert reply.status_code == 413 and "over 1024 bytes" in reply.json()["error"]
+
+
+def _auth(runtime: Any) -> dict[str, str]:
+    """The dashboard made a token at start (no principals file in these tests)."""
+    return {"Authorization": f"Bearer {runtime.token}"}
