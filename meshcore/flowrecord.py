@@ -9,7 +9,8 @@ Version 2 adds ``principal`` (who published), ``via`` (the next hop of a
 forward, the previous hop of a deliver: another region than the edge's own
 when the event took a detour), ``seq_end`` (the last sequence number a ``gap``
 record stands for; 0 otherwise) and ``dataschema`` (the schema version the
-event was validated against). Version 1 entries are still read, with those
+event was validated against; on a ``policy_denied`` drop, ``policy:<rule id>``,
+the rule that decided, so both kinds of refusal name what refused them). Version 1 entries are still read, with those
 fields empty.
 
 ``span_id`` identifies a record: every hop of every attempt gets its own.

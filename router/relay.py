@@ -458,7 +458,9 @@ class Relay:
             decision = gov.policy.decide(principal, Action.PUBLISH, ev.topic, self.region)
             if not decision.allowed:
                 out.append(Refusal(403, decision.reason, {"rule": decision.rule}))
-                self.record_rejected(ev.id, ev.topic, fk.POLICY_DENIED, ev.size, principal.name, ev.trace.trace_id)
+                # the governance artifact behind a refusal: for a policy denial, the deciding rule
+                ref = f"policy:{decision.rule or 'default-deny'}"
+                self.record_rejected(ev.id, ev.topic, fk.POLICY_DENIED, ev.size, principal.name, ev.trace.trace_id, ref)
                 continue
             body = ev.body
             named = body.get("dataschema") if isinstance(body.get("dataschema"), str) else None

@@ -75,9 +75,9 @@ async def test_a_policy_written_at_one_relay_is_enforced_at_the_others_within_se
     records = await eventually(
         lambda: (rs := [r for r in flow_records(redis_sync) if r.event_id in ("s-1", "o-1")]) and len(rs) == 2 and rs, 5
     )
-    assert sorted((r.event_id, r.kind, r.status, r.principal) for r in records) == [
-        ("o-1", "drop", "policy_denied", "other"),
-        ("s-1", "drop", "policy_denied", "tester"),
+    assert sorted((r.event_id, r.kind, r.status, r.principal, r.dataschema) for r in records) == [
+        ("o-1", "drop", "policy_denied", "other", "policy:default-deny"),
+        ("s-1", "drop", "policy_denied", "tester", "policy:no-secrets"),
     ]
     health = (await http.get(f"{mesh[B].url}/healthz")).json()
     assert health["governance"]["version"] == version and health["governance"]["policy_enforced"]
