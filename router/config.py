@@ -61,6 +61,8 @@ MESHSCOPE_TRANSIT = "MESHSCOPE_TRANSIT"
 """``false``: this relay carries only its own events, never others' detours."""
 MESHSCOPE_MESH_CLOCK_SKEW_S = "MESHSCOPE_MESH_CLOCK_SKEW_S"
 """Largest clock difference accepted in a peer's timestamps."""
+MESHSCOPE_FAULT_INJECTION = "MESHSCOPE_FAULT_INJECTION"
+"""``true`` opens POST /v1/faults to admins (meshscope chaos); never in production."""
 MESHSCOPE_GROUP_CLAIM_IDLE_S = "MESHSCOPE_GROUP_CLAIM_IDLE_S"
 """A group entry un-acknowledged this long by a member that went away goes to another member of its principal."""
 MESHSCOPE_PUBLISH_TIMEOUT_S = "MESHSCOPE_PUBLISH_TIMEOUT_S"
@@ -154,6 +156,7 @@ class RelayConfig:
     clock_skew_s: float = 300.0
     publish_timeout_s: float = 2.0
     group_claim_idle_s: float = 60.0
+    fault_injection: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RelayConfig:
@@ -229,6 +232,7 @@ class RelayConfig:
             clock_skew_s=s.get_float(env, MESHSCOPE_MESH_CLOCK_SKEW_S, d["clock_skew_s"].default, 1.0),
             publish_timeout_s=s.get_float(env, MESHSCOPE_PUBLISH_TIMEOUT_S, d["publish_timeout_s"].default, 0.05),
             group_claim_idle_s=s.get_float(env, MESHSCOPE_GROUP_CLAIM_IDLE_S, d["group_claim_idle_s"].default, 0.1),
+            fault_injection=s.get_bool(env, MESHSCOPE_FAULT_INJECTION, False),
         )
         if config.max_event_bytes + FRAME_OVERHEAD > config.max_body_bytes:
             raise s.SettingError(

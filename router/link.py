@@ -116,6 +116,7 @@ class MeshLink:
         self._wake = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._last_heard = 0.0
+        self._silent_until = 0.0  # fault injection: no byte moves either way until then
 
     @property
     def name(self) -> str:
@@ -140,6 +141,15 @@ class MeshLink:
         """Drop the current connection (fault injection); the link reconnects by itself."""
         if self._ws is not None:
             self._ws.transport.abort()
+
+    def black_hole(self, seconds: float) -> None:
+        """Fault injection: for ``seconds`` nothing is sent or read on this link, and dials time out,
+        as when a network silently drops every packet; the watchdog must notice."""
+        self._silent_until = time.monotonic() + seconds
+
+    @property
+    def silenced(self) -> bool:
+        return time.monotonic() < self._silent_until
 
     def _set_state(self, state: str) -> None:
         if state == self.state:
@@ -181,6 +191,9 @@ class MeshLink:
             self.cb.on_down(self)
 
     async def _connect_and_serve(self) -> None:
+        if self.silenced:  # a dial into a black hole times out
+            await asyncio.sleep(min(5.0, self._silent_until - time.monotonic()))
+            raise TimeoutError("the dial timed out (black-holed)")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         async with websockets.connect(
             self.url,
@@ -247,6 +260,8 @@ class MeshLink:
         wire: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def transmit(data: bytes) -> None:
+            if self.silenced:
+                return  # swallowed by the black hole
             if delay_s:
                 wire.put_nowait((time.monotonic() + delay_s, data))
             else:
@@ -297,6 +312,8 @@ class MeshLink:
 
     async def _recv_loop(self, ws: ClientConnection) -> None:
         async for raw in ws:
+            if self.silenced:
+                continue  # never arrived
             self._last_heard = time.monotonic()
             msg = fr.decode(raw)
             kind = msg["t"]

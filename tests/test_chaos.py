@@ -1,0 +1,60 @@
+"""meshscope chaos against a real meshscope up: faults injected into the running demo, every probe counted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, scaled
+
+pytestmark = pytest.mark.faults
+
+
+def test_chaos_against_a_running_up_loses_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    env = {**os.environ, "MESHSCOPE_LOG_LEVEL": "WARNING"}
+    regions = "aws:us-east-1,gcp:europe-west1,azure:westeurope"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "meshscope", "up", "--data-dir", str(data), "--port", str(free_port()),
+         "--regions", regions, "--rate", "20", "--flap-interval", "0", "--redis-port", str(free_port())],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + scaled(90)
+        while not (data / "up.json").exists():
+            assert up.poll() is None, up.stdout.read().decode() if up.stdout else ""
+            assert time.monotonic() < deadline, "meshscope up did not come up"
+            time.sleep(0.2)
+        out = subprocess.run(
+            [sys.executable, "-m", "meshscope", "chaos", "--data-dir", str(data), "--events", "100",
+             "--scenarios", "relay-kill,partition"],
+            env=env, capture_output=True, text=True, timeout=scaled(240),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        rows = {line.split("|")[0].strip(): line for line in out.stdout.splitlines() if "|" in line}
+        for scenario in ("relay-kill", "partition"):
+            cells = [c.strip() for c in rows[scenario].split("|")]
+            assert cells[1:7] == ["100", "100", "0", "0", "0", "ok"], rows[scenario]
+        assert "via" in rows["partition"]  # the partition was routed around
+        state = json.loads((data / "up.json").read_text())
+        assert state["restarts"].get("relay-aws:us-east-1", 0) >= 1 or any(
+            n >= 1 for k, n in state["restarts"].items() if k.startswith("relay-")
+        )  # up started the killed relay again
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGINT)
+        try:
+            up.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        if up.stdout:
+            up.stdout.close()
