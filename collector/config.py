@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -42,6 +42,82 @@ MESHSCOPE_COLLECTOR_METRICS_PORT = "MESHSCOPE_COLLECTOR_METRICS_PORT"
 """Port of the collector's /metrics and /healthz (0: a free port; -1: none)."""
 MESHSCOPE_LIVE_CHANNEL = "MESHSCOPE_LIVE_CHANNEL"
 """Redis pub/sub channel for live edge statistics."""
+MESHSCOPE_ALERTS = "MESHSCOPE_ALERTS"
+"""Evaluate the alert rules in the collector (one evaluator at a time, elected in Redis); default true."""
+MESHSCOPE_ALERT_RULES = "MESHSCOPE_ALERT_RULES"
+"""TOML file of alert rules; unset: the built-in rules (the same as deploy/alerts.toml)."""
+MESHSCOPE_ALERT_INTERVAL_S = "MESHSCOPE_ALERT_INTERVAL_S"
+"""Seconds between two evaluations of the alert rules."""
+MESHSCOPE_ALERT_LEADER_TTL_S = "MESHSCOPE_ALERT_LEADER_TTL_S"
+"""An alert evaluator that stops renewing its lease is replaced after this many seconds."""
+MESHSCOPE_ALERT_WEBHOOKS = "MESHSCOPE_ALERT_WEBHOOKS"
+"""Comma-separated http(s) URLs that receive Alertmanager-compatible webhook notifications."""
+MESHSCOPE_ALERT_WEBHOOK_TOKEN = "MESHSCOPE_ALERT_WEBHOOK_TOKEN"
+"""Bearer token for the webhooks: one for all, or comma-separated, one per webhook (empty: none)."""
+MESHSCOPE_ALERT_WEBHOOK_TIMEOUT_S = "MESHSCOPE_ALERT_WEBHOOK_TIMEOUT_S"
+"""Seconds one webhook request may take."""
+MESHSCOPE_ALERT_WEBHOOK_RETRY_S = "MESHSCOPE_ALERT_WEBHOOK_RETRY_S"
+"""Seconds a notification is retried (exponential backoff with jitter) before it is given up."""
+MESHSCOPE_ALERT_WEBHOOK_BACKOFF_S = "MESHSCOPE_ALERT_WEBHOOK_BACKOFF_S"
+"""First retry delay of a notification; it doubles up to 60 s."""
+MESHSCOPE_ALERT_QUEUE_MAX = "MESHSCOPE_ALERT_QUEUE_MAX"
+"""Notifications waiting per webhook at most; beyond it the oldest is dropped (logged and counted)."""
+MESHSCOPE_ALERT_EXTERNAL_URL = "MESHSCOPE_ALERT_EXTERNAL_URL"
+"""The dashboard's URL as receivers reach it: externalURL and generatorURL of notifications."""
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Alert evaluation and notification (collector.alerting)."""
+
+    enabled: bool = True
+    rules_file: str = ""
+    interval_s: float = 15.0
+    leader_ttl_s: float = 30.0
+    webhooks: tuple[str, ...] = ()
+    webhook_tokens: tuple[str, ...] = field(default=(), repr=False)
+    """One per webhook ('' for none), or empty."""
+    webhook_timeout_s: float = 10.0
+    webhook_retry_s: float = 300.0
+    webhook_backoff_s: float = 1.0
+    queue_max: int = 1000
+    external_url: str = ""
+    state_key: str = "meshscope:alerts:state"
+    leader_key: str = "meshscope:alerts:leader"
+
+    def token_for(self, index: int) -> str:
+        return self.webhook_tokens[index] if index < len(self.webhook_tokens) else ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AlertConfig:
+        d = cls()
+        webhooks = s.get_list(env, MESHSCOPE_ALERT_WEBHOOKS)
+        for url in webhooks:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise s.SettingError(f"{MESHSCOPE_ALERT_WEBHOOKS}: {url!r} is not an http(s) URL")
+        raw_tokens = (env.get(MESHSCOPE_ALERT_WEBHOOK_TOKEN) or "").split(",")
+        tokens = tuple(t.strip() for t in raw_tokens)
+        if len(tokens) == 1:
+            tokens = tokens * len(webhooks)
+        elif len(tokens) != len(webhooks):
+            raise s.SettingError(
+                f"{MESHSCOPE_ALERT_WEBHOOK_TOKEN} holds {len(tokens)} tokens for {len(webhooks)} webhooks: "
+                "give one for all, or one per webhook"
+            )
+        return cls(
+            enabled=s.get_bool(env, MESHSCOPE_ALERTS, d.enabled),
+            rules_file=s.get_str(env, MESHSCOPE_ALERT_RULES, d.rules_file),
+            interval_s=s.get_float(env, MESHSCOPE_ALERT_INTERVAL_S, d.interval_s, 0.01),
+            leader_ttl_s=s.get_float(env, MESHSCOPE_ALERT_LEADER_TTL_S, d.leader_ttl_s, 0.1),
+            webhooks=webhooks,
+            webhook_tokens=tokens,
+            webhook_timeout_s=s.get_float(env, MESHSCOPE_ALERT_WEBHOOK_TIMEOUT_S, d.webhook_timeout_s, 0.01),
+            webhook_retry_s=s.get_float(env, MESHSCOPE_ALERT_WEBHOOK_RETRY_S, d.webhook_retry_s, 0.0),
+            webhook_backoff_s=s.get_float(env, MESHSCOPE_ALERT_WEBHOOK_BACKOFF_S, d.webhook_backoff_s, 0.001),
+            queue_max=s.get_int(env, MESHSCOPE_ALERT_QUEUE_MAX, d.queue_max, 1),
+            external_url=s.get_str(env, MESHSCOPE_ALERT_EXTERNAL_URL, d.external_url).rstrip("/"),
+        )
 
 
 @dataclass(frozen=True)
@@ -63,6 +139,7 @@ class CollectorConfig:
     live_channel: str = "meshscope:live"
     dead_letter_stream: str = "meshscope:flows:dead"
     links_stream: str = "meshscope:links"
+    alerts: AlertConfig = AlertConfig()
 
     @property
     def schema(self) -> SchemaOptions:
@@ -91,5 +168,6 @@ class CollectorConfig:
             read_count=s.get_int(env, MESHSCOPE_COLLECTOR_READ_ENTRIES, d["read_count"], 1),
             metrics_port=s.get_int(env, MESHSCOPE_COLLECTOR_METRICS_PORT, d["metrics_port"], -1),
             live_channel=s.get_str(env, MESHSCOPE_LIVE_CHANNEL, d["live_channel"]),
+            alerts=AlertConfig.from_env(env),
         )
         return replace(config, **overrides)

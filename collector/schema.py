@@ -286,7 +286,35 @@ def migrations(opts: SchemaOptions) -> list[Migration]:
                 )
             ),
         ),
+        Migration(7, "alerts", tuple(_migration_7(n, opts))),
     ]
+
+
+def _migration_7(n: _Names, opts: SchemaOptions) -> list[str]:
+    """Alert state transitions (collector.alerting), one row each, for the history of an edge, region or group.
+
+    The subject columns come from the labels: ``src_region`` is the edge's source (or the
+    region of a region or group alert), ``dst_region`` the edge's destination ('' otherwise).
+    The history of an edge reads one key prefix, a region's its prefix plus the skip index on
+    ``dst_region``, a group's the prefix and ``group``.
+    """
+    return n.table(
+        "alerts",
+        "ts DateTime64(3, 'UTC'), alertname LowCardinality(String), fingerprint String, "
+        "state LowCardinality(String), severity LowCardinality(String), labels Map(String, String), "
+        "value Float64, summary String, description String, starts_at DateTime64(3, 'UTC'), "
+        "ends_at DateTime64(3, 'UTC'), "
+        "src_region LowCardinality(String) MATERIALIZED if(labels['src'] != '', labels['src'], labels['region']), "
+        "dst_region LowCardinality(String) MATERIALIZED labels['dst'], "
+        "`group` LowCardinality(String) MATERIALIZED labels['group'], "
+        "INDEX dst_set dst_region TYPE set(0) GRANULARITY 4, "
+        "INDEX fingerprint_bf fingerprint TYPE bloom_filter(0.01) GRANULARITY 4",
+        "MergeTree",
+        f"PARTITION BY toYYYYMM(ts) ORDER BY (src_region, dst_region, ts) "
+        f"TTL toDateTime(ts) + INTERVAL {opts.aggregate_ttl_days} DAY",
+        "cityHash64(fingerprint)",
+        "ttl_only_drop_parts = 1",
+    )
 
 
 def _migration_5(n: _Names, opts: SchemaOptions) -> list[str]:

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from collector.alerting import AlertEvaluator
 from collector.batch import Batch, should_flush, split_entries
 from collector.clickhouse import make_client, migrate
 from collector.config import CollectorConfig
@@ -38,6 +39,7 @@ from collector.sync import LinkSync
 from meshcore.backoff import backoff_s
 from meshcore.flowrecord import FIELDS
 from meshcore.metrics import Registry
+from meshcore.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,11 @@ class Collector:
         self._redis_error = ""
         self._redis_down_since = 0.0
         self._clickhouse_error = ""
+        m.describe("task_restarts_total", "counter", "Background tasks restarted after a crash, by task")
+        self.side_tasks = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
+        self.alerts: AlertEvaluator | None = None
+        if config.alerts.enabled:
+            self.alerts = AlertEvaluator(config, redis_client, m, ready=self._ready, client_factory=client_factory)
 
     # ---- ClickHouse ---------------------------------------------------------------------
 
@@ -140,6 +147,17 @@ class Collector:
     # ---- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Collect until stopped, with the alert evaluator (when enabled) as a supervised side task."""
+        if self.alerts is not None:
+            self.side_tasks.spawn("alerts", self.alerts.run)
+        try:
+            await self._run()
+        finally:
+            if self.alerts is not None:
+                await self.alerts.drain(2.0)
+            await self.side_tasks.stop()
+
+    async def _run(self) -> None:
         """Collect until stopped; a Redis outage of any length pauses it, never ends it."""
         failures = 0
         while not self._stopping:
@@ -180,9 +198,16 @@ class Collector:
             reasons.append(f"redis unavailable for {down:.0f} s: {self._redis_error}")
         if self.metrics.get("collector_clickhouse_up") == 0:
             reasons.append(f"clickhouse unavailable: {self._clickhouse_error}")
+        reasons += self.side_tasks.problems()
+        if self.alerts is not None:
+            reasons += self.alerts.problems()
         if not self._ready.is_set() and not reasons:
             reasons.append("starting")
-        return {"status": "degraded" if reasons else "ok", "reasons": reasons, "consumer": self.config.consumer}
+        status = "degraded" if reasons else "ok"
+        out: dict[str, Any] = {"status": status, "reasons": reasons, "consumer": self.config.consumer}
+        if self.alerts is not None:
+            out["alerts"] = self.alerts.health()
+        return out
 
     async def _collect(self) -> None:
         last_claim = last_live = last_sync = time.monotonic()

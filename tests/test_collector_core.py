@@ -94,4 +94,4 @@ def test_cluster_ddl_is_replicated_and_distributed() -> None:
     mv = next(s for s in cluster if "edge_minute_mv" in s)
     assert "TO `meshscope`.`edge_minute_local`" in mv and "FROM `meshscope`.`flows_local`" in mv
     assert all("non_replicated_deduplication_window" not in s for s in cluster)
-    assert sum("non_replicated_deduplication_window" in s for s in single) == 10  # every MergeTree table
+    assert sum("non_replicated_deduplication_window" in s for s in single) == 11  # every MergeTree table

@@ -1,0 +1,454 @@
+"""Alert evaluation against a real Valkey, a real ClickHouse and a real webhook receiver on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from collector.alerting import AlertEvaluator, firing, history_sql, shape_history
+from collector.alertrules import parse_rules
+from collector.clickhouse import make_client, migrate
+from collector.config import AlertConfig, CollectorConfig
+from collector.notify import ZERO_TIME, WebhookNotifier
+from collector.schema import SchemaOptions
+from collector.service import Collector
+from meshcore.metrics import Registry
+from meshcore.server import Server
+from tests.conftest import eventually, scaled
+from tests.netfault import TcpProxy
+
+A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+EDGE_RULES = """
+[[rule]]
+id = "EdgeErrorRateHigh"
+kind = "edge_error_pct"
+severity = "critical"
+threshold = 5.0
+for = "300ms"
+window = "60s"
+summary = "Edge {src} -> {dst} fails {value:.1f} % of its events"
+description = "Over the last {window}, {value:.1f} % of the events on {src} -> {dst} failed."
+"""
+
+
+# ---- a webhook receiver that records what it gets --------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    server: Server
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    plan: dict[str, list[int]] = field(default_factory=dict)
+    """path -> the statuses to answer first (then 200)."""
+
+    def url(self, path: str) -> str:
+        return f"{self.server.url}/{path}"
+
+    def bodies(self, path: str, status: str | None = None) -> list[dict[str, Any]]:
+        return [
+            r["body"] for r in self.requests if r["path"] == f"/{path}" and status in (None, r["body"].get("status"))
+        ]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    holder: list[Receiver] = []
+
+    async def hook(request: Request) -> Response:
+        rec = holder[0]
+        rec.requests.append(
+            {"path": request.url.path, "auth": request.headers.get("authorization"), "body": await request.json()}
+        )
+        statuses = rec.plan.get(request.url.path)
+        return Response(status_code=statuses.pop(0) if statuses else 200)
+
+    server = Server(Starlette(routes=[Route("/{name}", hook, methods=["POST"])]))
+    holder.append(Receiver(server))
+    await server.start()
+    yield holder[0]
+    await server.stop()
+
+
+# ---- evaluators on a fresh database ------------------------------------------------------------------
+
+Start = Callable[..., Awaitable[AlertEvaluator]]
+
+
+@pytest.fixture
+async def evaluators(
+    redis_url: str, redis_sync: redis.Redis, clickhouse_url: str, database: str, ch_admin: Any
+) -> AsyncIterator[Start]:
+    migrate(ch_admin, SchemaOptions(database))
+    running: list[tuple[AlertEvaluator, asyncio.Task[None], aioredis.Redis]] = []
+
+    async def start(
+        rules: str,
+        redis_client: aioredis.Redis | None = None,
+        client_factory: Callable[[], Any] | None = None,
+        **alerts: Any,
+    ) -> AlertEvaluator:
+        client = redis_client or aioredis.Redis.from_url(redis_url)
+        settings = {"interval_s": 0.1, "leader_ttl_s": 1.0, "webhook_backoff_s": 0.05, "webhook_retry_s": 5.0}
+        config = CollectorConfig(
+            redis_url=redis_url,
+            clickhouse_url=clickhouse_url,
+            database=database,
+            consumer="test",
+            metrics_port=-1,
+            alerts=AlertConfig(**{**settings, **alerts}),
+        )
+        evaluator = AlertEvaluator(config, client, rules=parse_rules(rules), client_factory=client_factory)
+        running.append((evaluator, asyncio.create_task(evaluator.run()), client))
+        return evaluator
+
+    yield start
+    for _, task, client in running:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await client.aclose()
+
+
+def insert_edges(ch: Any, db: str, rows: list[list[Any]]) -> None:
+    """Rows of edge_second: (bucket s, src, dst, topic, entered, errors)."""
+    ch.insert(
+        f"`{db}`.`edge_second`", rows, column_names=["bucket", "src_region", "dst_region", "topic", "entered", "errors"]
+    )
+
+
+def history(ch: Any, db: str, **filters: Any) -> list[dict[str, Any]]:
+    sql, params = history_sql(db, **filters)
+    return shape_history(ch.query(sql, parameters=params).result_rows)
+
+
+# ---- the whole life of an alert ------------------------------------------------------------------------
+
+
+async def test_edge_error_alert_fires_notifies_and_resolves(
+    evaluators: Start, receiver: Receiver, ch_admin: Any, database: str, redis_async: aioredis.Redis
+) -> None:
+    now = int(time.time())
+    insert_edges(ch_admin, database, [[now - 40 + i, A, B, "orders.created", 100, 10] for i in range(30)])  # 10 %
+    insert_edges(ch_admin, database, [[now - 40 + i, A, C, "orders.created", 100, 1] for i in range(30)])  # 1 %
+    evaluator = await evaluators(
+        EDGE_RULES, webhooks=(receiver.url("hook"),), webhook_tokens=("s3cret",), external_url="http://dash.example"
+    )
+    (message,) = await eventually(lambda: receiver.bodies("hook", "firing"), 10)
+
+    assert receiver.requests[0]["auth"] == "Bearer s3cret"
+    labels = {"alertname": "EdgeErrorRateHigh", "severity": "critical", "src": A, "dst": B}
+    assert {k: message[k] for k in ("version", "status", "receiver", "groupKey", "truncatedAlerts")} == {
+        "version": "4",
+        "status": "firing",
+        "receiver": "meshscope",
+        "groupKey": '{}:{alertname="EdgeErrorRateHigh"}',
+        "truncatedAlerts": 0,
+    }
+    assert message["groupLabels"] == {"alertname": "EdgeErrorRateHigh"} and message["commonLabels"] == labels
+    assert message["externalURL"] == "http://dash.example"
+    (alert,) = message["alerts"]
+    assert alert["status"] == "firing" and alert["labels"] == labels and alert["endsAt"] == ZERO_TIME
+    assert alert["annotations"]["summary"] == f"Edge {A} -> {B} fails 10.0 % of its events"
+    assert "60s" in alert["annotations"]["description"] and RFC3339.fullmatch(alert["startsAt"])
+    assert re.fullmatch(r"[0-9a-f]{16}", alert["fingerprint"])
+    assert alert["generatorURL"] == f"http://dash.example/?alert={alert['fingerprint']}"
+
+    (current,) = await firing(redis_async)
+    assert current["state"] == "firing" and current["labels"] == labels and current["value"] == pytest.approx(10.0)
+    assert current["fingerprint"] == alert["fingerprint"] and current["since"] > current["active_at"]
+    rows = history(ch_admin, database, src=A, dst=B)
+    assert [r["state"] for r in rows] == ["firing", "pending"] and rows[0]["ends_at"] is None
+    assert rows[0]["labels"] == labels and rows[0]["severity"] == "critical"
+
+    # the edge recovers: plenty of healthy traffic in the window
+    insert_edges(ch_admin, database, [[now - 35 + i, A, B, "orders.created", 100_000, 0] for i in range(30)])
+    (done,) = await eventually(lambda: receiver.bodies("hook", "resolved"), 10)
+    (ended,) = done["alerts"]
+    assert ended["fingerprint"] == alert["fingerprint"] and ended["startsAt"] == alert["startsAt"]
+    assert ended["status"] == "resolved" and ended["endsAt"] != ZERO_TIME and RFC3339.fullmatch(ended["endsAt"])
+    assert await firing(redis_async) == []
+    rows = history(ch_admin, database, src=A, dst=B)
+    assert [r["state"] for r in rows] == ["resolved", "firing", "pending"]
+    assert rows[0]["ends_at"] is not None and rows[0]["starts_at"] == rows[1]["starts_at"]
+    assert history(ch_admin, database, src=A, dst=C) == []
+    await asyncio.sleep(scaled(0.5))  # resolved is told once
+    assert len(receiver.requests) == 2 and len(history(ch_admin, database, src=A, dst=B)) == 3
+    assert evaluator.metrics.get("alerts_notifications_sent_total") == 2
+    assert evaluator.metrics.get("alerts_evaluations_total") > 3 and evaluator.problems() == []
+
+
+async def test_webhook_retries_until_it_answers(
+    evaluators: Start, receiver: Receiver, ch_admin: Any, database: str
+) -> None:
+    receiver.plan = {"/flaky": [503, 503], "/gone": [404] * 10}
+    now = int(time.time())
+    insert_edges(ch_admin, database, [[now - 20 + i, A, B, "t", 100, 50] for i in range(10)])
+    evaluator = await evaluators(EDGE_RULES, webhooks=(receiver.url("flaky"), receiver.url("gone")))
+    await eventually(lambda: len(receiver.bodies("flaky")) == 3, 10)
+    first, _, third = receiver.bodies("flaky")
+    assert first == third and first["status"] == "firing"
+    m = evaluator.metrics
+    await eventually(lambda: m.get("alerts_notifications_failed_total") == 1)  # 404: given up at once
+    assert len(receiver.bodies("gone")) == 1
+    assert m.get("alerts_notifications_retried_total") == 2 and m.get("alerts_notifications_sent_total") == 1
+    (gone,) = [h for h in evaluator.health()["webhooks"] if h["webhook"].endswith("/gone")]
+    assert gone["error"] == "HTTP 404" and gone["queued"] == 0
+
+
+async def test_a_full_queue_drops_the_oldest_and_keeps_order(receiver: Receiver) -> None:
+    receiver.plan = {"/slow": [503, 503, 503]}
+    metrics = Registry()
+    notifier = WebhookNotifier([receiver.url("slow")], [], metrics, retry_s=10, backoff_s=0.1, queue_max=2)
+    task = asyncio.create_task(notifier.run())
+    try:
+        notifier.submit({"n": 1})
+        await eventually(lambda: receiver.bodies("slow"))  # the first is in flight, being retried
+        for n in (2, 3, 4, 5):
+            notifier.submit({"n": n})
+        assert await notifier.drain(scaled(10))
+        assert [b["n"] for b in receiver.bodies("slow")] == [1, 1, 1, 1, 4, 5]
+        assert metrics.get("alerts_notifications_dropped_total") == 2
+        assert metrics.get("alerts_notifications_sent_total") == 3
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# ---- one evaluator at a time ------------------------------------------------------------------------
+
+
+async def test_one_evaluator_leads_and_another_takes_over_without_firing_again(
+    evaluators: Start, receiver: Receiver, redis_url: str, ch_admin: Any, database: str
+) -> None:
+    now = int(time.time())
+    insert_edges(ch_admin, database, [[now - 40 + i, A, B, "t", 100, 20] for i in range(35)])
+    target = urlparse(redis_url)
+    proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    partitioned = aioredis.Redis.from_url(f"redis://{proxy.url_host}/0", socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        first = await evaluators(EDGE_RULES, redis_client=partitioned, webhooks=(receiver.url("hook"),))
+        await eventually(lambda: first.leader)
+        second = await evaluators(EDGE_RULES, webhooks=(receiver.url("hook"),))
+        await eventually(lambda: receiver.bodies("hook", "firing"), 10)
+        await asyncio.sleep(scaled(0.5))
+        assert first.leader and not second.leader and second.evaluations == 0 < first.evaluations
+        assert second.health()["role"] == "follower" and second.problems() == []
+
+        proxy.cut()  # the leader loses Redis: its lease runs out and the other instance goes on
+        await eventually(lambda: second.leader, 5)
+        assert not first.leader and any(p.startswith("alerts: redis:") for p in first.problems())
+        evaluated = second.evaluations
+        await eventually(lambda: second.evaluations > evaluated + 3)
+        assert len(receiver.bodies("hook")) == 1  # the states came from Redis: nothing fires twice
+        assert [r["state"] for r in history(ch_admin, database, src=A, dst=B)] == ["firing", "pending"]
+
+        proxy.forward()  # back, as a follower
+        await eventually(lambda: first.problems() == [], 5)
+        await asyncio.sleep(scaled(0.5))
+        assert second.leader and not first.leader
+    finally:
+        await proxy.stop()
+
+
+# ---- each source of alerts ------------------------------------------------------------------------------
+
+
+async def test_link_down_from_link_samples(
+    evaluators: Start, ch_admin: Any, database: str, redis_async: aioredis.Redis
+) -> None:
+    now = time.time()
+    rows = [[int((now - 60 + i) * 1e6), "relay-a", A, B, "up"] for i in range(40)]  # silent for 20 s
+    rows += [[int((now - 10 + i) * 1e6), "relay-b", B, A, "down"] for i in range(10)]
+    rows += [[int((now - 10 + i) * 1e6), "relay-a", A, C, "up"] for i in range(10)]
+    ch_admin.insert(f"`{database}`.`links`", rows, column_names=["ts", "relay", "src_region", "dst_region", "state"])
+    rules = """
+[[rule]]
+id = "LinkDown"
+kind = "link_down"
+severity = "critical"
+stale = "5s"
+window = "1h"
+summary = "Link {src} -> {dst} is {state}"
+"""
+    await evaluators(rules)
+    alerts = await eventually(lambda: _firing(redis_async, 2), 10)
+    assert sorted((a["labels"]["src"], a["labels"]["dst"], a["summary"]) for a in alerts) == [
+        (A, B, f"Link {A} -> {B} is silent"),
+        (B, A, f"Link {B} -> {A} is down"),
+    ]
+    assert history(ch_admin, database, region=C) == []  # A -> C is up
+    touching = history(ch_admin, database, region=A)  # both directions of A <-> B
+    assert sorted((r["labels"]["src"], r["labels"]["dst"]) for r in touching) == [(A, B), (B, A)]
+
+
+async def test_group_stall_and_stop_from_lag_samples(
+    evaluators: Start, ch_admin: Any, database: str, redis_async: aioredis.Redis
+) -> None:
+    now = time.time()
+
+    def samples(region: str, group: str, *rows: tuple[int, int, int]) -> list[list[Any]]:
+        """(acked, backlog, consumers) every 2 s; the backlog is all pending here."""
+        return [
+            [int((now - 2 * (len(rows) - i)) * 1e6), region, group, acked, backlog, 0, consumers]
+            for i, (acked, backlog, consumers) in enumerate(rows)
+        ]
+
+    rows = samples("r1", "stuck", (100, 10, 1), (100, 20, 1), (100, 30, 1), (100, 40, 1), (100, 50, 1))
+    rows += samples("r1", "fine", (100, 0, 1), (110, 0, 1), (120, 0, 1), (130, 0, 1), (140, 0, 1))
+    rows += samples("r2", "orphan", (100, 5, 1), (100, 5, 0))
+    rows += samples("r2", "behind", (100, 10, 1), (110, 20, 1), (120, 30, 1), (130, 40, 1), (140, 50, 1))  # WARN
+    ch_admin.insert(
+        f"`{database}`.`group_lag`",
+        rows,
+        column_names=["ts", "region", "group", "acked", "pending", "lag", "consumers"],
+    )
+    rules = """
+[[rule]]
+id = "ConsumerGroupStalled"
+kind = "group_lag"
+severity = "critical"
+statuses = ["STALL"]
+samples = 5
+window = "10m"
+summary = "{group} in {region} is {status}"
+
+[[rule]]
+id = "ConsumerGroupStopped"
+kind = "group_lag"
+severity = "critical"
+statuses = ["STOP"]
+window = "10m"
+summary = "{group} in {region} is {status}"
+"""
+    await evaluators(rules)
+    alerts = await eventually(lambda: _firing(redis_async, 2), 10)
+    assert sorted((a["alertname"], a["labels"]["region"], a["labels"]["group"], a["value"]) for a in alerts) == [
+        ("ConsumerGroupStalled", "r1", "stuck", 50.0),
+        ("ConsumerGroupStopped", "r2", "orphan", 5.0),
+    ]
+    assert {a["summary"] for a in alerts} == {"stuck in r1 is STALL", "orphan in r2 is STOP"}
+    (row,) = history(ch_admin, database, region="r1", group="stuck")
+    assert row["state"] == "firing" and row["value"] == 50.0
+
+
+async def test_rejections_from_refusal_minutes(
+    evaluators: Start, ch_admin: Any, database: str, redis_async: aioredis.Redis
+) -> None:
+    minute = int(time.time()) // 60 * 60
+    rows = [[minute + 60 * k, A, "orders.created", "alice", "policy_denied", 5] for k in range(-3, 3)]
+    rows += [[minute + 60 * k, B, "orders.created", "bob", "schema_rejected", 1] for k in range(-3, 3)]
+    ch_admin.insert(
+        f"`{database}`.`refusal_minute`",
+        rows,
+        column_names=["bucket", "src_region", "topic", "principal", "status", "events"],
+    )
+    rules = """
+[[rule]]
+id = "PolicyOrSchemaRejections"
+kind = "rejections"
+severity = "warning"
+threshold = 2.0
+window = "1m"
+summary = "{region} refuses {topic} from {principal}: {status}, {value:.0f}/min"
+[rule.filter]
+topic = "orders.>"
+"""
+    await evaluators(rules)
+    (alert,) = await eventually(lambda: _firing(redis_async, 1), 10)
+    assert alert["labels"] == {
+        "alertname": "PolicyOrSchemaRejections",
+        "severity": "warning",
+        "region": A,
+        "topic": "orders.created",
+        "principal": "alice",
+        "status": "policy_denied",
+    }
+    assert alert["summary"] == f"{A} refuses orders.created from alice: policy_denied, 5/min"
+    assert [r["state"] for r in history(ch_admin, database, region=A)] == ["firing"]
+
+
+async def _firing(client: aioredis.Redis, n: int) -> list[dict[str, Any]] | None:
+    alerts = await firing(client)
+    return alerts if len(alerts) == n and all(a["state"] == "firing" for a in alerts) else None
+
+
+# ---- outages and the collector ----------------------------------------------------------------------------
+
+
+async def test_clickhouse_outage_is_waited_out(
+    evaluators: Start, receiver: Receiver, clickhouse_url: str, ch_admin: Any, database: str
+) -> None:
+    import socket
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    target = {"url": f"clickhouse://127.0.0.1:{dead.getsockname()[1]}"}
+    now = int(time.time())
+    insert_edges(ch_admin, database, [[now - 30 + i, A, B, "t", 10, 5] for i in range(25)])
+    evaluator = await evaluators(
+        EDGE_RULES, webhooks=(receiver.url("hook"),), client_factory=lambda: make_client(target["url"])
+    )
+    await eventually(lambda: evaluator.metrics.get("alerts_evaluation_errors_total", dependency="clickhouse") >= 2)
+    assert any(p.startswith("alerts: clickhouse: cannot connect") for p in evaluator.problems())
+    assert evaluator.leader and evaluator.evaluations == 0
+    target["url"] = clickhouse_url  # ClickHouse is back
+    await eventually(lambda: receiver.bodies("hook", "firing"), 10)
+    assert evaluator.problems() == []
+    dead.close()
+
+
+async def test_the_collector_runs_the_evaluator(
+    redis_url: str, redis_async: aioredis.Redis, clickhouse_url: str, database: str, ch_admin: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "rules.toml").write_text(EDGE_RULES.replace('for = "300ms"', 'for = "0s"'))
+    alerts = AlertConfig(interval_s=0.1, leader_ttl_s=1.0, rules_file=str(tmp_path / "rules.toml"))
+    config = CollectorConfig(
+        redis_url=redis_url,
+        clickhouse_url=clickhouse_url,
+        database=database,
+        consumer="c1",
+        flush_interval_s=0.05,
+        metrics_port=-1,
+        alerts=alerts,
+    )
+    collector = Collector(config, redis_async)
+    assert collector.alerts is not None and [r.id for r in collector.alerts.rules] == ["EdgeErrorRateHigh"]
+    task = asyncio.create_task(collector.run())
+    try:
+        await collector.wait_ready(scaled(10))
+        now = int(time.time())
+        insert_edges(ch_admin, database, [[now - 30 + i, A, B, "t", 10, 5] for i in range(25)])
+        health = await eventually(lambda: (h := collector.health())["alerts"]["firing"] == 1 and h, 10)
+        assert health["status"] == "ok" and health["reasons"] == [] and health["alerts"]["role"] == "leader"
+        text = collector.metrics.render()
+        assert "meshscope_alerts_evaluations_total" in text
+        assert 'meshscope_alerts_firing{severity="critical"} 1.0' in text
+    finally:
+        collector.stop()
+        await asyncio.wait_for(task, scaled(10))
+    assert await redis_async.get("meshscope:alerts:leader") is None  # a clean stop hands the lease back at once
+    assert collector.alerts.health()["role"] == "follower" and len(await firing(redis_async)) == 1
+
+
+def test_alerts_can_be_turned_off() -> None:
+    config = CollectorConfig.from_env({"MESHSCOPE_ALERTS": "false", "MESHSCOPE_COLLECTOR_METRICS_PORT": "-1"})
+    collector = Collector(config, aioredis.Redis())
+    assert collector.alerts is None and "alerts" not in collector.health()
