@@ -166,6 +166,27 @@ def _chaos(args: argparse.Namespace) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
+def _governance(args: argparse.Namespace) -> int:
+    from meshscope.governance import GovernanceCommandError, apply, defaults, show
+
+    relay, token, ca = defaults(args.data_dir)
+    relay = args.relay or relay
+    token = _token(args.token_file) or token
+    ca = args.ca or os.environ.get("MESHSCOPE_TLS_CA") or ca
+    if relay is None:
+        print("meshscope governance: name a relay with --relay (no meshscope up found)", file=sys.stderr)
+        return 2
+    try:
+        lines = (
+            apply(args.directory, relay, token, ca, args.dry_run) if args.action == "apply" else show(relay, token, ca)
+        )
+    except GovernanceCommandError as exc:
+        print(f"meshscope governance: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def _names(raw: str | None) -> list[str]:
     return list(dict.fromkeys(item.strip() for item in (raw or "").split(",") if item.strip()))
 
@@ -297,6 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chaos.add_argument("--events", type=int, default=500, help="probe events per scenario (default 500)")
     chaos.set_defaults(run=_chaos)
+    gov = sub.add_parser("governance", help="apply policies and schemas from a directory, or show what is enforced")
+    gov.add_argument("action", choices=["apply", "show"])
+    gov.add_argument("directory", nargs="?", help="for apply: policies.toml and schemas/ (see README, Governance)")
+    gov.add_argument("--relay", help="a relay's base URL (default: the first relay of meshscope up)")
+    gov.add_argument("--token-file", help="an admin's token (or MESHSCOPE_TOKEN[_FILE]; default: meshscope up's ops)")
+    gov.add_argument("--ca", help="CA bundle of the relay's certificate (or MESHSCOPE_TLS_CA)")
+    gov.add_argument("--dry-run", action="store_true", help="print the change, do not apply it")
+    gov.add_argument(
+        "--data-dir",
+        default=os.environ.get("MESHSCOPE_DATA_DIR", ".meshscope"),
+        help="the data directory of a running meshscope up, for its defaults",
+    )
+    gov.set_defaults(run=_governance)
     sub.add_parser("bench", help="run the benchmarks: meshscope bench --help (same as python -m bench)")
     sql = sub.add_parser("sql", help="run a query over the flow history and print the result")
     sql.add_argument("query", help='the SQL, e.g. "SELECT topic, count() FROM flows GROUP BY topic"')

@@ -250,3 +250,37 @@ async def test_binary_and_structured_mode_from_the_sdk_are_the_same_event(mesh: 
     message = to_binary_event(CloudEvent({**attrs, "id": "sdk-bad"}, {"total": 99}))
     reply = await http.post(f"{mesh[A].url}/v1/events", headers=dict(message.headers), content=message.body)
     assert reply.status_code == 422 and reply.json()["pointer"] == "/total"
+
+
+async def test_governance_apply_from_a_directory_is_versioned_and_idempotent(
+    mesh: Mesh, tmp_path: Any, http: httpx.AsyncClient
+) -> None:
+    import json as jsonlib
+
+    from meshscope.governance import GovernanceCommandError, apply
+
+    await mesh.start([A, B])
+    root = tmp_path / "governance"
+    (root / "schemas" / "orders").mkdir(parents=True)
+    (root / "policies.toml").write_text(
+        '[[rule]]\nid = "testers"\neffect = "allow"\nprincipals = ["group:testers"]\nactions = ["publish"]\n'
+        'topics = [">"]\n\n[[rule]]\nid = "reads"\neffect = "allow"\nprincipals = ["*"]\n'
+        'actions = ["subscribe", "join"]\ntopics = [">"]\n'
+    )
+    (root / "schemas" / "index.toml").write_text('[subjects."orders.>"]\nversions = ["orders/1.json"]\n')
+    (root / "schemas" / "orders" / "1.json").write_text(jsonlib.dumps(ORDER_V1))
+    from tests.conftest import TEST_TOKEN
+
+    lines = await asyncio.to_thread(apply, str(root), mesh[A].url, TEST_TOKEN, None)
+    assert lines[-1].startswith("applied: version 1-") and lines[-1].endswith("by tester")
+    await eventually(lambda: mesh[B].relay.gov_version.startswith("1-"), 5)
+    again = await asyncio.to_thread(apply, str(root), mesh[A].url, TEST_TOKEN, None)
+    assert again[1:] == ["  no change"]
+    # an incompatible new version is refused with the reasons, and nothing changes
+    (root / "schemas" / "orders" / "2.json").write_text(jsonlib.dumps({**ORDER_V1, "required": ["total", "currency"]}))
+    (root / "schemas" / "index.toml").write_text(
+        '[subjects."orders.>"]\nversions = ["orders/1.json", "orders/2.json"]\n'
+    )
+    with pytest.raises(GovernanceCommandError, match="409"):
+        await asyncio.to_thread(apply, str(root), mesh[A].url, TEST_TOKEN, None)
+    assert mesh[A].relay.gov_version.startswith("1-")
