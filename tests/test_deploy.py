@@ -36,9 +36,6 @@ from tests.conftest import Mesh, eventually, scaled
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("meshcore", "router", "collector", "dashboard", "meshscope", "bench")
 IMAGE = "meshscope:local"
-# Being added to the simulator and the dashboard (MESHSCOPE_TOKEN_FILE, MESHSCOPE_DASHBOARD_HOSTS);
-# drop this once both are constants in the code.
-PENDING_VARIABLES = frozenset({"MESHSCOPE_TOKEN_FILE", "MESHSCOPE_DASHBOARD_HOSTS"})
 
 
 def compose() -> dict[str, Any]:
@@ -123,7 +120,7 @@ def test_every_named_volume_and_network_is_declared() -> None:
 
 
 def test_every_variable_is_one_the_code_reads() -> None:
-    known = known_variables() | PENDING_VARIABLES
+    known = known_variables()
     wrong = {name: sorted(set(environment(SERVICES[name])) - known) for name in OURS}
     wrong = {k: v for k, v in wrong.items() if v}
     assert wrong == {}, f"variables set in compose.yaml that no code defines or reads (a typo?): {wrong}"
