@@ -68,7 +68,7 @@ def admin_routes(relay: Relay, principal_of: PrincipalOf, unauthorized: Callable
         principal = principal_of(request)
         if principal is None:
             return unauthorized()
-        decision = relay.may_administer(principal, resource)
+        decision = relay.gate.may_administer(principal, resource)
         if not decision.allowed:
             return _error(403, decision.reason, rule=decision.rule)
         try:

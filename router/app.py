@@ -140,7 +140,7 @@ def build_app(relay: Relay) -> Starlette:
             body = await read_body(request)
             events = decode_http(combine_headers(request.headers.raw), body, relay.limits)
             # policy and schema first: they need no Redis, so a relay cut off from it still refuses what it refused
-            refusals = relay.check(events, principal)
+            refusals = relay.gate.check(events, principal)
             for index, refusal in enumerate(refusals):
                 if refusal is not None:  # a batch is all or nothing
                     relay.metrics.inc("rejected_total", status=str(refusal.status))
@@ -219,7 +219,7 @@ def build_app(relay: Relay) -> Starlette:
                         if isinstance(exc, MalformedEvent):
                             _record_rejection(relay, exc.event, principal)
                 events = []
-                for (i, ev), refusal in zip(valid, relay.check([ev for _, ev in valid], principal), strict=True):
+                for (i, ev), refusal in zip(valid, relay.gate.check([ev for _, ev in valid], principal), strict=True):
                     if refusal is None:
                         events.append(ev)
                     else:
@@ -271,7 +271,7 @@ def build_app(relay: Relay) -> Starlette:
             await deny(ws, _error(400, str(exc)))
             return
         for pattern in patterns:
-            decision = relay.governance.policy.decide_subscription(principal, pattern, relay.region)
+            decision = relay.gate.may_subscribe(principal, pattern)
             if not decision.allowed:
                 await deny(ws, _error(403, decision.reason, rule=decision.rule))
                 return
@@ -342,7 +342,7 @@ def build_app(relay: Relay) -> Starlette:
         await serve_peer(ws, relay, principal.region, security, principal.name)
 
     async def healthz(request: Request) -> Response:
-        health = relay.health()
+        health = relay.status.health()
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     async def metrics(request: Request) -> Response:
@@ -425,7 +425,7 @@ async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, p
                 continue
             if pending:
                 after = entries[-1][0]
-            gate = relay.read_gate(principal)
+            gate = relay.gate.read_gate(principal)
             refused = []
             for entry_id, event in entries:
                 topic = event.get("type") if isinstance(event, dict) else None

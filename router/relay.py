@@ -35,13 +35,12 @@ from redis.exceptions import RedisError
 from meshcore import flowrecord as fk
 from meshcore.auth import Authenticator, Principal, load_principals
 from meshcore.breaker import CircuitBreaker
-from meshcore.document import SchemaViolation
 from meshcore.errors import StreamUnavailable
 from meshcore.flowrecord import FlowRecord, pack
 from meshcore.governance import Governance
 from meshcore.loopmon import monitor_loop
 from meshcore.metrics import E2E_LATENCY_MS, HOP_LATENCY_MS, Registry
-from meshcore.policy import Action, Decision
+from meshcore.policy import Action
 from meshcore.supervise import Supervisor
 from meshcore.tls import client_context
 from router import frame as fr
@@ -51,19 +50,18 @@ from router.config import RelayConfig
 from router.envelope import Event, EventLimits, now_us, validate_event
 from router.errors import FrameError, InvalidInput
 from router.flowsink import FlowSink
+from router.gate import Gate
 from router.link import LinkCallbacks, MeshLink, PeerAddress
 from router.outbox import Dropped, Outbox, StoreFull, ranges_of
 from router.registry import GovernanceStore, GovernanceWatcher
 from router.routing import LINK_STATE_VALUE, SECURITY_VALUE, UP, DedupWindow, LinkStateTable, LocalInterest
 from router.spans import HopTracer, otlp_exporter
+from router.status import Status, describe_metrics
 from router.subscription import GroupConflict, GroupInfo, GroupStore, Subscriber
 from router.tracecontext import new_span_id, parse_traceparent
 
 log = logging.getLogger(__name__)
 
-LINK_STREAM = "meshscope:links"
-STATE_KEY = "meshscope:relaystate"
-GROUPS_STREAM = "meshscope:groups:lag"
 REGIONS_KEY = "meshscope:regions"
 LSA_KEY = "meshscope:lsa"
 LSA_REFRESH_S = 5.0
@@ -78,15 +76,6 @@ class InDoubt(Exception):
 class PublishResult:
     accepted: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why an event may not be published: 403 (a policy rule) or 422 (its schema), with the details."""
-
-    status: int
-    error: str
-    details: dict[str, Any]
 
 
 @dataclass
@@ -115,35 +104,7 @@ class Relay:
         self.auth = auth or load_principals(config.auth_file, config.allow_anonymous)
         self.limits = EventLimits(max_event_bytes=config.max_event_bytes, max_depth=config.max_json_depth)
         self.metrics = m = Registry(topic_label_max=config.topic_label_max, process=True)
-        m.describe(
-            HOP_LATENCY_MS, "histogram", "Latency of the last hop of delivered events, by source region and topic"
-        )
-        m.describe(E2E_LATENCY_MS, "histogram", "Publish-to-delivery latency of delivered events, by origin and topic")
-        m.describe("events_in_total", "counter", "Events received, by topic and source (producer or peer region)")
-        m.describe("events_out_total", "counter", "Events sent, by topic and destination (local or peer region)")
-        m.describe("drops_total", "counter", "Events dropped, by reason")
-        m.describe("rejected_total", "counter", "Publish requests or events refused, by HTTP status")
-        m.describe("mesh_duplicates_total", "counter", "Resent mesh events already applied")
-        m.describe("mesh_refused_items_total", "counter", "Mesh items refused as malformed, by peer")
-        m.describe("link_state", "gauge", "Link state: 0 down, 1 connecting, 2 up, 3 draining")
-        m.describe("link_security", "gauge", "Link security: 0 plain, 1 tls (token), 2 mtls")
-        m.describe("link_rtt_ms", "gauge", "Round trip time of an up link (absent while down)")
-        m.describe("link_queue_depth", "gauge", "Events held for a destination region, sent or not")
-        m.describe("link_reconnects_total", "counter", "Reconnect attempts of a link")
-        m.describe("subscribers", "gauge", "Connected live subscribers")
-        m.describe("subscriber_queue_depth", "gauge", "Events buffered for live subscribers, summed")
-        m.describe("task_restarts_total", "counter", "Background tasks restarted after a crash, by task")
-        m.describe("redis_errors_total", "counter", "Failed Redis commits (retried), by error")
-        m.describe("redis_up", "gauge", "1 while commits to Redis succeed")
-        m.describe("transit_total", "counter", "Events passed on for other regions (detours)")
-        m.describe("anonymous", "gauge", "1 when clients without credentials are let in")
-        m.describe("governance_info", "gauge", "1 for the governance version this relay enforces")
-        m.describe("governance_registry_up", "gauge", "1 while the governance registry answers")
-        m.describe("policy_filtered_total", "counter", "Events not delivered to a subscriber its policy forbids")
-        m.describe("group_pending", "gauge", "Entries of a durable group delivered and not yet acknowledged")
-        m.describe("group_lag", "gauge", "Entries of a durable group not yet delivered to any member")
-        m.describe("group_oldest_age_seconds", "gauge", "Age of a durable group's oldest unacknowledged entry")
-        m.describe("group_consumers", "gauge", "Members of a durable group connected to this relay")
+        describe_metrics(m)
         m.set("anonymous", 1 if self.auth.allow_anonymous else 0)
         self.supervisor = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.breaker = CircuitBreaker("redis")
@@ -174,6 +135,7 @@ class Relay:
         self.tracer = tracer
         self.registry = GovernanceStore(client)
         self.watcher = GovernanceWatcher(self.registry, self._governance_changed)
+        self.gate = Gate(self.region, self.auth, self.groups, lambda: self.watcher.governance, self.record_rejected)
         self.gov_version = ""
         self.hello = {
             "region": self.region,
@@ -208,8 +170,8 @@ class Relay:
                 )
             )
         self.links_by_region: dict[str, MeshLink] = {}
+        self.status = Status(self)
         self.group_members: Counter[str] = Counter()  # group -> members connected here
-        self._group_gates: dict[str, Callable[[str], bool] | None] = {}
         self.outbox = Outbox(config, client, self.routes, self.links_by_region, self.record, self.limits)
         self._lsa_seq = now_us()
         self._out: Counter[tuple[str, str]] = Counter()
@@ -229,9 +191,9 @@ class Relay:
         sup.spawn("flow-sink", self.sink.run)
         sup.spawn("load", self._load, restart=False)
         sup.spawn("dispatch", self._dispatch_loop)
-        sup.spawn("link-samples", self._sample_links)
-        sup.spawn("group-samples", self._sample_groups)
-        sup.spawn("state", self._publish_state)
+        sup.spawn("link-samples", self.status.sample_links)
+        sup.spawn("group-samples", self.status.sample_groups)
+        sup.spawn("state", self.status.publish_state)
         sup.spawn("link-state", self._advertise_loop)
         sup.spawn("governance", self._watch_governance)
         sup.spawn("loop-monitor", lambda: monitor_loop(self.metrics))
@@ -410,83 +372,13 @@ class Relay:
             self.metrics.remove("governance_info", version=old)
         self.metrics.set("governance_info", 1, version=gov.version_id)
         for sub in self.subscribers.values():
-            sub.gate = self.read_gate(sub.principal)
-        self._group_gates.clear()
+            sub.gate = self.gate.read_gate(sub.principal)
+        self.gate.changed()
         hello = fr.encode(fr.HELLO, **self.hello)
         for conn in list(self.inbound.values()):
             conn.send(hello)
         for link in self.links:
             link.control(hello)
-
-    def read_gate(self, principal: Principal | None) -> Callable[[str], bool] | None:
-        """The per-event read check of a subscriber (None: everything it subscribed to is readable)."""
-        policy = self.governance.policy
-        if not policy.enforcing or principal is None:
-            return None
-        return policy.read_gate(principal, self.region)
-
-    def _group_gate(self, group: str) -> Callable[[str], bool] | None:
-        """A durable group receives what its owner may read."""
-        if group not in self._group_gates:
-            info = self.groups.groups.get(group)
-            owner = self.auth.by_name.get(info.owner) if info and info.owner else None
-            if owner is None and info is not None and info.owner:
-                owner = Principal(info.owner)
-            self._group_gates[group] = self.read_gate(owner)
-        return self._group_gates[group]
-
-    def authorize(self, principal: Principal, action: Action, resource: str) -> Decision:
-        return self.governance.policy.decide(principal, action, resource, self.region)
-
-    def may_administer(self, principal: Principal, resource: str) -> Decision:
-        """Admins by role always may (so a policy cannot lock everyone out); others when a rule allows it."""
-        if principal.has_role("admin") and not principal.anonymous:
-            return Decision(True, None, f"{principal.name} has the admin role")
-        if not self.governance.policy.enforcing:
-            return Decision(False, None, "without a policy only principals with the admin role may change governance")
-        return self.authorize(principal, Action.ADMIN, resource)
-
-    def check(self, events: list[Event], principal: Principal) -> list[Refusal | None]:
-        """Policy and schema for each event at its origin; refused ones leave a drop record.
-
-        An accepted event whose topic a schema governs carries the version it was checked against
-        in its ``dataschema`` attribute.
-        """
-        gov = self.governance
-        out: list[Refusal | None] = []
-        for ev in events:
-            decision = gov.policy.decide(principal, Action.PUBLISH, ev.topic, self.region)
-            if not decision.allowed:
-                out.append(Refusal(403, decision.reason, {"rule": decision.rule}))
-                # the governance artifact behind a refusal: for a policy denial, the deciding rule
-                ref = f"policy:{decision.rule or 'default-deny'}"
-                self.record_rejected(ev.id, ev.topic, fk.POLICY_DENIED, ev.size, principal.name, ev.trace.trace_id, ref)
-                continue
-            body = ev.body
-            named = body.get("dataschema") if isinstance(body.get("dataschema"), str) else None
-            try:
-                if "data_base64" in body and gov.schemas.subject_for(ev.topic) is not None:
-                    raise SchemaViolation("", "a governed topic takes JSON data, not data_base64", named or "")
-                uri = gov.schemas.validate(ev.topic, body.get("data"), named)
-            except SchemaViolation as exc:
-                out.append(
-                    Refusal(
-                        422,
-                        str(exc),
-                        {"pointer": exc.pointer, "reason": exc.reason, "dataschema": exc.schema_version},
-                    )
-                )
-                self.record_rejected(
-                    ev.id, ev.topic, fk.SCHEMA_REJECTED, ev.size, principal.name, ev.trace.trace_id,
-                    exc.schema_version,
-                )  # fmt: skip
-                continue
-            if uri is not None and named != uri:
-                body["dataschema"] = uri
-                ev.encoded = orjson.dumps(body)
-                ev.size = len(ev.encoded)
-            out.append(None)
-        return out
 
     # ---- publish ----------------------------------------------------------------------------
 
@@ -609,7 +501,7 @@ class Relay:
                     filtered += 1
         groups = []
         for g in self.groups.matching(topic):
-            gate = self._group_gate(g)
+            gate = self.gate.group_gate(g)
             if gate is None or gate(topic):
                 groups.append(g)
             else:
@@ -845,7 +737,7 @@ class Relay:
 
     def subscribe(self, patterns: list[str], principal: Principal | None = None) -> Subscriber:
         sub = Subscriber(patterns, self.config.subscriber_buffer, principal)
-        sub.gate = self.read_gate(principal)
+        sub.gate = self.gate.read_gate(principal)
         self.subscribers[sub.id] = sub
         if self.local.add(patterns):
             self._advertise()
@@ -860,15 +752,15 @@ class Relay:
     async def join_group(
         self, group: str, patterns: list[str], principal: Principal, update: bool
     ) -> tuple[GroupInfo | None, GroupInfo]:
-        decision = self.authorize(principal, Action.JOIN, group)
+        decision = self.gate.authorize(principal, Action.JOIN, group)
         if not decision.allowed:
             raise GroupConflict(decision.reason, 403, decision.rule)
         for pattern in patterns:
-            decision = self.governance.policy.decide_subscription(principal, pattern, self.region)
+            decision = self.gate.may_subscribe(principal, pattern)
             if not decision.allowed:
                 raise GroupConflict(decision.reason, 403, decision.rule)
         old, new = await self.groups.join(group, patterns, principal, update, principal.has_role("admin"), now_us())
-        self._group_gates.pop(group, None)
+        self.gate.group_changed(group)
         if old is None or old.patterns != new.patterns:
             changed = self.local.add(sorted(new.patterns.patterns))
             if old is not None:
@@ -885,172 +777,6 @@ class Relay:
         if old is not None and self.local.remove(sorted(old.patterns.patterns)):
             self._advertise()
         return old
-
-    # ---- samples and health -------------------------------------------------------------------
-
-    def link_rows(self) -> list[dict[str, Any]]:
-        """Every outbound link with its state, security, RTT (while up) and what is held for its region."""
-        rows = []
-        for link in self.links:
-            peer = link.peer_region or link.url
-            ch = self.outbox.channels.get(peer)
-            route = self.routes.route(peer) if link.peer_region else None
-            rows.append(
-                {
-                    "peer": peer,
-                    "state": link.state,
-                    "security": link.security if link.state == UP else "",
-                    "rtt_ms": link.rtt_ms if link.state == UP else None,
-                    "queue_depth": ch.depth if ch else 0,
-                    "reconnects": link.reconnects,
-                    "via": route.next_hop if route and route.reachable and not route.direct else "",
-                    "gov": link.peer_gov,
-                    "governance_mismatch": bool(
-                        link.state == UP and link.peer_gov and self.gov_version and link.peer_gov != self.gov_version
-                    ),
-                    "last_error": link.last_error if link.state != UP else "",
-                }
-            )
-        return rows
-
-    async def _sample_links(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.link_stats_interval_s)
-            ts = now_us()
-            samples = []
-            for row in self.link_rows():
-                peer = row["peer"]
-                self.metrics.set("link_queue_depth", row["queue_depth"], peer=peer)
-                if row["rtt_ms"] is not None:
-                    self.metrics.set("link_rtt_ms", row["rtt_ms"], peer=peer)
-                samples.append(
-                    [ts, self.name, self.region, peer, row["state"], row["rtt_ms"] or 0.0, row["queue_depth"],
-                     row["reconnects"], row["security"], row["via"], row["gov"], self.gov_version]
-                )  # fmt: skip
-            self.metrics.set("subscriber_queue_depth", sum(s.queue.qsize() for s in self.subscribers.values()))
-            self.metrics.set("redis_up", 1 if self.breaker.healthy else 0)
-            if samples and self.breaker.healthy:
-                try:
-                    await self.redis.xadd(
-                        LINK_STREAM, {b"v": b"2", b"r": orjson.dumps(samples)}, maxlen=100_000, approximate=True
-                    )
-                    await self.redis.publish(LINK_STREAM, orjson.dumps({"region": self.region, "links": samples}))
-                except RedisError as exc:
-                    log.warning("cannot write link samples", extra={"error": str(exc)[:200]})
-
-    async def _sample_groups(self) -> None:
-        """Every few seconds, each durable group's position, into the history (meshscope:groups:lag) and /metrics."""
-        await self.ready.wait()
-        while True:
-            await asyncio.sleep(max(1.0, self.config.link_stats_interval_s))
-            if not self.breaker.healthy:
-                continue
-            ts = now_us()
-            rows = []
-            for group, info in list(self.groups.groups.items()):
-                try:
-                    lag = await self.groups.lag(group)
-                except StreamUnavailable as exc:
-                    log.warning("cannot sample group lag", extra={"group": group, "error": str(exc)[:200]})
-                    break
-                if not lag:
-                    continue
-                members = self.group_members.get(group, 0)
-                oldest_s = (ts / 1000 - lag["oldest_pending_ms"]) / 1000 if lag["oldest_pending_ms"] else 0.0
-                self.metrics.set("group_pending", lag["pending"], group=group)
-                self.metrics.set("group_lag", lag["lag"], group=group)
-                self.metrics.set("group_oldest_age_seconds", max(0.0, oldest_s), group=group)
-                self.metrics.set("group_consumers", members, group=group)
-                rows.append(
-                    [ts, self.region, group, info.owner, sorted(info.patterns.patterns), lag["added"], lag["acked"],
-                     lag["pending"], lag["lag"], round(max(0.0, oldest_s), 3), members]
-                )  # fmt: skip
-            if rows:
-                try:
-                    await self.redis.xadd(GROUPS_STREAM, {b"v": b"1", b"r": orjson.dumps(rows)}, maxlen=100_000,
-                                          approximate=True)  # fmt: skip
-                except RedisError as exc:
-                    log.warning("cannot write group samples", extra={"error": str(exc)[:200]})
-
-    def state(self) -> dict[str, Any]:
-        """What this relay knows and decides, for the dashboard's "why this flows here": routes and interest."""
-        subs: Counter[tuple[str, tuple[str, ...]]] = Counter()
-        for sub in self.subscribers.values():
-            subs[(sub.principal.name if sub.principal else "", tuple(sorted(sub.patterns.patterns)))] += 1
-        return {
-            "ts": now_us(),
-            "region": self.region,
-            "relay": self.name,
-            "governance": self.gov_version,
-            "routes": [
-                {
-                    "dst": r.dst,
-                    "next_hop": r.next_hop,
-                    "path": list(r.path),
-                    "cost_ms": None if r.cost_ms == float("inf") else round(r.cost_ms, 3),
-                    "direct": r.direct,
-                }
-                for r in self.routes.table()
-            ],
-            "subscriptions": [
-                {"principal": who, "patterns": list(patterns), "subscribers": n}
-                for (who, patterns), n in sorted(subs.items())
-            ],
-            "groups": [
-                {
-                    "group": g,
-                    "owner": info.owner,
-                    "patterns": sorted(info.patterns.patterns),
-                    "members": self.group_members.get(g, 0),
-                }
-                for g, info in sorted(self.groups.groups.items())
-            ],
-            "interest": sorted(self.local.patterns.patterns),
-            "links": self.link_rows(),
-        }
-
-    async def _publish_state(self) -> None:
-        await self.ready.wait()
-        while True:
-            await asyncio.sleep(2.0)
-            if self.breaker.healthy:
-                try:
-                    await self.redis.hset(STATE_KEY, self.region, orjson.dumps(self.state()))
-                except RedisError as exc:
-                    log.warning("cannot publish relay state", extra={"error": str(exc)[:200]})
-
-    def health(self) -> dict[str, Any]:
-        reasons = []
-        if not self.breaker.healthy:
-            reasons.append(f"redis unavailable: {self.breaker.last_error or 'circuit ' + self.breaker.state}")
-        if not self.ready.is_set():
-            reasons.append("state not loaded from Redis yet")
-        if self.sink.full:
-            reasons.append("flow record queue full")
-        stale = self.watcher.stale_s()
-        if stale is not None:
-            reasons.append(
-                f"governance registry unreachable for {stale:.0f} s; enforcing version {self.gov_version or 'none'}"
-            )
-        reasons += self.supervisor.problems()
-        links = {row["peer"]: row["state"] for row in self.link_rows()}
-        return {
-            "status": "degraded" if reasons else "ok",
-            "reasons": reasons,
-            "region": self.region,
-            "relay": self.name,
-            "anonymous_allowed": self.auth.allow_anonymous,
-            "governance": {
-                "version": self.gov_version,
-                "registry_reachable": stale is None,
-                "policy_enforced": self.governance.policy.enforcing,
-                "subjects": len(self.governance.schemas.subjects),
-            },
-            "links": links,
-            "links_up": sum(1 for s in links.values() if s == UP),
-            "held": self.outbox.depth,
-            "inbound": sorted({c.region for c in self.inbound.values()}),
-        }
 
     async def _flap_links(self) -> None:
         """Drop a random up link now and then, so a demo shows reconnects and resends."""

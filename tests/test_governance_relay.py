@@ -144,7 +144,7 @@ async def test_a_relay_cut_off_from_the_registry_keeps_enforcing_its_last_versio
         assert denied.status_code == 403 and denied.json()["rule"] == "no-secrets"  # never falls open
         health = await eventually(
             lambda: (
-                (h := mesh[B].relay.health())
+                (h := mesh[B].relay.status.health())
                 and any("governance registry unreachable" in r for r in h["reasons"])
                 and h
             ),
@@ -152,12 +152,12 @@ async def test_a_relay_cut_off_from_the_registry_keeps_enforcing_its_last_versio
         )
         assert version in " ".join(health["reasons"]) and not health["governance"]["registry_reachable"]
         # the link between the two is flagged while they enforce different versions
-        rows = await eventually(lambda: [r for r in mesh[A].relay.link_rows() if r["governance_mismatch"]], 10)
+        rows = await eventually(lambda: [r for r in mesh[A].relay.status.link_rows() if r["governance_mismatch"]], 10)
         assert rows[0]["peer"] == B
         proxy.forward()
         await eventually(lambda: mesh[B].relay.gov_version == mesh[A].relay.gov_version, 15)
         assert (await publish(http, mesh[B].url, cloud_event("secret.plans", "cut-2"))).status_code == 202
-        await eventually(lambda: not any(r["governance_mismatch"] for r in mesh[A].relay.link_rows()), 10)
+        await eventually(lambda: not any(r["governance_mismatch"] for r in mesh[A].relay.status.link_rows()), 10)
     finally:
         await proxy.stop()
 

@@ -74,7 +74,7 @@ async def test_two_relays_over_mtls_route_events_and_report_mtls(mesh: Mesh, cer
         assert orjson.loads(await asyncio.wait_for(sub.recv(), scaled(5)))["id"] == "t-1"
         text = (await https.get(f"{mesh[A].url}/metrics")).text
     assert f'meshscope_link_security{{peer="{C}"}} 2' in text  # 2 = mtls
-    assert mesh[C].relay.health()["inbound"] == [A]
+    assert mesh[C].relay.status.health()["inbound"] == [A]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ async def test_mesh_refuses_peers_that_are_not_the_region_they_claim(
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), scaled(3))
             assert ws.close_code == expect
-        assert mesh[C].relay.health()["inbound"] == []
+        assert mesh[C].relay.status.health()["inbound"] == []
         return
     identity = "client-ops" if "client" in who else None
     with pytest.raises(InvalidStatus) as refused:
@@ -185,7 +185,7 @@ async def test_hostile_mesh_frames_leave_the_relay_healthy_and_the_link_working(
     loop = asyncio.get_running_loop()
     await asyncio.to_thread(run)
     assert sessions >= 40
-    health = mesh[C].relay.health()
+    health = mesh[C].relay.status.health()
     assert health["status"] == "ok", health
     reply = await http.post(
         f"{mesh[A].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("orders.x", "after-abuse"))
@@ -302,7 +302,7 @@ async def test_limits_on_attributes_nesting_and_topics(
         assert reply.json()["attribute"] == attribute
     await asyncio.sleep(scaled(0.1))
     assert sub.queue.qsize() == 0
-    assert mesh[A].relay.health()["status"] == "ok"
+    assert mesh[A].relay.status.health()["status"] == "ok"
 
 
 async def test_a_body_that_does_not_arrive_gets_408(mesh: Mesh) -> None:

@@ -1,0 +1,244 @@
+"""What a relay reports about itself: /healthz, link and group samples, its state for the dashboard.
+
+Samples go into the history the collector keeps (``meshscope:links``,
+``meshscope:groups:lag``); the relay's state (routes, subscriptions, groups,
+links) goes to ``meshscope:relaystate`` every two seconds, for the dashboard's
+"why this flows here".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from meshcore.errors import StreamUnavailable
+from meshcore.metrics import E2E_LATENCY_MS, HOP_LATENCY_MS, Registry
+from router.envelope import now_us
+from router.routing import UP
+
+if TYPE_CHECKING:
+    from router.relay import Relay
+
+log = logging.getLogger(__name__)
+
+LINK_STREAM = "meshscope:links"
+STATE_KEY = "meshscope:relaystate"
+GROUPS_STREAM = "meshscope:groups:lag"
+
+METRICS = (
+    (HOP_LATENCY_MS, "histogram", "Latency of the last hop of delivered events, by source region and topic"),
+    (E2E_LATENCY_MS, "histogram", "Publish-to-delivery latency of delivered events, by origin and topic"),
+    ("events_in_total", "counter", "Events received, by topic and source (producer or peer region)"),
+    ("events_out_total", "counter", "Events sent, by topic and destination (local or peer region)"),
+    ("drops_total", "counter", "Events dropped, by reason"),
+    ("rejected_total", "counter", "Publish requests or events refused, by HTTP status"),
+    ("mesh_duplicates_total", "counter", "Resent mesh events already applied"),
+    ("mesh_refused_items_total", "counter", "Mesh items refused as malformed, by peer"),
+    ("link_state", "gauge", "Link state: 0 down, 1 connecting, 2 up, 3 draining"),
+    ("link_security", "gauge", "Link security: 0 plain, 1 tls (token), 2 mtls"),
+    ("link_rtt_ms", "gauge", "Round trip time of an up link (absent while down)"),
+    ("link_queue_depth", "gauge", "Events held for a destination region, sent or not"),
+    ("link_reconnects_total", "counter", "Reconnect attempts of a link"),
+    ("subscribers", "gauge", "Connected live subscribers"),
+    ("subscriber_queue_depth", "gauge", "Events buffered for live subscribers, summed"),
+    ("task_restarts_total", "counter", "Background tasks restarted after a crash, by task"),
+    ("redis_errors_total", "counter", "Failed Redis commits (retried), by error"),
+    ("redis_up", "gauge", "1 while commits to Redis succeed"),
+    ("transit_total", "counter", "Events passed on for other regions (detours)"),
+    ("anonymous", "gauge", "1 when clients without credentials are let in"),
+    ("governance_info", "gauge", "1 for the governance version this relay enforces"),
+    ("governance_registry_up", "gauge", "1 while the governance registry answers"),
+    ("policy_filtered_total", "counter", "Events not delivered to a subscriber its policy forbids"),
+    ("group_pending", "gauge", "Entries of a durable group delivered and not yet acknowledged"),
+    ("group_lag", "gauge", "Entries of a durable group not yet delivered to any member"),
+    ("group_oldest_age_seconds", "gauge", "Age of a durable group's oldest unacknowledged entry"),
+    ("group_consumers", "gauge", "Members of a durable group connected to this relay"),
+)
+"""Every metric family a relay exports: name, type, help."""
+
+
+def describe_metrics(m: Registry) -> None:
+    for name, kind, text in METRICS:
+        m.describe(name, kind, text)
+
+
+class Status:
+    """Reads a relay's parts; changes nothing but metrics and what it writes to Redis."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def link_rows(self) -> list[dict[str, Any]]:
+        """Every outbound link with its state, security, RTT (while up) and what is held for its region."""
+        r = self.relay
+        rows = []
+        for link in r.links:
+            peer = link.peer_region or link.url
+            ch = r.outbox.channels.get(peer)
+            route = r.routes.route(peer) if link.peer_region else None
+            rows.append(
+                {
+                    "peer": peer,
+                    "state": link.state,
+                    "security": link.security if link.state == UP else "",
+                    "rtt_ms": link.rtt_ms if link.state == UP else None,
+                    "queue_depth": ch.depth if ch else 0,
+                    "reconnects": link.reconnects,
+                    "via": route.next_hop if route and route.reachable and not route.direct else "",
+                    "gov": link.peer_gov,
+                    "governance_mismatch": bool(
+                        link.state == UP and link.peer_gov and r.gov_version and link.peer_gov != r.gov_version
+                    ),
+                    "last_error": link.last_error if link.state != UP else "",
+                }
+            )
+        return rows
+
+    async def sample_links(self) -> None:
+        r = self.relay
+        while True:
+            await asyncio.sleep(r.config.link_stats_interval_s)
+            ts = now_us()
+            samples = []
+            for row in self.link_rows():
+                peer = row["peer"]
+                r.metrics.set("link_queue_depth", row["queue_depth"], peer=peer)
+                if row["rtt_ms"] is not None:
+                    r.metrics.set("link_rtt_ms", row["rtt_ms"], peer=peer)
+                samples.append(
+                    [ts, r.name, r.region, peer, row["state"], row["rtt_ms"] or 0.0, row["queue_depth"],
+                     row["reconnects"], row["security"], row["via"], row["gov"], r.gov_version]
+                )  # fmt: skip
+            r.metrics.set("subscriber_queue_depth", sum(s.queue.qsize() for s in r.subscribers.values()))
+            r.metrics.set("redis_up", 1 if r.breaker.healthy else 0)
+            if samples and r.breaker.healthy:
+                try:
+                    await r.redis.xadd(
+                        LINK_STREAM, {b"v": b"2", b"r": orjson.dumps(samples)}, maxlen=100_000, approximate=True
+                    )
+                    await r.redis.publish(LINK_STREAM, orjson.dumps({"region": r.region, "links": samples}))
+                except RedisError as exc:
+                    log.warning("cannot write link samples", extra={"error": str(exc)[:200]})
+
+    async def sample_groups(self) -> None:
+        """Every few seconds, each durable group's position, into the history (meshscope:groups:lag) and /metrics."""
+        r = self.relay
+        await r.ready.wait()
+        while True:
+            await asyncio.sleep(max(1.0, r.config.link_stats_interval_s))
+            if not r.breaker.healthy:
+                continue
+            ts = now_us()
+            rows = []
+            for group, info in list(r.groups.groups.items()):
+                try:
+                    lag = await r.groups.lag(group)
+                except StreamUnavailable as exc:
+                    log.warning("cannot sample group lag", extra={"group": group, "error": str(exc)[:200]})
+                    break
+                if not lag:
+                    continue
+                members = r.group_members.get(group, 0)
+                oldest_s = (ts / 1000 - lag["oldest_pending_ms"]) / 1000 if lag["oldest_pending_ms"] else 0.0
+                r.metrics.set("group_pending", lag["pending"], group=group)
+                r.metrics.set("group_lag", lag["lag"], group=group)
+                r.metrics.set("group_oldest_age_seconds", max(0.0, oldest_s), group=group)
+                r.metrics.set("group_consumers", members, group=group)
+                rows.append(
+                    [ts, r.region, group, info.owner, sorted(info.patterns.patterns), lag["added"], lag["acked"],
+                     lag["pending"], lag["lag"], round(max(0.0, oldest_s), 3), members]
+                )  # fmt: skip
+            if rows:
+                try:
+                    await r.redis.xadd(GROUPS_STREAM, {b"v": b"1", b"r": orjson.dumps(rows)}, maxlen=100_000,
+                                          approximate=True)  # fmt: skip
+                except RedisError as exc:
+                    log.warning("cannot write group samples", extra={"error": str(exc)[:200]})
+
+    def state(self) -> dict[str, Any]:
+        """What this relay knows and decides, for the dashboard's "why this flows here": routes and interest."""
+        r = self.relay
+        subs: Counter[tuple[str, tuple[str, ...]]] = Counter()
+        for sub in r.subscribers.values():
+            subs[(sub.principal.name if sub.principal else "", tuple(sorted(sub.patterns.patterns)))] += 1
+        return {
+            "ts": now_us(),
+            "region": r.region,
+            "relay": r.name,
+            "governance": r.gov_version,
+            "routes": [
+                {
+                    "dst": r.dst,
+                    "next_hop": r.next_hop,
+                    "path": list(r.path),
+                    "cost_ms": None if r.cost_ms == float("inf") else round(r.cost_ms, 3),
+                    "direct": r.direct,
+                }
+                for r in r.routes.table()
+            ],
+            "subscriptions": [
+                {"principal": who, "patterns": list(patterns), "subscribers": n}
+                for (who, patterns), n in sorted(subs.items())
+            ],
+            "groups": [
+                {
+                    "group": g,
+                    "owner": info.owner,
+                    "patterns": sorted(info.patterns.patterns),
+                    "members": r.group_members.get(g, 0),
+                }
+                for g, info in sorted(r.groups.groups.items())
+            ],
+            "interest": sorted(r.local.patterns.patterns),
+            "links": self.link_rows(),
+        }
+
+    async def publish_state(self) -> None:
+        r = self.relay
+        await r.ready.wait()
+        while True:
+            await asyncio.sleep(2.0)
+            if r.breaker.healthy:
+                try:
+                    await r.redis.hset(STATE_KEY, r.region, orjson.dumps(self.state()))
+                except RedisError as exc:
+                    log.warning("cannot publish relay state", extra={"error": str(exc)[:200]})
+
+    def health(self) -> dict[str, Any]:
+        r = self.relay
+        reasons = []
+        if not r.breaker.healthy:
+            reasons.append(f"redis unavailable: {r.breaker.last_error or 'circuit ' + r.breaker.state}")
+        if not r.ready.is_set():
+            reasons.append("state not loaded from Redis yet")
+        if r.sink.full:
+            reasons.append("flow record queue full")
+        stale = r.watcher.stale_s()
+        if stale is not None:
+            reasons.append(
+                f"governance registry unreachable for {stale:.0f} s; enforcing version {r.gov_version or 'none'}"
+            )
+        reasons += r.supervisor.problems()
+        links = {row["peer"]: row["state"] for row in self.link_rows()}
+        return {
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            "region": r.region,
+            "relay": r.name,
+            "anonymous_allowed": r.auth.allow_anonymous,
+            "governance": {
+                "version": r.gov_version,
+                "registry_reachable": stale is None,
+                "policy_enforced": r.governance.policy.enforcing,
+                "subjects": len(r.governance.schemas.subjects),
+            },
+            "links": links,
+            "links_up": sum(1 for s in links.values() if s == UP),
+            "held": r.outbox.depth,
+            "inbound": sorted({c.region for c in r.inbound.values()}),
+        }
