@@ -11,8 +11,9 @@ effect::
 
 The resource a request names is the topic for publish and subscribe, the
 durable group's name for join (what a member then reads is checked as
-subscribe, topic by topic), and the governed resource (``policies``,
-``schemas.orders``...) for admin; all use the same dot-token grammar.
+subscribe, topic by topic), and the governed resource, ``policies`` or
+``schemas``, for admin (replacing the whole document takes both); all use the
+same dot-token grammar.
 
 With no policy document at all every request is allowed (the relay then only
 authenticates). Once a policy document is loaded, even an empty one, anything no

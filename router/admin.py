@@ -63,14 +63,16 @@ def admin_routes(relay: Relay, principal_of: PrincipalOf, unauthorized: Callable
             raise InvalidDocument("", f"the body is not JSON: {exc}") from None
 
     async def change(
-        request: Request, resource: str, edit: Callable[[GovernanceContent, Any], GovernanceContent]
+        request: Request, resources: tuple[str, ...], edit: Callable[[GovernanceContent, Any], GovernanceContent]
     ) -> Response:
+        """Apply ``edit`` to the registry's content, for a principal who may administer every one of ``resources``."""
         principal = principal_of(request)
         if principal is None:
             return unauthorized()
-        decision = relay.gate.may_administer(principal, resource)
-        if not decision.allowed:
-            return _error(403, decision.reason, rule=decision.rule)
+        for resource in resources:
+            decision = relay.gate.may_administer(principal, resource)
+            if not decision.allowed:
+                return _error(403, decision.reason, rule=decision.rule)
         try:
             payload = await body_json(request)
             document, changed = await relay.registry.change(lambda c: edit(c, payload), principal.name)
@@ -110,7 +112,8 @@ def admin_routes(relay: Relay, principal_of: PrincipalOf, unauthorized: Callable
         )
 
     async def put_governance(request: Request) -> Response:
-        return await change(request, "policies", lambda _c, payload: parse_content(payload))
+        # the whole document: policies and schemas both
+        return await change(request, ("policies", "schemas"), lambda _c, payload: parse_content(payload))
 
     @reader
     async def get_policies(request: Request) -> Response:
@@ -129,7 +132,7 @@ def admin_routes(relay: Relay, principal_of: PrincipalOf, unauthorized: Callable
             new = parse_content({"policies": payload["policies"]})
             return GovernanceContent(new.policies, content.subjects)
 
-        return await change(request, "policies", edit)
+        return await change(request, ("policies",), edit)
 
     @reader
     async def get_schemas(request: Request) -> Response:
@@ -162,7 +165,7 @@ def admin_routes(relay: Relay, principal_of: PrincipalOf, unauthorized: Callable
                 raise InvalidDocument("compatibility", f"{mode!r} is not one of {choices}") from None
             return add_schema_version(content, pattern, payload["schema"], compatibility)
 
-        return await change(request, "schemas", edit)
+        return await change(request, ("schemas",), edit)
 
     return [
         Route("/v1/governance", get_governance, methods=["GET"]),

@@ -233,6 +233,24 @@ async def test_only_admins_change_governance(mesh: Mesh, http: httpx.AsyncClient
     assert bad.status_code == 400 and bad.json()["path"].startswith("policies")
 
 
+async def test_replacing_the_whole_document_takes_admin_over_policies_and_schemas(
+    mesh: Mesh, http: httpx.AsyncClient
+) -> None:
+    """A principal a rule lets administer policies only may not replace the schemas through /v1/governance."""
+    await mesh.start([A])
+    rule = {"id": "others-edit-policies", "effect": "allow", "principals": ["principal:other"], "actions": ["admin"],
+            "topics": ["policies"]}  # fmt: skip
+    policies = {"policies": [*POLICY["policies"], rule]}
+    assert (await http.put(f"{mesh[A].url}/v1/policies", json=policies)).status_code == 200
+    assert (await http.put(f"{mesh[A].url}/v1/policies", json=policies, headers=OTHER_AUTH)).status_code == 200
+    whole = await http.put(f"{mesh[A].url}/v1/governance", json={**policies, "subjects": []}, headers=OTHER_AUTH)
+    assert whole.status_code == 403, whole.text
+    subject = quote("orders.>", safe="")
+    schema = await http.post(f"{mesh[A].url}/v1/schemas/{subject}", json={"schema": ORDER_V1}, headers=OTHER_AUTH)
+    assert schema.status_code == 403
+    assert (await http.get(f"{mesh[A].url}/v1/schemas")).json()["subjects"] == []
+
+
 async def test_binary_and_structured_mode_from_the_sdk_are_the_same_event(mesh: Mesh, http: httpx.AsyncClient) -> None:
     await mesh.start([A])
     sub = mesh[A].relay.subscribe(["sdk.>"])
