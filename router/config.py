@@ -65,6 +65,8 @@ MESHSCOPE_FAULT_INJECTION = "MESHSCOPE_FAULT_INJECTION"
 """``true`` opens POST /v1/faults to admins (meshscope chaos); never in production."""
 MESHSCOPE_GROUP_CLAIM_IDLE_S = "MESHSCOPE_GROUP_CLAIM_IDLE_S"
 """A group entry un-acknowledged this long by a member that went away goes to another member of its principal."""
+MESHSCOPE_GROUP_MAX_ENTRIES = "MESHSCOPE_GROUP_MAX_ENTRIES"
+"""Unacknowledged entries a durable group keeps; past it the oldest are given up, each with a drop record."""
 MESHSCOPE_PUBLISH_TIMEOUT_S = "MESHSCOPE_PUBLISH_TIMEOUT_S"
 """Seconds a publish waits for its events to be made durable before answering 503."""
 MESHSCOPE_FLOW_STREAM_MAXLEN = "MESHSCOPE_FLOW_STREAM_MAXLEN"
@@ -156,6 +158,7 @@ class RelayConfig:
     clock_skew_s: float = 300.0
     publish_timeout_s: float = 2.0
     group_claim_idle_s: float = 60.0
+    group_max_entries: int = 1_000_000
     fault_injection: bool = False
 
     @classmethod
@@ -232,6 +235,7 @@ class RelayConfig:
             clock_skew_s=s.get_float(env, MESHSCOPE_MESH_CLOCK_SKEW_S, d["clock_skew_s"].default, 1.0),
             publish_timeout_s=s.get_float(env, MESHSCOPE_PUBLISH_TIMEOUT_S, d["publish_timeout_s"].default, 0.05),
             group_claim_idle_s=s.get_float(env, MESHSCOPE_GROUP_CLAIM_IDLE_S, d["group_claim_idle_s"].default, 0.1),
+            group_max_entries=s.get_int(env, MESHSCOPE_GROUP_MAX_ENTRIES, d["group_max_entries"].default, 1),
             fault_injection=s.get_bool(env, MESHSCOPE_FAULT_INJECTION, False),
         )
         if config.max_event_bytes + FRAME_OVERHEAD > config.max_body_bytes:

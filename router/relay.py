@@ -115,7 +115,7 @@ class Relay:
         self.routes = LinkStateTable(self.region, config.hop_limit, ROUTE_AGE_S, config.link_store_max_age_s)
         self.dedup = DedupWindow(config.dedup_window)
         self.subscribers: dict[int, Subscriber] = {}
-        self.groups = GroupStore(client, self.region)
+        self.groups = GroupStore(client, self.region, config.group_max_entries)
         self.inbound: dict[int, Inbound] = {}
         self.origins: dict[str, OriginState] = {}
         self.applied_key = f"meshscope:applied:{self.region}"
@@ -194,6 +194,7 @@ class Relay:
         sup.spawn("link-samples", self.status.sample_links)
         sup.spawn("group-samples", self.status.sample_groups)
         sup.spawn("state", self.status.publish_state)
+        sup.spawn("group-trim", self._trim_groups)
         sup.spawn("link-state", self._advertise_loop)
         sup.spawn("governance", self._watch_governance)
         sup.spawn("loop-monitor", lambda: monitor_loop(self.metrics))
@@ -338,7 +339,7 @@ class Relay:
         trace_id: str = "",
         dataschema: str = "",
     ) -> None:
-        """A drop record for an event refused at the edge (nothing of it is routed)."""
+        """A drop record for an event known by its attributes: refused at the edge, or given up by a group."""
         rec = FlowRecord(
             now_us(), event_id[:256], trace_id, new_span_id(), "", topic[:255], fk.DROP, self.region, self.region,
             self.name, 0.0, 0.0, status, size, 1, 0, principal, "", 0, dataschema[:2048],
@@ -362,7 +363,6 @@ class Relay:
 
     async def _watch_governance(self) -> None:
         await self.ready.wait()
-        self.metrics.set("governance_registry_up", 1)
         await self.watcher.run()
 
     def _governance_changed(self, gov: Governance) -> None:
@@ -459,7 +459,7 @@ class Relay:
             for dst, item in held:
                 self.outbox.channel(dst).hold(item)
             for ev, span, subs in lives:
-                self._offer(ev, span, region, subs)
+                self._offer(ev, span, region, subs, principal.name)
             if held:
                 self._wake.set()
 
@@ -510,7 +510,7 @@ class Relay:
             self.metrics.inc("policy_filtered_total", filtered)
         data = ev.encoded or orjson.dumps(ev.body)
         for group in groups:
-            ops.xadd(self.groups.stream(group), {b"e": data}, self.groups.maxlen)
+            ops.xadd(self.groups.stream(group), {b"e": data})  # trimmed by _trim_groups only
         if subs or groups:
             self.record(ev, fk.DELIVER, new_span_id(), parent, src, region, ts, hop_ms, fk.OK, attempt, seq,
                         principal, via, into=records)  # fmt: skip
@@ -524,12 +524,13 @@ class Relay:
                         principal, via, into=records)  # fmt: skip
         return subs
 
-    def _offer(self, ev: Event, parent: str, src: str, subs: list[Subscriber]) -> None:
+    def _offer(self, ev: Event, parent: str, src: str, subs: list[Subscriber], principal: str) -> None:
         """Hand a durable event to live subscribers; a full buffer costs that subscriber the event, recorded."""
         data = ev.encoded or orjson.dumps(ev.body)
         for sub in subs:
             if sub.id in self.subscribers and not sub.offer(data):
-                self.record(ev, fk.DROP, new_span_id(), parent, src, self.region, now_us(), 0.0, fk.BACKPRESSURE)
+                self.record(ev, fk.DROP, new_span_id(), parent, src, self.region, now_us(), 0.0, fk.BACKPRESSURE,
+                            principal=principal)  # fmt: skip
 
     # ---- mesh, accepting side ---------------------------------------------------------------
 
@@ -548,11 +549,11 @@ class Relay:
             self.config.hop_limit,
         )
         acks: list[tuple[str, str, int]] = []
-        for b in bad:
-            self._refuse_item(peer, b.reason, b.key, acks)
-        ops = Ops()
         records: list[FlowRecord] = []
-        lives: list[tuple[Event, str, str, list[Subscriber]]] = []
+        for b in bad:
+            self._refuse_item(peer, b.reason, b.key, acks, records)
+        ops = Ops()
+        lives: list[tuple[Event, str, str, str, list[Subscriber]]] = []
         onward: list[fr.Item] = []
         changed: set[str] = set()
         topics: Counter[tuple[str, str]] = Counter()
@@ -567,7 +568,7 @@ class Relay:
                     raise InvalidInput("a mesh event must carry a valid traceparent")
                 ev = validate_event(item.event, self.limits)
             except InvalidInput as exc:
-                self._refuse_item(peer, f"event: {exc}", key, acks)
+                self._refuse_item(peer, f"event: {exc}", key, acks, records, item)
                 continue
             state = self.origins.setdefault(item.origin, OriginState())
             apply, gaps = state.admit(item.epoch, item.seq, item.floor, item.high)
@@ -586,15 +587,15 @@ class Relay:
             subs = self._local(ev, item.span_id, item.origin, item.sent_us, item.attempt, item.seq, item.principal,
                                via, ops, records)  # fmt: skip
             if subs:
-                lives.append((ev, item.span_id, item.origin, subs))
+                lives.append((ev, item.span_id, item.origin, item.principal, subs))
         for origin in changed:
             ops.hset(self.applied_key, origin, orjson.dumps(self.origins[origin].to_json()))
         if records:
             ops.xadd(self.config.flow_stream, pack(records))
 
         def landed() -> None:
-            for ev, parent, src, subs in lives:
-                self._offer(ev, parent, src, subs)
+            for ev, parent, src, who, subs in lives:
+                self._offer(ev, parent, src, subs, who)
             if acks:
                 reply(fr.encode(fr.ACK, a=ranges_of(acks)))
 
@@ -608,12 +609,30 @@ class Relay:
         if self.committer.backlog > 20:
             await done  # Redis is slow: stop reading this peer until it catches up
 
-    def _refuse_item(self, peer: str, reason: str, key: tuple[str, str, int] | None, acks: list[Any]) -> None:
+    def _refuse_item(
+        self,
+        peer: str,
+        reason: str,
+        key: tuple[str, str, int] | None,
+        acks: list[Any],
+        records: list[FlowRecord],
+        item: fr.Item | None = None,
+    ) -> None:
+        """Refuse one mesh item for good: logged, counted, and, when it can be named, a drop record.
+
+        The record names the item by origin and sequence number (the origin's ``forward``
+        record carries the same pair), and by event id and topic when the item parsed that far.
+        """
         log.warning("peer sent a malformed mesh item; refused", extra={"peer": peer, "reason": reason[:200]})
         self.metrics.inc("mesh_refused_items_total", peer=peer)
-        self.metrics.inc("drops_total", reason=fk.MALFORMED)
-        if key is not None:
-            acks.append(key)  # refused for good: the sender must not send it forever
+        if key is None:
+            self.metrics.inc("drops_total", reason=fk.MALFORMED)
+            return
+        acks.append(key)  # refused for good: the sender must not send it forever
+        origin, _, seq = key
+        self.record(None, fk.DROP, new_span_id(), item.span_id if item else "", origin, self.region, now_us(), 0.0,
+                    fk.MALFORMED, item.attempt if item else 1, seq, item.principal if item else "",
+                    peer if peer != origin else "", item=item, into=records)  # fmt: skip
 
     def register_inbound(self, conn: Inbound) -> int:
         key = id(conn)
@@ -777,6 +796,31 @@ class Relay:
         if old is not None and self.local.remove(sorted(old.patterns.patterns)):
             self._advertise()
         return old
+
+    async def _trim_groups(self) -> None:
+        """Keep each durable group's stream to what its members still owe; a drop record for each entry given up."""
+        await self.ready.wait()
+        while True:
+            await asyncio.sleep(1.0)
+            if not self.breaker.healthy:
+                continue
+            for group in list(self.groups.groups):
+                try:
+                    _, given = await self.groups.trim(group)
+                except StreamUnavailable as exc:
+                    log.warning("cannot trim a durable group", extra={"group": group, "error": str(exc)[:200]})
+                    break
+                if given:
+                    log.error(
+                        "durable group full: oldest unacknowledged entries given up",
+                        extra={"group": group, "events": len(given), "max_entries": self.groups.max_entries},
+                    )
+                for ev in given:
+                    tp = parse_traceparent(ev.get("traceparent"))
+                    self.record_rejected(
+                        str(ev.get("id", "")), str(ev.get("type", "")), fk.EXPIRED, 0, "", tp.trace_id if tp else "",
+                        str(ev.get("dataschema", "")),
+                    )  # fmt: skip
 
     async def _flap_links(self) -> None:
         """Drop a random up link now and then, so a demo shows reconnects and resends."""

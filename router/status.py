@@ -116,6 +116,7 @@ class Status:
                 )  # fmt: skip
             r.metrics.set("subscriber_queue_depth", sum(s.queue.qsize() for s in r.subscribers.values()))
             r.metrics.set("redis_up", 1 if r.breaker.healthy else 0)
+            r.metrics.set("governance_registry_up", 0 if r.watcher.stale_s() is not None else 1)
             if samples and r.breaker.healthy:
                 try:
                     await r.redis.xadd(

@@ -35,6 +35,53 @@ from meshcore.topic import PatternSet
 _ids = itertools.count(1)
 ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 MAX_ACK_IDS = 10_000
+TRIM_BATCH = 1000
+
+# One group's stream, atomically: remove the entries every member is done with (delivered and
+# acknowledged: older than the oldest pending entry, and not after the last delivered one), then,
+# while more than ARGV[2] entries remain, give up the oldest (at most ARGV[3] per call) and return
+# those not yet acknowledged, so that each one gets a drop record.
+# Returns {entries removed as done, {id, fields}... given up, entries looked at}.
+_TRIM = """
+local stream, group, keep, batch = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('EXISTS', stream) == 0 then return {0, {}, 0} end
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local name, delivered
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then delivered = g[i + 1] end
+  end
+  if name == group then last = delivered end
+end
+if not last then return {0, {}, 0} end
+local pending = redis.call('XPENDING', stream, group)
+local minid
+if tonumber(pending[1]) > 0 then
+  minid = pending[2]
+else
+  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+  minid = ms .. '-' .. (tonumber(seq) + 1)
+end
+local done = redis.call('XTRIM', stream, 'MINID', minid)
+local over = redis.call('XLEN', stream) - keep
+if over <= 0 then return {done, {}, 0} end
+local lms, lseq = string.match(last, '^(%d+)-(%d+)$')
+lms, lseq = tonumber(lms), tonumber(lseq)
+local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', math.min(over, batch))
+local ids, given = {}, {}
+for i, e in ipairs(oldest) do
+  ids[i] = e[1]
+  local ms, seq = string.match(e[1], '^(%d+)-(%d+)$')
+  ms, seq = tonumber(ms), tonumber(seq)
+  local undelivered = ms > lms or (ms == lms and seq > lseq)
+  if undelivered or #redis.call('XPENDING', stream, group, e[1], e[1], 1) > 0 then
+    given[#given + 1] = e
+  end
+end
+redis.call('XACK', stream, group, unpack(ids))
+redis.call('XDEL', stream, unpack(ids))
+return {done, given, #oldest}
+"""
 
 
 class GroupConflict(Exception):
@@ -88,10 +135,11 @@ class GroupInfo:
 class GroupStore:
     """Durable consumer groups of one region, kept in Redis."""
 
-    def __init__(self, client: aioredis.Redis, region: str, maxlen: int = 1_000_000):
+    def __init__(self, client: aioredis.Redis, region: str, max_entries: int = 1_000_000):
         self.client = client
         self.region = region
-        self.maxlen = maxlen
+        self.max_entries = max_entries
+        self._trim = client.register_script(_TRIM)
         self.registry_key = f"meshscope:groups:{region}"
         self.groups: dict[str, GroupInfo] = {}
 
@@ -178,6 +226,34 @@ class GroupStore:
             raise StreamUnavailable(f"cannot remove consumer group {group!r}: {exc}") from exc
         info = self.groups.pop(group, None)
         return info or GroupInfo.from_json(raw)
+
+    async def trim(self, group: str) -> tuple[int, list[dict[str, Any]]]:
+        """Remove what every member is done with; give up the oldest entries past ``max_entries``.
+
+        Returns (entries removed as done, events given up). Entries are only ever removed
+        here, so an entry no member has acknowledged is never lost without being returned.
+        """
+        done = 0
+        given: list[dict[str, Any]] = []
+        try:
+            while True:
+                reply: Any = await self._trim(keys=[self.stream(group)], args=[group, self.max_entries, TRIM_BATCH])
+                done += int(reply[0])
+                for _entry_id, fields in reply[1]:
+                    values = dict(zip(fields[::2], fields[1::2], strict=True))
+                    try:
+                        event = orjson.loads(values[b"e"])
+                    except (KeyError, orjson.JSONDecodeError):
+                        event = {}
+                    given.append(event if isinstance(event, dict) else {})
+                if int(reply[2] if len(reply) > 2 else 0) < TRIM_BATCH:
+                    return done, given
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return done, given
+            raise StreamUnavailable(f"cannot trim consumer group {group!r}: {exc}") from exc
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot trim consumer group {group!r}: {exc}") from exc
 
     def matching(self, topic: str) -> list[str]:
         return [g for g, info in self.groups.items() if info.patterns.matches(topic)]

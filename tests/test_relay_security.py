@@ -25,6 +25,7 @@ from meshcore.tls import Identity
 from tests.conftest import AUTH, CE_JSON, OTHER_AUTH, Mesh, cloud_event, eventually, flow_records, relay_token, scaled
 
 A, C = "aws:us-east-1", "azure:westeurope"
+CE_BATCH = {"content-type": "application/cloudevents-batch+json"}
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +196,10 @@ async def test_hostile_mesh_frames_leave_the_relay_healthy_and_the_link_working(
     assert [e["id"] for e in got] == ["after-abuse"]
 
 
-async def test_a_malformed_item_is_refused_and_acknowledged_not_resent_forever(mesh: Mesh) -> None:
+async def test_a_malformed_item_is_refused_and_acknowledged_not_resent_forever(
+    mesh: Mesh, redis_sync: redis.Redis
+) -> None:
+    """Refused for good, and the loss is on the record: a drop/malformed naming the origin and number."""
     mesh.regions = [A]  # A's relay token is known to C, but A does not run: this test speaks for it
     await mesh.start_one(C)
     token_of_a = {"Authorization": f"Bearer {relay_token(A)}"}
@@ -209,6 +213,8 @@ async def test_a_malformed_item_is_refused_and_acknowledged_not_resent_forever(m
                 break
     assert frame["a"] == [[A, "0123456789abcdef", 1, 1]]
     assert mesh[C].relay.metrics.get("mesh_refused_items_total", peer=A) == 1
+    (drop,) = await eventually(lambda: [r for r in flow_records(redis_sync) if r.status == "malformed"], 5)
+    assert (drop.kind, drop.src_region, drop.dst_region, drop.seq) == ("drop", A, C, 1)
 
 
 # ---- principals -------------------------------------------------------------------------------
@@ -399,6 +405,39 @@ async def test_entries_of_a_member_that_went_away_go_to_another_member_of_its_pr
             await asyncio.wait_for(stranger.recv(), scaled(0.8))
     async with connect(f"{base}&consumer=new", additional_headers=AUTH) as heir:
         assert orjson.loads(await asyncio.wait_for(heir.recv(), scaled(3)))["event"]["id"] == "j-1"
+
+
+async def test_a_full_group_gives_up_its_oldest_unacknowledged_entries_each_with_a_drop_record(
+    mesh: Mesh, http: httpx.AsyncClient, redis_sync: redis.Redis
+) -> None:
+    """Acknowledged entries go quietly; past the bound, unacknowledged ones go with a drop/expired each."""
+    await mesh.start([A], env={"MESHSCOPE_GROUP_MAX_ENTRIES": "5"})
+    base = f"{mesh[A].ws_url}/v1/subscribe?topic=o.>&group=full&consumer=c1"
+    stream = f"meshscope:group:{A}:full"
+
+    async def publish(*ids: str) -> None:
+        batch = [cloud_event("o.x", i) for i in ids]
+        reply = await http.post(f"{mesh[A].url}/v1/events", headers=CE_BATCH, content=orjson.dumps(batch))
+        assert reply.status_code == 202, reply.text
+
+    async with connect(base, additional_headers=AUTH) as member:
+        await publish("g-0", "g-1")
+        got = [orjson.loads(await asyncio.wait_for(member.recv(), scaled(3))) for _ in range(2)]
+        assert [m["event"]["id"] for m in got] == ["g-0", "g-1"]
+        await member.send(orjson.dumps({"ack": [got[0]["ack"]]}))  # g-1 stays pending
+        await asyncio.sleep(0.2)
+    await publish(*(f"g-{i}" for i in range(2, 8)))  # undelivered: 8 entries in all, one acknowledged
+    dropped = await eventually(
+        lambda: sorted(r.event_id for r in flow_records(redis_sync) if r.status == "expired") or None, scaled(5)
+    )
+    assert dropped == ["g-1", "g-2"]
+    assert redis_sync.xlen(stream) == 5
+    async with connect(base, additional_headers=AUTH) as member:
+        got = [orjson.loads(await asyncio.wait_for(member.recv(), scaled(3))) for _ in range(5)]
+        assert [m["event"]["id"] for m in got] == [f"g-{i}" for i in range(3, 8)]
+        await member.send(orjson.dumps({"ack": [m["ack"] for m in got]}))
+        await eventually(lambda: redis_sync.xlen(stream) == 0, scaled(5))
+    assert sorted(r.event_id for r in flow_records(redis_sync) if r.status == "expired") == ["g-1", "g-2"]
 
 
 async def test_a_region_certificate_alone_is_not_enough_when_the_mesh_lists_its_relays(
