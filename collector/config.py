@@ -13,6 +13,7 @@ from collector.clickhouse import is_embedded, resolve_url
 from collector.schema import SchemaOptions
 from meshcore import settings as s
 from meshcore.settings import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, REDIS_URL
+from meshcore.tls import TlsFiles
 
 CLICKHOUSE_URL = "CLICKHOUSE_URL"
 """ClickHouse server URL (``clickhouse://user:pass@host:8123/db``) or ``chdb://PATH``; unset: embedded."""
@@ -40,6 +41,10 @@ MESHSCOPE_COLLECTOR_CLAIM_IDLE_S = "MESHSCOPE_COLLECTOR_CLAIM_IDLE_S"
 """Entries pending this long on another consumer are taken over (XAUTOCLAIM)."""
 MESHSCOPE_COLLECTOR_METRICS_PORT = "MESHSCOPE_COLLECTOR_METRICS_PORT"
 """Port of the collector's /metrics and /healthz (0: a free port; -1: none)."""
+MESHSCOPE_COLLECTOR_METRICS_HOST = "MESHSCOPE_COLLECTOR_METRICS_HOST"
+"""Address /metrics and /healthz listen on (default 127.0.0.1); any other needs MESHSCOPE_AUTH_FILE."""
+MESHSCOPE_AUTH_FILE = "MESHSCOPE_AUTH_FILE"
+"""Principals file (TOML); when set, /metrics takes a bearer token of any principal in it."""
 MESHSCOPE_LIVE_CHANNEL = "MESHSCOPE_LIVE_CHANNEL"
 """Redis pub/sub channel for live edge statistics."""
 MESHSCOPE_ALERTS = "MESHSCOPE_ALERTS"
@@ -136,6 +141,9 @@ class CollectorConfig:
     claim_idle_s: float = 30.0
     read_count: int = 200
     metrics_port: int = 7410
+    metrics_host: str = "127.0.0.1"
+    auth_file: str | None = None
+    tls: TlsFiles | None = None
     live_channel: str = "meshscope:live"
     dead_letter_stream: str = "meshscope:flows:dead"
     links_stream: str = "meshscope:links"
@@ -167,6 +175,9 @@ class CollectorConfig:
             claim_idle_s=s.get_float(env, MESHSCOPE_COLLECTOR_CLAIM_IDLE_S, d["claim_idle_s"], 0.01),
             read_count=s.get_int(env, MESHSCOPE_COLLECTOR_READ_ENTRIES, d["read_count"], 1),
             metrics_port=s.get_int(env, MESHSCOPE_COLLECTOR_METRICS_PORT, d["metrics_port"], -1),
+            metrics_host=s.get_str(env, MESHSCOPE_COLLECTOR_METRICS_HOST, d["metrics_host"]),
+            auth_file=env.get(MESHSCOPE_AUTH_FILE) or None,
+            tls=TlsFiles.from_env(env),
             live_channel=s.get_str(env, MESHSCOPE_LIVE_CHANNEL, d["live_channel"]),
             alerts=AlertConfig.from_env(env),
         )

@@ -1,23 +1,41 @@
-"""Running the collector as a process: the loop plus its /metrics and /healthz."""
+"""Running the collector as a process: the loop plus its /metrics and /healthz.
+
+``/healthz`` answers anyone (ok or degraded, with why); ``/metrics`` takes a
+bearer token of any principal when a principals file is configured. They listen
+on loopback unless ``MESHSCOPE_COLLECTOR_METRICS_HOST`` says otherwise, and
+listening anywhere else needs the principals file (HTTPS with
+``MESHSCOPE_TLS_CERT``/``MESHSCOPE_TLS_KEY``), so a scrape port is never open
+to everyone by accident.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from collector.config import CollectorConfig
+from collector.config import MESHSCOPE_AUTH_FILE, MESHSCOPE_COLLECTOR_METRICS_HOST, CollectorConfig
 from collector.service import Collector
+from meshcore.auth import Authenticator, bearer_of, load_principals
 from meshcore.metrics import content_type_for
 from meshcore.server import Server, redis_client
+from meshcore.settings import SettingError
+from meshcore.tls import server_context
 
 
-def metrics_app(collector: Collector) -> Starlette:
+def metrics_app(collector: Collector, auth: Authenticator | None = None) -> Starlette:
     async def metrics(request: Request) -> Response:
+        if auth is not None and auth.from_token(bearer_of(request.headers.get("authorization"))) is None:
+            return JSONResponse(
+                {"error": "credentials required: Authorization: Bearer <token>"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         openmetrics, content_type = content_type_for(request.headers.get("accept"))
         return Response(await asyncio.to_thread(collector.metrics.render, openmetrics), media_type=content_type)
 
@@ -28,11 +46,38 @@ def metrics_app(collector: Collector) -> Starlette:
     return Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz)])
 
 
-async def serve_collector(config: CollectorConfig, host: str = "127.0.0.1") -> None:
+def scrape_auth(config: CollectorConfig) -> Authenticator | None:
+    """Who may scrape /metrics: None (anyone who reaches loopback) or the principals file's principals."""
+    if config.auth_file:
+        return load_principals(config.auth_file)
+    if not _loopback(config.metrics_host):
+        raise SettingError(
+            f"{MESHSCOPE_COLLECTOR_METRICS_HOST}={config.metrics_host} listens beyond loopback: "
+            f"set {MESHSCOPE_AUTH_FILE} so that /metrics asks for credentials"
+        )
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve_collector(config: CollectorConfig) -> None:
     """Run one collector until cancelled."""
+    listen = config.metrics_port >= 0
+    auth = scrape_auth(config) if listen else None  # a setting error stops the start, before anything runs
+    ssl_context = server_context(config.tls) if listen and config.tls is not None else None
     client = redis_client(config.redis_url)
     collector = Collector(config, client)
-    server = Server(metrics_app(collector), host, config.metrics_port) if config.metrics_port >= 0 else None
+    server = None
+    if listen:
+        app = metrics_app(collector, auth)
+        server = Server(app, config.metrics_host, config.metrics_port, ssl_context=ssl_context)
     try:
         if server is not None:
             await server.start()

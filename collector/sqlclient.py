@@ -96,11 +96,14 @@ def via_dashboard(
 
 
 def run_sql(
-    config: CollectorConfig, query: str, via: str | None = None, token: str | None = None
+    config: CollectorConfig, query: str, via: str | None = None, token: str | None = None, cafile: str | None = None
 ) -> tuple[list[str], list[list[Any]]]:
-    """Run ``query``: through the dashboard at ``via`` (with ``token``, else :func:`client_token`), or directly."""
+    """Run ``query``: through the dashboard at ``via`` (with ``token``, else :func:`client_token`), or directly.
+
+    ``cafile`` is the CA that signed the dashboard's certificate, when the system does not trust it.
+    """
     if via:
-        return via_dashboard(via, query, token or client_token(os.environ))
+        return via_dashboard(via, query, token or client_token(os.environ), cafile)
     up = running_dashboard(config.data_dir) if is_embedded(config.clickhouse_url) else None
     if up is not None:
         # a `meshscope up` in this data directory holds the embedded engine: ask its dashboard

@@ -8,6 +8,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -419,5 +420,61 @@ async def test_collector_metrics_and_health(
             assert f"# TYPE meshscope_{name} " in text
         health = await http.get(server.url + "/healthz")
         assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["reasons"] == []
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("host", "with_file", "outcome"),
+    [
+        ("127.0.0.1", False, "open"),
+        ("::1", False, "open"),
+        ("localhost", False, "open"),
+        ("0.0.0.0", False, "refused"),
+        ("10.0.0.7", False, "refused"),
+        ("collector.internal", False, "refused"),
+        ("0.0.0.0", True, "tokens"),
+        ("127.0.0.1", True, "tokens"),
+    ],
+)
+def test_metrics_beyond_loopback_need_a_principals_file(
+    host: str, with_file: bool, outcome: str, tmp_path: Path
+) -> None:
+    from collector.serve import scrape_auth
+    from meshcore.auth import new_token, principal_entry
+    from meshcore.settings import SettingError
+
+    path = tmp_path / "principals.toml"
+    path.write_text(principal_entry("prometheus", new_token()))
+    config = CollectorConfig(metrics_host=host, auth_file=str(path) if with_file else None)
+    if outcome == "refused":
+        with pytest.raises(SettingError, match="MESHSCOPE_AUTH_FILE"):
+            scrape_auth(config)
+    else:
+        auth = scrape_auth(config)
+        assert (auth is None) == (outcome == "open")
+
+
+async def test_metrics_take_a_token_when_a_principals_file_is_set(
+    run_collector: Any, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    from collector.serve import metrics_app, scrape_auth
+    from meshcore.auth import new_token, principal_entry
+    from router.serve import Server
+
+    token = new_token()
+    path = tmp_path / "principals.toml"
+    path.write_text(principal_entry("prometheus", token))
+    collector = await run_collector()
+    server = Server(metrics_app(collector, scrape_auth(CollectorConfig(auth_file=str(path)))))
+    await server.start()
+    try:
+        assert (await http.get(server.url + "/metrics")).status_code == 401
+        wrong = await http.get(server.url + "/metrics", headers={"Authorization": f"Bearer {new_token()}"})
+        assert wrong.status_code == 401
+        right = await http.get(server.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert right.status_code == 200 and "meshscope_collector_rows_inserted_total" in right.text
+        health = await http.get(server.url + "/healthz")  # answers anyone, ok or degraded
+        assert health.status_code in (200, 503) and health.json()["status"] in ("ok", "degraded")
     finally:
         await server.stop()
