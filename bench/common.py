@@ -218,7 +218,7 @@ def spawn_mesh(
     relay_tokens = {r: new_token() for r in regions}
     principals = principal_entry("bench", token, ["bench"], ["viewer", "sql", "admin"])
     for r, t in relay_tokens.items():
-        principals += principal_entry(f"relay:{r}", t) + f'region = "{r}"\n'
+        principals += principal_entry(f"relay:{r}", t)
     (workdir / "principals.toml").write_text(principals)
     if tls:
         from meshcore.certs import write_bundle

@@ -25,9 +25,10 @@
 #
 # Why the dashboard's certificate comes from its own CA: a client certificate cannot serve (it is
 # clientAuth only), and a region certificate from the mesh CA would be a mesh identity: relays accept
-# any region certificate of their CA on /v1/mesh, so the dashboard's key, on the most exposed
-# container, could open mesh links and inject events. A certificate of a CA the relays do not trust
-# serves HTTPS for the dashboard's host names and is worth nothing on the mesh.
+# a region certificate of their CA on /v1/mesh (when the principals file lists the mesh's relays,
+# only for a listed region), so the dashboard's key, on the most exposed container, must not be one.
+# A certificate of a CA the relays do not trust serves HTTPS for the dashboard's host names and is
+# worth nothing on the mesh.
 set -eu
 umask 077
 

@@ -184,10 +184,28 @@ def load_principals(path: str | None, allow_anonymous: bool = False) -> Authenti
     return parse_principals(data, allow_anonymous)
 
 
-def principal_entry(name: str, token: str, groups: list[str] | None = None, roles: list[str] | None = None) -> str:
-    """The TOML entry for a principal with this token (what ``meshscope token`` prints)."""
+def principal_entry(
+    name: str,
+    token: str,
+    groups: list[str] | None = None,
+    roles: list[str] | None = None,
+    region: str | None = None,
+) -> str:
+    """The TOML entry for a principal with this token (what ``meshscope token`` prints).
+
+    A relay's principal (``relay:<region>``) is bound to its region unless ``region`` says otherwise.
+    """
     principal_name(name)
+    for group in groups or ():
+        principal_name(group)  # the same grammar, so the entry is valid TOML
+    unknown = set(roles or ()) - ROLES
+    if unknown:
+        raise AuthConfigError(f"unknown role(s) {sorted(unknown)}; roles are {sorted(ROLES)}")
+    if region is None and name.startswith("relay:"):
+        region = name.removeprefix("relay:")
     lines = [f'[principals."{name}"]', f'token_sha256 = "{token_hash(token)}"']
+    if region is not None:
+        lines.append(f'region = "{region_id(region)}"')
     if groups:
         lines.append("groups = [" + ", ".join(f'"{g}"' for g in groups) + "]")
     if roles:

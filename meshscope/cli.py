@@ -118,11 +118,15 @@ def _simulate(args: argparse.Namespace) -> int:
     import ssl
 
     ca = args.ca or os.environ.get("MESHSCOPE_TLS_CA")
+    ctx = ssl.create_default_context(cafile=ca) if ca else None
+    cert, key = os.environ.get("MESHSCOPE_TLS_CERT"), os.environ.get("MESHSCOPE_TLS_KEY")
+    if ctx is not None and cert and key:
+        ctx.load_cert_chain(cert, key)  # the simulator's client certificate, for mutual TLS
     config = SimulatorConfig(
         relays,
         args.rate,
         token=_token(args.token_file),
-        ssl_context=ssl.create_default_context(cafile=ca) if ca else None,
+        ssl_context=ctx,
         bad_token=_token(args.bad_token_file) if args.bad_token_file else None,
     )
     with contextlib.suppress(KeyboardInterrupt):
@@ -137,7 +141,8 @@ def _sql(args: argparse.Namespace) -> int:
 
     config = CollectorConfig.from_env(os.environ)
     try:
-        columns, rows = run_sql(config, args.query, args.via or os.environ.get("MESHSCOPE_DASHBOARD_URL"))
+        via = args.via or os.environ.get("MESHSCOPE_DASHBOARD_URL")
+        columns, rows = run_sql(config, args.query, via, cafile=args.ca or os.environ.get("MESHSCOPE_TLS_CA"))
     except SqlFailed as exc:
         print(f"meshscope sql: {exc}", file=sys.stderr)
         return 1
@@ -230,6 +235,34 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_command(args: argparse.Namespace) -> int:
+    from meshcore.auth import AuthConfigError, new_token, principal_entry
+    from meshcore.names import InvalidName
+
+    token = new_token()
+    try:
+        entry = principal_entry(args.name, token, _names(args.groups), _names(args.roles))
+    except (InvalidName, AuthConfigError) as exc:
+        print(f"meshscope token: {exc}", file=sys.stderr)
+        return 2
+    if args.token_file:
+        path = Path(args.token_file)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token + "\n")
+            path.chmod(0o600)
+        except OSError as exc:
+            print(f"meshscope token: cannot write {path}: {exc.strerror}", file=sys.stderr)
+            return 1
+        print(f"# token written to {path} (mode 0600); this entry goes into the principals file")
+    else:
+        print(f"# token (shown once; keep it secret): {token}")
+        print("# this entry goes into the principals file (MESHSCOPE_AUTH_FILE); it holds only the hash")
+    print(entry, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -304,6 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--days", type=int, help="validity of the new certificates in days (default 365)")
     certs.add_argument("--force", action="store_true", help="replace an existing CA (its certificates stop working)")
     certs.set_defaults(run=_certs)
+    tok = sub.add_parser(
+        "token",
+        help="make a bearer token and the principals-file entry that holds its hash",
+        description="Prints a new random token (32 bytes) and the TOML entry for the principals file. Replacing"
+        " an entry's token_sha256 and restarting the relays and dashboard that read the file rotates the token.",
+    )
+    tok.add_argument("name", help="the principal's name, e.g. billing-svc (relay:<region> for a relay)")
+    tok.add_argument("--groups", metavar="NAMES", help="comma-separated groups, for policy rules")
+    tok.add_argument("--roles", metavar="NAMES", help="comma-separated roles: viewer, sql, admin")
+    tok.add_argument("--token-file", metavar="FILE", help="write the token to FILE (mode 0600) instead of printing it")
+    tok.set_defaults(run=_token_command)
     chaos = sub.add_parser(
         "chaos",
         help="kill relays, restart Valkey and break links of a running meshscope up; count what was lost",
@@ -337,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql.add_argument(
         "--via", metavar="URL", help="ask a running dashboard (its /api/sql) instead of ClickHouse directly"
+    )
+    sql.add_argument(
+        "--ca", metavar="FILE", help="CA certificate that signed the dashboard's (default: MESHSCOPE_TLS_CA)"
     )
     sql.set_defaults(run=_sql)
     return parser

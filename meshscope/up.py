@@ -158,7 +158,7 @@ class Stack:
             entries.append(principal_entry(name, token, groups, roles))
         for region in regions:
             token = self.tokens[f"relay:{region.id}"] = new_token()
-            entries.append(principal_entry(f"relay:{region.id}", token) + f'region = "{region.id}"\n')
+            entries.append(principal_entry(f"relay:{region.id}", token))
         self.principals = self.data / "principals.toml"
         self._write_private(self.principals, "".join(entries))
         for name, token in self.tokens.items():

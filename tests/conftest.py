@@ -119,7 +119,7 @@ def write_principals(path: Any, regions: list[str], extra: str = "") -> str:
     text = principal_entry("tester", TEST_TOKEN, ["testers"], ["viewer", "sql", "admin"])
     text += principal_entry("other", OTHER_TOKEN, ["others"], ["viewer"])
     for region in regions:
-        text += principal_entry(f"relay:{region}", relay_token(region)) + f'region = "{region}"\n'
+        text += principal_entry(f"relay:{region}", relay_token(region))
     with open(path, "w") as fh:
         fh.write(text + extra)
     return str(path)

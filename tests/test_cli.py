@@ -72,7 +72,19 @@ def test_bad_configuration_is_reported(tmp_path: Path) -> None:
 
 def test_help_lists_every_command(tmp_path: Path) -> None:
     out = meshscope("--help", data_dir=tmp_path)
-    for command in ("relay", "collector", "dashboard", "up", "simulate", "bench", "sql"):
+    for command in (
+        "relay",
+        "collector",
+        "dashboard",
+        "up",
+        "simulate",
+        "bench",
+        "sql",
+        "certs",
+        "token",
+        "chaos",
+        "governance",
+    ):
         assert command in out.stdout
 
 
@@ -98,3 +110,64 @@ async def test_sql_via_a_dashboard_sends_the_token(stack_factory: Any, tmp_path:
     assert nobody.returncode == 1 and "authentication required" in nobody.stderr
     assert "MESHSCOPE_TOKEN_FILE" in nobody.stderr  # says how to fix it
     assert missing.returncode == 1 and "cannot read the token file" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "principal", "groups", "roles", "region"),
+    [
+        (["billing-svc", "--groups", "producers,payments", "--roles", "viewer,sql"], "billing-svc",
+         {"producers", "payments"}, {"viewer", "sql"}, None),
+        (["relay:aws:us-east-1"], "relay:aws:us-east-1", set(), set(), "aws:us-east-1"),
+        (["ops"], "ops", set(), set(), None),
+    ],
+)  # fmt: skip
+def test_token_prints_a_token_and_an_entry_holding_only_its_hash(
+    args: list[str], principal: str, groups: set[str], roles: set[str], region: str | None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import tomllib
+
+    from meshcore.auth import parse_principals
+    from meshscope.cli import main
+
+    assert main(["token", *args]) == 0
+    out = capsys.readouterr().out
+    token = out.splitlines()[0].rsplit(" ", 1)[1]
+    assert token not in out.split("\n", 1)[1]  # the entry holds the hash only
+    auth = parse_principals(tomllib.loads(out))
+    who = auth.from_token(token)
+    assert who is not None and who.name == principal
+    assert (set(who.groups), set(who.roles), who.region) == (groups, roles, region)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bad name"], "principal name"),
+        (["ops", "--roles", "root"], "unknown role"),
+        (["ops", "--groups", 'a"b'], "principal name"),
+        (["relay:not-a-region"], "region"),
+    ],
+)
+def test_token_refuses_bad_names_and_roles(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from meshscope.cli import main
+
+    assert main(["token", *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
+def test_token_file_is_private_and_the_entry_matches_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    from meshcore.auth import parse_principals
+    from meshscope.cli import main
+
+    path = tmp_path / "ops.token"
+    assert main(["token", "ops", "--roles", "admin", "--token-file", str(path)]) == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    token = path.read_text().strip()
+    out = capsys.readouterr().out
+    assert token not in out
+    who = parse_principals(tomllib.loads(out)).from_token(token)
+    assert who is not None and who.roles == frozenset({"admin"})
