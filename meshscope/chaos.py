@@ -211,13 +211,18 @@ async def _count(demo: Demo, outcome: Outcome, probe: Probe, region: str, group:
         missing = probe.accepted - set(counts)
         outcome.lost = len(missing)
         if missing:
-            named = set()
+            named: dict[str, str] = {}
             records: Any = await client.xrevrange("meshscope:flows", count=20_000)
             for _, fields in records:
                 for row in orjson.loads(fields[b"r"]):
                     if row[6] == "drop" and row[1] in missing:
-                        named.add(row[1])
+                        named[row[1]] = row[12]
             outcome.explained = len(named)
+            reasons = collections.Counter(named.values())
+            if reasons:
+                outcome.notes.append("drops: " + ", ".join(f"{n}x {status}" for status, n in reasons.items()))
+            if reasons.get("delivery_failed"):
+                outcome.notes.append("delivery_failed is the demo's injected failure (meshscope up --failure-rate)")
         if probe.refused:
             outcome.notes.append("publisher told to retry " + ", ".join(f"{n}x {s}" for s, n in probe.refused.items()))
     finally:

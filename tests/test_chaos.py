@@ -24,7 +24,8 @@ def test_chaos_against_a_running_up_loses_nothing(tmp_path: Path) -> None:
     regions = "aws:us-east-1,gcp:europe-west1,azure:westeurope"
     up = subprocess.Popen(
         [sys.executable, "-m", "meshscope", "up", "--data-dir", str(data), "--port", str(free_port()),
-         "--regions", regions, "--rate", "20", "--flap-interval", "0", "--redis-port", str(free_port())],
+         "--regions", regions, "--rate", "20", "--flap-interval", "0", "--failure-rate", "0",
+         "--redis-port", str(free_port())],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
