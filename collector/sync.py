@@ -9,7 +9,7 @@ own, acking after the insert (with a deduplication token from the entry ids).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,28 +54,33 @@ GROUP_COLUMNS = [
 ]
 
 
-def group_rows(entries: list[tuple[str, dict[Any, Any]]]) -> list[list[Any]]:
-    """Rows of valid group samples; malformed samples are skipped (they are advisory)."""
-    rows = []
+def _samples(entries: list[tuple[str, dict[Any, Any]]], lengths: tuple[int, ...]) -> Iterator[list[Any]]:
+    """The samples of each entry that are lists of one of ``lengths``; the rest are skipped (advisory data)."""
     for _, fields in entries:
         try:
             samples = orjson.loads(fields.get(b"r", b"[]"))
         except orjson.JSONDecodeError:
             continue
         for s in samples if isinstance(samples, list) else []:
-            if not isinstance(s, list) or len(s) != 11:
-                continue
-            try:
-                ts, region, group, owner, patterns, added, acked, pending, lag, oldest, consumers = s
-                rows.append(
-                    [
-                        int(ts), str(region)[:128], str(group)[:64], str(owner)[:128],
-                        [str(p)[:255] for p in patterns][:100], int(added), int(acked), int(pending), int(lag),
-                        float(oldest), int(consumers),
-                    ]
-                )  # fmt: skip
-            except (TypeError, ValueError):
-                continue
+            if isinstance(s, list) and len(s) in lengths:
+                yield s
+
+
+def group_rows(entries: list[tuple[str, dict[Any, Any]]]) -> list[list[Any]]:
+    """Rows of valid group samples; malformed samples are skipped (they are advisory)."""
+    rows = []
+    for s in _samples(entries, (11,)):
+        try:
+            ts, region, group, owner, patterns, added, acked, pending, lag, oldest, consumers = s
+            rows.append(
+                [
+                    int(ts), str(region)[:128], str(group)[:64], str(owner)[:128],
+                    [str(p)[:255] for p in patterns][:100], int(added), int(acked), int(pending), int(lag),
+                    float(oldest), int(consumers),
+                ]
+            )  # fmt: skip
+        except (TypeError, ValueError):
+            continue
     return rows
 
 
@@ -85,26 +90,19 @@ WithClickHouse = Callable[[str, Callable[[Client], Any]], Awaitable[Any]]
 def link_rows(entries: list[tuple[str, dict[Any, Any]]]) -> list[list[Any]]:
     """Rows of valid link samples; malformed samples are skipped (they are advisory)."""
     rows = []
-    for _, fields in entries:
+    for s in _samples(entries, (8, 12)):
         try:
-            samples = orjson.loads(fields.get(b"r", b"[]"))
-        except orjson.JSONDecodeError:
+            ts, relay, src, dst, state, rtt, depth, reconnects = s[:8]
+            security, via, peer_gov, gov = s[8:] if len(s) == 12 else ["", "", "", ""]
+            rows.append(
+                [
+                    int(ts), str(relay)[:128], str(src)[:128], str(dst)[:128], str(state)[:16], float(rtt),
+                    int(depth), int(reconnects), str(security)[:8], str(via)[:128], str(peer_gov)[:128],
+                    str(gov)[:128],
+                ]
+            )  # fmt: skip
+        except (TypeError, ValueError):
             continue
-        for s in samples if isinstance(samples, list) else []:
-            if not isinstance(s, list) or len(s) not in (8, 12):
-                continue
-            try:
-                ts, relay, src, dst, state, rtt, depth, reconnects = s[:8]
-                security, via, peer_gov, gov = s[8:] if len(s) == 12 else ["", "", "", ""]
-                rows.append(
-                    [
-                        int(ts), str(relay)[:128], str(src)[:128], str(dst)[:128], str(state)[:16], float(rtt),
-                        int(depth), int(reconnects), str(security)[:8], str(via)[:128], str(peer_gov)[:128],
-                        str(gov)[:128],
-                    ]
-                )  # fmt: skip
-            except (TypeError, ValueError):
-                continue
     return rows
 
 
