@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -85,6 +85,26 @@ class _WebSocketTls(WebSocketsSansIOProtocol):
             self.handshake_complete = True
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, which takes SIGINT/SIGTERM only when it is the process's one server.
+
+    ``serve()`` catches those signals in the main thread for its own graceful exit. A server
+    started inside a larger program (``Server.start``: tests, ``meshscope up``, a collector's
+    metrics) must leave them to that program, or a SIGTERM meant for the process would stop
+    one server and be lost.
+    """
+
+    handle_signals = True
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if self.handle_signals:
+            with super().capture_signals():
+                yield
+        else:
+            yield
+
+
 class Server:
     """A uvicorn server bound to a socket we opened, so port 0 works and the port is known.
 
@@ -124,7 +144,7 @@ class Server:
             timeout_graceful_shutdown=5,
             ssl_context_factory=factory,
         )
-        self.server = uvicorn.Server(self.config)
+        self.server = _Uvicorn(self.config)
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -140,6 +160,8 @@ class Server:
         return f"{'wss' if self.ssl_context else 'ws'}://{self._authority}"
 
     async def start(self) -> None:
+        """Serve in a task of the running loop; signals stay with the program that started it."""
+        self.server.handle_signals = False
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
         while not self.server.started:
             if self.task.done():

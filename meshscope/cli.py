@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -16,13 +17,27 @@ from meshcore.settings import SettingError
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
-    """Run a service on uvloop (installed with uvicorn[standard]); plain asyncio where it is missing."""
+    """Run a service on uvloop (installed with uvicorn[standard]), plain asyncio where it is missing.
+
+    SIGTERM stops it as Ctrl-C does: the service's task is cancelled and its cleanup runs (a
+    uvicorn server serving on its own handles the signal itself while it serves).
+    """
+
+    async def guarded() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await main
+
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
+        asyncio.run(guarded())
     else:
-        uvloop.run(main)
+        uvloop.run(guarded())
 
 
 def _relay(args: argparse.Namespace) -> int:

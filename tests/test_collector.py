@@ -478,3 +478,36 @@ async def test_metrics_take_a_token_when_a_principals_file_is_set(
         assert health.status_code in (200, 503) and health.json()["status"] in ("ok", "degraded")
     finally:
         await server.stop()
+
+
+def test_sigterm_stops_a_collector_process_through_its_cleanup(
+    redis_url: str, redis_sync: redis.Redis, tmp_path: Path
+) -> None:
+    """SIGTERM is the process's: its metrics server must not swallow it or die of it alone."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "CLICKHOUSE_URL": os.environ.get("CLICKHOUSE_URL") or f"chdb://{tmp_path}/clickhouse",
+        "MESHSCOPE_COLLECTOR_METRICS_PORT": "0",
+        "MESHSCOPE_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "meshscope", "collector"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + scaled(60)
+        while not redis_sync.exists("meshscope:flows") or not redis_sync.xinfo_groups("meshscope:flows"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else b""
+            time.sleep(0.1)
+        proc.terminate()
+        assert proc.wait(scaled(30)) == 0  # cancelled and cleaned up, not killed by the signal (-15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()

@@ -388,6 +388,16 @@ def test_urls_bracket_ipv6_hosts(pki: Pki) -> None:
         server.sock.close()
 
 
+async def test_a_started_server_leaves_the_signals_to_its_program(serve: StartServer) -> None:
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server, _ = await serve(None)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(server.url + "/who")).status_code == 200  # serving, handlers unchanged
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
 def test_ws_max_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="ws_max_size"):
         Server(build_app(Seen()), ws_max_size=0)
