@@ -40,6 +40,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from meshcore import flowrecord as fk
 from meshcore.auth import ANONYMOUS, Principal, bearer_of
 from meshcore.backoff import backoff_s
+from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 from meshcore.metrics import content_type_for
 from meshcore.names import InvalidName, group_name
 from meshcore.tls import peer_identity
@@ -82,10 +83,6 @@ def _event_error(exc: MalformedEvent | EventTooLarge) -> dict[str, Any]:
     return {"status": 400, "error": str(exc), "attribute": exc.attribute, "index": exc.index}
 
 
-class BodyTimeout(Exception):
-    """The request body did not arrive in time (408)."""
-
-
 def build_app(relay: Relay) -> Starlette:
     config = relay.config
     auth = relay.auth
@@ -111,21 +108,10 @@ def build_app(relay: Relay) -> Starlette:
         )
 
     async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-            raise EventTooLarge(int(declared), config.max_body_bytes)
-        chunks = []
-        size = 0
         try:
-            async with asyncio.timeout(config.body_timeout_s):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > config.max_body_bytes:
-                        raise EventTooLarge(size, config.max_body_bytes)
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise BodyTimeout(f"the request body did not arrive within {config.body_timeout_s:g} s") from None
-        return b"".join(chunks)
+            return await read_limited(request, config.max_body_bytes, config.body_timeout_s)
+        except BodyTooLarge as exc:
+            raise EventTooLarge(exc.size, exc.limit) from None
 
     def unavailable(message: str, retry_after_s: float) -> JSONResponse:
         relay.metrics.inc("rejected_total", status="503")
