@@ -106,6 +106,7 @@ class Collector:
                 client = await self._client()
                 result = await asyncio.to_thread(call, client)
                 self.metrics.set("collector_clickhouse_up", 1)
+                self._clickhouse_error = ""
                 if attempt:
                     log.info("ClickHouse is back", extra={"after_attempts": attempt})
                 return result
@@ -196,7 +197,7 @@ class Collector:
         if self._redis_error:
             down = time.time() - self._redis_down_since
             reasons.append(f"redis unavailable for {down:.0f} s: {self._redis_error}")
-        if self.metrics.get("collector_clickhouse_up") == 0:
+        if self._clickhouse_error:  # (the gauge reads 0 before the first call, too)
             reasons.append(f"clickhouse unavailable: {self._clickhouse_error}")
         reasons += self.side_tasks.problems()
         if self.alerts is not None:

@@ -104,10 +104,24 @@ class Supervisor:
                 await task
         self.tasks.pop(name, None)
 
-    async def stop(self) -> None:
+    async def join(self, name: str, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for task ``name`` to end by itself; whether it did."""
+        task = self._handles.get(name)
+        if task is None:
+            return True
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        return bool(done)
+
+    async def stop(self, cancel_wait_s: float = 1.0) -> None:
+        """Cancel every task and wait for them; again for one that swallowed the cancellation.
+
+        (redis-py can swallow a cancellation that lands inside a command, and its loop then goes on.)
+        """
         handles = list(self._handles.values())
-        for task in handles:
-            task.cancel()
+        while pending := [task for task in handles if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=cancel_wait_s)
         await asyncio.gather(*handles, return_exceptions=True)
         self._handles.clear()
 

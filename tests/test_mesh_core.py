@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -372,6 +373,28 @@ async def test_supervisor_restarts_a_crashing_task_and_counts_it() -> None:
     assert sup.tasks["flaky"].running and "boom" in sup.tasks["flaky"].last_error
     assert any("crashed" in p for p in sup.problems())
     await sup.stop()
+
+
+async def test_supervisor_stop_ends_a_task_that_swallows_one_cancellation_and_join_waits_for_an_ending() -> None:
+    ended = asyncio.Event()
+
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # as a client library can, inside a command
+            await asyncio.sleep(10)
+        await asyncio.sleep(10)
+
+    async def short() -> None:
+        await ended.wait()
+
+    sup = Supervisor(base_s=0.01)
+    sup.spawn("stubborn", stubborn)
+    sup.spawn("short", short, restart=False)
+    await asyncio.sleep(0.01)
+    assert not await sup.join("short", 0.05)
+    ended.set()
+    assert await sup.join("short", 1.0) and sup.tasks["short"].finished
+    await asyncio.wait_for(sup.stop(cancel_wait_s=0.05), 2.0)
+    assert sup.problems() == ["task stubborn is not running"]
 
 
 @pytest.mark.parametrize(
