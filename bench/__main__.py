@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import collector, governance, live, mesh, metrics, queries, relay, scale, store
+from bench import collector, governance, live, mesh, metrics, queries, relay, scale, store, viewers
 from bench.common import Figure, machine, table
 
 SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
@@ -26,6 +26,7 @@ SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
     "store": ("Link store: Redis stream or append-only file", lambda q: store.run(q)),
     "governance": ("Governance hot path", lambda q: governance.run(q)),
     "metrics": ("Metrics hot path and scrape", lambda q: metrics.run(q)),
+    "viewers": ("Many viewers: the map polled, the live feed fanned out", lambda q: viewers.run(q)),
 }
 
 

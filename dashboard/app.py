@@ -5,13 +5,11 @@ GET  /login[?token=]            the sign-in form; with a token: sign in, set the
 POST /login                     the sign-in form's target (field ``token``)
 POST /logout                    forget the session cookie
 GET  /api/session               who the caller is: name, roles, how they authenticated
-GET  /api/topology?window=      regions, edges and links over a window
-GET  /api/edges/{src}/{dst}     one edge: time series, topics, recent sampled events
-GET  /api/edges?src=&dst=       the same, for region ids that hold a "/" (a path cannot carry them)
-GET  /api/traces/{trace_id}     every hop of a trace in path order
+GET  /api/...                   the map's JSON API (:mod:`dashboard.api`): topology, diff, timeline,
+                                edges, traces, routes, groups, search, governance, alerts
 POST /api/sql[?format=csv]      read-only SQL over the flow history (sql role)
-WS   /ws/live                   live per-second edge statistics
-GET  /healthz                   public: status only
+WS   /ws/live                   live per-second edge statistics and link states
+GET  /healthz                   public: ok or degraded (503), with why
 
 Every request passes :class:`dashboard.auth.Gate` first (host, origin, caller, role).
 """
@@ -22,13 +20,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 import orjson
 import plotly
+import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -37,15 +35,18 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from collector.errors import ClickHouseUnavailable, QueryError
-from dashboard import queries as q
+from collector.errors import ClickHouseUnavailable, QueryError, StreamUnavailable
+from dashboard.api import MapApi
 from dashboard.auth import DashboardAuth, Gate, login_routes
+from dashboard.cache import ResponseCache
 from dashboard.config import DashboardConfig
 from dashboard.csvexport import spreadsheet_csv
 from dashboard.live import LiveHub
+from dashboard.params import BadRequest
 from dashboard.sqlguard import SqlRefused
 from dashboard.sqlrun import run_user_sql
 from dashboard.store import FlowStore
+from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,13 @@ def build_app(
     store: FlowStore,
     hub: LiveHub,
     auth: DashboardAuth,
+    redis: aioredis.Redis,
     lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]] | None = None,
+    cache: ResponseCache[bytes] | None = None,
+    health: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
-    db = config.store.database
-    t = config.thresholds
+    cache = cache if cache is not None else ResponseCache(config.cache_s)
+    api = MapApi(config, store, redis, cache)
 
     async def index(request: Request) -> Response:
         return FileResponse(os.path.join(STATIC_DIR, "index.html"), headers={"cache-control": "no-cache"})
@@ -84,53 +88,14 @@ def build_app(
         principal = request.state.principal
         return JSON({"principal": principal.name, "roles": sorted(principal.roles), "via": principal.via})
 
-    async def topology(request: Request) -> Response:
-        window_s = q.parse_window(request.query_params.get("window"))
-        now = time.time()
-        sp = q.span(window_s, now)
-        edges, regions, links = await asyncio.gather(
-            store.rows(q.topology_sql(db, sp)), store.rows(q.regions_sql(db)), store.rows(q.links_sql(db))
-        )
-        return JSON(q.shape_topology(edges, regions, links, sp, now, t, config.link_stale_s))
-
-    async def edge(request: Request) -> Response:
-        src = request.path_params.get("src", request.query_params.get("src"))
-        dst = request.path_params.get("dst", request.query_params.get("dst"))
-        if not src or not dst:
-            return _error(400, "name the edge: /api/edges/{src}/{dst} or /api/edges?src=…&dst=…")
-        sp = q.span(q.parse_window(request.query_params.get("window")), time.time(), max_bucket_s=60)
-        params = {"src": src, "dst": dst}
-        series, topics, samples = await asyncio.gather(
-            store.rows(q.edge_series_sql(db, sp), params),
-            store.rows(q.edge_topics_sql(db, sp), params),
-            store.rows(q.edge_samples_sql(db, sp), params),
-        )
-        return JSON(q.shape_edge(src, dst, series, topics, samples, sp, t))
-
-    async def trace(request: Request) -> Response:
-        trace_id = request.path_params["trace_id"].lower()
-        if not q.TRACE_ID.match(trace_id):
-            return _error(400, "a trace id is 32 lower-case hex digits")
-        params = {"trace_id": trace_id}
-        first, last, edges, found = (await store.rows(q.trace_range_sql(db), params))[0]
-        # no index entry (records older than the index): fall back to the bloom filter alone
-        rows = await store.rows(q.trace_sql(db, (first, last, edges) if found and edges else None), params)
-        if not rows:
-            return _error(404, f"no flow records for trace {trace_id}")
-        return JSON(q.shape_trace(trace_id, rows))
-
     async def sql(request: Request) -> Response:
-        # the body is refused at the limit, before it is buffered whole
-        limit = config.sql_max_query_bytes
-        too_large = _error(413, f"the request body is over {limit} bytes", refused=True)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return too_large
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return too_large
+        # the body is refused at the limit, before it is buffered whole, and when it trickles in
+        try:
+            body = await read_limited(request, config.sql_max_query_bytes, config.body_timeout_s)
+        except BodyTooLarge as exc:
+            return _error(413, str(exc), refused=True)
+        except BodyTimeout as exc:
+            return _error(408, str(exc))
         text: Any
         if request.headers.get("content-type", "").startswith("application/json"):
             try:
@@ -168,29 +133,33 @@ def build_app(
     async def live(ws: WebSocket) -> None:
         await ws.accept()
         queue = hub.join()
+        sender = asyncio.create_task(_send(ws, queue))
         reader = asyncio.create_task(_drain(ws))
         try:
-            while not reader.done():
-                getter = asyncio.create_task(queue.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                await ws.send_text(getter.result().decode())
-        except (WebSocketDisconnect, RuntimeError):
-            pass
+            await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             hub.leave(queue)
+            sender.cancel()
             reader.cancel()
+            for task in (sender, reader):
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # a failed send: the browser left
+                    await task
 
     async def healthz(request: Request) -> Response:
-        return JSON({"status": "ok", "anonymous_allowed": auth.allow_anonymous})
+        state: dict[str, Any] = health() if health is not None else {"status": "ok", "reasons": hub.problems()}
+        if state["reasons"]:
+            state["status"] = "degraded"
+        state["anonymous_allowed"] = auth.allow_anonymous
+        return JSON(state, status_code=200 if state["status"] == "ok" else 503)
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         return _error(400, str(exc))
 
     async def unavailable(request: Request, exc: Exception) -> Response:
         return JSON({"error": f"ClickHouse is unavailable: {exc}"}, status_code=503, headers={"Retry-After": "2"})
+
+    async def redis_unavailable(request: Request, exc: Exception) -> Response:
+        return JSON({"error": f"Redis is unavailable: {exc}"}, status_code=503, headers={"Retry-After": "2"})
 
     async def query_failed(request: Request, exc: Exception) -> Response:
         log.error("dashboard query failed", extra={"error": str(exc)[:500], "path": request.url.path})
@@ -207,26 +176,35 @@ def build_app(
             if lifespan_hooks:
                 await lifespan_hooks[1]()
             await hub.stop()
+            await cache.close()
 
     return Starlette(
         routes=[
             Route("/", index),
             Route("/static/plotly.min.js", plotly_js),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-            *login_routes(auth),
+            *login_routes(auth, config.body_timeout_s),
             Route("/api/session", session),
-            Route("/api/topology", topology),
-            Route("/api/edges/{src}/{dst}", edge),
-            Route("/api/edges", edge),
-            Route("/api/traces/{trace_id}", trace),
+            *api.routes(),
             Route("/api/sql", sql, methods=["POST"]),
             WebSocketRoute("/ws/live", live),
             Route("/healthz", healthz),
         ],
         middleware=[Middleware(Gate, auth=auth)],
-        exception_handlers={q.BadRequest: bad_request, ClickHouseUnavailable: unavailable, QueryError: query_failed},
+        exception_handlers={
+            BadRequest: bad_request,
+            ClickHouseUnavailable: unavailable,
+            StreamUnavailable: redis_unavailable,
+            QueryError: query_failed,
+        },
         lifespan=lifespan,
     )
+
+
+async def _send(ws: WebSocket, queue: asyncio.Queue[str]) -> None:
+    """Send what the hub queues for this browser, in order, until the socket closes."""
+    while True:
+        await ws.send_text(await queue.get())
 
 
 async def _drain(ws: WebSocket) -> None:

@@ -38,6 +38,7 @@ from dashboard import access
 from dashboard.origin import foreign_origin, host_allowed, needs_origin
 from dashboard.session import SessionCodec, cookie_name, set_cookie
 from meshcore.auth import ANONYMOUS, VIA_ANONYMOUS, VIA_CERT, VIA_TOKEN, Authenticator, Principal, bearer_of
+from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 from meshcore.tls import peer_identity
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, response: Response
         await ws.close(CLOSE_POLICY)
 
 
-def login_routes(auth: DashboardAuth) -> list[Route]:
+def login_routes(auth: DashboardAuth, body_timeout_s: float = 10.0) -> list[Route]:
     """``GET /login[?token=]``, ``POST /login`` (form field ``token``) and ``POST /logout``."""
     page = _LOGIN_PAGE.read_text(encoding="utf-8")
 
@@ -236,11 +237,12 @@ def login_routes(auth: DashboardAuth) -> list[Route]:
         if request.method == "GET":
             token = request.query_params.get("token")
             return signed_in(request, token) if token else login_page()
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > LOGIN_BODY_MAX_BYTES:
-                return _error(413, f"a sign-in form is at most {LOGIN_BODY_MAX_BYTES} bytes")
+        try:
+            body = await read_limited(request, LOGIN_BODY_MAX_BYTES, body_timeout_s)
+        except BodyTooLarge:
+            return _error(413, f"a sign-in form is at most {LOGIN_BODY_MAX_BYTES} bytes")
+        except BodyTimeout as exc:
+            return _error(408, str(exc))
         try:
             form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
         except ValueError:

@@ -49,8 +49,12 @@ MESHSCOPE_SQL_MAX_AST_ELEMENTS = "MESHSCOPE_SQL_MAX_AST_ELEMENTS"
 """Most syntax-tree nodes of an /api/sql query (default 10000)."""
 MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMENTS = "MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMENTS"
 """Most syntax-tree nodes after aliases and * are expanded (default 50000)."""
+MESHSCOPE_BODY_TIMEOUT_S = "MESHSCOPE_BODY_TIMEOUT_S"
+"""Seconds a request body (SQL, the sign-in form) may take to arrive (default 10; 408 after)."""
 MESHSCOPE_LINK_STALE_S = "MESHSCOPE_LINK_STALE_S"
 """A link with no sample for this long is shown as down (its relay stopped reporting)."""
+MESHSCOPE_DASHBOARD_CACHE_S = "MESHSCOPE_DASHBOARD_CACHE_S"
+"""Seconds one computation of a map answer serves every viewer asking the same (default 2; 0: no cache)."""
 MESHSCOPE_AUTH_FILE = "MESHSCOPE_AUTH_FILE"
 """TOML file of principals (token hashes, roles viewer/sql); unset: a token is made at start (see meshcore/auth.py)."""
 MESHSCOPE_ALLOW_ANONYMOUS = "MESHSCOPE_ALLOW_ANONYMOUS"
@@ -77,6 +81,8 @@ class DashboardConfig:
     sql_max_ast_elements: int = 10_000
     sql_max_expanded_ast_elements: int = 50_000
     link_stale_s: float = 10.0
+    body_timeout_s: float = 10.0
+    cache_s: float = 2.0
     auth_file: str | None = None
     allow_anonymous: bool = False
     hosts: tuple[str, ...] = ()  # empty: default_hosts(host)
@@ -127,6 +133,8 @@ class DashboardConfig:
                 env, MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMENTS, d["sql_max_expanded_ast_elements"], 16
             ),
             link_stale_s=s.get_float(env, MESHSCOPE_LINK_STALE_S, d["link_stale_s"], 1.0),
+            body_timeout_s=s.get_float(env, MESHSCOPE_BODY_TIMEOUT_S, d["body_timeout_s"], 0.01),
+            cache_s=s.get_float(env, MESHSCOPE_DASHBOARD_CACHE_S, d["cache_s"], 0.0),
             auth_file=env.get(MESHSCOPE_AUTH_FILE) or None,
             allow_anonymous=s.get_bool(env, MESHSCOPE_ALLOW_ANONYMOUS, False),
             hosts=s.get_list(env, MESHSCOPE_DASHBOARD_HOSTS),

@@ -1,75 +1,96 @@
-"""The map's questions as SQL, and their answers shaped for the API, with no I/O.
+"""The map's questions as SQL, with no I/O.
 
-Short windows (up to 15 minutes) read ``edge_second``; longer ones read the
-per-minute tables (``pair_minute`` for the whole map, ``edge_minute`` for one
-edge). Percentiles come from the merged log-scale histograms.
+Each builder returns the statement, and where a value came from the caller, the
+parameters it binds: only the database name (from the configuration), table names
+from :mod:`dashboard.timerange` and integers are written into a statement; region
+ids, topics, trace and event ids travel as query parameters. Which table and which
+buckets a window reads is :mod:`dashboard.timerange`'s decision. Percentiles come
+from the merged log-scale histograms (``collector.histogram``).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from collector.histogram import quantile
-from dashboard.health import Thresholds, error_pct, health
+from dashboard.params import Filters, topic_regex
+from dashboard.timerange import EDGE_MINUTE, Span, bucket_filter, minute_range, range_filter
 from meshcore.flowrecord import FIELDS
 
-WINDOWS: dict[str, int] = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
-SECOND_TABLE_MAX_S = 900
-SERIES_POINTS = 60
-TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-SAMPLE_LIMIT = 20
+Sql = tuple[str, dict[str, Any]]
 
-
-class BadRequest(ValueError):
-    """A query parameter the API cannot use; the message says which values are allowed."""
-
-
-def parse_window(text: str | None) -> int:
-    if text is None or text == "":
-        return WINDOWS["5m"]
-    if text not in WINDOWS:
-        raise BadRequest(f"window must be one of {', '.join(WINDOWS)}")
-    return WINDOWS[text]
-
-
-@dataclass(frozen=True)
-class Span:
-    """The time range a window covers, aligned to its table's bucket."""
-
-    start: int
-    end: int
-    bucket_s: int
-
-    @property
-    def seconds(self) -> int:
-        return max(1, self.end - self.start)
-
-
-def span(window_s: int, now_s: float, max_bucket_s: int = 3600) -> Span:
-    """The window's range, in per-second buckets up to 15 minutes, per-minute up to an hour, else hourly."""
-    bucket_s = 1 if window_s <= SECOND_TABLE_MAX_S else 60 if window_s <= 3600 else 3600
-    bucket_s = min(bucket_s, max_bucket_s)
-    end = int(now_s)
-    start = (end - window_s) // bucket_s * bucket_s
-    return Span(start, end, bucket_s)
-
-
-_VALUES = (
-    "sum(entered), sum(delivered), sum(errors), sumMap(status_counts), sum(bytes), sumMap(hop_hist), sumMap(e2e_hist)"
+VALUES = (
+    "sum(entered), sum(delivered), sum(errors), sumMap(status_counts), sum(bytes), sumMap(hop_hist), "
+    "sumMap(e2e_hist), sum(lost), sumMap(via_counts)"
 )
+"""The aggregate columns every edge answer reads, in the order ``dashboard.views.edge_stats`` takes them."""
+SAMPLE_LIMIT = 20
+SAMPLE_WINDOW_S = 900
+LINK_LOOKBACK_S = 3600
+GROUP_STATUS_SAMPLES = 5
+"""Latest samples a group's status and rates are judged on (``collector.grouplag``)."""
+GROUP_LOOKBACK_S = 900
+REFUSAL_LIMIT = 200
+EDGE_REFUSAL_LIMIT = 100
+SERIES_POINTS = 60
+SEARCH_LOOKBACK_S = 7 * 86400
+TRACE_COLUMNS = tuple(f for f in FIELDS if f != "trace_id")  # every field but the one asked for
 
 
-PAIR_TABLES = {1: "edge_second", 60: "pair_minute", 3600: "pair_hour"}
-EDGE_TABLES = {1: "edge_second", 60: "edge_minute"}
+def combine(parts: Sequence[Sql | str]) -> Sql:
+    """Several queries as one statement: one round trip and one snapshot for a whole answer.
+
+    The answer is one row holding, per query, the array of its rows as tuples. Parameters of the
+    parts are merged; a name bound to two different values is a mistake here, not the caller's.
+    """
+    selects: list[str] = []
+    params: dict[str, Any] = {}
+    for part in parts:
+        sql, bound = (part, {}) if isinstance(part, str) else part
+        for name, value in bound.items():
+            if params.setdefault(name, value) != value:
+                raise ValueError(f"query parameter {name!r} bound to two values")
+        selects.append(f"(SELECT groupArray(tuple(*)) FROM ({sql}))")
+    return "SELECT " + ", ".join(selects), params
 
 
-def topology_sql(db: str, sp: Span) -> str:
-    table = PAIR_TABLES[sp.bucket_s]
+def _region_cond(column: str, f: Filters) -> str:
+    conds = []
+    if f.providers:
+        conds.append(f"has(%(providers)s, splitByChar(':', toString({column}))[1])")
+    if f.regions:
+        conds.append(f"has(%(regions)s, {column})")
+    return " AND ".join(conds)
+
+
+def filter_sql(f: Filters, per_topic: bool) -> Sql:
+    """`` AND ...`` for the filters (an edge is kept when either end is selected), and their parameters."""
+    conds: list[str] = []
+    params: dict[str, Any] = {}
+    if f.narrows:
+        conds.append(f"(({_region_cond('src_region', f)}) OR ({_region_cond('dst_region', f)}))")
+        if f.providers:
+            params["providers"] = list(f.providers)
+        if f.regions:
+            params["regions"] = list(f.regions)
+    if f.topic is not None:
+        if not per_topic:
+            raise ValueError("a topic filter needs a table with topics")
+        conds.append("match(toString(topic), %(topic_re)s)")
+        params["topic_re"] = topic_regex(f.topic)
+    return "".join(f" AND {c}" for c in conds), params
+
+
+def _table(db: str, sp: Span) -> str:
+    return f"`{db}`.`{sp.table}`"
+
+
+def topology_sql(db: str, sp: Span, f: Filters) -> Sql:
+    where, params = filter_sql(f, sp.per_topic)
     return (
-        f"SELECT src_region, dst_region, {_VALUES} FROM `{db}`.`{table}` "
-        f"WHERE bucket >= toDateTime({sp.start}) GROUP BY src_region, dst_region ORDER BY src_region, dst_region"
+        f"SELECT src_region, dst_region, {VALUES} FROM {_table(db, sp)} WHERE {bucket_filter(sp)}{where} "
+        f"GROUP BY src_region, dst_region ORDER BY src_region, dst_region",
+        params,
     )
 
 
@@ -80,207 +101,162 @@ def regions_sql(db: str) -> str:
     )
 
 
-def links_sql(db: str) -> str:
+def links_sql(db: str, end_s: int, live: bool) -> str:
+    """The newest sample of every link (src, dst) at ``end_s``: state, how it is secured, detour, governance."""
+    stop = None if live else end_s
     return (
         f"SELECT src_region, dst_region, argMax(state, ts), argMax(rtt_ms, ts), argMax(queue_depth, ts), "
-        f"argMax(reconnects, ts), toUnixTimestamp(max(ts)) FROM `{db}`.`links` "
-        f"WHERE ts >= now() - INTERVAL 1 HOUR GROUP BY src_region, dst_region ORDER BY src_region, dst_region"
+        f"argMax(reconnects, ts), toUnixTimestamp(max(ts)), argMax(security, ts), argMax(via, ts), "
+        f"argMax(peer_gov, ts), argMax(gov, ts) FROM `{db}`.`links` "
+        f"WHERE {range_filter(end_s - LINK_LOOKBACK_S, stop, 'ts')} "
+        f"GROUP BY src_region, dst_region ORDER BY src_region, dst_region"
     )
 
 
-def _edge_stats(row: list[Any] | tuple[Any, ...], seconds: int, t: Thresholds) -> dict[str, Any]:
-    entered, delivered, errors, by_status, nbytes, hop_hist, e2e_hist = row
-    e2e_p99 = quantile(e2e_hist, 0.99)
-    return {
-        "events": int(entered),
-        "events_per_s": round(entered / seconds, 3),
-        "delivered": int(delivered),
-        "errors": int(errors),
-        "error_pct": round(error_pct(int(entered), int(errors)), 3),
-        "errors_by_status": {k: int(v) for k, v in sorted(by_status.items())},
-        "bytes_per_s": round(nbytes / seconds, 1),
-        "hop_p50": _round(quantile(hop_hist, 0.5)),
-        "hop_p99": _round(quantile(hop_hist, 0.99)),
-        "e2e_p50": _round(quantile(e2e_hist, 0.5)),
-        "e2e_p99": _round(e2e_p99),
-        "health": health(int(entered), int(errors), e2e_p99, t),
-    }
+def _where_region(f: Filters, column: str) -> Sql:
+    """`` AND ...`` keeping rows whose ``column`` (one region) the provider and region filters select."""
+    cond = _region_cond(column, f)
+    params: dict[str, Any] = {}
+    if f.providers:
+        params["providers"] = list(f.providers)
+    if f.regions:
+        params["regions"] = list(f.regions)
+    return (f" AND {cond}" if cond else ""), params
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+def group_latest_sql(db: str, end_s: int, live: bool, lookback_s: int, f: Filters) -> Sql:
+    """The latest samples of every durable group seen in the ``lookback_s`` before ``end_s``, newest first."""
+    where, params = _where_region(f, "region")
+    stop = None if live else end_s
+    return (
+        f"SELECT region, `group`, toUnixTimestamp64Milli(ts), acked, pending + lag, oldest_age_s, consumers, "
+        f"owner, patterns, pending, lag FROM `{db}`.`group_lag` "
+        f"WHERE {range_filter(end_s - lookback_s, stop, 'ts')}{where} "
+        f"ORDER BY region, `group`, ts DESC LIMIT {GROUP_STATUS_SAMPLES} BY region, `group`",
+        params,
+    )
 
 
-def shape_topology(
-    edge_rows: list[Any],
-    region_rows: list[Any],
-    link_rows: list[Any],
-    sp: Span,
-    now_s: float,
-    t: Thresholds,
-    link_stale_s: float,
-) -> dict[str, Any]:
-    regions: dict[str, dict[str, Any]] = {}
-    for rid, provider, lat, lon, city, first_seen, last_seen in region_rows:
-        regions[rid] = {
-            "id": rid,
-            "provider": provider,
-            "lat": lat,
-            "lon": lon,
-            "city": city,
-            "first_seen": first_seen,
-            "last_seen": last_seen,
-            "events": 0,
-            "events_per_s": 0.0,
-            "delivered": 0,
-            "errors": 0,
-            "errors_by_status": {},
-        }
-    edges = []
-    for row in edge_rows:
-        src, dst = row[0], row[1]
-        stats = _edge_stats(row[2:], sp.seconds, t)
-        if src == dst:
-            region = regions.setdefault(
-                src,
-                {
-                    "id": src,
-                    "provider": src.split(":")[0],
-                    "lat": None,
-                    "lon": None,
-                    "city": src,
-                    "first_seen": None,
-                    "last_seen": None,
-                },
-            )
-            region.update(
-                events=stats["events"],
-                events_per_s=stats["events_per_s"],
-                delivered=stats["delivered"],
-                errors=stats["errors"],
-                errors_by_status=stats["errors_by_status"],
-            )
-        else:
-            edges.append({"src": src, "dst": dst, **stats})
-    links = []
-    for src, dst, state, rtt_ms, depth, reconnects, last in link_rows:
-        stale = now_s - last > link_stale_s
-        links.append(
-            {
-                "src": src,
-                "dst": dst,
-                "state": "down" if stale and state == "up" else state,
-                "reported_state": state,
-                "stale": stale,
-                "rtt_ms": round(float(rtt_ms), 3),
-                "queue_depth": int(depth),
-                "reconnects": int(reconnects),
-                "last_sample": last,
-            }
-        )
-    return {
-        "window": window_name_or_custom(sp),
-        "from": sp.start,
-        "to": sp.end,
-        "regions": list(regions.values()),
-        "edges": edges,
-        "links": links,
-        "thresholds": asdict(t),
-    }
-
-
-def window_name_or_custom(sp: Span) -> str:
-    for name, seconds in WINDOWS.items():
-        if abs((sp.end - sp.start) - seconds) < sp.bucket_s:
-            return name
-    return f"{sp.end - sp.start}s"
-
-
-def series_step(sp: Span) -> int:
-    raw = max(sp.bucket_s, (sp.end - sp.start) // SERIES_POINTS)
+def series_step(sp: Span, points: int = SERIES_POINTS) -> int:
+    raw = max(sp.bucket_s, (sp.end - sp.start) // points)
     return (raw + sp.bucket_s - 1) // sp.bucket_s * sp.bucket_s
 
 
-def edge_series_sql(db: str, sp: Span) -> str:
-    """One edge's series; ``sp`` comes from ``span(..., max_bucket_s=60)``."""
-    table = "edge_second" if sp.bucket_s == 1 else "pair_minute"
+def group_series_sql(db: str, sp: Span, step: int, f: Filters) -> Sql:
+    """Each group's backlog over the window, the newest sample of each step."""
+    where, params = _where_region(f, "region")
+    return (
+        f"SELECT region, `group`, intDiv(toUnixTimestamp(ts), {int(step)}) * {int(step)} AS t, "
+        f"argMax(pending + lag, ts) FROM `{db}`.`group_lag` WHERE {bucket_filter(sp, 'ts')}{where} "
+        f"GROUP BY region, `group`, t ORDER BY region, `group`, t",
+        params,
+    )
+
+
+_EDGE = "src_region = %(src)s AND dst_region = %(dst)s"
+
+
+def edge_series_sql(db: str, sp: Span, f: Filters) -> Sql:
+    """One edge's series (bind ``src`` and ``dst``); ``sp`` from ``span(..., max_bucket_s=60)``."""
     step = series_step(sp)
+    where, params = filter_sql(Filters(topic=f.topic), sp.per_topic)
     return (
         f"SELECT intDiv(toUnixTimestamp(bucket), {step}) * {step} AS t, sum(entered), sum(errors), "
-        f"sumMap(e2e_hist) FROM `{db}`.`{table}` WHERE src_region = %(src)s AND dst_region = %(dst)s "
-        f"AND bucket >= toDateTime({sp.start}) GROUP BY t ORDER BY t"
+        f"sumMap(e2e_hist), sum(lost) FROM {_table(db, sp)} WHERE {_EDGE} AND {bucket_filter(sp)}{where} "
+        f"GROUP BY t ORDER BY t",
+        params,
     )
 
 
-def edge_topics_sql(db: str, sp: Span) -> str:
-    table = EDGE_TABLES[sp.bucket_s]
+def edge_topics_sql(db: str, sp: Span, f: Filters) -> Sql:
+    """One edge's topics; ``sp`` must read a per-topic table."""
+    where, params = filter_sql(Filters(topic=f.topic), True)
     return (
-        f"SELECT topic, {_VALUES} FROM `{db}`.`{table}` WHERE src_region = %(src)s AND dst_region = %(dst)s "
-        f"AND bucket >= toDateTime({sp.start}) GROUP BY topic ORDER BY sum(entered) DESC, topic"
+        f"SELECT topic, {VALUES} FROM {_table(db, sp)} WHERE {_EDGE} AND {bucket_filter(sp)}{where} "
+        f"GROUP BY topic ORDER BY sum(entered) DESC, topic",
+        params,
     )
 
 
-SAMPLE_WINDOW_S = 900
-
-
-def edge_samples_sql(db: str, sp: Span) -> str:
+def edge_samples_sql(db: str, sp: Span, f: Filters) -> Sql:
     """The most recent sampled events of the edge, from the last 15 minutes of the window at most."""
     since = max(sp.start, sp.end - SAMPLE_WINDOW_S)
+    where, params = filter_sql(Filters(topic=f.topic), True)
+    stop = sp.stop
     return (
         f"SELECT toUnixTimestamp64Micro(ts), event_id, trace_id, topic, kind, status, hop_ms, e2e_ms "
-        f"FROM `{db}`.`flows` WHERE src_region = %(src)s AND dst_region = %(dst)s AND ts >= toDateTime({since}) "
-        f"AND kind IN ('deliver', 'drop') ORDER BY ts DESC LIMIT {SAMPLE_LIMIT}"
+        f"FROM `{db}`.`flows` WHERE {_EDGE} AND {range_filter(since, stop, 'ts')}{where} "
+        f"AND kind IN ('deliver', 'drop') ORDER BY ts DESC LIMIT {SAMPLE_LIMIT}",
+        params,
     )
 
 
-def shape_edge(
-    src: str, dst: str, series_rows: list[Any], topic_rows: list[Any], sample_rows: list[Any], sp: Span, t: Thresholds
-) -> dict[str, Any]:
-    step = series_step(sp)
-    by_t = {int(r[0]): r for r in series_rows}
-    points = []
-    first = sp.start // step * step
-    for ts in range(first, sp.end + 1, step):
-        r = by_t.get(ts)
-        entered, errors, hist = (int(r[1]), int(r[2]), r[3]) if r else (0, 0, {})
-        points.append(
-            {
-                "t": ts,
-                "events_per_s": round(entered / step, 3),
-                "e2e_p99": _round(quantile(hist, 0.99)),
-                "error_pct": round(error_pct(entered, errors), 3),
-            }
-        )
-    topics = [{"topic": r[0], **_edge_stats(r[1:], sp.seconds, t)} for r in topic_rows]
-    samples = [
-        {
-            "ts": r[0],
-            "event_id": r[1],
-            "trace_id": r[2],
-            "topic": r[3],
-            "kind": r[4],
-            "status": r[5],
-            "hop_ms": round(float(r[6]), 3),
-            "e2e_ms": round(float(r[7]), 3),
-        }
-        for r in sample_rows
-    ]
-    totals = {"events": sum(x["events"] for x in topics), "errors": sum(x["errors"] for x in topics)}
-    return {
-        "src": src,
-        "dst": dst,
-        "window": window_name_or_custom(sp),
-        "from": sp.start,
-        "to": sp.end,
-        "step_s": step,
-        "series": points,
-        "topics": topics,
-        "samples": samples,
-        **totals,
-    }
+def edge_refusals_sql(db: str, sp: Span, f: Filters) -> Sql:
+    """Refusals at the edge's source of the topics the edge carried (bind ``src``, ``dst``); ``sp`` per topic.
+
+    Refusals are kept per source region and topic (``refusal_minute``), so an edge's are those of
+    its topics at its source: for a policy denial ``ref`` is ``policy:<rule id>``, for a schema
+    rejection the schema version.
+    """
+    where, params = filter_sql(Filters(topic=f.topic), True)
+    start, stop = minute_range(sp)
+    return (
+        f"SELECT topic, principal, status, dataschema, sum(events) AS n FROM `{db}`.`refusal_minute` "
+        f"WHERE src_region = %(src)s AND {range_filter(start, stop, 'bucket')}{where} AND topic IN "
+        f"(SELECT DISTINCT topic FROM {_table(db, sp)} WHERE {_EDGE} AND {bucket_filter(sp)}) "
+        f"GROUP BY topic, principal, status, dataschema ORDER BY n DESC, topic, principal, status "
+        f"LIMIT {EDGE_REFUSAL_LIMIT}",
+        params,
+    )
 
 
-TRACE_COLUMNS = tuple(f for f in FIELDS if f != "trace_id")  # every field but the one asked for
+def refusals_sql(db: str, sp: Span, f: Filters) -> Sql:
+    """The top refusals over a window, by region, topic, principal, status and what refused."""
+    start, stop = minute_range(sp)
+    conds: list[str] = []
+    params: dict[str, Any] = {}
+    if f.topic is not None:
+        conds.append("match(toString(topic), %(topic_re)s)")
+        params["topic_re"] = topic_regex(f.topic)
+    where, more = _where_region(f, "src_region")
+    params.update(more)
+    return (
+        f"SELECT src_region, topic, principal, status, dataschema, sum(events) AS n FROM `{db}`.`refusal_minute` "
+        f"WHERE {range_filter(start, stop, 'bucket')}{where}{''.join(f' AND {c}' for c in conds)} "
+        f"GROUP BY src_region, topic, principal, status, dataschema "
+        f"ORDER BY n DESC, src_region, topic, principal LIMIT {REFUSAL_LIMIT}",
+        params,
+    )
+
+
+def timeline_sql(db: str, sp: Span, step: int, f: Filters) -> Sql:
+    """Per step: events published (a region's own edge), events entering any edge, errors and losses."""
+    where, params = filter_sql(f, sp.per_topic)
+    return (
+        f"SELECT intDiv(toUnixTimestamp(bucket), {int(step)}) * {int(step)} AS t, "
+        f"sumIf(entered, src_region = dst_region), sum(entered), sum(errors), sum(lost) "
+        f"FROM {_table(db, sp)} WHERE {bucket_filter(sp)}{where} GROUP BY t ORDER BY t",
+        params,
+    )
+
+
+def known_topic_sql(db: str, now_s: float) -> str:
+    """Whether ``q`` (bound) is a topic seen in the last week."""
+    since = int(now_s) - SEARCH_LOOKBACK_S
+    return (
+        f"SELECT count() FROM (SELECT topic FROM `{db}`.`{EDGE_MINUTE}` "
+        f"WHERE topic = %(q)s AND bucket >= toDateTime({since}) LIMIT 1)"
+    )
+
+
+def event_traces_sql(db: str, now_s: float) -> str:
+    """The traces an event id (bound ``q``) took part in during the last week, oldest first."""
+    since = int(now_s) - SEARCH_LOOKBACK_S
+    return (
+        f"SELECT trace_id, toUnixTimestamp64Micro(min(ts)), argMin(topic, ts), argMin(src_region, ts) "
+        f"FROM `{db}`.`flows` WHERE event_id = %(q)s AND ts >= toDateTime({since}) "
+        f"GROUP BY trace_id ORDER BY min(ts) LIMIT 20"
+    )
 
 
 def trace_range_sql(db: str) -> str:
@@ -291,8 +267,8 @@ def trace_range_sql(db: str) -> str:
     )
 
 
-def trace_sql(db: str, found: tuple[int, int, list[tuple[str, str, str]]] | None = None) -> str:
-    """The trace's records.
+def trace_sql(db: str, found: tuple[int, int, list[tuple[str, str, str]]] | None = None) -> Sql:
+    """The trace's records (bind ``trace_id``).
 
     With its time range and edges known (``found``, from the trace index) only the granules of
     those primary-key prefixes in that range are read; without, the bloom filter on trace_id is
@@ -309,37 +285,10 @@ def trace_sql(db: str, found: tuple[int, int, list[tuple[str, str, str]]] | None
         )
     return (
         f"SELECT toUnixTimestamp64Micro(ts), {', '.join(TRACE_COLUMNS[1:])} FROM `{db}`.`flows` "
-        f"WHERE trace_id = %(trace_id)s{where} ORDER BY ts LIMIT 5000"
+        f"WHERE trace_id = %(trace_id)s{where} ORDER BY ts LIMIT 5000",
+        {},
     )
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def shape_trace(trace_id: str, rows: list[Any]) -> dict[str, Any]:
-    """The hops of a trace in path order: each hop after its parent, siblings by time."""
-    hops = [dict(zip(TRACE_COLUMNS, r, strict=True)) for r in rows]
-    children: dict[str, list[dict[str, Any]]] = {}
-    spans = {h["span_id"] for h in hops}
-    roots = []
-    for h in hops:
-        h["hop_ms"] = round(float(h["hop_ms"]), 3)
-        h["e2e_ms"] = round(float(h["e2e_ms"]), 3)
-        if h["parent_span_id"] in spans and h["parent_span_id"] != h["span_id"]:
-            children.setdefault(h["parent_span_id"], []).append(h)
-        else:
-            roots.append(h)
-    ordered: list[dict[str, Any]] = []
-    stack = [(h, 0) for h in sorted(roots, key=lambda h: h["ts"], reverse=True)]
-    seen: set[int] = set()
-    while stack:
-        h, depth = stack.pop()
-        if id(h) in seen:
-            continue
-        seen.add(id(h))
-        h["depth"] = depth
-        ordered.append(h)
-        for child in sorted(children.get(h["span_id"], []), key=lambda c: c["ts"], reverse=True):
-            stack.append((child, depth + 1))
-    return {"trace_id": trace_id, "hops": ordered, "events": sorted({h["event_id"] for h in hops})}

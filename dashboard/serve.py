@@ -15,9 +15,9 @@ serves HTTPS (and asks for client certificates when ``MESHSCOPE_TLS_CA`` is set)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
@@ -26,6 +26,7 @@ from collector.service import Collector
 from dashboard.access import DASHBOARD_ROLES
 from dashboard.app import build_app
 from dashboard.auth import DashboardAuth
+from dashboard.cache import ResponseCache
 from dashboard.config import MESHSCOPE_ALLOW_ANONYMOUS, DashboardConfig
 from dashboard.live import LiveHub
 from dashboard.origin import WILDCARD_BINDS
@@ -33,6 +34,7 @@ from dashboard.session import SessionCodec
 from dashboard.store import FlowStore
 from meshcore.auth import Principal, load_principals, new_token
 from meshcore.server import Server, redis_client
+from meshcore.supervise import Supervisor
 from meshcore.tls import server_context
 
 LOCAL_PRINCIPAL = "local"
@@ -61,14 +63,26 @@ class DashboardRuntime:
         ssl_context = server_context(config.tls) if config.tls is not None else None
         self.redis = redis_client(config.store.redis_url)
         self.collector: Collector | None = None
-        self._collector_task: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor()
+        """Runs the in-process collector: a crash is logged, counted and restarted, and /healthz says so."""
         admin = make_client(config.store.clickhouse_url)
         migrate(admin, config.store.schema)
         self.admin: Client = admin
         self.store = FlowStore(make_client(config.store.clickhouse_url, database=config.store.database))
         self.hub = LiveHub(self.redis, config.store.live_channel)
+        self.cache: ResponseCache[bytes] = ResponseCache(config.cache_s)
+        """Map answers, one computation per question per ``cache_s`` for every viewer."""
         self.server = Server(
-            build_app(config, self.store, self.hub, self.auth, (self._start, self._stop)),
+            build_app(
+                config,
+                self.store,
+                self.hub,
+                self.auth,
+                self.redis,
+                (self._start, self._stop),
+                self.cache,
+                self.health,
+            ),
             config.host,
             config.port,
             ssl_context=ssl_context,
@@ -93,7 +107,7 @@ class DashboardRuntime:
     async def _start(self) -> None:
         if self.with_collector:
             self.collector = Collector(self.config.store, self.redis, clickhouse=self.admin)
-            self._collector_task = asyncio.create_task(self.collector.run(), name="collector")
+            self.supervisor.spawn("collector", self.collector.run, restart=False)
         if self.auth.allow_anonymous:
             log.warning(
                 f"{MESHSCOPE_ALLOW_ANONYMOUS} is on: anyone who reaches the dashboard may read the map and run SQL"
@@ -114,10 +128,20 @@ class DashboardRuntime:
                 log.info("sign in with a principal's token", extra={"url": f"{self.url}/login"})
 
     async def _stop(self) -> None:
-        if self.collector is not None and self._collector_task is not None:
+        if self.collector is not None:
             self.collector.stop()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self._collector_task, 10)
+            await self.supervisor.join("collector", 10)
+        await self.supervisor.stop()
+
+    def health(self) -> dict[str, Any]:
+        """ok, or degraded with why: the live feed, the in-process collector and its supervision."""
+        reasons = self.supervisor.problems() + self.hub.problems()
+        out: dict[str, Any] = {}
+        if self.collector is not None:
+            collector = self.collector.health()
+            reasons += [f"collector: {reason}" for reason in collector["reasons"]]
+            out["collector"] = collector["status"]
+        return {"status": "degraded" if reasons else "ok", "reasons": reasons, **out}
 
     async def start(self) -> None:
         await self.server.start()

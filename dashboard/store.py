@@ -64,10 +64,13 @@ class FlowStore:
     def __init__(self, client: Client, lane: SqlLane | None = None):
         self.client = client
         self.lane = lane
+        self.queries = 0
+        """Queries run for the dashboard itself (not user SQL): what the answer cache saves."""
 
     async def query(
         self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> Result:
+        self.queries += 1
         return await asyncio.to_thread(run_query, self.client, sql, parameters, settings)
 
     async def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[list[Any]]:

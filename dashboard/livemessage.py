@@ -1,0 +1,94 @@
+"""The messages of ``/ws/live``, shaped once for every browser, with no I/O.
+
+Two sources: the collectors' per-second edge statistics (pub/sub ``meshscope:live``),
+forwarded as they are with ``"type": "edges"`` added, and the relays' link samples
+(pub/sub ``meshscope:links``, every link-stats interval per relay), forwarded as
+``"type": "links"`` messages: at once when a link's state, security, route or governance
+changes, otherwise every few seconds (RTTs), so a thousand browsers are not sent the same
+picture every second by every relay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+LINKS_CHANNEL = "meshscope:links"
+LINK_REFRESH_S = 5.0
+"""A region's link message is forwarded at once when a link changes, else at most this often."""
+MAX_LINKS = 1000
+
+
+def _text(value: Any, limit: int = 256) -> str:
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def edges_message(raw: bytes) -> dict[str, Any] | None:
+    """A collector's live message with ``"type": "edges"``; None when it is not a JSON object."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {"type": "edges", **data}
+
+
+def links_message(raw: bytes) -> dict[str, Any] | None:
+    """A relay's link samples (``{"region", "links": [[ts, relay, src, dst, state, rtt_ms, queue_depth,
+    reconnects, security, via, peer_gov, gov], ...]}``) as the browser's ``links`` message; None if malformed."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("links"), list):
+        return None
+    links = []
+    for s in data["links"][:MAX_LINKS]:
+        if not isinstance(s, list) or len(s) not in (8, 12):
+            continue
+        security, via, peer_gov, gov = (_text(v) for v in s[8:12]) if len(s) == 12 else ("", "", "", "")
+        state = _text(s[4], 16)
+        links.append(
+            {
+                "src": _text(s[2]),
+                "dst": _text(s[3]),
+                "state": state,
+                "rtt_ms": _number(s[5]),
+                "queue_depth": int(_number(s[6]) or 0),
+                "reconnects": int(_number(s[7]) or 0),
+                "security": security,
+                "via": via,
+                "governance_mismatch": bool(state == "up" and peer_gov and gov and peer_gov != gov),
+            }
+        )
+    return {"type": "links", "region": _text(data.get("region")), "links": links}
+
+
+class LinkChanges:
+    """Which link messages to forward: a region's at once when any link's state, security, route or
+    governance differs from what was last forwarded, otherwise once per ``refresh_s`` (for RTTs)."""
+
+    def __init__(self, refresh_s: float = LINK_REFRESH_S):
+        self.refresh_s = refresh_s
+        self._last: dict[str, tuple[float, Any]] = {}
+
+    def forward(self, message: Mapping[str, Any], now_s: float) -> bool:
+        region = message["region"]
+        shape = tuple(
+            (x["src"], x["dst"], x["state"], x["security"], x["via"], x["governance_mismatch"])
+            for x in message["links"]
+        )
+        last = self._last.get(region)
+        if last is not None and last[1] == shape and now_s - last[0] < self.refresh_s:
+            return False
+        if len(self._last) > MAX_LINKS:
+            self._last.clear()
+        self._last[region] = (now_s, shape)
+        return True

@@ -1,0 +1,191 @@
+"""What the relays say about themselves, read for the dashboard, with no I/O.
+
+Every relay writes its state to the Redis hash ``meshscope:relaystate`` every 2 s (field:
+its region; value: JSON with ts in µs, routes, subscriptions, durable groups, interest and
+links). It is read here into the API's shapes: the routes view, the "why does this flow
+here" of an edge and the governance versions. Redis contents are input like any other: each field is taken only with
+the type it should have, and an entry that is not JSON is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from meshcore.topic import matches
+
+STATE_KEY = "meshscope:relaystate"
+GOVERNANCE_KEY = "meshscope:governance:current"
+STALE_S = 10.0
+"""A relay whose state is older than this is flagged ``stale`` (it writes every 2 s)."""
+MAX_ITEMS = 1000
+
+
+def _text(value: Any, limit: int = 256) -> str:
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _texts(value: Any) -> list[str]:
+    return [_text(v) for v in value[:MAX_ITEMS] if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value[:MAX_ITEMS] if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _route(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "dst": _text(r.get("dst")),
+        "next_hop": _text(r.get("next_hop")) or None,
+        "path": _texts(r.get("path")),
+        "cost_ms": _number(r.get("cost_ms")),
+        "direct": r.get("direct") is True,
+    }
+
+
+def _link(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "peer": _text(r.get("peer")),
+        "state": _text(r.get("state"), 16),
+        "security": _text(r.get("security"), 8),
+        "rtt_ms": _number(r.get("rtt_ms")),
+        "queue_depth": int(_number(r.get("queue_depth")) or 0),
+        "reconnects": int(_number(r.get("reconnects")) or 0),
+        "via": _text(r.get("via")),
+        "gov": _text(r.get("gov")),
+        "governance_mismatch": r.get("governance_mismatch") is True,
+        "last_error": _text(r.get("last_error"), 500),
+    }
+
+
+def parse_state(region: str, raw: bytes | str, now_s: float) -> dict[str, Any] | None:
+    """One relay's state, or None when the entry is not a JSON object."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    ts_us = _number(data.get("ts")) or 0.0
+    ts = ts_us / 1e6
+    return {
+        "region": region,
+        "relay": _text(data.get("relay")),
+        "ts": round(ts, 3),
+        "age_s": round(max(0.0, now_s - ts), 3),
+        "stale": now_s - ts > STALE_S,
+        "governance": _text(data.get("governance")),
+        "routes": [_route(r) for r in _dicts(data.get("routes"))],
+        "links": [_link(r) for r in _dicts(data.get("links"))],
+        "subscriptions": [
+            {
+                "principal": _text(s.get("principal")),
+                "patterns": _texts(s.get("patterns")),
+                "subscribers": int(_number(s.get("subscribers")) or 0),
+            }
+            for s in _dicts(data.get("subscriptions"))
+        ],
+        "groups": [
+            {
+                "group": _text(g.get("group")),
+                "owner": _text(g.get("owner")),
+                "patterns": _texts(g.get("patterns")),
+                "members": int(_number(g.get("members")) or 0),
+            }
+            for g in _dicts(data.get("groups"))
+        ],
+        "interest": _texts(data.get("interest")),
+    }
+
+
+def parse_states(raw: Mapping[Any, Any], now_s: float) -> dict[str, dict[str, Any]]:
+    """The hash as {region: state}; unreadable entries are left out."""
+    out = {}
+    for key, value in raw.items():
+        region = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+        state = parse_state(region[:128], value, now_s)
+        if state is not None:
+            out[state["region"]] = state
+    return dict(sorted(out.items()))
+
+
+def routes_view(states: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    keep = ("region", "relay", "ts", "age_s", "stale", "governance", "routes", "links")
+    return {"relays": [{k: s[k] for k in keep} for s in states.values()]}
+
+
+def why(states: Mapping[str, Mapping[str, Any]], src: str, dst: str, topics: Sequence[str]) -> dict[str, Any]:
+    """Why events flow from ``src`` to ``dst``: src's route there, and what at dst wants each topic."""
+    route = None
+    source = states.get(src)
+    if source is not None and src != dst:
+        route = next((r for r in source["routes"] if r["dst"] == dst), None)
+        if route is not None:
+            route = {**route, "stale": source["stale"]}
+    target = states.get(dst)
+    out = []
+    for topic in topics:
+        subs = groups = []
+        if target is not None:
+            subs = [s for s in target["subscriptions"] if any(matches(p, topic) for p in s["patterns"])]
+            groups = [g for g in target["groups"] if any(matches(p, topic) for p in g["patterns"])]
+        out.append({"topic": topic, "subscriptions": subs, "groups": groups})
+    return {"route": route, "topics": out, "known": {"src": source is not None, "dst": target is not None}}
+
+
+def document_view(raw: bytes | str | None) -> dict[str, Any] | None:
+    """The governance document in brief: version id, author, time, how many rules and schema versions."""
+    if not raw:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    number = data.get("version")
+    digest = _text(data.get("digest"), 64)
+    policies = data.get("policies")
+    return {
+        "version": f"{number}-{digest}" if isinstance(number, int) and digest else _text(str(number)),
+        "number": number if isinstance(number, int) else None,
+        "digest": digest,
+        "author": _text(data.get("author")),
+        "changed_at": _text(data.get("changed_at"), 64),
+        "policies": len(policies) if isinstance(policies, list) else None,
+        "subjects": [
+            {
+                "subject": _text(s.get("subject")),
+                "versions": len(s["versions"]) if isinstance(s.get("versions"), list) else 0,
+            }
+            for s in _dicts(data.get("subjects"))
+        ],
+    }
+
+
+def governance_view(
+    states: Mapping[str, Mapping[str, Any]], document: dict[str, Any] | None, refusals: list[dict[str, Any]]
+) -> dict[str, Any]:
+    relays = [{"region": r, "version": s["governance"], "stale": s["stale"]} for r, s in states.items()]
+    versions = sorted({r["version"] for r in relays if r["version"] and not r["stale"]})
+    links = [
+        {"src": region, "dst": link["peer"], "local_gov": s["governance"], "peer_gov": link["gov"]}
+        for region, s in states.items()
+        if not s["stale"]
+        for link in s["links"]
+        if link["governance_mismatch"]
+    ]
+    return {
+        "relays": relays,
+        "versions": versions,
+        "mismatch": len(versions) > 1 or bool(links),
+        "links": links,
+        "refusals": refusals,
+        "document": document,
+    }

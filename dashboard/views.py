@@ -1,0 +1,369 @@
+"""The answers of the map API, shaped from query rows, with no I/O.
+
+Each ``shape_*`` takes the rows of its builders in :mod:`dashboard.queries` (and what
+the relays report, already parsed) and returns the JSON-ready answer. An edge's
+``lost`` counts events lost on it (gap ranges, expiries, backpressure, failed
+deliveries, a link that was down), ``via`` its forwards whose next hop was another
+region than its destination (a detour), ``denied`` and ``rejected`` its policy and
+schema refusals. A group's status is ``collector.grouplag``'s verdict on its latest
+samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from collector.grouplag import LagSample, rates, status
+from collector.histogram import quantile
+from dashboard.health import Thresholds, error_pct, health
+from dashboard.params import WINDOWS, Filters
+from dashboard.queries import TRACE_COLUMNS
+from dashboard.timerange import Span
+from meshcore.flowrecord import POLICY_DENIED, SCHEMA_REJECTED
+
+Row = Sequence[Any]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def edge_stats(row: Row, seconds: int, t: Thresholds) -> dict[str, Any]:
+    """One edge (or topic) from the aggregate columns of ``dashboard.queries.VALUES``."""
+    entered, delivered, errors, by_status, nbytes, hop_hist, e2e_hist, lost, via = row
+    e2e_p99 = quantile(e2e_hist, 0.99)
+    statuses = {str(k): int(v) for k, v in sorted(by_status.items())}
+    return {
+        "events": int(entered),
+        "events_per_s": round(entered / seconds, 3),
+        "delivered": int(delivered),
+        "errors": int(errors),
+        "error_pct": round(error_pct(int(entered), int(errors)), 3),
+        "errors_by_status": statuses,
+        "bytes_per_s": round(nbytes / seconds, 1),
+        "hop_p50": _round(quantile(hop_hist, 0.5)),
+        "hop_p99": _round(quantile(hop_hist, 0.99)),
+        "e2e_p50": _round(quantile(e2e_hist, 0.5)),
+        "e2e_p99": _round(e2e_p99),
+        "health": health(int(entered), int(errors), e2e_p99, t),
+        "lost": int(lost),
+        "via": {str(k): int(v) for k, v in sorted(via.items())},
+        "denied": statuses.get(POLICY_DENIED, 0),
+        "rejected": statuses.get(SCHEMA_REJECTED, 0),
+    }
+
+
+def window_name(sp: Span) -> str:
+    for name, seconds in WINDOWS.items():
+        if abs((sp.end - sp.start) - seconds) < sp.bucket_s:
+            return name
+    return f"{sp.end - sp.start}s"
+
+
+# ---- groups --------------------------------------------------------------------------------------
+
+
+def group_samples(rows: Sequence[Row]) -> dict[tuple[str, str], tuple[list[LagSample], Row]]:
+    """Rows of ``group_latest_sql`` as each group's samples, oldest first, and its newest row."""
+    out: dict[tuple[str, str], tuple[list[LagSample], Row]] = {}
+    for row in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
+        region, group, ts_ms, acked, backlog, oldest_age_s, consumers = row[:7]
+        sample = LagSample(int(ts_ms) / 1000, int(acked), int(backlog), float(oldest_age_s), int(consumers))
+        key = (str(region), str(group))
+        samples = out[key][0] if key in out else []
+        samples.append(sample)
+        out[key] = (samples, row)
+    return out
+
+
+def group_brief(rows: Sequence[Row]) -> dict[str, list[dict[str, Any]]]:
+    """Per region: [{group, status, backlog}] from the latest samples."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (region, group), (samples, _) in sorted(group_samples(rows).items()):
+        out.setdefault(region, []).append({"group": group, "status": status(samples), "backlog": samples[-1].backlog})
+    return out
+
+
+def shape_groups(latest_rows: Sequence[Row], series_rows: Sequence[Row], sp: Span, step: int) -> dict[str, Any]:
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for region, group, ts, backlog in sorted(series_rows, key=lambda r: (r[0], r[1], r[2])):
+        series.setdefault((str(region), str(group)), []).append({"t": int(ts), "backlog": int(backlog)})
+    groups = []
+    for (region, group), (samples, row) in sorted(group_samples(latest_rows).items()):
+        arrival, ack = rates(samples)
+        last = samples[-1]
+        groups.append(
+            {
+                "region": region,
+                "group": group,
+                "owner": row[7],
+                "patterns": list(row[8]),
+                "status": status(samples),
+                "backlog": last.backlog,
+                "pending": int(row[9]),
+                "lag": int(row[10]),
+                "oldest_age_s": round(last.oldest_age_s, 3),
+                "consumers": last.consumers,
+                "arrival_per_s": round(arrival, 3),
+                "ack_per_s": round(ack, 3),
+                "last_sample": round(last.ts, 3),
+                "series": series.get((region, group), []),
+            }
+        )
+    return {"window": window_name(sp), "from": sp.start, "to": sp.end, "step_s": step, "groups": groups}
+
+
+# ---- the map -------------------------------------------------------------------------------------
+
+
+def _region(rid: str) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "provider": rid.split(":")[0],
+        "lat": None,
+        "lon": None,
+        "city": rid,
+        "first_seen": None,
+        "last_seen": None,
+    }
+
+
+def _link(row: Row, reference_s: float, stale_after_s: float) -> dict[str, Any]:
+    src, dst, state, rtt_ms, depth, reconnects, last, security, via, peer_gov, gov = row
+    stale = reference_s - last > stale_after_s
+    shown = "down" if stale and state == "up" else state
+    return {
+        "src": src,
+        "dst": dst,
+        "state": shown,
+        "reported_state": state,
+        "stale": stale,
+        "rtt_ms": round(float(rtt_ms), 3),
+        "queue_depth": int(depth),
+        "reconnects": int(reconnects),
+        "last_sample": last,
+        "security": security,
+        "via": via,
+        "gov": peer_gov,
+        "local_gov": gov,
+        "governance_mismatch": bool(shown == "up" and peer_gov and gov and peer_gov != gov),
+    }
+
+
+def shape_topology(
+    edge_rows: Sequence[Row],
+    region_rows: Sequence[Row],
+    link_rows: Sequence[Row],
+    group_rows: Sequence[Row],
+    sp: Span,
+    filters: Filters,
+    t: Thresholds,
+    link_stale_s: float,
+    now_s: float,
+    badges: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The map: regions (own traffic, alerts, groups), edges between them, and mesh links.
+
+    ``badges`` is ``collector.alerts.badges`` of the alerts firing now (None for a past window).
+    """
+    edge_alerts = {(b["src"], b["dst"]): int(b["count"]) for b in (badges or {}).get("edges", [])}
+    region_alerts = {b["region"]: int(b["count"]) for b in (badges or {}).get("regions", [])}
+    known: dict[str, dict[str, Any]] = {}
+    for rid, provider, lat, lon, city, first_seen, last_seen in region_rows:
+        known[rid] = {
+            "id": rid,
+            "provider": provider,
+            "lat": lat,
+            "lon": lon,
+            "city": city,
+            "first_seen": first_seen,
+            "last_seen": last_seen,
+        }
+    own: dict[str, dict[str, Any]] = {}
+    edges = []
+    for row in sorted(edge_rows, key=lambda r: (r[0], r[1])):
+        src, dst = row[0], row[1]
+        if not filters.keeps_edge(src, dst):
+            continue
+        stats = edge_stats(row[2:], sp.seconds, t)
+        if src == dst:
+            own[src] = stats
+        else:
+            edges.append({"src": src, "dst": dst, **stats, "alerts": edge_alerts.get((src, dst), 0)})
+    shown = {r for r in known if filters.keeps_region(r)} | set(own)
+    shown |= {e["src"] for e in edges} | {e["dst"] for e in edges}
+    groups = group_brief(group_rows)
+    regions = []
+    for rid in sorted(shown):
+        region = known.get(rid) or _region(rid)
+        stats = own.get(rid, {})
+        regions.append(
+            {
+                **region,
+                "events": stats.get("events", 0),
+                "events_per_s": stats.get("events_per_s", 0.0),
+                "delivered": stats.get("delivered", 0),
+                "errors": stats.get("errors", 0),
+                "errors_by_status": stats.get("errors_by_status", {}),
+                "lost": stats.get("lost", 0),
+                "denied": stats.get("denied", 0),
+                "rejected": stats.get("rejected", 0),
+                "alerts": region_alerts.get(rid, 0),
+                "groups": groups.get(rid, []),
+            }
+        )
+    reference = now_s if sp.live else sp.end
+    links = [
+        _link(row, reference, link_stale_s)
+        for row in sorted(link_rows, key=lambda r: (r[0], r[1]))
+        if filters.keeps_edge(row[0], row[1])
+    ]
+    return {
+        "window": window_name(sp),
+        "from": sp.start,
+        "to": sp.end,
+        "at": sp.end,
+        "live": sp.live,
+        "table": sp.table,
+        "regions": regions,
+        "edges": edges,
+        "links": links,
+        "thresholds": asdict(t),
+    }
+
+
+# ---- the scrubber --------------------------------------------------------------------------------
+
+
+def _steps(rows: Sequence[Row], sp: Span, step: int) -> tuple[range, dict[int, list[Any]]]:
+    """The window's steps, and the rows by step with the numbers summed; a live window's newest
+    rows (they arrived after its rounded end) count in its last step."""
+    steps = range(sp.start // step * step, (sp.end - 1) // step * step + 1, step)
+    by_t: dict[int, list[Any]] = {}
+    for row in rows:
+        ts = min(int(row[0]), steps[-1]) if steps else int(row[0])
+        acc = by_t.get(ts)
+        if acc is None:
+            by_t[ts] = list(row[1:])
+            continue
+        for i, value in enumerate(row[1:]):
+            if isinstance(value, Mapping):
+                merged = dict(acc[i])
+                for k, v in value.items():
+                    merged[k] = merged.get(k, 0) + v
+                acc[i] = merged
+            else:
+                acc[i] += value
+    return steps, by_t
+
+
+def shape_timeline(rows: Sequence[Row], sp: Span, step: int) -> dict[str, Any]:
+    steps, by_t = _steps(rows, sp, step)
+    points = []
+    for ts in steps:
+        published, entered, errors, lost = (int(v) for v in by_t.get(ts, (0, 0, 0, 0)))
+        points.append(
+            {
+                "t": ts,
+                "events_per_s": round(published / step, 3),
+                "error_pct": round(error_pct(entered, errors), 3),
+                "lost": lost,
+            }
+        )
+    return {"window": window_name(sp), "from": sp.start, "to": sp.end, "step_s": step, "points": points}
+
+
+# ---- one edge ------------------------------------------------------------------------------------
+
+
+def shape_edge(
+    src: str,
+    dst: str,
+    series_rows: Sequence[Row],
+    topic_rows: Sequence[Row],
+    sample_rows: Sequence[Row],
+    refusal_rows: Sequence[Row],
+    sp: Span,
+    step: int,
+    t: Thresholds,
+) -> dict[str, Any]:
+    steps, by_t = _steps(series_rows, sp, step)
+    points = []
+    for ts in steps:
+        r = by_t.get(ts)
+        entered, errors, hist, lost = (int(r[0]), int(r[1]), r[2], int(r[3])) if r else (0, 0, {}, 0)
+        points.append(
+            {
+                "t": ts,
+                "events_per_s": round(entered / step, 3),
+                "e2e_p99": _round(quantile(hist, 0.99)),
+                "error_pct": round(error_pct(entered, errors), 3),
+                "lost": lost,
+            }
+        )
+    topics = [
+        {"topic": r[0], **edge_stats(r[1:], sp.seconds, t)} for r in sorted(topic_rows, key=lambda r: (-r[1], r[0]))
+    ]
+    samples = [
+        {
+            "ts": r[0],
+            "event_id": r[1],
+            "trace_id": r[2],
+            "topic": r[3],
+            "kind": r[4],
+            "status": r[5],
+            "hop_ms": round(float(r[6]), 3),
+            "e2e_ms": round(float(r[7]), 3),
+        }
+        for r in sorted(sample_rows, key=lambda r: -int(r[0]))
+    ]
+    refusals = [
+        {"topic": topic, "principal": principal, "status": st, "ref": ref, "events": int(n)}
+        for topic, principal, st, ref, n in sorted(refusal_rows, key=lambda r: (-int(r[4]), r[0], r[1], r[2]))
+    ]
+    totals = {k: sum(x[k] for x in topics) for k in ("events", "errors", "lost", "denied", "rejected")}
+    return {
+        "src": src,
+        "dst": dst,
+        "window": window_name(sp),
+        "from": sp.start,
+        "to": sp.end,
+        "at": sp.end,
+        "live": sp.live,
+        "step_s": step,
+        "series": points,
+        "topics": topics,
+        "samples": samples,
+        "refusals": refusals,
+        **totals,
+    }
+
+
+def shape_trace(trace_id: str, rows: Sequence[Row]) -> dict[str, Any]:
+    """The hops of a trace in path order: each hop after its parent, siblings by time."""
+    hops = [dict(zip(TRACE_COLUMNS, r, strict=True)) for r in rows]
+    children: dict[str, list[dict[str, Any]]] = {}
+    spans = {h["span_id"] for h in hops}
+    roots = []
+    for h in hops:
+        h["hop_ms"] = round(float(h["hop_ms"]), 3)
+        h["e2e_ms"] = round(float(h["e2e_ms"]), 3)
+        if h["parent_span_id"] in spans and h["parent_span_id"] != h["span_id"]:
+            children.setdefault(h["parent_span_id"], []).append(h)
+        else:
+            roots.append(h)
+    ordered: list[dict[str, Any]] = []
+    stack = [(h, 0) for h in sorted(roots, key=lambda h: h["ts"], reverse=True)]
+    seen: set[int] = set()
+    while stack:
+        h, depth = stack.pop()
+        if id(h) in seen:
+            continue
+        seen.add(id(h))
+        h["depth"] = depth
+        ordered.append(h)
+        for child in sorted(children.get(h["span_id"], []), key=lambda c: c["ts"], reverse=True):
+            stack.append((child, depth + 1))
+    return {"trace_id": trace_id, "hops": ordered, "events": sorted({h["event_id"] for h in hops})}
