@@ -1,4 +1,7 @@
-"""``python -m bench [relay|collector|queries|live|scale|all] [--quick] [--write]``
+"""``python -m bench [SUITE ...] [--quick] [--write]``
+
+Suites: relay, collector, queries, live, scale, mesh, store, governance, metrics, viewers
+(none named: all of them).
 
 Each benchmark starts what it needs (Valkey, embedded ClickHouse, relays on
 loopback), warms up, measures, and prints medians with min and max beside the
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 HEADER = """# Benchmarks
 
-Reproduce with `python -m bench --write` (about 10 minutes on 2 cores; `--quick`
+Reproduce with `python -m bench --write` (about 20 minutes on 2 cores; `--quick`
 runs every benchmark at a tiny size in seconds). Each table gives medians with
 min and max, the same run's baseline for the underlying part, and the ratio
 (figure / baseline), since ratios drift less between machines than figures.
@@ -119,6 +122,42 @@ Profiles were taken with py-spy on the running processes (`py-spy record -p PID 
   so the totals stay flat: the figures show the cost of the work, not more
   hardware. Embedded ClickHouse allows one process, so extra collectors here run
   in one process; against a ClickHouse server they would be processes of their own.
+- **What the guarantees cost** (`mesh`): each row alternates the guarded and the
+  unguarded form in one run, since the machine drifts more than the effect.
+  Mutual TLS on links plus a token-checked publisher costs little at 100-event
+  frames (one handshake per link, then symmetric crypto in OpenSSL); durable
+  link stores cost the most, one Valkey round trip per frame commit. A
+  black-holed link is declared down after three missed pings (1 s apart), so
+  about 3 s; events sent meanwhile stay held and are resent on the detour or
+  the new connection, never lost.
+- **Link store** (`store`): held events live in a Valkey stream, one entry per
+  frame commit. One entry per event cost 5-7 times as much per event; an
+  fsync'd append-only file was as fast as the stream per event but would be a
+  second durable store to operate, back up and recover, and dies with the
+  relay's disk, while Valkey already holds groups and the flow stream with AOF
+  (`everysec`: at most a second of held events on a Valkey crash, named by
+  gaps).
+- **Governance** (`governance`): schemas are compiled once per version and
+  cached; jsonschema-rs was chosen by measurement over fastjsonschema and
+  jsonschema (pure Python), and a policy decision is a dictionary lookup per
+  (principal, action, topic) after the first, so the whole hot path adds well
+  under a microsecond per event and the `mesh` ratio stays near 1.
+- **Metrics** (`metrics`): the exposition is prometheus_client's (OpenMetrics
+  with exemplars, the process collector); on the hot path the relay adds its
+  counters once per batch and keeps latency histograms as plain bucket lists,
+  built into prometheus_client families only when scraped, because its
+  `Histogram.labels(...).observe(...)` per event cost several times as much
+  (the table's baseline). Topic labels are bounded (the first topics seen, the
+  rest as one overflow label), so /metrics stays small with any number of
+  topics.
+- **Many viewers** (`viewers`): embedded ClickHouse serialises queries, so 50
+  viewers each running the 1 h topology query queue behind one another (the
+  baseline column: the same poll with the answer cache off). With the cache one
+  query per question per 2 s serves everyone and concurrent identical requests
+  await the one in flight; what remains is HTTP, TLS-free loopback and JSON
+  bytes already encoded. The live feed shapes and encodes a message once and
+  puts the same string on every client's bounded queue, so 1,000 clients cost
+  one encode and 1,000 socket writes per second.
 """
 
 if __name__ == "__main__":
