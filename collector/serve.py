@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import signal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -58,6 +59,10 @@ def scrape_auth(config: CollectorConfig) -> Authenticator | None:
     return None
 
 
+STOP_GRACE_S = 15.0
+"""After SIGTERM, how long the collector may take to finish its batch before it is cancelled."""
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -78,6 +83,18 @@ async def serve_collector(config: CollectorConfig) -> None:
     if listen:
         app = metrics_app(collector, auth)
         server = Server(app, config.metrics_host, config.metrics_port, ssl_context=ssl_context)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_term() -> None:
+        # stop the loop where it stands and flush, rather than cancel it inside a Redis call
+        # (redis-py can swallow that cancellation); cancel only if stopping takes too long
+        collector.stop()
+        if task is not None:
+            loop.call_later(STOP_GRACE_S, task.cancel)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGTERM, on_term)
     try:
         if server is not None:
             await server.start()
