@@ -21,11 +21,13 @@ LINK_REFRESH_S = 5.0
 MAX_LINKS = 1000
 
 
-def _text(value: Any, limit: int = 256) -> str:
+def text_of(value: Any, limit: int = 256) -> str:
+    """A string field of untrusted JSON, cut to ``limit``; anything else reads as ""."""
     return value[:limit] if isinstance(value, str) else ""
 
 
-def _number(value: Any) -> float | None:
+def number_of(value: Any) -> float | None:
+    """A number field of untrusted JSON (booleans are not numbers); anything else reads as None."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
@@ -53,22 +55,22 @@ def links_message(raw: bytes) -> dict[str, Any] | None:
     for s in data["links"][:MAX_LINKS]:
         if not isinstance(s, list) or len(s) not in (8, 12):
             continue
-        security, via, peer_gov, gov = (_text(v) for v in s[8:12]) if len(s) == 12 else ("", "", "", "")
-        state = _text(s[4], 16)
+        security, via, peer_gov, gov = (text_of(v) for v in s[8:12]) if len(s) == 12 else ("", "", "", "")
+        state = text_of(s[4], 16)
         links.append(
             {
-                "src": _text(s[2]),
-                "dst": _text(s[3]),
+                "src": text_of(s[2]),
+                "dst": text_of(s[3]),
                 "state": state,
-                "rtt_ms": _number(s[5]),
-                "queue_depth": int(_number(s[6]) or 0),
-                "reconnects": int(_number(s[7]) or 0),
+                "rtt_ms": number_of(s[5]),
+                "queue_depth": int(number_of(s[6]) or 0),
+                "reconnects": int(number_of(s[7]) or 0),
                 "security": security,
                 "via": via,
                 "governance_mismatch": bool(state == "up" and peer_gov and gov and peer_gov != gov),
             }
         )
-    return {"type": "links", "region": _text(data.get("region")), "links": links}
+    return {"type": "links", "region": text_of(data.get("region")), "links": links}
 
 
 class LinkChanges:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from dashboard.livemessage import number_of, text_of
 from meshcore.topic import matches
 
 STATE_KEY = "meshscope:relaystate"
@@ -23,16 +24,8 @@ STALE_S = 10.0
 MAX_ITEMS = 1000
 
 
-def _text(value: Any, limit: int = 256) -> str:
-    return value[:limit] if isinstance(value, str) else ""
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _texts(value: Any) -> list[str]:
-    return [_text(v) for v in value[:MAX_ITEMS] if isinstance(v, str)] if isinstance(value, list) else []
+    return [text_of(v) for v in value[:MAX_ITEMS] if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
@@ -41,26 +34,26 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
 
 def _route(r: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "dst": _text(r.get("dst")),
-        "next_hop": _text(r.get("next_hop")) or None,
+        "dst": text_of(r.get("dst")),
+        "next_hop": text_of(r.get("next_hop")) or None,
         "path": _texts(r.get("path")),
-        "cost_ms": _number(r.get("cost_ms")),
+        "cost_ms": number_of(r.get("cost_ms")),
         "direct": r.get("direct") is True,
     }
 
 
 def _link(r: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "peer": _text(r.get("peer")),
-        "state": _text(r.get("state"), 16),
-        "security": _text(r.get("security"), 8),
-        "rtt_ms": _number(r.get("rtt_ms")),
-        "queue_depth": int(_number(r.get("queue_depth")) or 0),
-        "reconnects": int(_number(r.get("reconnects")) or 0),
-        "via": _text(r.get("via")),
-        "gov": _text(r.get("gov")),
+        "peer": text_of(r.get("peer")),
+        "state": text_of(r.get("state"), 16),
+        "security": text_of(r.get("security"), 8),
+        "rtt_ms": number_of(r.get("rtt_ms")),
+        "queue_depth": int(number_of(r.get("queue_depth")) or 0),
+        "reconnects": int(number_of(r.get("reconnects")) or 0),
+        "via": text_of(r.get("via")),
+        "gov": text_of(r.get("gov")),
         "governance_mismatch": r.get("governance_mismatch") is True,
-        "last_error": _text(r.get("last_error"), 500),
+        "last_error": text_of(r.get("last_error"), 500),
     }
 
 
@@ -72,31 +65,31 @@ def parse_state(region: str, raw: bytes | str, now_s: float) -> dict[str, Any] |
         return None
     if not isinstance(data, dict):
         return None
-    ts_us = _number(data.get("ts")) or 0.0
+    ts_us = number_of(data.get("ts")) or 0.0
     ts = ts_us / 1e6
     return {
         "region": region,
-        "relay": _text(data.get("relay")),
+        "relay": text_of(data.get("relay")),
         "ts": round(ts, 3),
         "age_s": round(max(0.0, now_s - ts), 3),
         "stale": now_s - ts > STALE_S,
-        "governance": _text(data.get("governance")),
+        "governance": text_of(data.get("governance")),
         "routes": [_route(r) for r in _dicts(data.get("routes"))],
         "links": [_link(r) for r in _dicts(data.get("links"))],
         "subscriptions": [
             {
-                "principal": _text(s.get("principal")),
+                "principal": text_of(s.get("principal")),
                 "patterns": _texts(s.get("patterns")),
-                "subscribers": int(_number(s.get("subscribers")) or 0),
+                "subscribers": int(number_of(s.get("subscribers")) or 0),
             }
             for s in _dicts(data.get("subscriptions"))
         ],
         "groups": [
             {
-                "group": _text(g.get("group")),
-                "owner": _text(g.get("owner")),
+                "group": text_of(g.get("group")),
+                "owner": text_of(g.get("owner")),
                 "patterns": _texts(g.get("patterns")),
-                "members": int(_number(g.get("members")) or 0),
+                "members": int(number_of(g.get("members")) or 0),
             }
             for g in _dicts(data.get("groups"))
         ],
@@ -150,18 +143,18 @@ def document_view(raw: bytes | str | None) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         return None
     number = data.get("version")
-    digest = _text(data.get("digest"), 64)
+    digest = text_of(data.get("digest"), 64)
     policies = data.get("policies")
     return {
-        "version": f"{number}-{digest}" if isinstance(number, int) and digest else _text(str(number)),
+        "version": f"{number}-{digest}" if isinstance(number, int) and digest else text_of(str(number)),
         "number": number if isinstance(number, int) else None,
         "digest": digest,
-        "author": _text(data.get("author")),
-        "changed_at": _text(data.get("changed_at"), 64),
+        "author": text_of(data.get("author")),
+        "changed_at": text_of(data.get("changed_at"), 64),
         "policies": len(policies) if isinstance(policies, list) else None,
         "subjects": [
             {
-                "subject": _text(s.get("subject")),
+                "subject": text_of(s.get("subject")),
                 "versions": len(s["versions"]) if isinstance(s.get("versions"), list) else 0,
             }
             for s in _dicts(data.get("subjects"))
