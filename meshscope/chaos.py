@@ -33,6 +33,12 @@ import redis.asyncio as aioredis
 import websockets
 from redis.exceptions import RedisError
 
+from collector.sqlclient import MESHSCOPE_TOKEN_FILE, SqlFailed, client_token, running_dashboard, via_dashboard
+
+SETTLED_S = 3.0
+"""Missing events unchanged for this long: look for their drop records, and stop waiting once each has one."""
+DROP_WAIT_S = 15.0
+"""How long to look for the drop records of missing events (the collector stores them within seconds)."""
 SCENARIOS = ("relay-kill", "valkey-restart", "black-hole", "link-flap", "partition")
 
 
@@ -102,6 +108,21 @@ class Demo:
     def kill9(self, region: str) -> None:
         self.refresh()
         os.killpg(int(self.state["relays"][region]["pid"]), signal.SIGKILL)
+
+    async def delete_group(self, region: str, group: str) -> None:
+        """Forget a probe's durable group (its entries and interest); a failure is only reported."""
+        request = urllib.request.Request(
+            f"{self.http(region)}/v1/groups/{group}", headers=self.headers, method="DELETE"
+        )
+
+        def send() -> None:
+            with urllib.request.urlopen(request, timeout=10, context=self.ssl):
+                pass
+
+        try:
+            await asyncio.to_thread(send)
+        except OSError as exc:  # urllib's errors are OSErrors
+            print(f"meshscope chaos: could not delete the probe group {group} at {region}: {exc}", flush=True)
 
     async def fault(self, region: str, peer: str, fault: str, seconds: float = 0.0) -> None:
         body = json.dumps({"peer": peer, "fault": fault, "seconds": seconds}).encode()
@@ -194,6 +215,9 @@ async def _count(demo: Demo, outcome: Outcome, probe: Probe, region: str, group:
         stream = f"meshscope:group:{region}:{group}"
         deadline = time.monotonic() + wait_s
         counts: collections.Counter[str] = collections.Counter()
+        named: dict[str, str] = {}
+        last_missing: set[str] = set()
+        still_since = time.monotonic()
         while True:
             counts = collections.Counter()
             try:
@@ -202,8 +226,16 @@ async def _count(demo: Demo, outcome: Outcome, probe: Probe, region: str, group:
                     counts[orjson.loads(fields[b"e"])["id"]] += 1
             except RedisError:
                 pass
-            if probe.accepted <= set(counts) or time.monotonic() > deadline:
+            missing = probe.accepted - set(counts)
+            if not missing or time.monotonic() > deadline:
                 break
+            if missing != last_missing:
+                last_missing, still_since = missing, time.monotonic()
+            elif time.monotonic() - still_since >= SETTLED_S:
+                # nothing arrived for a while: done when a drop record names every event still missing
+                named = await _drops(demo, client, probe.topic, missing, wait_s=0)
+                if missing <= set(named):
+                    break
             await asyncio.sleep(0.5)
         outcome.published = len(probe.accepted)
         outcome.delivered = sum(1 for i in probe.accepted if counts[i] >= 1)
@@ -211,12 +243,9 @@ async def _count(demo: Demo, outcome: Outcome, probe: Probe, region: str, group:
         missing = probe.accepted - set(counts)
         outcome.lost = len(missing)
         if missing:
-            named: dict[str, str] = {}
-            records: Any = await client.xrevrange("meshscope:flows", count=20_000)
-            for _, fields in records:
-                for row in orjson.loads(fields[b"r"]):
-                    if row[6] == "drop" and row[1] in missing:
-                        named[row[1]] = row[12]
+            if not missing <= set(named):
+                named = await _drops(demo, client, probe.topic, missing, DROP_WAIT_S)
+            named = {event: status for event, status in named.items() if event in missing}
             outcome.explained = len(named)
             reasons = collections.Counter(named.values())
             if reasons:
@@ -227,6 +256,42 @@ async def _count(demo: Demo, outcome: Outcome, probe: Probe, region: str, group:
             outcome.notes.append("publisher told to retry " + ", ".join(f"{n}x {s}" for s, n in probe.refused.items()))
     finally:
         await client.aclose()
+
+
+async def _drops(demo: Demo, client: aioredis.Redis, topic: str, missing: set[str], wait_s: float) -> dict[str, str]:
+    """The drop status of each missing event that a drop record names.
+
+    Records are looked for where they are: stored in ClickHouse (asked through ``up``'s
+    dashboard, which holds the embedded engine) and in the flow stream, not yet collected.
+    The collector stores records within seconds, so this asks again for up to ``wait_s``.
+    """
+    named: dict[str, str] = {}
+    up = running_dashboard(str(demo.data))
+    query = f"SELECT event_id, status FROM flows WHERE kind = 'drop' AND topic = '{topic}'"  # chaos's own topic
+    token_file = str(up.get("token_file") or "") if up is not None else ""
+    token = client_token({MESHSCOPE_TOKEN_FILE: token_file}) if token_file else None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            records: Any = await client.xrevrange("meshscope:flows", count=2_000)
+            for _, fields in records:
+                for row in orjson.loads(fields[b"r"]):
+                    if row[6] == "drop" and row[1] in missing:
+                        named[row[1]] = row[12]
+        except RedisError:
+            pass
+        if up is not None:
+            token = (
+                client_token({MESHSCOPE_TOKEN_FILE: str(up.get("token_file") or "")}) if up.get("token_file") else None
+            )
+            try:
+                _, rows = await asyncio.to_thread(via_dashboard, str(up["url"]), query, token, up.get("ca"))
+                named.update({str(r[0]): str(r[1]) for r in rows if r[0] in missing})
+            except SqlFailed:
+                pass
+        if missing <= set(named) or time.monotonic() > deadline:
+            return named
+        await asyncio.sleep(1.0)
 
 
 async def run_scenario(demo: Demo, name: str, events: int) -> Outcome:
@@ -289,7 +354,10 @@ async def run_scenario(demo: Demo, name: str, events: int) -> Outcome:
         await asyncio.sleep(4)  # both sides notice, link state floods, routes change
         await probe.publish(events)
         outcome.notes.append(await _detour(demo, probe, dst))
-    await _count(demo, outcome, probe, dst, group, wait_s=90)
+    try:
+        await _count(demo, outcome, probe, dst, group, wait_s=90)
+    finally:
+        await demo.delete_group(dst, group)  # a probe group left behind would read as a stopped consumer
     return outcome
 
 
