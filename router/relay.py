@@ -647,13 +647,16 @@ class Relay:
 
     # ---- link state ---------------------------------------------------------------------------
 
-    def _own_lsa(self) -> fr.LinkStateAd:
-        links = {
+    def _up_links(self) -> dict[str, float]:
+        """Our up outbound links and their cost: the last RTT measured (1 ms until the first pong)."""
+        return {
             link.peer_region: round(link.rtt_ms or 1.0, 3)
             for link in self.links
             if link.state == UP and link.peer_region is not None
         }
-        return fr.LinkStateAd(self.region, self._lsa_seq, links, tuple(sorted(self.local.patterns.patterns)),
+
+    def _own_lsa(self) -> fr.LinkStateAd:
+        return fr.LinkStateAd(self.region, self._lsa_seq, self._up_links(), tuple(sorted(self.local.patterns.patterns)),
                               self.config.transit)  # fmt: skip
 
     def _advertise(self) -> None:
@@ -671,6 +674,7 @@ class Relay:
     async def _advertise_loop(self) -> None:
         while True:
             await asyncio.sleep(LSA_REFRESH_S * (0.8 + random.random() * 0.4))
+            self.routes.set_own_links(self._up_links())  # RTTs measured since: our own routes' costs too
             self._advertise()
             if self.routes.refresh(now_us()):
                 self._wake.set()
@@ -681,12 +685,7 @@ class Relay:
             conn.send(data)
 
     def _own_links_changed(self) -> None:
-        links = {
-            link.peer_region: link.rtt_ms or 1.0
-            for link in self.links
-            if link.state == UP and link.peer_region is not None
-        }
-        if self.routes.set_own_links(links):
+        if self.routes.set_own_links(self._up_links()):
             self._advertise()
         self._wake.set()
 

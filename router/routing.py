@@ -108,11 +108,11 @@ class LinkStateTable:
     # ---- input ------------------------------------------------------------------------------
 
     def set_own_links(self, links: dict[str, float]) -> bool:
-        """This relay's up outbound links with RTT; True when the set of links changed."""
+        """This relay's up outbound links with RTT; True when the set of links changed (a new cost alone: False)."""
         changed = set(links) != set(self.own_links)
+        if links != self.own_links:
+            self._routes.clear()  # routes through our own links cost what they cost now
         self.own_links = dict(links)
-        if changed:
-            self._routes.clear()
         return changed
 
     def merge(self, ad: LinkStateAd, now_us: int) -> bool:

@@ -63,6 +63,15 @@ def test_routes(own: dict[str, float], ads: list[fr.LinkStateAd], dst: str, path
     assert route.next_hop == (path[0] if path else None)
 
 
+def test_a_new_rtt_on_our_own_link_reprices_routes_without_counting_as_a_topology_change() -> None:
+    t = table({C: 1.0, D: 1.0}, ad(C, {B: 50}), ad(D, {B: 60}))  # costs before the first pongs
+    assert t.route(B).path == (C, B) and t.route(B).cost_ms == 51
+    assert t.set_own_links({C: 120.0, D: 20.0}) is False  # same links: nothing to re-advertise at once
+    route = t.route(B)
+    assert route.path == (D, B) and route.cost_ms == 80  # the cached route did not outlive the new RTTs
+    assert t.route(C).cost_ms == 120
+
+
 def test_hop_limit_bounds_detours() -> None:
     t = table({C: 10}, ad(C, {D: 10}), ad(D, {B: 10}), hop_limit=2)
     assert not t.route(B).reachable
