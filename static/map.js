@@ -126,6 +126,8 @@ function lineTrace(g, name, hover, line, meta, extra = {}) {
   };
 }
 
+const DETOUR_MIN_SHARE = 0.1; // of the edge's events in the window
+
 function detourTraces(a, b, via, regions, color, hover, meta) {
   const out = [];
   for (const id of via) {
@@ -167,10 +169,15 @@ function buildTraces() {
     const hover = edgeHover(e, ctx);
     const meta = { src: e.src, dst: e.dst, change: ctx.change ? ctx.change.change : null };
     const g = arc(a, b);
-    const vias = Object.entries(e.via || {}).filter(([, n]) => num(n) > 0).map(([r]) => r);
-    // while a detour lasts the traffic takes it: the direct line fades, the path via C is drawn dashed
+    // a detour is drawn when it carried a real share of the edge's traffic in the window
+    // (a link that flapped for a second leaves a few forwards via C: those are in the hover only);
+    // when it carried most of it, the direct line fades
+    const events = Math.max(1, num(e.events));
+    const detours = Object.entries(e.via || {}).filter(([, n]) => num(n) >= DETOUR_MIN_SHARE * events);
+    const vias = detours.map(([r]) => r);
+    const detoured = detours.reduce((sum, [, n]) => sum + num(n), 0) >= 0.5 * events;
     traces.push(...detourTraces(a, b, vias, regions, DETOUR_COLOR, hover, meta));
-    traces.push(lineTrace(g, "edge", hover, { width, color }, meta, { opacity: vias.length ? 0.35 : 0.9 }));
+    traces.push(lineTrace(g, "edge", hover, { width, color }, meta, { opacity: detoured ? 0.35 : 0.9 }));
     const head = along(g.raw, 0.72);
     addPoint(arrows, head, hover, [e.src, e.dst], color, head.angle);
     if (vias.length) addPoint(flags, along(g.raw, 0.5), hover, [e.src, e.dst], color, 0, `via ${plain(vias.join(", "))}`);

@@ -73,7 +73,7 @@ async function refreshRoutes() {
     const where = `${relay.region}${relay.stale ? " (stale)" : ""}`;
     for (const r of list(relay.routes)) {
       rows.push(row([where, r.dst, r.next_hop, list(r.path).join(" → "), fmt(r.cost_ms),
-        { text: r.direct ? "direct" : "detour", class: r.direct ? "" : "detour" }], { class: relay.stale ? "stale" : "" }));
+        { text: r.direct ? "direct" : "detour", class: r.direct ? "nowrap" : "detour nowrap" }], { class: relay.stale ? "stale" : "" }));
     }
     if (!list(relay.routes).length) rows.push(row([where, "–", "–", "no routes", "–", "–"]));
   }
