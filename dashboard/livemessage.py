@@ -31,15 +31,19 @@ def number_of(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def edges_message(raw: bytes) -> dict[str, Any] | None:
-    """A collector's live message with ``"type": "edges"``; None when it is not a JSON object."""
+def json_object(raw: bytes | str) -> dict[str, Any] | None:
+    """``raw`` decoded when it is a JSON object; None for anything else."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(data, dict):
-        return None
-    return {"type": "edges", **data}
+    return data if isinstance(data, dict) else None
+
+
+def edges_message(raw: bytes) -> dict[str, Any] | None:
+    """A collector's live message with ``"type": "edges"``; None when it is not a JSON object."""
+    data = json_object(raw)
+    return None if data is None else {"type": "edges", **data}
 
 
 def links_message(raw: bytes) -> dict[str, Any] | None:

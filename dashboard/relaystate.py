@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
-from dashboard.livemessage import number_of, text_of
+from dashboard.livemessage import json_object, number_of, text_of
 from meshcore.topic import matches
 
 STATE_KEY = "meshscope:relaystate"
@@ -59,11 +57,8 @@ def _link(r: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_state(region: str, raw: bytes | str, now_s: float) -> dict[str, Any] | None:
     """One relay's state, or None when the entry is not a JSON object."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
+    data = json_object(raw)
+    if data is None:
         return None
     ts_us = number_of(data.get("ts")) or 0.0
     ts = ts_us / 1e6
@@ -134,13 +129,8 @@ def why(states: Mapping[str, Mapping[str, Any]], src: str, dst: str, topics: Seq
 
 def document_view(raw: bytes | str | None) -> dict[str, Any] | None:
     """The governance document in brief: version id, author, time, how many rules and schema versions."""
-    if not raw:
-        return None
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
+    data = json_object(raw) if raw else None
+    if data is None:
         return None
     number = data.get("version")
     digest = text_of(data.get("digest"), 64)
