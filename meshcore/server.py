@@ -77,6 +77,15 @@ class _WebSocketTls(WebSocketsSansIOProtocol):
         super().connection_made(transport)
         self.app = _with_tls(self.app, transport)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.handshake_exc is not None and not self.handshake_initiated and not self.transport.is_closing():
+            # websockets refused the upgrade request itself (a request line or header over its limits,
+            # or no HTTP at all) and queued its answer (414, 431) without an event for uvicorn, which
+            # would leave the connection open, unanswered, for ever: send the answer and close
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+
     async def send(self, message: Any) -> None:
         await super().send(message)
         # a refusal sent as a plain HTTP response (the WebSocket denial response) ends the handshake;

@@ -325,6 +325,31 @@ async def test_a_body_that_does_not_arrive_gets_408(mesh: Mesh) -> None:
     writer.close()
 
 
+@pytest.mark.parametrize(
+    ("what", "line", "status"),
+    [
+        ("a request line over 8 KiB", f"GET /v1/stream?token={'a' * 9000} HTTP/1.1", b" 414 "),
+        ("a header over 8 KiB", "GET /v1/stream HTTP/1.1\r\nx-big: " + "b" * 9000, b" 431 "),
+    ],
+)
+async def test_an_oversized_upgrade_request_is_answered_and_closed(
+    mesh: Mesh, what: str, line: str, status: bytes
+) -> None:
+    """Refused by the WebSocket parser before any route runs: answered at once, never left hanging."""
+    await mesh.start([A])
+    reader, writer = await asyncio.open_connection("127.0.0.1", mesh[A].server.port)
+    writer.write(
+        f"{line}\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n".encode()
+        + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), scaled(5))
+    assert status in status_line, what
+    assert await asyncio.wait_for(reader.read(), scaled(5)) is not None  # then closed (EOF), not held open
+    writer.close()
+    assert mesh[A].relay.status.health()["status"] == "ok"
+
+
 async def test_a_huge_websocket_frame_is_refused_from_its_header(mesh: Mesh) -> None:
     await mesh.start([A])
     async with connect(f"{mesh[A].ws_url}/v1/stream", additional_headers=AUTH, max_size=None) as ws:
