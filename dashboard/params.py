@@ -30,6 +30,9 @@ GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
 MAX_FILTER_VALUES = 64
 MAX_END_S = 4_102_444_800  # 2100-01-01: beyond it a number is a mistake (milliseconds, say)
+MIN_END_S = 946_684_800  # 2000-01-01: before it, a window would reach back before any flow record
+SECONDS = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")
+"""Unix seconds as ASCII digits: float() would also take "1_700", full-width digits and " 1"."""
 MAX_SEARCH_CHARS = 256
 DEFAULT_THRESHOLD_PCT = 20.0
 
@@ -87,16 +90,12 @@ def live_end(now_s: float, interval_s: float) -> int:
 
 
 def parse_time(text: str | None, name: str) -> float | None:
-    """Unix seconds, or None when absent; BadRequest naming ``name`` otherwise."""
+    """Unix seconds in ASCII digits (a fraction allowed), or None when absent; BadRequest naming ``name`` otherwise."""
     if text is None or text == "":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(f"{name} must be unix seconds (a number), not {text[:40]!r}") from None
-    if not math.isfinite(value) or value <= 0 or value > MAX_END_S:
-        raise BadRequest(f"{name} must be unix seconds between 1 and {MAX_END_S}")
-    return value
+    if SECONDS.fullmatch(text) is None or not MIN_END_S <= float(text) <= MAX_END_S:
+        raise BadRequest(f"{name} must be unix seconds between {MIN_END_S} and {MAX_END_S}, not {text[:40]!r}")
+    return float(text)
 
 
 def parse_end(text: str | None, now_s: float, interval_s: float) -> tuple[int, bool]:
@@ -162,13 +161,9 @@ def parse_compare_end(text: str | None, query: MapQuery) -> int:
 def parse_threshold_pct(text: str | None) -> float:
     if text is None or text == "":
         return DEFAULT_THRESHOLD_PCT
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(f"threshold_pct must be a number, not {text[:40]!r}") from None
-    if not math.isfinite(value) or not 0 < value <= 10_000:
-        raise BadRequest("threshold_pct must be above 0 and at most 10000")
-    return value
+    if re.fullmatch(r"[0-9]{1,5}(\.[0-9]{1,6})?", text) is None or not 0 < float(text) <= 10_000:
+        raise BadRequest(f"threshold_pct must be a number above 0 and at most 10000, not {text[:40]!r}")
+    return float(text)
 
 
 def parse_name(text: str | None, name: str, grammar: re.Pattern[str], example: str) -> str | None:
@@ -205,7 +200,7 @@ def parse_stored_region(text: str | None, name: str) -> str | None:
 def parse_limit(text: str | None, default: int, maximum: int) -> int:
     if text is None or text == "":
         return default
-    if not text.isdigit() or not 1 <= int(text) <= maximum:
+    if re.fullmatch(r"[0-9]{1,9}", text) is None or not 1 <= int(text) <= maximum:  # ASCII digits only
         raise BadRequest(f"limit must be a whole number from 1 to {maximum}")
     return int(text)
 

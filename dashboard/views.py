@@ -18,7 +18,7 @@ from typing import Any
 from collector.grouplag import LagSample, rates, status
 from collector.histogram import quantile
 from dashboard.health import Thresholds, error_pct, health
-from dashboard.params import WINDOWS, Filters
+from dashboard.params import TIMELINE_WINDOWS, Filters
 from dashboard.queries import TRACE_COLUMNS
 from dashboard.timerange import Span
 from meshcore.flowrecord import POLICY_DENIED, SCHEMA_REJECTED
@@ -56,7 +56,7 @@ def edge_stats(row: Row, seconds: int, t: Thresholds) -> dict[str, Any]:
 
 
 def window_name(sp: Span) -> str:
-    for name, seconds in WINDOWS.items():
+    for name, seconds in TIMELINE_WINDOWS.items():
         if abs((sp.end - sp.start) - seconds) < sp.bucket_s:
             return name
     return f"{sp.end - sp.start}s"

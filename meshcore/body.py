@@ -28,7 +28,7 @@ class BodyTimeout(Exception):
 
 async def read_limited(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise BodyTooLarge(int(declared), limit)
     chunks = []
     size = 0

@@ -136,7 +136,7 @@ class _Checker(KeywordRules):
             key = urllib.parse.unquote(raw).replace("~1", "/").replace("~0", "~")
             if isinstance(node, dict) and key in node:
                 node = node[key]
-            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            elif isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
                 node = node[int(key)]
             else:
                 raise Unsure(f"reference {ref!r} does not resolve")

@@ -181,7 +181,7 @@ def _check_ref(ref: object, root: Any, path: str) -> None:
         key = urllib.parse.unquote(raw).replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict) and key in node:
             node = node[key]
-        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+        elif isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
             node = node[int(key)]
         else:
             raise InvalidDocument(path, f"$ref {ref!r} does not resolve within this schema")

@@ -247,7 +247,9 @@ def build_app(relay: Relay) -> Starlette:
                 raise InvalidTopic(f"at most {MAX_PATTERNS} patterns per subscription")
             for p in patterns:
                 validate_pattern(p)
-            if not batch_text.isdigit() or not 1 <= int(batch_text) <= MAX_SUBSCRIBE_BATCH:
+            if not (batch_text.isascii() and batch_text.isdigit() and len(batch_text) <= 9) or not (
+                1 <= int(batch_text) <= MAX_SUBSCRIBE_BATCH
+            ):
                 raise InvalidTopic(f"batch must be a whole number from 1 to {MAX_SUBSCRIBE_BATCH}")
             consumer = ws.query_params.get("consumer") or uuid.uuid4().hex[:12]
             if group is not None:

@@ -97,6 +97,12 @@ async def _links(http: httpx.AsyncClient, stack: Stack) -> dict[tuple[str, str],
         ("/api/groups?region=nowhere", 400, "region: 'nowhere' is not a region"),
         ("/api/search?q=", 400, "q: say what to look for"),
         ("/api/alerts/history?limit=0", 400, "limit must be a whole number"),
+        ("/api/alerts/history?limit=%C2%B2", 400, "limit must be a whole number"),  # "²" passes str.isdigit
+        ("/api/alerts/history?limit=" + "0" * 4300 + "1", 400, "limit must be a whole number"),
+        ("/api/timeline?window=24h&end=1", 400, "end must be unix seconds between"),
+        ("/api/topology/diff?compare_end=1e-300", 400, "compare_end must be unix seconds between"),
+        ("/api/topology?end=%EF%BC%91%EF%BC%92%EF%BC%93", 400, "end must be unix seconds between"),
+        ("/api/topology/diff?threshold_pct=%C2%B2", 400, "threshold_pct must be a number"),
     ],
 )
 async def test_bad_api_requests_say_why(

@@ -35,6 +35,12 @@ T = Thresholds()
         ({"end": "-5"}, "end must be unix seconds between"),
         ({"end": "nan"}, "end must be unix seconds between"),
         ({"end": "1764000000000"}, "end must be unix seconds between"),  # milliseconds by mistake
+        ({"end": "1"}, "end must be unix seconds between 946684800"),  # a window before any record
+        ({"end": "1e-300"}, "end must be unix seconds between"),
+        ({"end": "1.7e9"}, "end must be unix seconds between"),  # digits only
+        ({"end": "\uff11\uff17\uff16\uff14\uff10\uff10\uff10\uff10\uff10\uff10"}, "end"),  # full-width digits
+        ({"end": "1_764_000_000"}, "end"),
+        ({"end": " 1764000000"}, "end"),
         ({"provider": "AWS"}, "provider: 'AWS' is not a provider"),
         ({"provider": "aws;drop"}, "provider"),
         ({"region": "us-east-1"}, "region: 'us-east-1' is not a region"),
@@ -86,7 +92,11 @@ def test_compare_end(compare_end: str | None, end: str | None, expected: int | N
         assert p.parse_compare_end(compare_end, mq) == expected
 
 
-@pytest.mark.parametrize(("text", "ok"), [("20", 20.0), ("", 20.0), ("0", None), ("x", None), ("inf", None)])
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("20", 20.0), ("", 20.0), ("12.5", 12.5), ("0", None), ("x", None), ("inf", None), ("\u00b2", None),
+     ("1_0", None), ("\u0663", None), ("10001", None)],
+)  # fmt: skip
 def test_threshold_pct(text: str, ok: float | None) -> None:
     if ok is None:
         with pytest.raises(p.BadRequest, match="threshold_pct"):
@@ -412,3 +422,21 @@ _TOKEN = st.text(alphabet="abcxyz0+()[]$^|\\", min_size=1, max_size=4)
 )
 def test_topic_regex_agrees_with_the_relays_matcher(pattern: str, topic: str) -> None:
     assert bool(re.fullmatch(p.topic_regex(pattern), topic)) == matches(pattern, topic)
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("", 50), ("7", 7), ("1000", 1000), ("0", None), ("1001", None), ("\u00b2", None), ("\u0663", None),
+     ("0" * 4300 + "1", None), ("-1", None), (" 5", None)],
+)  # fmt: skip
+def test_limit_is_ascii_digits_within_its_range(text: str, ok: int | None) -> None:
+    if ok is None:
+        with pytest.raises(p.BadRequest, match="limit must be a whole number from 1 to 1000"):
+            p.parse_limit(text, 50, 1000)
+    else:
+        assert p.parse_limit(text, 50, 1000) == ok
+
+
+def test_the_week_long_timeline_is_named_as_asked() -> None:
+    sp, _ = rollup_span(7 * 86400, int(NOW) + 1234, live=True, per_topic=False)
+    assert views.window_name(sp) == "7d"

@@ -330,7 +330,7 @@ async def test_batched_subscriber_gets_arrays_and_bad_batch_is_refused(mesh: Mes
         got.extend(ev["id"] for ev in message)
     assert got == [f"b-{i}" for i in range(120)]
     await sub.close()
-    for bad in ("0", "1001", "many"):
+    for bad in ("0", "1001", "many", "\u00b2", "\u0663", "0" * 4300 + "1"):  # "²" and "٣" pass str.isdigit
         with pytest.raises(InvalidStatus) as refused:
             await subscribe(mesh, A, "batch.>", batch=bad)
         assert refused.value.response.status_code == 400
