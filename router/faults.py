@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from meshcore.auth import Principal
+from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 from router.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,11 @@ def fault_routes(relay: Relay, principal_of: Callable[[Request], Principal | Non
         if principal is None or principal.anonymous or not principal.has_role("admin"):
             return JSONResponse({"error": "fault injection needs a principal with the admin role"}, status_code=403)
         try:
-            body = orjson.loads(await request.body())
+            raw = await read_limited(request, 4096, relay.config.body_timeout_s)
+        except (BodyTooLarge, BodyTimeout) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=413 if isinstance(exc, BodyTooLarge) else 408)
+        try:
+            body = orjson.loads(raw)
             peer, fault = body["peer"], body["fault"]
             seconds = float(body.get("seconds", 0))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):

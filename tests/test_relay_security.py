@@ -476,3 +476,25 @@ async def test_a_region_certificate_alone_is_not_enough_when_the_mesh_lists_its_
         async with connect(f"{mesh[C].ws_url}/v1/mesh", ssl=client_ssl(certs, "region-meshscope_dashboard")):
             pass
     assert refused.value.response.status_code == 403
+
+
+async def test_fault_injection_takes_only_small_well_formed_requests_from_admins(
+    mesh: Mesh, http: httpx.AsyncClient
+) -> None:
+    await mesh.start([A, C], env={"MESHSCOPE_FAULT_INJECTION": "true"})
+    url = f"{mesh[A].url}/v1/faults"
+    cases: list[tuple[dict[str, str], bytes, int]] = [
+        (OTHER_AUTH, orjson.dumps({"peer": C, "fault": "cut"}), 403),  # not an admin
+        (AUTH, b"not json", 400),
+        (AUTH, b"[1, 2]", 400),
+        (AUTH, orjson.dumps({"peer": C, "fault": "melt"}), 400),
+        (AUTH, orjson.dumps({"peer": C, "fault": "blackhole", "seconds": 1e9}), 400),
+        (AUTH, orjson.dumps({"peer": C, "fault": "blackhole", "seconds": "a while"}), 400),
+        (AUTH, orjson.dumps({"peer": "aws:nowhere", "fault": "cut"}), 404),
+        (AUTH, orjson.dumps({"peer": C, "fault": "cut", "pad": "x" * 5000}), 413),
+    ]
+    for headers, body, status in cases:
+        reply = await http.post(url, headers={**headers, "content-type": "application/json"}, content=body)
+        assert reply.status_code == status, (body[:60], reply.text)
+        assert reply.json()["error"]
+    assert mesh[A].relay.status.health()["status"] == "ok"
