@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from meshcore.auth import Principal
+from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 from meshcore.document import IncompatibleSchema, InvalidDocument
 from meshcore.errors import StreamUnavailable
 from meshcore.governance import GovernanceContent, add_schema_version, parse_content, to_json
@@ -54,9 +55,12 @@ def _subject_json(s: Subject, with_schemas: bool) -> dict[str, Any]:
 
 def admin_routes(relay: Relay, principal_of: PrincipalOf, unauthorized: Callable[[], Response]) -> list[Route]:
     async def body_json(request: Request) -> Any:
-        body = await request.body()
-        if len(body) > MAX_ADMIN_BODY:
-            raise InvalidDocument("", f"the request is larger than {MAX_ADMIN_BODY} bytes")
+        try:  # refused at the limit, before it is buffered whole, and when it trickles in
+            body = await read_limited(request, MAX_ADMIN_BODY, relay.config.body_timeout_s)
+        except BodyTooLarge:
+            raise InvalidDocument("", f"the request is larger than {MAX_ADMIN_BODY} bytes") from None
+        except BodyTimeout as exc:
+            raise InvalidDocument("", str(exc)) from None
         try:
             return json.loads(body)
         except ValueError as exc:

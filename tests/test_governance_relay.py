@@ -231,6 +231,9 @@ async def test_only_admins_change_governance(mesh: Mesh, http: httpx.AsyncClient
         assert (await anon.get(f"{mesh[A].url}/v1/governance")).status_code == 401
     bad = await http.put(f"{mesh[A].url}/v1/policies", json={"policies": [{"id": "x", "effect": "maybe"}]})
     assert bad.status_code == 400 and bad.json()["path"].startswith("policies")
+    huge = await http.put(f"{mesh[A].url}/v1/policies", content=b"[" + b"1," * (3 << 20) + b"1]")
+    assert huge.status_code == 400 and "larger than" in huge.json()["error"]  # refused before it is buffered
+    assert (await http.get(f"{mesh[A].url}/v1/governance")).status_code == 200
 
 
 async def test_replacing_the_whole_document_takes_admin_over_policies_and_schemas(
