@@ -290,7 +290,7 @@ async def test_plain_servers_add_no_tls_extension(serve: StartServer) -> None:
 
 
 def test_the_extension_works_under_uvloop(pki: Pki) -> None:
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop  # installed with uvicorn[standard], which the relay runs on
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
         server = Server(build_app(Seen()), ssl_context=server_context(pki.files("region-gcp_europe-west1")))
