@@ -242,6 +242,19 @@ def flow_records(client: redis.Redis, stream: str = "meshscope:flows") -> list[F
     return out
 
 
+# testers may publish anything but secret.>; everyone may read and join anything else
+POLICY = {
+    "policies": [
+        {"id": "testers-publish", "effect": "allow", "principals": ["group:testers"], "actions": ["publish"],
+         "topics": [">"]},
+        {"id": "no-secrets", "effect": "deny", "principals": ["*"], "actions": ["publish", "subscribe"],
+         "topics": ["secret.>"]},
+        {"id": "everyone-reads", "effect": "allow", "principals": ["*"], "actions": ["subscribe", "join"],
+         "topics": [">"]},
+    ]
+}  # fmt: skip
+
+
 def cloud_event(topic: str, event_id: str, **extra: Any) -> dict[str, Any]:
     return {
         "specversion": "1.0",

@@ -41,7 +41,7 @@ import pytest
 
 from collector.alertrules import parse_rules
 from router.simulator import Simulator, SimulatorConfig
-from tests.conftest import AUTH, CE_JSON, TEST_TOKEN, cloud_event, eventually, scaled
+from tests.conftest import AUTH, CE_JSON, POLICY, TEST_TOKEN, cloud_event, eventually, scaled
 
 CHROMIUM = os.environ.get("MESHSCOPE_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -65,16 +65,6 @@ INVOICE_SCHEMA = {
     "properties": {"total": {"type": "number"}},
     "required": ["total"],
 }
-POLICY = {
-    "policies": [
-        {"id": "testers-publish", "effect": "allow", "principals": ["group:testers"], "actions": ["publish"],
-         "topics": [">"]},
-        {"id": "no-secrets", "effect": "deny", "principals": ["*"], "actions": ["publish", "subscribe"],
-         "topics": ["secret.>"]},
-        {"id": "everyone-reads", "effect": "allow", "principals": ["*"], "actions": ["subscribe", "join"],
-         "topics": [">"]},
-    ]
-}  # fmt: skip
 # the collector's default rules wait minutes before an alert fires; these fire at the first evaluation
 ALERT_RULES = """
 [[rule]]

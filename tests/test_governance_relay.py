@@ -19,21 +19,11 @@ import redis
 from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 
-from tests.conftest import AUTH, CE_JSON, OTHER_AUTH, Mesh, cloud_event, eventually, flow_records, scaled
+from tests.conftest import AUTH, CE_JSON, OTHER_AUTH, POLICY, Mesh, cloud_event, eventually, flow_records, scaled
 from tests.netfault import TcpProxy
 
 A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
 
-POLICY = {
-    "policies": [
-        {"id": "testers-publish", "effect": "allow", "principals": ["group:testers"], "actions": ["publish"],
-         "topics": [">"]},
-        {"id": "no-secrets", "effect": "deny", "principals": ["*"], "actions": ["publish", "subscribe"],
-         "topics": ["secret.>"]},
-        {"id": "everyone-reads", "effect": "allow", "principals": ["*"], "actions": ["subscribe", "join"],
-         "topics": [">"]},
-    ]
-}  # fmt: skip
 ORDER_V1 = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
