@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshcore.names import REGION_ID
+from meshcore.settings import whole_number
 from meshcore.topic import InvalidTopic, validate_pattern
 
 WINDOWS: dict[str, int] = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
@@ -200,9 +201,10 @@ def parse_stored_region(text: str | None, name: str) -> str | None:
 def parse_limit(text: str | None, default: int, maximum: int) -> int:
     if text is None or text == "":
         return default
-    if re.fullmatch(r"[0-9]{1,9}", text) is None or not 1 <= int(text) <= maximum:  # ASCII digits only
+    value = whole_number(text, 1, maximum)
+    if value is None:
         raise BadRequest(f"limit must be a whole number from 1 to {maximum}")
-    return int(text)
+    return value
 
 
 def parse_search(text: str | None) -> str:

@@ -12,6 +12,8 @@ import asyncio
 
 from starlette.requests import Request
 
+from meshcore.settings import whole_number
+
 
 class BodyTooLarge(Exception):
     """The body is (or says it is) over the limit: 413."""
@@ -27,9 +29,9 @@ class BodyTimeout(Exception):
 
 
 async def read_limited(request: Request, limit: int, timeout_s: float) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
-        raise BodyTooLarge(int(declared), limit)
+    declared = whole_number(request.headers.get("content-length", ""), 0, 1 << 62)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(declared, limit)
     chunks = []
     size = 0
     try:

@@ -15,6 +15,19 @@ MESHSCOPE_FLOW_STREAM = "MESHSCOPE_FLOW_STREAM"
 """Redis stream that receives flow records (default ``meshscope:flows``)."""
 
 
+def whole_number(text: str, minimum: int, maximum: int) -> int | None:
+    """``text`` as a whole number within bounds, or None: ASCII digits only.
+
+    ``str.isdigit`` also says yes to "²" and "٣", which ``int()`` then refuses or reads
+    as another digit, and ``int()`` alone takes "1_000" and " 7"; input from outside is
+    held to ``[0-9]+`` (at most 18 digits, so no huge-integer conversion is ever tried).
+    """
+    if not (0 < len(text) <= 18 and text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if minimum <= value <= maximum else None
+
+
 class SettingError(ValueError):
     """An environment variable whose value cannot be used."""
 

@@ -43,6 +43,7 @@ from meshcore.backoff import backoff_s
 from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 from meshcore.metrics import content_type_for
 from meshcore.names import InvalidName, group_name
+from meshcore.settings import whole_number
 from meshcore.tls import peer_identity
 from meshcore.topic import InvalidTopic, validate_pattern
 from router.admin import admin_routes
@@ -247,9 +248,8 @@ def build_app(relay: Relay) -> Starlette:
                 raise InvalidTopic(f"at most {MAX_PATTERNS} patterns per subscription")
             for p in patterns:
                 validate_pattern(p)
-            if not (batch_text.isascii() and batch_text.isdigit() and len(batch_text) <= 9) or not (
-                1 <= int(batch_text) <= MAX_SUBSCRIBE_BATCH
-            ):
+            batch = whole_number(batch_text, 1, MAX_SUBSCRIBE_BATCH)
+            if batch is None:
                 raise InvalidTopic(f"batch must be a whole number from 1 to {MAX_SUBSCRIBE_BATCH}")
             consumer = ws.query_params.get("consumer") or uuid.uuid4().hex[:12]
             if group is not None:
@@ -278,7 +278,7 @@ def build_app(relay: Relay) -> Starlette:
             return
         await ws.accept()
         sub = relay.subscribe(patterns, principal)
-        sender = asyncio.create_task(_pump(ws, sub.queue, int(batch_text)))
+        sender = asyncio.create_task(_pump(ws, sub.queue, batch))
         try:
             while True:
                 message = await ws.receive()

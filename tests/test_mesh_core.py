@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from meshcore.auth import AuthConfigError, parse_principals, token_hash
 from meshcore.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from meshcore.settings import whole_number
 from meshcore.supervise import Supervisor
 from router import frame as fr
 from router.channel import Channel, Held, OriginState
@@ -430,3 +431,12 @@ def test_tokens_are_looked_up_by_hash() -> None:
     relay = auth.from_certificate("region", A)
     assert relay is not None and relay.name == f"relay:{A}" and relay.region == A
     assert auth.from_certificate("region", "evil<>") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("7", 7), ("0", 0), ("100", 100), ("101", None), ("", None), ("-1", None), (" 7", None), ("1_0", None),
+     ("\u00b2", None), ("\u0663", None), ("\uff17", None), ("0" * 19, None), ("7.0", None)],
+)  # fmt: skip
+def test_whole_numbers_from_outside_are_ascii_digits_within_bounds(text: str, value: int | None) -> None:
+    assert whole_number(text, 0, 100) == value
