@@ -21,7 +21,7 @@ WORKDIR /src
 # check-deploy: install
 RUN --mount=type=bind,target=/src --mount=type=cache,target=/root/.cache/pip \
     python -m venv --without-pip "$VIRTUAL_ENV" \
-    && python -m pip --python "$VIRTUAL_ENV/bin/python" install --only-binary=:all: .
+    && python -m pip --python "$VIRTUAL_ENV/bin/python" install --only-binary=:all: -c constraints.txt .
 
 FROM ${PYTHON_IMAGE}
 # pip, setuptools and wheel of the base image are packaging tools the services never use.

@@ -196,4 +196,4 @@ class GovernanceWatcher:
                 await asyncio.sleep(delay)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
