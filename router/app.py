@@ -57,9 +57,11 @@ from router.errors import (
     UnsupportedMediaType,
 )
 from router.faults import fault_routes
+from router.hop import Subject
 from router.inbound import serve_peer
 from router.outbox import StoreFull
-from router.relay import InDoubt, Relay
+from router.publish import InDoubt
+from router.relay import Relay
 from router.routing import MTLS, PLAIN, TLS
 from router.subscription import ENTRY_ID, MAX_ACK_IDS, GroupConflict, GroupStore
 
@@ -134,7 +136,7 @@ def build_app(relay: Relay) -> Starlette:
                     where: dict[str, Any] = {"index": index} if len(events) > 1 else {}
                     return _error(refusal.status, refusal.error, **refusal.details, **where)
             relay.check_capacity()
-            result = await relay.publish(events, principal)
+            result = await relay.publisher.publish(events, principal)
         except UnsupportedMediaType as exc:
             relay.metrics.inc("rejected_total", status="415")
             return _error(415, str(exc))
@@ -216,7 +218,7 @@ def build_app(relay: Relay) -> Starlette:
                 if relay.sink.full and not await relay.sink.wait_not_full(30.0):
                     await ws.close(CLOSE_UNAVAILABLE, "flow record queue full; try again later")
                     return
-                result = await relay.publish(events, principal) if events else None
+                result = await relay.publisher.publish(events, principal) if events else None
                 await ws.send_bytes(
                     orjson.dumps(
                         {
@@ -266,7 +268,7 @@ def build_app(relay: Relay) -> Starlette:
         if group is not None:
             update = ws.query_params.get("update", "").lower() in ("1", "true", "yes")
             try:
-                await relay.join_group(group, patterns, principal, update)
+                await relay.group_keeper.join(group, patterns, principal, update)
             except GroupConflict as exc:
                 await deny(ws, _error(exc.status, str(exc), rule=exc.rule))
                 return
@@ -295,7 +297,7 @@ def build_app(relay: Relay) -> Starlette:
         name = request.path_params["name"]
         try:
             group_name(name)
-            if await relay.remove_group(name, principal) is None:
+            if await relay.group_keeper.remove(name, principal) is None:
                 return _error(404, f"no consumer group {name!r} in {relay.region}")
         except InvalidName as exc:
             return _error(400, str(exc))
@@ -419,10 +421,7 @@ async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, p
                 topic = event.get("type") if isinstance(event, dict) else None
                 if gate is not None and (not isinstance(topic, str) or not gate(topic)):
                     refused.append(entry_id)
-                    relay.record_rejected(
-                        str(event.get("id", ""))[:256] if isinstance(event, dict) else "", str(topic or "")[:255],
-                        fk.POLICY_DENIED, 0, principal.name,
-                    )  # fmt: skip
+                    relay.record.refused(Subject.of_body(event), fk.POLICY_DENIED, principal.name)
                     continue
                 await ws.send_text(orjson.dumps({"ack": entry_id, "event": event}).decode())
             if refused:
@@ -474,6 +473,5 @@ async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, p
 def _record_rejection(relay: Relay, obj: object, principal: Principal) -> None:
     """Leave a ``malformed`` drop record for a refused event that has an id (nothing of it is routed)."""
     if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-        topic = obj.get("type") if isinstance(obj.get("type"), str) else ""
         size = len(orjson.dumps({k: v for k, v in obj.items() if k != "data"})) if len(obj) < 100 else 0
-        relay.record_rejected(obj["id"], str(topic), fk.MALFORMED, size, principal.name)
+        relay.record.refused(Subject.of_body(obj)._replace(size=size), fk.MALFORMED, principal.name)

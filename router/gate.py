@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -20,6 +20,7 @@ from meshcore.document import SchemaViolation
 from meshcore.governance import Governance
 from meshcore.policy import Action, Decision
 from router.envelope import Event
+from router.hop import Subject
 from router.subscription import GroupStore
 
 ReadGate = Callable[[str], bool]
@@ -35,17 +36,8 @@ class Refusal:
     details: dict[str, Any]
 
 
-class RecordRejected(Protocol):
-    def __call__(
-        self,
-        event_id: str,
-        topic: str,
-        status: str,
-        size: int,
-        principal: str,
-        trace_id: str = "",
-        dataschema: str = "",
-    ) -> None: ...
+RecordRefused = Callable[[Subject, str, str], None]
+"""Leaves the drop record of a refused event: (what it was, the status, who sent it)."""
 
 
 class Gate:
@@ -57,13 +49,13 @@ class Gate:
         auth: Authenticator,
         groups: GroupStore,
         current: Callable[[], Governance],
-        record_rejected: RecordRejected,
+        record_refused: RecordRefused,
     ) -> None:
         self.region = region
         self.auth = auth
         self.groups = groups
         self.current = current
-        self.record_rejected = record_rejected
+        self.record_refused = record_refused
         self._group_gates: dict[str, ReadGate | None] = {}
 
     def changed(self) -> None:
@@ -119,7 +111,7 @@ class Gate:
                 out.append(Refusal(403, decision.reason, {"rule": decision.rule}))
                 # the governance artifact behind a refusal: for a policy denial, the deciding rule
                 ref = f"policy:{decision.rule or 'default-deny'}"
-                self.record_rejected(ev.id, ev.topic, fk.POLICY_DENIED, ev.size, principal.name, ev.trace.trace_id, ref)
+                self.record_refused(Subject.of_event(ev)._replace(dataschema=ref), fk.POLICY_DENIED, principal.name)
                 continue
             body = ev.body
             named = body.get("dataschema") if isinstance(body.get("dataschema"), str) else None
@@ -130,10 +122,8 @@ class Gate:
             except SchemaViolation as exc:
                 details = {"pointer": exc.pointer, "reason": exc.reason, "dataschema": exc.schema_version}
                 out.append(Refusal(422, str(exc), details))
-                self.record_rejected(
-                    ev.id, ev.topic, fk.SCHEMA_REJECTED, ev.size, principal.name, ev.trace.trace_id,
-                    exc.schema_version,
-                )  # fmt: skip
+                subject = Subject.of_event(ev)._replace(dataschema=exc.schema_version[:2048])
+                self.record_refused(subject, fk.SCHEMA_REJECTED, principal.name)
                 continue
             if uri is not None and named != uri:
                 body["dataschema"] = uri

@@ -20,7 +20,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from router import frame as fr
 from router.committer import Unavailable
 from router.errors import FrameError
-from router.relay import Inbound, Relay
+from router.meshstate import Inbound
+from router.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,11 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
                     return
                 conn.gov = hello["gov"]
                 if key is None:
-                    key = relay.register_inbound(conn)
+                    key = relay.mesh.register_inbound(conn)
             elif key is None:
                 raise FrameError(f"{kind} before HELLO")
             elif kind == fr.EVENTS:
-                await relay.receive_mesh(region, msg, send)
+                await relay.receiver.receive(region, msg, send)
             elif kind == fr.PING:
                 send(fr.encode(fr.PONG, ts=fr.ts_of(msg)))
             else:
@@ -101,7 +102,7 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
         pass
     finally:
         if key is not None:
-            relay.unregister_inbound(key)
+            relay.mesh.unregister_inbound(key)
         receiver.cancel()
         for task in tasks:
             task.cancel()

@@ -47,7 +47,9 @@ from router.committer import Ops
 from router.config import RelayConfig
 from router.envelope import Event, EventLimits, now_us, validate_event
 from router.errors import InvalidInput
+from router.hop import Hop, Subject, gap
 from router.link import MeshLink
+from router.recorder import Recorder
 from router.routing import LinkStateTable
 from router.tracecontext import new_span_id
 
@@ -93,7 +95,7 @@ class Outbox:
         client: aioredis.Redis,
         routes: LinkStateTable,
         links: dict[str, MeshLink],
-        record: Callable[..., None],
+        record: Recorder,
         limits: EventLimits,
     ):
         self.config = config
@@ -159,10 +161,10 @@ class Outbox:
                 if first > ch.floor:
                     # the store lost entries it should still hold: a gap we can name but not deliver
                     log.error("stored events missing", extra={"dst": dst, "first": ch.floor, "last": first - 1})
-                    self._gap_record(ch, ch.floor, first - 1)
+                    self.record(gap(self.me, ch.dst, ch.floor, first - 1))
                     ch.floor = first
             elif ch.floor < ch.next_seq:
-                self._gap_record(ch, ch.floor, ch.next_seq - 1)
+                self.record(gap(self.me, ch.dst, ch.floor, ch.next_seq - 1))
                 ch.floor = ch.next_seq
             ch.cursor = ch.floor
             self.channels[dst] = ch
@@ -190,9 +192,6 @@ class Outbox:
             ev.published_us = int(published_us)
             out.append(Held(int(seq), ev, str(span_id), str(principal), int(accepted_us)))
         return first, last, out
-
-    def _gap_record(self, ch: Channel, first: int, last: int) -> None:
-        self.record(None, fk.DROP, new_span_id(), "", self.me, ch.dst, now_us(), 0.0, fk.GAP, seq=first, seq_end=last)
 
     # ---- accepting ------------------------------------------------------------------------------
 
@@ -292,18 +291,21 @@ class Outbox:
                 encoded.append(fr.encode_item(item))
                 hop_ms = (sent_us - held.accepted_us) / 1000 if held.attempt == 1 else 0.0
                 self.record(
-                    held.event,
-                    fk.FORWARD,
-                    fwd_span,
-                    held.span_id,
-                    self.me,
-                    dst,
-                    sent_us,
-                    hop_ms,
-                    attempt=held.attempt,
-                    seq=held.seq,
-                    principal=held.principal,
-                    via=route.next_hop,
+                    Hop(
+                        Subject.of_event(held.event),
+                        fk.FORWARD,
+                        fwd_span,
+                        held.span_id,
+                        self.me,
+                        dst,
+                        sent_us,
+                        hop_ms,
+                        fk.OK,
+                        held.attempt,
+                        held.seq,
+                        held.principal,
+                        route.next_hop,
+                    )
                 )
             link.send(encoded)
             sent += len(items)
@@ -410,19 +412,21 @@ class Outbox:
             by_link.setdefault(route.next_hop, []).append(fr.encode_item(out))
             self._remember(item, upstream)
             self.record(
-                None,
-                fk.TRANSIT,
-                span,
-                item.span_id,
-                item.origin,
-                item.dst,
-                sent_us,
-                (sent_us - item.sent_us) / 1000,
-                attempt=item.attempt,
-                seq=item.seq,
-                principal=item.principal,
-                via=route.next_hop,
-                item=item,
+                Hop(
+                    Subject.of_body(item.event, item.published_us),
+                    fk.TRANSIT,
+                    span,
+                    item.span_id,
+                    item.origin,
+                    item.dst,
+                    sent_us,
+                    (sent_us - item.sent_us) / 1000,
+                    fk.OK,
+                    item.attempt,
+                    item.seq,
+                    item.principal,
+                    route.next_hop,
+                )
             )
         for hop, encoded in by_link.items():
             self.links[hop].send(encoded)

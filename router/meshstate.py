@@ -1,0 +1,151 @@
+"""This relay's place in the mesh: its links coming up and down, its link state, and the peers that dialed in.
+
+Each relay advertises its up outbound links (with their measured RTT) and its
+local interest as one link state advertisement, pushed to every peer that
+dialed in whenever either changes and refreshed every few seconds;
+advertisements of other regions that arrive over our links are merged into
+the route table and flooded on. Acknowledgements arriving over a link free
+held events (``Outbox.acked``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+
+from router import frame as fr
+from router.committer import Ops
+from router.envelope import now_us
+from router.link import MeshLink
+from router.routing import LINK_STATE_VALUE, SECURITY_VALUE, UP
+
+if TYPE_CHECKING:
+    from router.relay import Relay
+
+log = logging.getLogger(__name__)
+
+LSA_KEY = "meshscope:lsa"
+LSA_REFRESH_S = 5.0
+
+
+@dataclass
+class Inbound:
+    """A peer relay that dialed us: where to push link state and acknowledgements."""
+
+    region: str
+    send: Callable[[bytes], None]
+    security: str
+    principal: str
+    gov: str = ""
+
+
+class MeshState:
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.inbound: dict[int, Inbound] = {}
+        self._lsa_seq = now_us()
+
+    # ---- peers that dialed in -------------------------------------------------------------------
+
+    def register_inbound(self, conn: Inbound) -> int:
+        r = self.relay
+        key = id(conn)
+        self.inbound[key] = conn
+        conn.send(fr.encode(fr.HELLO, **r.hello))
+        conn.send(fr.encode(fr.INTEREST, lsa=self.own_lsa().to_json()))
+        conn.send(fr.encode(fr.ROUTES, lsas=[ad.to_json() for ad in r.routes.fresh()]))
+        return key
+
+    def unregister_inbound(self, key: int) -> None:
+        self.inbound.pop(key, None)
+
+    def broadcast(self, data: bytes) -> None:
+        """One frame to every peer that dialed in."""
+        for conn in list(self.inbound.values()):
+            conn.send(data)
+
+    # ---- our link state -------------------------------------------------------------------------
+
+    def up_links(self) -> dict[str, float]:
+        """Our up outbound links and their cost: the last RTT measured (1 ms until the first pong)."""
+        return {
+            link.peer_region: round(link.rtt_ms or 1.0, 3)
+            for link in self.relay.links
+            if link.state == UP and link.peer_region is not None
+        }
+
+    def own_lsa(self) -> fr.LinkStateAd:
+        r = self.relay
+        return fr.LinkStateAd(
+            r.region, self._lsa_seq, self.up_links(), tuple(sorted(r.local.patterns.patterns)), r.config.transit
+        )
+
+    def advertise(self) -> None:
+        """Our link state changed (links or interest): a new advertisement to everyone who dialed in."""
+        r = self.relay
+        self._lsa_seq = max(now_us(), self._lsa_seq + 1)
+        ad = self.own_lsa()
+        self.broadcast(fr.encode(fr.INTEREST, lsa=ad.to_json()))
+        ops = Ops()
+        ops.hset(LSA_KEY, r.region, orjson.dumps(ad.to_json()))
+        if r.breaker.healthy:
+            r.committer.submit(ops)
+
+    async def advertise_loop(self) -> None:
+        r = self.relay
+        while True:
+            await asyncio.sleep(LSA_REFRESH_S * (0.8 + random.random() * 0.4))
+            r.routes.set_own_links(self.up_links())  # RTTs measured since: our own routes' costs too
+            self.advertise()
+            if r.routes.refresh(now_us()):
+                r.wake()
+
+    def _own_links_changed(self) -> None:
+        r = self.relay
+        if r.routes.set_own_links(self.up_links()):
+            self.advertise()
+        r.wake()
+
+    # ---- link callbacks -------------------------------------------------------------------------
+
+    def link_up(self, link: MeshLink) -> None:
+        r = self.relay
+        assert link.peer_region is not None
+        r.links_by_region[link.peer_region] = link
+        r.metrics.set("link_security", SECURITY_VALUE[link.security], peer=link.peer_region)
+        self._own_links_changed()
+
+    def link_down(self, link: MeshLink) -> None:
+        if link.peer_region is not None:
+            resent = self.relay.outbox.link_down(link.peer_region)
+            if resent:
+                log.info("events will be sent again", extra={"peer": link.peer_region, "events": resent})
+        self._own_links_changed()
+
+    def link_acks(self, link: MeshLink, ranges: list[tuple[str, str, int, int]]) -> None:
+        if self.relay.outbox.acked(ranges):
+            self.relay.wake()
+
+    def link_lsas(self, link: MeshLink, ads: list[fr.LinkStateAd]) -> None:
+        r = self.relay
+        now = now_us()
+        newer = [ad for ad in ads if r.routes.merge(ad, now)]
+        if newer:
+            self.broadcast(fr.encode(fr.ROUTES, lsas=[ad.to_json() for ad in newer]))
+            r.wake()
+
+    def link_state(self, link: MeshLink, state: str) -> None:
+        m = self.relay.metrics
+        peer = link.name
+        m.set("link_state", LINK_STATE_VALUE[state], peer=peer)
+        if state != UP:
+            m.remove("link_rtt_ms", peer=peer)
+        if state == "connecting" and link.connects:
+            m.inc("link_reconnects_total", peer=peer)
+        log.info("link state", extra={"peer": peer, "state": state})

@@ -1,0 +1,128 @@
+"""The publish path: events a producer hands to this relay, made durable, then routed.
+
+Order of work: check duplicates (by principal, source and id), decide where
+the event goes, then make it durable in ONE commit: local group appends, the
+outbound store of every destination region, and the publish/deliver/drop
+records that say so. Only once that commit landed is the event marked as
+seen, handed to live subscribers and sent over the mesh, and the publisher
+answered 202. When Redis fails the publisher gets 503 with Retry-After and a
+retry is accepted, not called a duplicate. (Validation, policy and schema
+come before, in the HTTP and stream handlers and ``router.gate``.)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from meshcore import flowrecord as fk
+from meshcore.auth import Principal
+from meshcore.flowrecord import FlowRecord, pack
+from router.channel import Held
+from router.committer import Ops, Unavailable
+from router.delivery import Arrival
+from router.envelope import Event, now_us
+from router.hop import Hop, Subject, dropped
+from router.outbox import StoreFull
+from router.subscription import Subscriber
+from router.tracecontext import new_span_id
+
+if TYPE_CHECKING:
+    from router.relay import Relay
+
+
+class InDoubt(Exception):
+    """An earlier attempt of this event is still being made durable; the publisher retries later."""
+
+
+@dataclass
+class PublishResult:
+    accepted: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+class Publisher:
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    async def publish(self, events: list[Event], principal: Principal) -> PublishResult:
+        """Make accepted events durable, then route them; raise Unavailable (503) when Redis fails."""
+        r = self.relay
+        if not r.ready.is_set():
+            raise Unavailable("the relay is still loading its state from Redis", 1.0)
+        r.committer.available()
+        result = PublishResult()
+        ops = Ops()
+        records: list[FlowRecord] = []
+        reserved: list[tuple[str, ...]] = []
+        held: list[tuple[str, Held]] = []
+        lives: list[tuple[Arrival, list[Subscriber]]] = []
+        appended: Counter[str] = Counter()
+        topics: Counter[tuple[str, str]] = Counter()
+        region = r.region
+        who = principal.name
+        try:
+            for ev in events:
+                key = (who, ev.source, ev.id)
+                state = r.dedup.state(key)
+                if state == "pending":
+                    raise InDoubt(f"an earlier attempt of event {ev.id!r} is still being stored; retry shortly")
+                start = ev.published_us = now_us()
+                span, parent, subject = new_span_id(), ev.trace.span_id, Subject.of_event(ev)
+                if state == "seen":
+                    result.duplicates.append(ev.id)
+                    r.record(Hop(subject, fk.DROP, span, parent, region, region, start, 0.0, fk.DUPLICATE, 1, 0, who))
+                    continue
+                r.dedup.reserve(key)
+                reserved.append(key)
+                result.accepted.append(ev.id)
+                topics[("producer", ev.topic)] += 1
+                local = r.local.patterns.matches(ev.topic)
+                remote = r.routes.interested(ev.topic)
+                if not local and not remote:
+                    hop = Hop(subject, fk.DROP, span, parent, region, region, start, 0.0, fk.NO_ROUTE, 1, 0, who)
+                    r.record(hop, into=records)
+                    continue
+                ts = now_us()
+                r.record(
+                    Hop(subject, fk.PUBLISH, span, parent, region, region, ts, (ts - start) / 1000, fk.OK, 1, 0, who),
+                    into=records,
+                )
+                if local:
+                    arrival = Arrival(ev, span, region, ts, principal=who)
+                    subs = r.delivery.deliver(arrival, ops, records)
+                    if subs:
+                        lives.append((arrival, subs))
+                for dst in remote:
+                    item, overflow = r.outbox.append(ops, dst, ev, span, who, start, appended[dst])
+                    appended[dst] += 1
+                    held.append((dst, item))
+                    for old in overflow:
+                        r.record(dropped(old, region, dst, fk.EXPIRED, ts), into=records)
+        except (InDoubt, StoreFull):
+            for reserved_key in reserved:
+                r.dedup.release(reserved_key)
+            for dst, n in appended.items():
+                r.outbox.channels[dst].next_seq -= n
+            r.outbox.discard()
+            raise
+        r.outbox.persist(ops, set(appended))
+        if records:
+            ops.xadd(r.config.flow_stream, pack(records))
+
+        def landed() -> None:
+            for key in reserved:
+                r.dedup.commit(key)
+            for dst, item in held:
+                r.outbox.channel(dst).hold(item)
+            for arrival, subs in lives:
+                r.delivery.offer(arrival, subs)
+            if held:
+                r.wake()
+
+        ops.then.append(landed)
+        r.metrics.inc_many("events_in_total", ("source", "topic"), topics)
+        await r.committer.commit(ops, r.config.publish_timeout_s)
+        r.record.flush_counts()
+        return result
