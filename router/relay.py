@@ -9,6 +9,7 @@ joins them and owns their shared state:
 - ``router.outbox``: events held for other regions, sent over the current route;
 - ``router.meshstate``: links up and down, link state advertisements, peers that dialed in;
 - ``router.groupkeeper``: joining, deleting and trimming durable groups;
+- ``router.authority``: governance versions ordered by one authority, copied to every region;
 - ``router.recorder``: every hop as a flow record, counters and a hop span (``router.hop``).
 
 Start-up loads the durable state (groups, held events, what was applied from
@@ -38,6 +39,7 @@ from meshcore.metrics import Registry
 from meshcore.supervise import Supervisor
 from meshcore.tls import client_context
 from router import frame as fr
+from router.authority import Authority
 from router.channel import OriginState
 from router.committer import Committer, Ops
 from router.config import RelayConfig
@@ -111,7 +113,7 @@ class Relay:
         self.tracer = tracer
         self.record = Recorder(self.region, self.name, self.sink, m, tracer)
         self.registry = GovernanceStore(client)
-        self.watcher = GovernanceWatcher(self.registry, self._governance_changed)
+        self.watcher = GovernanceWatcher(self.registry, self._governance_changed, lambda doc: self.authority.ahead(doc))
         self.gate = Gate(self.region, self.auth, self.groups, lambda: self.watcher.governance, self.record.refused)
         self.gov_version = ""
         self.hello = {
@@ -122,7 +124,10 @@ class Relay:
             "lon": config.region.lon,
             "city": config.region.city,
             "gov": self.gov_version,
+            "gov_home": config.governance_home or "",
+            "gov_cut_off": False,
         }
+        self.authority = Authority(self)
         # the paths an event takes, each in its own module
         self.mesh = MeshState(self)
         self.delivery = LocalDelivery(self)
@@ -132,7 +137,9 @@ class Relay:
         tls = config.tls
         ssl_ctx = client_context(tls, tls.ca) if tls is not None and tls.ca else None
         mesh = self.mesh
-        callbacks = LinkCallbacks(mesh.link_up, mesh.link_down, mesh.link_acks, mesh.link_lsas, mesh.link_state)
+        callbacks = LinkCallbacks(
+            mesh.link_up, mesh.link_down, mesh.link_acks, mesh.link_lsas, mesh.link_state, mesh.link_governance
+        )
         self.links: list[MeshLink] = []
         for text in config.peers:
             peer = PeerAddress.parse(text)
@@ -188,6 +195,8 @@ class Relay:
         sup.spawn("group-trim", self.group_keeper.trim_loop)
         sup.spawn("link-state", self.mesh.advertise_loop)
         sup.spawn("governance", self._watch_governance)
+        sup.spawn("governance-store", self.authority.persist_loop)
+        sup.spawn("governance-contact", self.authority.watch_contact)
         sup.spawn("loop-monitor", lambda: monitor_loop(self.metrics))
         for link in self.links:
             sup.spawn(f"link {link.url}", link.run)
@@ -259,6 +268,12 @@ class Relay:
         for sub in self.subscribers.values():
             sub.gate = self.gate.read_gate(sub.principal)
         self.gate.changed()
+        self.send_hello()
+        if gov.document is not None:
+            self.authority.flood(gov.document)
+
+    def send_hello(self) -> None:
+        """Our HELLO again to every peer, over every connection: what we enforce changed, or our contact."""
         hello = fr.encode(fr.HELLO, **self.hello)
         self.mesh.broadcast(hello)
         for link in self.links:
