@@ -49,7 +49,7 @@ from router.errors import Backpressure, FrameError
 from router.flowsink import FlowSink
 from router.gate import Gate
 from router.groupkeeper import GroupKeeper
-from router.hop import dropped
+from router.hop import dropped, trimmed
 from router.link import LinkCallbacks, MeshLink, PeerAddress
 from router.meshstate import LSA_KEY, MeshState
 from router.outbox import Dropped, Outbox
@@ -106,6 +106,7 @@ class Relay:
             config.flow_flush_interval_s,
             m,
             writer=f"{self.region}/{self.name}/flows",
+            on_trimmed=lambda records, oldest_us: self.record(trimmed(self.region, records, oldest_us)),
         )
         if tracer is None:
             exporter = otlp_exporter(config.otlp_endpoint) if config.otlp_endpoint else None
