@@ -41,6 +41,8 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
     last_heard = time.monotonic()
 
     def send(data: bytes) -> None:
+        if relay.isolated:
+            return  # fault injection: nothing leaves an isolated region
         if delay_s:
             loop.call_later(delay_s, outbox.put_nowait, data)
         else:
@@ -72,6 +74,8 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
             if message["type"] == "websocket.disconnect":
                 return
             receiver = asyncio.create_task(ws.receive())
+            if relay.isolated:
+                continue  # fault injection: nothing reaches an isolated region
             last_heard = time.monotonic()
             msg = fr.decode(message.get("bytes") or message.get("text") or b"")
             kind = msg["t"]

@@ -166,6 +166,7 @@ class Relay:
         self.group_members: Counter[str] = Counter()  # group -> members connected here
         self.outbox = Outbox(config, client, self.routes, self.links_by_region, self.record, self.limits)
         self._wake = asyncio.Event()
+        self.isolated_until = 0.0  # fault injection: every link silent until then (``isolate``)
         # set once groups, stored events and applied state are loaded: mesh events and publishes wait
         # for it, or events right after a restart would be routed without knowing the durable groups
         self.ready = asyncio.Event()
@@ -327,6 +328,16 @@ class Relay:
         if self.subscribers.pop(sub.id, None) is not None and self.local.remove(sorted(sub.patterns.patterns)):
             self.mesh.advertise()
         self.metrics.set("subscribers", len(self.subscribers))
+
+    def isolate(self, seconds: float) -> None:
+        """Fault injection: every link silent for ``seconds``, both ways (``router.faults``)."""
+        self.isolated_until = time.monotonic() + seconds
+        for link in self.links:
+            link.black_hole(seconds)
+
+    @property
+    def isolated(self) -> bool:
+        return time.monotonic() < self.isolated_until
 
     async def _flap_links(self) -> None:
         """Drop a random up link now and then, so a demo shows reconnects and resends."""

@@ -74,3 +74,23 @@ def test_the_live_message_names_every_region() -> None:
     fresh = {"b": freshness(StoreReading(NOW, "", NOW - 60, None, True), NOW), "a": {"stale": False}}
     message = regions_message(fresh, NOW)
     assert message["type"] == "regions" and [r["id"] for r in message["regions"]] == ["a", "b"]
+
+
+def test_a_region_cut_off_with_an_older_governance_version_is_a_mismatch_while_it_lasts() -> None:
+    import orjson
+
+    from dashboard.relaystate import governance_view, parse_states
+
+    def state(version: str, age_s: float, reachable: bool) -> bytes:
+        authority = {"home": "a", "authority_reachable": reachable}
+        return orjson.dumps({"ts": int((NOW - age_s) * 1e6), "relay": "r", "governance": version,
+                             "governance_authority": authority})  # fmt: skip
+
+    raw = {b"aws:a": state("3-000000000003", 1, True), b"gcp:b": state("2-000000000002", 40, False)}
+    states = parse_states(raw, NOW)
+    view = governance_view(states, None, [])
+    assert view["mismatch"] and view["versions"] == ["2-000000000002", "3-000000000003"]
+    assert {r["region"]: (r["stale"], r["cut_off"]) for r in view["relays"]} == {
+        "aws:a": (False, False),
+        "gcp:b": (True, True),
+    }
