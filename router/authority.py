@@ -48,6 +48,7 @@ from meshcore.errors import StreamUnavailable
 from meshcore.governance import (
     FORK,
     NEWER,
+    NONE,
     OLDER,
     GovernanceConflict,
     GovernanceContent,
@@ -109,7 +110,10 @@ class Authority:
         self.lost_at: float | None = None
         """When contact with the authority was lost (None: in contact, or this relay is the authority)."""
         self._ahead: GovernanceDocument | None = None  # taken from the mesh, not yet in the region's store
+        self._confirm = False  # the authority said it holds no document: record that in the region's store
         self._wake = asyncio.Event()
+        self.heard = False
+        """Whether the region's store (or the authority itself) has told which version to enforce, ``none`` included."""
 
     @property
     def orders(self) -> bool:
@@ -132,6 +136,24 @@ class Authority:
         route = r.routes.route(home or "")
         return route is not None and route.reachable
 
+    def known(self) -> bool:
+        """Whether this relay knows which governance version to enforce.
+
+        A relay that orders changes, or holds a document, does. One whose region's store holds none
+        (a new region, or a store that lost its data) knows only once the authority has told it that
+        it has none either (its HELLO); until then it must not act as if no policy applied.
+        """
+        r = self.relay
+        if self.orders or self.heard or r.watcher.governance.document is not None:
+            return True
+        link = r.links_by_region.get(self.home or "")
+        told = link is not None and link.state == UP and link.peer_gov == NONE
+        if told or any(conn.region == self.home and conn.gov == NONE for conn in r.inbound.values()):
+            self.heard = self._confirm = True
+            self._wake.set()
+            return True
+        return False
+
     def cut_off_s(self, now: float | None = None) -> float | None:
         """Seconds since contact with the authority was lost, or None while in contact."""
         if self.lost_at is None:
@@ -146,6 +168,7 @@ class Authority:
         r.hello["gov_cut_off"] = self.lost_at is not None
         while True:
             await asyncio.sleep(CONTACT_CHECK_S)
+            self.known()  # the authority's "none" is recorded as soon as it is heard
             contact = self.in_contact()
             if contact == (self.lost_at is None):
                 continue
@@ -349,9 +372,13 @@ class Authority:
             await self._wake.wait()
             self._wake.clear()
             document = self._ahead
-            if document is None:
+            if document is None and not self._confirm:
                 continue
             try:
+                if document is None:
+                    await self.relay.registry.confirm_none()
+                    self._confirm = False
+                    continue
                 await self.relay.registry.store(document)
             except StreamUnavailable as exc:
                 if attempt == 0:

@@ -86,6 +86,20 @@ class GovernanceStore:
             raise StreamUnavailable(f"cannot read the governance registry: {exc}") from exc
         return raw.decode() if raw else "none"
 
+    async def has_version(self) -> bool:
+        """Whether the store holds a version id at all, ``none`` included (absent: never heard of one)."""
+        try:
+            return bool(await self.client.exists(VERSION))
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot read the governance registry: {exc}") from exc
+
+    async def confirm_none(self) -> None:
+        """Record that the authority holds no document either (unless a version arrived meanwhile)."""
+        try:
+            await self.client.set(VERSION, "none", nx=True)
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot write the governance registry: {exc}") from exc
+
     async def change(
         self,
         edit: Callable[[GovernanceContent], GovernanceContent],

@@ -41,7 +41,7 @@ from meshcore.tls import client_context
 from router import frame as fr
 from router.authority import Authority
 from router.channel import OriginState
-from router.committer import Committer, Ops
+from router.committer import Committer, Ops, Unavailable
 from router.config import RelayConfig
 from router.delivery import LocalDelivery
 from router.envelope import EventLimits, now_us
@@ -215,6 +215,7 @@ class Relay:
                 lsas: Any = await self.redis.hgetall(LSA_KEY)
                 dropped = await self.outbox.load()
                 await self.watcher.refresh()
+                self.authority.heard = self.authority.heard or await self.registry.has_version()
                 await self.redis.hset(REGIONS_KEY, self.region, orjson.dumps({**self.hello, "ts": now_us()}))
             except (StreamUnavailable, RedisError) as exc:
                 delay = min(5.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2)
@@ -286,8 +287,18 @@ class Relay:
     def check_capacity(self) -> None:
         """Raise when events cannot be accepted now: Redis is failing (503) or flow records back up (429)."""
         self.committer.available()
+        self.check_governance()
         if self.sink.full:
             raise Backpressure("the relay's flow record queue is full", retry_after_s=1)
+
+    def check_governance(self) -> None:
+        """Raise Unavailable (503) while the governance version to enforce is not known (never fall open)."""
+        if not self.authority.known():
+            raise Unavailable(
+                f"the governance version to enforce is not known yet: {self.region}'s store holds none and the "
+                f"authority ({self.config.governance_home}) has not been reached",
+                2.0,
+            )
 
     # ---- dispatch -----------------------------------------------------------------------------
 

@@ -234,6 +234,11 @@ class Status:
             )
         if authority["fork"]:
             reasons.append(str(authority["fork"]))
+        if not r.authority.known():
+            reasons.append(
+                f"governance version not known yet: the store holds none and the authority ({authority['home']}) "
+                "has not been reached; publishes and subscriptions wait (503)"
+            )
         reasons += r.supervisor.problems()
         links = {row["peer"]: row["state"] for row in self.link_rows()}
         return {

@@ -161,3 +161,31 @@ async def test_a_copy_that_does_not_check_is_refused_and_a_fork_is_reported(
     assert mesh[B].relay.gov_version == version
     reasons: Any = mesh[B].relay.status.health()["reasons"]
     assert any("two relays order changes" in r for r in reasons)
+
+
+async def test_a_region_whose_store_lost_its_copy_waits_for_the_authority_instead_of_falling_open(
+    mesh: Mesh, http: httpx.AsyncClient, region_stores: RegionValkeys
+) -> None:
+    stores = region_stores([A, B])
+    await mesh.start([A, B], env=HOME, redis_urls=stores, proxied=[(A, B), (B, A)])
+    version = (await http.put(f"{mesh[A].url}/v1/policies", json=POLICY)).json()["version"]
+    await eventually(lambda: stored_version(stores[B]) == version, 5)
+    # B's store loses everything (no append-only file) and B's relay restarts while B is cut off
+    mesh.isolate(B)
+    port = mesh[B].server.port
+    await mesh.stop_one(B)
+    redis.Redis.from_url(stores[B]).flushall()
+    await mesh.start_one(B, sock=bind(port=port), env=HOME, redis_url=stores[B], peers=mesh_peers(mesh, B))
+    assert mesh[B].relay.gov_version == "none"
+    # no document and no word from the authority: not "no policy", but "not yet"
+    refused = await http.post(
+        f"{mesh[B].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("secret.plans", "w-1"))
+    )
+    assert refused.status_code == 503 and "not known yet" in refused.json()["error"], refused.text
+    health = mesh[B].relay.status.health()
+    assert health["status"] == "degraded" and any("not known yet" in r for r in health["reasons"])
+    mesh.heal(B)
+    await eventually(lambda: mesh[B].relay.gov_version == version, 5)
+    assert await publish(http, mesh[B].url, "secret.plans", "w-2") == 403
+    assert await publish(http, mesh[B].url, "orders.created", "w-3") == 202
+    await eventually(lambda: stored_version(stores[B]) == version, 5)
