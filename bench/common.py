@@ -204,8 +204,11 @@ def spawn_mesh(
     anonymous: bool = False,
     ports: dict[str, int] | None = None,
     via: dict[tuple[str, str], int] | None = None,
+    redis_urls: dict[str, str] | None = None,
 ) -> BenchMesh:
     """Relay processes in a full mesh (mutual TLS with ``tls``); returns once all links are up.
+
+    Every relay uses ``redis_url``, or its own region's store when ``redis_urls`` names it.
 
     The benchmark client is the principal ``bench`` (an admin, so it can write governance); with
     ``anonymous`` clients need no token (the relays still authenticate each other). ``via`` sends
@@ -235,7 +238,7 @@ def spawn_mesh(
             "MESHSCOPE_REGION": r,
             "MESHSCOPE_PORT": str(mesh.ports[r]),
             "MESHSCOPE_PEERS": peers,
-            "REDIS_URL": redis_url,
+            "REDIS_URL": (redis_urls or {}).get(r, redis_url),
             "MESHSCOPE_AUTH_FILE": str(workdir / "principals.toml"),
             "MESHSCOPE_MESH_TOKEN": relay_tokens[r],
             "MESHSCOPE_ALLOW_ANONYMOUS": "true" if anonymous else "false",

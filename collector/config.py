@@ -11,8 +11,9 @@ from urllib.parse import urlparse
 
 from collector.clickhouse import is_embedded, resolve_url
 from collector.schema import SchemaOptions
+from meshcore import names
 from meshcore import settings as s
-from meshcore.settings import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, REDIS_URL
+from meshcore.settings import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, MESHSCOPE_REGION_STORES, REDIS_URL
 from meshcore.tls import TlsFiles
 
 CLICKHOUSE_URL = "CLICKHOUSE_URL"
@@ -27,6 +28,8 @@ MESHSCOPE_CLICKHOUSE_CLUSTER = "MESHSCOPE_CLICKHOUSE_CLUSTER"
 """Cluster name: create Replicated tables with Distributed tables over them."""
 MESHSCOPE_FLOWS_TTL_DAYS = "MESHSCOPE_FLOWS_TTL_DAYS"
 """Days raw flow records are kept."""
+MESHSCOPE_REGION = "MESHSCOPE_REGION"
+"""The region whose store this collector reads (MESHSCOPE_REDIS_URL): named in its health, lag and metrics."""
 MESHSCOPE_COLLECTOR_GROUP = "MESHSCOPE_COLLECTOR_GROUP"
 """Redis consumer group the collectors share."""
 MESHSCOPE_COLLECTOR_NAME = "MESHSCOPE_COLLECTOR_NAME"
@@ -127,7 +130,15 @@ class AlertConfig:
 
 @dataclass(frozen=True)
 class CollectorConfig:
+    """One collector reads one region's store (``redis_url``; ``region`` names it).
+
+    ``region_stores`` lists every region's store: the dashboard reads each of them, and a collector
+    running inside the dashboard (embedded ClickHouse) runs one loop per store (``for_each_region``).
+    """
+
     redis_url: str = "redis://127.0.0.1:6379/0"
+    region: str = ""
+    region_stores: tuple[tuple[str, str], ...] = ()
     clickhouse_url: str = ""
     database: str = "meshscope"
     cluster: str | None = None
@@ -153,6 +164,22 @@ class CollectorConfig:
     def schema(self) -> SchemaOptions:
         return SchemaOptions(self.database, self.cluster, self.flows_ttl_days)
 
+    def for_each_region(self) -> list[CollectorConfig]:
+        """One config per region store (``region_stores``), or this one alone; alerts run in one of them only:
+        the one reading ``redis_url`` (where the dashboard looks for them), else the first."""
+        if not self.region_stores:
+            return [self]
+        home = next((r for r, url in self.region_stores if url == self.redis_url), self.region_stores[0][0])
+        return [
+            replace(
+                self,
+                redis_url=url,
+                region=region,
+                alerts=self.alerts if region == home else replace(self.alerts, enabled=False),
+            )
+            for region, url in self.region_stores
+        ]
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
         env = os.environ if environ is None else environ
@@ -160,8 +187,13 @@ class CollectorConfig:
         data_dir = s.get_str(env, MESHSCOPE_DATA_DIR, d["data_dir"])
         url = resolve_url(env.get(MESHSCOPE_CLICKHOUSE_URL) or env.get(CLICKHOUSE_URL), data_dir)
         db_from_url = "" if is_embedded(url) else urlparse(url).path.strip("/")
+        region = env.get(MESHSCOPE_REGION) or ""
+        if region and not names.is_region_id(region):
+            raise s.SettingError(f"{MESHSCOPE_REGION}: {region!r} is not a region id (e.g. aws:us-east-1)")
         config = cls(
             redis_url=env.get(MESHSCOPE_REDIS_URL) or env.get(REDIS_URL) or d["redis_url"],
+            region=region,
+            region_stores=s.get_region_urls(env, MESHSCOPE_REGION_STORES),
             clickhouse_url=url,
             database=s.get_str(env, MESHSCOPE_CLICKHOUSE_DATABASE, db_from_url or d["database"]),
             cluster=env.get(MESHSCOPE_CLICKHOUSE_CLUSTER) or None,

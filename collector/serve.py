@@ -24,7 +24,7 @@ from collector.config import MESHSCOPE_AUTH_FILE, MESHSCOPE_COLLECTOR_METRICS_HO
 from collector.service import Collector
 from meshcore.auth import Authenticator, bearer_of, load_principals
 from meshcore.metrics import content_type_for
-from meshcore.server import Server, redis_client
+from meshcore.server import Server, client_name, redis_client
 from meshcore.settings import SettingError
 from meshcore.tls import server_context
 
@@ -77,7 +77,7 @@ async def serve_collector(config: CollectorConfig) -> None:
     listen = config.metrics_port >= 0
     auth = scrape_auth(config) if listen else None  # a setting error stops the start, before anything runs
     ssl_context = server_context(config.tls) if listen and config.tls is not None else None
-    client = redis_client(config.redis_url)
+    client = redis_client(config.redis_url, client_name("collector", config.region))
     collector = Collector(config, client)
     server = None
     if listen:

@@ -74,6 +74,11 @@ class Collector:
         m.describe("collector_clickhouse_up", "gauge", "1 when the last ClickHouse call succeeded")
         m.describe("collector_stream_pending", "gauge", "Entries read by the group and not acked")
         m.describe("collector_stream_lag", "gauge", "Entries not yet read by the group")
+        m.describe(
+            "collector_telemetry_lag_seconds",
+            "gauge",
+            "Age of the oldest flow record of this region's stream not yet in ClickHouse (0: none waiting)",
+        )
         m.describe("collector_dead_letters_total", "counter", "Entries moved to the dead-letter stream")
         m.describe("collector_recovered_batches_total", "counter", "In-flight batches recovered after a crash")
         m.describe("collector_claimed_entries_total", "counter", "Entries taken over from idle consumers")
@@ -85,6 +90,8 @@ class Collector:
         self._redis_error = ""
         self._redis_down_since = 0.0
         self._clickhouse_error = ""
+        self.telemetry_lag_s: float | None = None
+        """Age of the oldest record of the stream not yet in ClickHouse (None: not measured yet)."""
         m.describe("task_restarts_total", "counter", "Background tasks restarted after a crash, by task")
         self.side_tasks = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.alerts: AlertEvaluator | None = None
@@ -205,7 +212,13 @@ class Collector:
         if not self._ready.is_set() and not reasons:
             reasons.append("starting")
         status = "degraded" if reasons else "ok"
-        out: dict[str, Any] = {"status": status, "reasons": reasons, "consumer": self.config.consumer}
+        out: dict[str, Any] = {
+            "status": status,
+            "reasons": reasons,
+            "consumer": self.config.consumer,
+            "region": self.config.region,
+            "telemetry_lag_s": None if self.telemetry_lag_s is None else round(self.telemetry_lag_s, 3),
+        }
         if self.alerts is not None:
             out["alerts"] = self.alerts.health()
         return out
@@ -355,7 +368,10 @@ class Collector:
     async def _update_lag(self) -> None:
         try:
             pending, lag = await self.stream.lag()
-        except StreamUnavailable:
+            oldest_ms = await self.stream.oldest_waiting_ms()
+        except (StreamUnavailable, LookupError):
             return
         self.metrics.set("collector_stream_pending", pending)
         self.metrics.set("collector_stream_lag", lag)
+        self.telemetry_lag_s = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
+        self.metrics.set("collector_telemetry_lag_seconds", self.telemetry_lag_s)

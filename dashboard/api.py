@@ -44,6 +44,8 @@ from dashboard import views
 from dashboard.cache import ResponseCache
 from dashboard.config import DashboardConfig
 from dashboard.diff import changes
+from dashboard.regionstale import mark_topology
+from dashboard.regionstores import RegionStores
 from dashboard.store import FlowStore
 from dashboard.timerange import Span, rollup_span, span
 from meshcore.names import GROUP
@@ -67,7 +69,12 @@ class NotFound(LookupError):
 
 
 class MapApi:
-    """The map endpoints over one store, one Redis client and one cache."""
+    """The map endpoints over ClickHouse, every region's store (``regions``), the dashboard's own store and one cache.
+
+    ``redis`` is the store of ``MESHSCOPE_REDIS_URL``: the alert evaluator's state and the governance
+    document as the authority holds it (the home region's store); what the relays report, and how
+    fresh each region's data is, come from each region's own store.
+    """
 
     def __init__(
         self,
@@ -75,6 +82,7 @@ class MapApi:
         store: FlowStore,
         redis: aioredis.Redis,
         cache: ResponseCache[bytes],
+        regions: RegionStores | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.config = config
@@ -83,6 +91,7 @@ class MapApi:
         self.store = store
         self.redis = redis
         self.cache = cache
+        self.regions = regions if regions is not None else RegionStores(config.store, redis)
         self.clock = clock
 
     def routes(self) -> list[Route]:
@@ -122,15 +131,14 @@ class MapApi:
         (row,) = await self._rows(q.combine(parts))
         return [list(rows) for rows in row]
 
-    async def _hgetall(self, key: str) -> dict[Any, Any]:
-        try:
-            raw: Any = await self.redis.hgetall(key)
-        except (RedisError, OSError) as exc:
-            raise StreamUnavailable(f"cannot read {key}: {exc}") from exc
-        return dict(raw)
-
     async def _states(self) -> dict[str, dict[str, Any]]:
-        return rs.parse_states(await self._hgetall(rs.STATE_KEY), self.clock())
+        """Each region's relay report, from its own store (read every second; a store that stopped answering
+        keeps its last reports, which age into ``stale``)."""
+        if not any(s.answered_at for s in self.regions.stores):
+            await self.regions.poll()  # before the first poll of the background reader
+            if not any(s.answered_at for s in self.regions.stores):
+                raise StreamUnavailable("; ".join(self.regions.problems()) or "no region store answers")
+        return self.regions.states(self.clock())
 
     async def _firing(self) -> list[dict[str, Any]] | None:
         """The alerts firing and pending now, or None when alerting is off."""
@@ -160,9 +168,10 @@ class MapApi:
             ),
             self._badges() if mq.live else _none(),
         )
-        return views.shape_topology(
+        topology = views.shape_topology(
             edges, regions, links, groups, sp, mq.filters, self.t, self.config.link_stale_s, now, alert_badges
         )
+        return mark_topology(topology, self.regions.freshness(now))
 
     async def _topology_cached(self, mq: p.MapQuery) -> bytes:
         return await self._cached(("topology", mq), lambda: self._topology(mq))

@@ -43,6 +43,7 @@ from dashboard.config import DashboardConfig
 from dashboard.csvexport import spreadsheet_csv
 from dashboard.live import LiveHub
 from dashboard.params import BadRequest
+from dashboard.regionstores import RegionStores
 from dashboard.sqlguard import SqlRefused
 from dashboard.sqlrun import run_user_sql
 from dashboard.store import FlowStore
@@ -72,9 +73,11 @@ def build_app(
     lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]] | None = None,
     cache: ResponseCache[bytes] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
+    regions: RegionStores | None = None,
 ) -> Starlette:
     cache = cache if cache is not None else ResponseCache(config.cache_s)
-    api = MapApi(config, store, redis, cache)
+    regions = regions if regions is not None else RegionStores(config.store, redis)
+    api = MapApi(config, store, redis, cache, regions)
 
     async def index(request: Request) -> Response:
         return FileResponse(os.path.join(STATIC_DIR, "index.html"), headers={"cache-control": "no-cache"})

@@ -1,7 +1,9 @@
 """Fan-out of live messages from Redis pub/sub to browser websockets.
 
-One subscription per dashboard process, to two channels: the collectors' per-second
-edge statistics and the relays' link samples (shaped by :mod:`dashboard.livemessage`).
+One subscription per region store (fanned in: each region's collectors and relays publish
+in their own region's store), to two channels: the collectors' per-second edge statistics
+and the relays' link samples (shaped by :mod:`dashboard.livemessage`); the dashboard's own
+``regions`` messages (each region's freshness) join the same feed.
 Each message is decoded, shaped and encoded once; every browser then gets the same string. Each browser
 has a bounded queue, and one that falls behind loses its oldest messages, never the
 dashboard's memory.
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
+from collections.abc import Sequence
 
 import orjson
 import redis.asyncio as aioredis
@@ -29,8 +33,14 @@ CLIENT_BUFFER = 30
 
 
 class LiveHub:
-    def __init__(self, client: aioredis.Redis, channel: str, links_channel: str | None = LINKS_CHANNEL):
-        self.client = client
+    def __init__(
+        self,
+        clients: aioredis.Redis | Sequence[aioredis.Redis],
+        channel: str,
+        links_channel: str | None = LINKS_CHANNEL,
+    ):
+        self.clients_in: list[aioredis.Redis] = [clients] if isinstance(clients, aioredis.Redis) else list(clients)
+        """One per region store; each is subscribed to on its own."""
         self.channel = channel
         self.links_channel = links_channel
         self.clients: set[asyncio.Queue[str]] = set()
@@ -40,12 +50,17 @@ class LiveHub:
         self.links = LinkChanges()
         self.supervisor = Supervisor()
         """Runs the subscription; a crash is logged and restarted, and named by ``problems``."""
-        self.lost_since = 0.0
-        """When the subscription was lost (0: it is up)."""
-        self._lost_error = ""
+        self._lost: dict[int, tuple[float, str]] = {}  # store index -> (since, error) while its subscription is down
+
+    @property
+    def lost_since(self) -> float:
+        """When the first of the lost subscriptions was lost (0: every one is up)."""
+        return min((since for since, _ in self._lost.values()), default=0.0)
 
     def start(self) -> None:
-        self.supervisor.spawn("live-hub", self._run)
+        for index, client in enumerate(self.clients_in):
+            name = "live-hub" if index == 0 else f"live-hub {index}"
+            self.supervisor.spawn(name, functools.partial(self._run, client, index))
 
     async def stop(self) -> None:
         await self.supervisor.stop()
@@ -54,8 +69,8 @@ class LiveHub:
         """Why the live feed is not flowing, as sentences for /healthz."""
         now = time.time() if now is None else now
         out = self.supervisor.problems(now)
-        if self.lost_since:
-            out.append(f"live channel lost for {now - self.lost_since:.0f} s: {self._lost_error}")
+        for since, error in self._lost.values():
+            out.append(f"live channel lost for {now - since:.0f} s: {error}")
         return out
 
     def join(self) -> asyncio.Queue[str]:
@@ -89,15 +104,15 @@ class LiveHub:
             return
         self.broadcast(orjson.dumps(message).decode())
 
-    async def _run(self) -> None:
+    async def _run(self, client: aioredis.Redis, index: int) -> None:
         attempt = 0
         channels = [self.channel] + ([self.links_channel] if self.links_channel else [])
         while True:
-            pubsub = self.client.pubsub()
+            pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(*channels)
                 attempt = 0
-                self.lost_since = 0.0
+                self._lost.pop(index, None)
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message and isinstance(message.get("data"), bytes):
@@ -107,8 +122,8 @@ class LiveHub:
             except (RedisError, OSError) as exc:
                 delay = backoff_s(attempt, 0.2, 5.0, random.random())
                 attempt += 1
-                self.lost_since = self.lost_since or time.time()
-                self._lost_error = str(exc)[:300]
+                since = self._lost.get(index, (time.time(), ""))[0]
+                self._lost[index] = (since, str(exc)[:300])
                 log.warning("live channel lost; resubscribing", extra={"error": str(exc), "retry_in_s": delay})
                 await asyncio.sleep(delay)
             finally:

@@ -30,6 +30,11 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
     return [v for v in value[:MAX_ITEMS] if isinstance(v, dict)] if isinstance(value, list) else []
 
 
+def _cut_off(authority: Any) -> bool:
+    """Whether a relay said it is cut off from the governance authority."""
+    return isinstance(authority, dict) and authority.get("authority_reachable") is False
+
+
 def _route(r: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "dst": text_of(r.get("dst")),
@@ -69,6 +74,7 @@ def parse_state(region: str, raw: bytes | str, now_s: float) -> dict[str, Any] |
         "age_s": round(max(0.0, now_s - ts), 3),
         "stale": now_s - ts > STALE_S,
         "governance": text_of(data.get("governance")),
+        "governance_cut_off": _cut_off(data.get("governance_authority")),
         "routes": [_route(r) for r in _dicts(data.get("routes"))],
         "links": [_link(r) for r in _dicts(data.get("links"))],
         "subscriptions": [
@@ -155,8 +161,13 @@ def document_view(raw: bytes | str | None) -> dict[str, Any] | None:
 def governance_view(
     states: Mapping[str, Mapping[str, Any]], document: dict[str, Any] | None, refusals: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    relays = [{"region": r, "version": s["governance"], "stale": s["stale"]} for r, s in states.items()]
-    versions = sorted({r["version"] for r in relays if r["version"] and not r["stale"]})
+    """Which version each relay enforces; a mismatch when they differ (a stale relay counts with the last
+    version it reported: a region cut off from the authority is a mismatch while it lasts)."""
+    relays = [
+        {"region": r, "version": s["governance"], "stale": s["stale"], "cut_off": s.get("governance_cut_off", False)}
+        for r, s in states.items()
+    ]
+    versions = sorted({r["version"] for r in relays if r["version"]})
     links = [
         {"src": region, "dst": link["peer"], "local_gov": s["governance"], "peer_gov": link["gov"]}
         for region, s in states.items()

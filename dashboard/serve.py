@@ -1,8 +1,10 @@
 """Running the dashboard as a process, optionally with the collector inside it.
 
 Embedded ClickHouse (chdb) can be open in one process only, so with chdb the
-collector runs in the dashboard's process (``meshscope up`` does this); with a
-ClickHouse server they run apart.
+collector runs in the dashboard's process (``meshscope up`` does this), one loop
+per region store (``MESHSCOPE_REGION_STORES``); with a ClickHouse server they run
+apart, one collector per region. The dashboard reads every region's store
+(``dashboard.regionstores``): relay reports, each region's freshness, the live feed.
 
 Secure by default, and still one command: without ``MESHSCOPE_AUTH_FILE`` the runtime makes a
 token at start for a principal with the viewer and sql roles and offers a sign-in URL
@@ -30,10 +32,11 @@ from dashboard.cache import ResponseCache
 from dashboard.config import MESHSCOPE_ALLOW_ANONYMOUS, DashboardConfig
 from dashboard.live import LiveHub
 from dashboard.origin import WILDCARD_BINDS
+from dashboard.regionstores import RegionStores
 from dashboard.session import SessionCodec
 from dashboard.store import FlowStore
 from meshcore.auth import Principal, load_principals, new_token
-from meshcore.server import Server, redis_client
+from meshcore.server import Server, client_name, redis_client
 from meshcore.supervise import Supervisor
 from meshcore.tls import server_context
 
@@ -61,15 +64,19 @@ class DashboardRuntime:
         secret = config.session_secret.encode() if config.session_secret else secrets.token_bytes(32)
         self.auth = DashboardAuth(authenticator, SessionCodec(secret, config.session_ttl_s), config.allowed_hosts)
         ssl_context = server_context(config.tls) if config.tls is not None else None
-        self.redis = redis_client(config.store.redis_url)
-        self.collector: Collector | None = None
+        self.redis = redis_client(config.store.redis_url, client_name("dashboard"))
+        self.regions = RegionStores(config.store, self.redis)
+        """Every region's store: relay reports, freshness, and the live feed's sources."""
+        self.collectors: list[Collector] = []
         self.supervisor = Supervisor()
-        """Runs the in-process collector: a crash is logged, counted and restarted, and /healthz says so."""
+        """Runs the in-process collectors and the region stores' reader: a crash is logged, counted and
+        restarted, and /healthz says so."""
         admin = make_client(config.store.clickhouse_url)
         migrate(admin, config.store.schema)
         self.admin: Client = admin
         self.store = FlowStore(make_client(config.store.clickhouse_url, database=config.store.database))
-        self.hub = LiveHub(self.redis, config.store.live_channel)
+        self.hub = LiveHub(self.regions.clients, config.store.live_channel)
+        self.regions.on_poll = self.hub.broadcast
         self.cache: ResponseCache[bytes] = ResponseCache(config.cache_s)
         """Map answers, one computation per question per ``cache_s`` for every viewer."""
         self.server = Server(
@@ -82,6 +89,7 @@ class DashboardRuntime:
                 (self._start, self._stop),
                 self.cache,
                 self.health,
+                self.regions,
             ),
             config.host,
             config.port,
@@ -104,10 +112,22 @@ class DashboardRuntime:
         """``URL/login?token=…`` for the token made at start; None when a principals file is configured."""
         return f"{self.url}/login?token={self.token}" if self.token is not None else None
 
+    @property
+    def collector(self) -> Collector | None:
+        """The in-process collector of the first region store (of the only one, without MESHSCOPE_REGION_STORES)."""
+        return self.collectors[0] if self.collectors else None
+
     async def _start(self) -> None:
+        self.supervisor.spawn("region-stores", self.regions.run)
         if self.with_collector:
-            self.collector = Collector(self.config.store, self.redis, clickhouse=self.admin)
-            self.supervisor.spawn("collector", self.collector.run, restart=False)
+            for i, config in enumerate(self.config.store.for_each_region()):
+                client = self.redis
+                if config.redis_url != self.config.store.redis_url:
+                    client = redis_client(config.redis_url, client_name("collector", config.region))
+                collector = Collector(config, client, clickhouse=self.admin if i == 0 else None)
+                self.collectors.append(collector)
+                name = "collector" if i == 0 else f"collector {config.region}"
+                self.supervisor.spawn(name, collector.run, restart=False)
         if self.auth.allow_anonymous:
             log.warning(
                 f"{MESHSCOPE_ALLOW_ANONYMOUS} is on: anyone who reaches the dashboard may read the map and run SQL"
@@ -128,19 +148,26 @@ class DashboardRuntime:
                 log.info("sign in with a principal's token", extra={"url": f"{self.url}/login"})
 
     async def _stop(self) -> None:
-        if self.collector is not None:
-            self.collector.stop()
-            await self.supervisor.join("collector", 10)
+        for collector in self.collectors:
+            collector.stop()
+        for i, collector in enumerate(self.collectors):
+            await self.supervisor.join("collector" if i == 0 else f"collector {collector.config.region}", 10)
+            if collector.redis is not self.redis:
+                await collector.redis.aclose()
         await self.supervisor.stop()
 
     def health(self) -> dict[str, Any]:
-        """ok, or degraded with why: the live feed, the in-process collector and its supervision."""
-        reasons = self.supervisor.problems() + self.hub.problems()
+        """ok, or degraded with why: the live feed, the region stores, the in-process collectors, their supervision."""
+        reasons = self.supervisor.problems() + self.hub.problems() + self.regions.problems()
         out: dict[str, Any] = {}
-        if self.collector is not None:
-            collector = self.collector.health()
-            reasons += [f"collector: {reason}" for reason in collector["reasons"]]
-            out["collector"] = collector["status"]
+        for collector in self.collectors:
+            health = collector.health()
+            who = f"collector {health['region']}" if health["region"] else "collector"
+            reasons += [f"{who}: {reason}" for reason in health["reasons"]]
+            if len(self.collectors) == 1:
+                out["collector"] = health["status"]
+            else:
+                out.setdefault("collectors", {})[health["region"]] = health["status"]
         return {"status": "degraded" if reasons else "ok", "reasons": reasons, **out}
 
     async def start(self) -> None:
@@ -149,6 +176,7 @@ class DashboardRuntime:
     async def stop(self) -> None:
         await self.server.stop()
         await asyncio.to_thread(self.store.close)
+        await self.regions.close()
         await self.redis.aclose()
 
     async def serve(self) -> None:
@@ -156,4 +184,5 @@ class DashboardRuntime:
             await self.server.server.serve(sockets=[self.server.sock])
         finally:
             await asyncio.to_thread(self.store.close)
+            await self.regions.close()
             await self.redis.aclose()

@@ -43,6 +43,9 @@ EXPIRED = "expired"
 DUPLICATE = "duplicate"
 MALFORMED = "malformed"  # not a valid CloudEvent (refused at the edge, 400)
 GAP = "gap"  # sequence numbers of an edge that never arrived: ``seq``..``seq_end``
+# flow records a full region stream gave up before a collector had them: ``seq`` of them, the oldest
+# ``e2e_ms`` old (the record names no event; ``src_region`` = ``dst_region`` = the region)
+TRIMMED = "trimmed"
 STATUSES = (
     OK,
     SCHEMA_REJECTED,
@@ -55,6 +58,7 @@ STATUSES = (
     DUPLICATE,
     MALFORMED,
     GAP,
+    TRIMMED,
 )
 # statuses that mean an accepted event was lost (the rest are refusals or duplicates)
 LOSSES = frozenset((LINK_DOWN, BACKPRESSURE, DELIVERY_FAILED, EXPIRED, GAP))

@@ -32,12 +32,22 @@ the digest included: whoever can write to the registry is still a user.
 published schema version (versions are immutable; add one) and a new version
 its subject's compatibility mode refuses, and returns the current document
 unchanged when the content is the same (an idempotent GitOps sync).
+
+Every region keeps its own copy of the document, and one authority orders the
+versions (``router.authority``). ``compare`` says what a copy that arrives from
+elsewhere is to the one held here: newer (take it), the same, older (the sender
+is behind), or a fork (the same version number with other content: two
+authorities, which is a configuration fault to report, never to settle
+silently). ``check_base`` is the compare-and-set of a change: a change computed
+on a version that is no longer the newest is refused (``GovernanceConflict``),
+so two changes made at once never both win.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,6 +137,51 @@ def next_document(
     return GovernanceDocument(version, digest, author, at.astimezone(UTC), content)
 
 
+NONE = "none"
+"""The version id of "no document yet"."""
+VERSION_ID = re.compile(r"(?:[1-9][0-9]{0,17})-[0-9a-f]{12}|none")
+"""A version id as relays report and compare them: ``7-3fa2b1c9d0e1``, or ``none``."""
+
+NEWER, SAME, OLDER, FORK = "newer", "same", "older", "fork"
+
+
+class GovernanceConflict(Exception):
+    """A change computed on ``base`` while the newest version is ``current`` (409): made elsewhere meanwhile."""
+
+    def __init__(self, base: str, current: str):
+        super().__init__(
+            f"the governance document changed: this change was made on version {base}, the newest is {current}; "
+            "read it and make the change again"
+        )
+        self.base = base
+        self.current = current
+
+
+def version_id_of(document: GovernanceDocument | None) -> str:
+    return document.version_id if document is not None else NONE
+
+
+def version_number(version_id: str) -> int:
+    """The ordering number of a version id (0 for ``none`` or anything unreadable)."""
+    head = version_id.partition("-")[0]
+    return int(head) if VERSION_ID.fullmatch(version_id) and head.isdigit() else 0
+
+
+def compare(candidate: GovernanceDocument, held: GovernanceDocument | None) -> str:
+    """What ``candidate`` (from a peer or the store) is to the document ``held`` here: NEWER, SAME, OLDER or FORK."""
+    if held is None or candidate.version > held.version:
+        return NEWER
+    if candidate.version < held.version:
+        return OLDER
+    return SAME if candidate.digest == held.digest else FORK
+
+
+def check_base(current: GovernanceDocument | None, base: str | None) -> None:
+    """Compare-and-set: raise GovernanceConflict unless ``base`` (when given) is the current version."""
+    if base is not None and base != version_id_of(current):
+        raise GovernanceConflict(base, version_id_of(current))
+
+
 def to_json(document: GovernanceDocument) -> bytes:
     """The document as the registry stores it (canonical JSON, UTF-8)."""
     return canonical(
@@ -161,6 +216,11 @@ def from_json(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> GovernanceD
     if content.digest != digest:
         raise InvalidDocument("digest", f"{digest!r} does not match the content ({content.digest}): altered or damaged")
     return GovernanceDocument(version, digest, author, changed_at.astimezone(UTC), content)
+
+
+def content_from_json(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> GovernanceContent:
+    """Content from its JSON text (a change forwarded to the authority), as strictly as a document."""
+    return parse_content(_json(data, "content", limits), limits)
 
 
 def parse_content(raw: object, limits: Limits = DEFAULT_LIMITS) -> GovernanceContent:

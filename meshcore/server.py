@@ -32,8 +32,16 @@ WS_MAX_SIZE = 64 << 20
 """Default largest WebSocket message in bytes; callers pass their own body limit."""
 
 
-def redis_client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=10)
+def client_name(service: str, region: str = "", name: str = "") -> str:
+    """The name a service's store connections carry (CLIENT SETNAME), so CLIENT LIST tells who is connected:
+    ``meshscope:relay:aws:us-east-1:relay-aws:us-east-1``; anything but letters, digits and ``:._-`` becomes ``_``."""
+    text = ":".join(part for part in ("meshscope", service, region, name) if part)
+    return "".join(c if c.isascii() and (c.isalnum() or c in ":._-") else "_" for c in text)[:200]
+
+
+def redis_client(url: str, name: str | None = None) -> aioredis.Redis:
+    """A client for one store; ``name`` (see ``client_name``) is set on each of its connections."""
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=10, client_name=name)
 
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

@@ -13,6 +13,10 @@ REDIS_URL = "REDIS_URL"
 """Fallback Redis URL, the common name most tools set."""
 MESHSCOPE_FLOW_STREAM = "MESHSCOPE_FLOW_STREAM"
 """Redis stream that receives flow records (default ``meshscope:flows``)."""
+MESHSCOPE_REGION_STORES = "MESHSCOPE_REGION_STORES"
+"""Every region's store, ``region=redis://host:port/0,...``: what the dashboard (and a collector that runs
+inside it) reads; unset: the one store of MESHSCOPE_REDIS_URL / REDIS_URL, holding every region."""
+STORE_SCHEMES = ("redis", "rediss", "unix")
 
 
 def whole_number(text: str, minimum: int, maximum: int) -> int | None:
@@ -89,6 +93,25 @@ def get_optional_float(env: Mapping[str, str], name: str) -> float | None:
 def get_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name) or ""
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def get_region_urls(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """``region=redis://...,region=...`` as (region, URL) pairs: region ids checked, each region once."""
+    from meshcore.names import is_region_id
+
+    out: list[tuple[str, str]] = []
+    for item in get_list(env, name):
+        region, sep, url = item.partition("=")
+        region, url = region.strip(), url.strip()
+        if not sep or not is_region_id(region):
+            raise SettingError(f"{name}: {item!r} is not region=URL with a region id such as aws:us-east-1")
+        scheme = url.partition("://")[0]
+        if scheme not in STORE_SCHEMES or "://" not in url:
+            raise SettingError(f"{name}: the store of {region} must be a {'/'.join(STORE_SCHEMES)} URL, not {url!r}")
+        if any(r == region for r, _ in out):
+            raise SettingError(f"{name}: {region} is listed twice")
+        out.append((region, url))
+    return tuple(out)
 
 
 def get_map_float(env: Mapping[str, str], name: str) -> dict[str, float]:

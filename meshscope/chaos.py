@@ -10,6 +10,22 @@ faults through the relays' fault-injection endpoint (``MESHSCOPE_FAULT_INJECTION
 which ``up`` turns on for admins): a black-holed link, a link cut over and over
 during a burst, and a partition between two regions that forces a detour.
 
+Regions stand alone, and three scenarios check it (``REGION_SCENARIOS``):
+
+- ``region-valkey-kill``: one region's Valkey killed with SIGKILL and kept down a
+  while (``up`` starts it again after): every other region's publishes go on,
+  events bound for it are held and all arrive once it is back;
+- ``region-isolation``: one region cut off from every other region, from the
+  central services (ClickHouse's collector and the dashboard reach its store
+  through a gate ``up`` cuts) and so from the governance authority, for
+  ``--isolate`` seconds (60): its own traffic sees no error, cross-region
+  events arrive after healing, the flow history is complete after the
+  backfill, and the map shows the region stale, then caught up;
+- ``governance-isolated``: a governance change made while one region is
+  isolated: the others take it, the isolated one keeps enforcing its last
+  version and says so (the mismatch is visible), and it converges within 5 s
+  of healing.
+
 The collector runs inside ``up``'s own process, so its crash-between-insert-and-ack
 scenario is in the test suite (tests/faults) rather than here.
 """
@@ -23,6 +39,7 @@ import os
 import signal
 import ssl
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +56,11 @@ SETTLED_S = 3.0
 """Missing events unchanged for this long: look for their drop records, and stop waiting once each has one."""
 DROP_WAIT_S = 15.0
 """How long to look for the drop records of missing events (the collector stores them within seconds)."""
-SCENARIOS = ("relay-kill", "valkey-restart", "black-hole", "link-flap", "partition")
+REGION_SCENARIOS = ("region-valkey-kill", "region-isolation", "governance-isolated")
+SCENARIOS = ("relay-kill", "valkey-restart", "black-hole", "link-flap", "partition", *REGION_SCENARIOS)
+FAULTS_FILE = "faults.json"  # meshscope.up.FAULTS_FILE
+CONVERGE_S = 5.0
+"""A healed region enforces the newest governance version within this."""
 
 
 class ChaosError(Exception):
@@ -55,10 +76,11 @@ class Outcome:
     lost: int = 0
     explained: int = 0  # lost events with a drop record naming them
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # checks other than counting that failed
 
     @property
     def ok(self) -> bool:
-        return self.duplicated == 0 and self.lost == self.explained
+        return self.duplicated == 0 and self.lost == self.explained and not self.problems
 
 
 @dataclass
@@ -102,8 +124,79 @@ class Demo:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def redis(self) -> aioredis.Redis:
-        return aioredis.Redis.from_url(self.state["valkey"]["url"], socket_timeout=5)
+    def redis(self, region: str) -> aioredis.Redis:
+        """A client of ``region``'s own store (directly, not through the central services' gate)."""
+        return aioredis.Redis.from_url(self.state["valkeys"][region]["url"], socket_timeout=5)
+
+    def faults(self, **changes: dict[str, float]) -> None:
+        """Ask ``up`` (through faults.json) to cut regions off from the central services, or hold a store down."""
+        path = self.data / FAULTS_FILE
+        try:
+            current = json.loads(path.read_text())
+        except (OSError, ValueError):
+            current = {}
+        current.update(changes)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current))
+        tmp.replace(path)
+
+    def kill_store(self, region: str) -> None:
+        self.refresh()
+        os.kill(int(self.state["valkeys"][region]["pid"]), signal.SIGKILL)
+
+    async def isolate(self, region: str, seconds: float) -> float:
+        """Cut ``region`` off from every other region and from the central services; when it heals (monotonic)."""
+        request = urllib.request.Request(
+            f"{self.http(region)}/v1/faults",
+            data=json.dumps({"fault": "isolate", "seconds": seconds}).encode(),
+            headers={**self.headers, "content-type": "application/json"},
+            method="POST",
+        )
+
+        def send() -> None:
+            with urllib.request.urlopen(request, timeout=10, context=self.ssl):
+                pass
+
+        self.faults(isolated={region: time.time() + seconds})
+        await asyncio.to_thread(send)
+        return time.monotonic() + seconds
+
+    def dashboard(self, path: str, method: str = "GET", body: Any = None) -> Any:
+        """``up``'s dashboard API, as the ops principal."""
+        up = running_dashboard(str(self.data))
+        if up is None:
+            raise ChaosError("the dashboard of meshscope up is not running")
+        token = client_token({MESHSCOPE_TOKEN_FILE: str(up.get("token_file") or "")})
+        request = urllib.request.Request(
+            str(up["url"]).rstrip("/") + path, headers={"authorization": f"Bearer {token}"}, method=method
+        )
+        context = ssl.create_default_context(cafile=up["ca"]) if up.get("ca") else None
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+            return json.loads(reply.read())
+
+    def sql(self, query: str) -> list[list[Any]]:
+        up = running_dashboard(str(self.data))
+        if up is None:
+            raise ChaosError("the dashboard of meshscope up is not running")
+        token = client_token({MESHSCOPE_TOKEN_FILE: str(up.get("token_file") or "")})
+        return via_dashboard(str(up["url"]), query, token, up.get("ca"))[1]
+
+    def put(self, region: str, path: str, body: Any, token_file: str = "ops.token") -> dict[str, Any]:
+        token = (Path(self.state["tokens"]) / token_file).read_text().strip()
+        request = urllib.request.Request(
+            f"{self.http(region)}{path}",
+            data=json.dumps(body).encode(),
+            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+            method="PUT",
+        )
+        with urllib.request.urlopen(request, timeout=15, context=self.ssl) as reply:
+            return dict(json.loads(reply.read()))
+
+    def health(self, region: str) -> dict[str, Any]:
+        try:
+            return dict(self._get(f"{self.http(region)}/healthz"))
+        except urllib.error.HTTPError as exc:  # 503: degraded, with its reasons
+            return dict(json.loads(exc.read()))
 
     def kill9(self, region: str) -> None:
         self.refresh()
@@ -210,7 +303,7 @@ async def _group(demo: Demo, region: str, group: str, topic: str) -> None:
 
 
 async def _count(demo: Demo, outcome: Outcome, probe: Probe, region: str, group: str, wait_s: float) -> None:
-    client = demo.redis()
+    client = demo.redis(region)
     try:
         stream = f"meshscope:group:{region}:{group}"
         deadline = time.monotonic() + wait_s
@@ -266,20 +359,22 @@ async def _drops(demo: Demo, client: aioredis.Redis, topic: str, missing: set[st
     The collector stores records within seconds, so this asks again for up to ``wait_s``.
     """
     named: dict[str, str] = {}
+    clients = [client] + [demo.redis(r) for r in demo.regions]
     up = running_dashboard(str(demo.data))
     query = f"SELECT event_id, status FROM flows WHERE kind = 'drop' AND topic = '{topic}'"  # chaos's own topic
     token_file = str(up.get("token_file") or "") if up is not None else ""
     token = client_token({MESHSCOPE_TOKEN_FILE: token_file}) if token_file else None
     deadline = time.monotonic() + wait_s
     while True:
-        try:
-            records: Any = await client.xrevrange("meshscope:flows", count=2_000)
-            for _, fields in records:
-                for row in orjson.loads(fields[b"r"]):
-                    if row[6] == "drop" and row[1] in missing:
-                        named[row[1]] = row[12]
-        except RedisError:
-            pass
+        for each in clients:  # a drop is recorded in the region where it happened
+            try:
+                records: Any = await each.xrevrange("meshscope:flows", count=2_000)
+                for _, fields in records:
+                    for row in orjson.loads(fields[b"r"]):
+                        if row[6] == "drop" and row[1] in missing:
+                            named[row[1]] = row[12]
+            except RedisError:
+                pass
         if up is not None:
             token = (
                 client_token({MESHSCOPE_TOKEN_FILE: str(up.get("token_file") or "")}) if up.get("token_file") else None
@@ -290,14 +385,20 @@ async def _drops(demo: Demo, client: aioredis.Redis, topic: str, missing: set[st
             except SqlFailed:
                 pass
         if missing <= set(named) or time.monotonic() > deadline:
+            for each in clients[1:]:
+                await each.aclose()
             return named
         await asyncio.sleep(1.0)
 
 
-async def run_scenario(demo: Demo, name: str, events: int) -> Outcome:
+async def run_scenario(demo: Demo, name: str, events: int, isolate_s: float = 60.0) -> Outcome:
     regions = demo.regions
     if len(regions) < 2:
         raise ChaosError("chaos needs at least two regions")
+    if name in REGION_SCENARIOS:
+        from meshscope.regionchaos import run_region_scenario
+
+        return await run_region_scenario(demo, name, events, isolate_s)
     origin, dst = regions[0], regions[1]
     run = f"c{int(time.time())}{name.replace('-', '')}"
     topic = f"chaos.{name.replace('-', '')}.{run}"
@@ -317,14 +418,14 @@ async def run_scenario(demo: Demo, name: str, events: int) -> Outcome:
     elif name == "valkey-restart":
         publishing = asyncio.create_task(probe.publish(events, pause_s=0.05))
         await asyncio.sleep(1.0)
-        client = demo.redis()
+        client = demo.redis(origin)
         try:
             await client.shutdown()
         except RedisError:
             pass  # the server closes the connection as it shuts down
         finally:
             await client.aclose()
-        outcome.notes.append("valkey shut down while publishing; meshscope up starts it again")
+        outcome.notes.append(f"valkey of {origin} shut down while publishing; meshscope up starts it again")
         await publishing
     elif name == "black-hole":
         publishing = asyncio.create_task(probe.publish(events, pause_s=0.05))
@@ -363,7 +464,7 @@ async def run_scenario(demo: Demo, name: str, events: int) -> Outcome:
 
 async def _detour(demo: Demo, probe: Probe, dst: str) -> str:
     await asyncio.sleep(2)
-    client = demo.redis()
+    client = demo.redis(probe.origin)
     vias: collections.Counter[str] = collections.Counter()
     try:
         records: Any = await client.xrevrange("meshscope:flows", count=5_000)
@@ -392,11 +493,11 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def run(data_dir: str, scenarios: list[str], events: int) -> list[Outcome]:
+async def run(data_dir: str, scenarios: list[str], events: int, isolate_s: float = 60.0) -> list[Outcome]:
     demo = Demo.find(data_dir)
     out = []
     for name in scenarios:
         for region in demo.regions:
             await demo.healthy(region)
-        out.append(await run_scenario(demo, name, events))
+        out.append(await run_scenario(demo, name, events, isolate_s))
     return out

@@ -178,7 +178,7 @@ def _chaos(args: argparse.Namespace) -> int:
         return 2
     print(f"meshscope chaos: {', '.join(names)} against the meshscope up in {args.data_dir}", flush=True)
     try:
-        outcomes = asyncio.run(run(args.data_dir, names, args.events))
+        outcomes = asyncio.run(run(args.data_dir, names, args.events, args.isolate))
     except ChaosError as exc:
         print(f"meshscope chaos: {exc}", file=sys.stderr)
         return 2
@@ -323,7 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="mean seconds between deliberate link drops on two relays (0: none)",
     )
     up.add_argument("--insecure", action="store_true", help="no TLS: plain HTTP and WebSockets (tokens still needed)")
-    up.add_argument("--redis-port", type=int, help="port of the embedded Valkey (default 16379, or a free one)")
+    up.add_argument(
+        "--redis-port",
+        type=int,
+        help="port of the first region's embedded Valkey (default 16379, or a free one; the others take free ports)",
+    )
     up.set_defaults(run=_up)
     sim = sub.add_parser("simulate", help="drive demo traffic through running relays")
     sim.add_argument("--relays", required=True, help="region=ws(s)://host:port,... of the relays")
@@ -365,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.set_defaults(run=_token_command)
     chaos = sub.add_parser(
         "chaos",
-        help="kill relays, restart Valkey and break links of a running meshscope up; count what was lost",
+        help="kill relays and region stores, break links, cut regions off in a running meshscope up; count the losses",
     )
     chaos.add_argument(
         "--data-dir",
@@ -373,9 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the data directory of the running meshscope up (default ./.meshscope)",
     )
     chaos.add_argument(
-        "--scenarios", help="comma-separated, default all: relay-kill,valkey-restart,black-hole,link-flap,partition"
+        "--scenarios",
+        help="comma-separated, default all: relay-kill,valkey-restart,black-hole,link-flap,partition,"
+        "region-valkey-kill,region-isolation,governance-isolated",
     )
     chaos.add_argument("--events", type=int, default=500, help="probe events per scenario (default 500)")
+    chaos.add_argument(
+        "--isolate", type=float, default=60.0, metavar="S", help="seconds a region stays cut off (default 60)"
+    )
     chaos.set_defaults(run=_chaos)
     gov = sub.add_parser("governance", help="apply policies and schemas from a directory, or show what is enforced")
     gov.add_argument("action", choices=["apply", "show"])

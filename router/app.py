@@ -215,6 +215,8 @@ def build_app(relay: Relay) -> Starlette:
                         errors.append({"status": refusal.status, "error": refusal.error, "index": i, "id": ev.id,
                                        **refusal.details})  # fmt: skip
                 errors.sort(key=lambda e: int(e["index"]))
+                if events:
+                    relay.check_governance()
                 if relay.sink.full and not await relay.sink.wait_not_full(30.0):
                     await ws.close(CLOSE_UNAVAILABLE, "flow record queue full; try again later")
                     return
@@ -259,6 +261,11 @@ def build_app(relay: Relay) -> Starlette:
                 group_name(consumer, "consumer")
         except (InvalidTopic, InvalidName) as exc:
             await deny(ws, _error(400, str(exc)))
+            return
+        try:
+            relay.check_governance()
+        except Unavailable as exc:
+            await deny(ws, _error(503, str(exc), headers={"Retry-After": str(round(exc.retry_after_s))}))
             return
         for pattern in patterns:
             decision = relay.gate.may_subscribe(principal, pattern)

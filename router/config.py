@@ -61,6 +61,8 @@ MESHSCOPE_TRANSIT = "MESHSCOPE_TRANSIT"
 """``false``: this relay carries only its own events, never others' detours."""
 MESHSCOPE_MESH_CLOCK_SKEW_S = "MESHSCOPE_MESH_CLOCK_SKEW_S"
 """Largest clock difference accepted in a peer's timestamps."""
+MESHSCOPE_GOVERNANCE_HOME = "MESHSCOPE_GOVERNANCE_HOME"
+"""The region whose relays order every governance change (the same on every relay); unset: this relay's store."""
 MESHSCOPE_FAULT_INJECTION = "MESHSCOPE_FAULT_INJECTION"
 """``true`` opens POST /v1/faults to admins (meshscope chaos); never in production."""
 MESHSCOPE_GROUP_CLAIM_IDLE_S = "MESHSCOPE_GROUP_CLAIM_IDLE_S"
@@ -135,7 +137,7 @@ class RelayConfig:
     link_queue_max: int = 10_000
     link_batch: int = 200
     link_backoff_base_s: float = 0.1
-    link_backoff_max_s: float = 5.0
+    link_backoff_max_s: float = 3.0
     ping_interval_s: float = 1.0
     link_delays_ms: dict[str, float] = field(default_factory=dict)
     dedup_window: int = 200_000
@@ -160,6 +162,7 @@ class RelayConfig:
     group_claim_idle_s: float = 60.0
     group_max_entries: int = 1_000_000
     fault_injection: bool = False
+    governance_home: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RelayConfig:
@@ -180,6 +183,9 @@ class RelayConfig:
         except ValueError as exc:
             raise s.SettingError(f"{exc} ({MESHSCOPE_LAT}, {MESHSCOPE_LON})") from None
         d: dict[str, Any] = {f.name: f for f in fields(cls)}
+        home = env.get(MESHSCOPE_GOVERNANCE_HOME) or None
+        if home is not None and not names.is_region_id(home):
+            raise s.SettingError(f"{MESHSCOPE_GOVERNANCE_HOME}: {home!r} is not a region id (e.g. aws:us-east-1)")
         body_bytes = s.get_int(env, MESHSCOPE_MAX_BODY_BYTES, d["max_body_bytes"].default, 1)
         config = cls(
             region=region,
@@ -237,6 +243,7 @@ class RelayConfig:
             group_claim_idle_s=s.get_float(env, MESHSCOPE_GROUP_CLAIM_IDLE_S, d["group_claim_idle_s"].default, 0.1),
             group_max_entries=s.get_int(env, MESHSCOPE_GROUP_MAX_ENTRIES, d["group_max_entries"].default, 1),
             fault_injection=s.get_bool(env, MESHSCOPE_FAULT_INJECTION, False),
+            governance_home=home,
         )
         if config.max_event_bytes + FRAME_OVERHEAD > config.max_body_bytes:
             raise s.SettingError(

@@ -7,8 +7,17 @@ frozen until it lands: it is written through the same idempotent commit
 script as the relay's durable steps (with its own writer counter), so a write
 whose reply was lost and is retried does not leave the records twice. While
 Redis is unreachable the records stay queued and the worker retries with
-backoff. The stream is trimmed to an approximate length; every trimmed entry
-is counted.
+backoff.
+
+The stream is the region's telemetry buffer: records stay in it until a
+collector has them in ClickHouse, however long the region is cut off from
+it, up to ``maxlen`` entries. Past that the oldest entries are given up (the
+stream is trimmed to nine tenths of the bound, so this happens now and then,
+not on every write), and the records among them that no collector had
+acknowledged are named by one ``drop``/``trimmed`` record (``on_trimmed``:
+how many, and how old the oldest was), so a gap in the history is never
+silent; a ``trimmed`` record given up in its turn is carried into the next
+one, so the newest always counts everything lost. Entries every collector group has acknowledged are trimmed as before.
 
 Records that must be durable before an event is acknowledged (publish,
 deliver, drop at the edge) do not come through here: they are part of the
@@ -22,16 +31,54 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
+from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from meshcore.breaker import CircuitBreaker
-from meshcore.flowrecord import FlowRecord, pack
+from meshcore.flowrecord import DROP, TRIMMED, FlowRecord, pack
 from meshcore.metrics import Registry
 from router.committer import Committer, Ops
 
 log = logging.getLogger(__name__)
+
+TRIM_TO = 0.9
+"""A full stream is trimmed to this share of its bound."""
+TRIM_CHECK_S = 1.0
+"""How often an idle sink checks the bound (a busy one checks after every write)."""
+
+OnTrimmed = Callable[[int, int], None]
+"""Told (records given up unread, µs timestamp of the oldest of them) when the bound forces a loss."""
+
+
+def _given_up(fields: dict[Any, Any], written_us: int) -> tuple[int, int]:
+    """(records, µs of the oldest) an entry stands for: an earlier ``trimmed`` record counts what it named."""
+    try:
+        rows = orjson.loads(fields.get(b"r", b"[]"))
+    except (orjson.JSONDecodeError, TypeError):
+        return 1, written_us
+    if not isinstance(rows, list):
+        return 1, written_us
+    records, oldest = 0, written_us
+    for row in rows:
+        if isinstance(row, list) and len(row) > 15 and row[6] == DROP and row[12] == TRIMMED:
+            named = row[15] if type(row[15]) is int and row[15] > 0 else 1
+            records += named
+            if type(row[0]) is int and type(row[11]) in (int, float):
+                oldest = min(oldest, row[0] - int(row[11] * 1000))
+        else:
+            records += 1
+    return records, oldest
+
+
+def _id_pair(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class FlowSink:
@@ -45,6 +92,7 @@ class FlowSink:
         flush_interval_s: float,
         metrics: Registry,
         writer: str = "flows",
+        on_trimmed: OnTrimmed | None = None,
     ):
         self.client = client
         self.stream = stream
@@ -53,6 +101,7 @@ class FlowSink:
         self.batch = batch
         self.flush_interval_s = flush_interval_s
         self.metrics = metrics
+        self.on_trimmed = on_trimmed
         self.pending: list[FlowRecord] = []
         self.breaker = CircuitBreaker("flow-sink")
         self.writer = Committer(client, writer, self.breaker, lambda _err: metrics.inc("flow_write_errors_total"))
@@ -62,6 +111,9 @@ class FlowSink:
         self._done = asyncio.Event()
         metrics.describe("flow_records_written_total", "counter", "Flow records written to the stream")
         metrics.describe("flow_entries_trimmed_total", "counter", "Stream entries removed by trimming")
+        metrics.describe(
+            "flow_records_given_up_total", "counter", "Flow records trimmed before any collector acknowledged them"
+        )
         metrics.describe("flow_write_errors_total", "counter", "Failed stream writes (records kept and retried)")
         metrics.describe("flow_queue_depth", "gauge", "Flow records waiting to be written")
 
@@ -88,6 +140,7 @@ class FlowSink:
 
     async def run(self) -> None:
         self._done.clear()
+        next_trim = 0.0
         try:
             while True:
                 if not self.pending:
@@ -96,6 +149,11 @@ class FlowSink:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
                     self._wake.clear()
+                    # records committed with their events reach the stream without this sink: bound it anyway
+                    if not self.pending and time.monotonic() >= next_trim and self.breaker.healthy:
+                        next_trim = time.monotonic() + TRIM_CHECK_S
+                        with contextlib.suppress(RedisError):
+                            await self._trim()
                     continue
                 if len(self.pending) < self.batch and not self._stopping:
                     # let a batch fill for up to one interval
@@ -120,11 +178,54 @@ class FlowSink:
             if not self.full:
                 self._drained.set()
             try:
-                trimmed = await self.client.xtrim(self.stream, maxlen=self.maxlen, approximate=True)
-                if trimmed:
-                    self.metrics.inc("flow_entries_trimmed_total", trimmed)
+                await self._trim()
             except RedisError as exc:
                 log.warning("cannot trim the flow stream", extra={"error": str(exc)[:200]})
+
+    async def _trim(self) -> None:
+        """Hold the stream to its bound; what goes unread is counted and named by a drop record."""
+        length = int(await self.client.xlen(self.stream))
+        if length <= self.maxlen:
+            return
+        excess = length - int(self.maxlen * TRIM_TO)
+        oldest: Any = await self.client.xrange(self.stream, "-", "+", count=excess + 1)
+        if len(oldest) <= excess:
+            return
+        going, keep_from = oldest[:excess], oldest[excess][0]
+        unread = await self._unread([entry_id for entry_id, _ in going])
+        records, oldest_us = 0, 0
+        for entry_id, fields in going:
+            if entry_id in unread:
+                count, oldest = _given_up(fields, _id_pair(entry_id)[0] * 1000)
+                records += count
+                oldest_us = min(oldest_us or oldest, oldest)
+        trimmed = int(await self.client.xtrim(self.stream, minid=keep_from, approximate=False))
+        self.metrics.inc("flow_entries_trimmed_total", trimmed)
+        if records:
+            self.metrics.inc("flow_records_given_up_total", records)
+            log.error(
+                "flow stream full: records given up before a collector had them",
+                extra={"records": records, "entries": len(unread), "bound": self.maxlen},
+            )
+            if self.on_trimmed is not None:
+                self.on_trimmed(records, oldest_us)
+
+    async def _unread(self, ids: list[bytes]) -> set[bytes]:
+        """Which of ``ids`` some collector group has not acknowledged (all of them when no group reads the stream)."""
+        groups: Any = await self.client.xinfo_groups(self.stream)
+        if not groups:
+            return set(ids)
+        out: set[bytes] = set()
+        for group in groups:
+            name = group.get("name")
+            last = _id_pair(group.get("last-delivered-id") or b"0-0")
+            out.update(i for i in ids if _id_pair(i) > last)
+            if int(group.get("pending") or 0):
+                pending: Any = await self.client.xpending_range(
+                    self.stream, name, min=ids[0], max=ids[-1], count=len(ids)
+                )
+                out.update(p["message_id"] for p in pending)
+        return out
 
     async def shutdown(self, timeout_s: float = 5.0) -> None:
         """Flush what is queued, waiting at most ``timeout_s`` (the owner stops the worker after)."""

@@ -2,15 +2,20 @@
 
 A frame is a JSON object ``{"v": 2, "t": TYPE, ...}``. Each relay pair runs two
 connections, one dialed by each side, as NATS gateways do; the dialer sends
-HELLO, EVENTS and PING, the accepting relay answers HELLO, INTEREST, ROUTES,
-ACK and PONG::
+HELLO, EVENTS, PING and GOVPROP, the accepting relay answers HELLO, INTEREST,
+ROUTES, ACK, PONG and GOVRES; GOV goes both ways::
 
-    HELLO     {"region", "relay", "provider", "lat", "lon", "city", "gov"}
+    HELLO     {"region", "relay", "provider", "lat", "lon", "city", "gov",
+               "gov_home", "gov_cut_off"}      (the last two optional: the governance authority the
+                                               sender follows, and whether it is cut off from it now)
     INTEREST  {"lsa": LSA}                     the sender's own link state, pushed on change
     ROUTES    {"lsas": [LSA, ...]}             link states the sender knows of other regions
     EVENTS    {"b": [ITEM, ...]}
     ACK       {"a": [[origin, epoch, first, last], ...]}   applied (or refused) at the destination
     PING/PONG {"ts": µs}                       liveness and RTT, echoed
+    GOV       {"version", "digest", "doc"}     a governance document (its registry JSON, as text)
+    GOVPROP   {"id", "base", "author", "content"}   a change for the authority, made on version ``base``
+    GOVRES    {"id", "status", "version", "doc", "error", "path", "reasons"}   the authority's answer
 
     LSA   {"region", "seq", "links": {region: rtt_ms}, "patterns": [...], "transit": bool}
     ITEM  [origin, epoch, seq, floor, high, dst, path, span_id, sent_us, published_us, attempt,
@@ -26,23 +31,27 @@ Everything a peer sends is untrusted input, checked as strictly as a publish:
 ``decode`` refuses anything that is not a known v2 frame (the connection is
 closed), ``items_of`` checks each ITEM and returns the bad ones separately with
 the reason, so one bad event is refused (and acknowledged, so it is not sent
-forever) without losing the rest of the frame.
+forever) without losing the rest of the frame. A governance document is
+checked again as a whole (its digest recomputed) by ``meshcore.governance``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from meshcore.governance import VERSION_ID
 from meshcore.names import PRINCIPAL, SPAN_ID, is_region_id
 from meshcore.topic import InvalidTopic, validate_pattern
 from router.errors import FrameError
 
 VERSION = 2
 HELLO, INTEREST, ROUTES, EVENTS, ACK, PING, PONG = "HELLO", "INTEREST", "ROUTES", "EVENTS", "ACK", "PING", "PONG"
-TYPES = frozenset((HELLO, INTEREST, ROUTES, EVENTS, ACK, PING, PONG))
+GOV, GOVPROP, GOVRES = "GOV", "GOVPROP", "GOVRES"
+TYPES = frozenset((HELLO, INTEREST, ROUTES, EVENTS, ACK, PING, PONG, GOV, GOVPROP, GOVRES))
 
 MAX_ITEMS = 1000
 MAX_PATTERNS = 1000
@@ -53,6 +62,11 @@ MAX_ATTEMPT = 1_000_000
 MAX_HOPS = 16
 EPOCH_LENGTH = 16
 _HEX = frozenset("0123456789abcdef")
+MAX_DOCUMENT_CHARS = 16 << 20  # a frame is bounded by the link's max_size first
+PROPOSAL_ID = re.compile(r"[0-9a-f]{16}")
+RESULT_STATUSES = frozenset((200, 400, 409, 421, 503))
+MAX_ERROR = 1000
+MAX_REASONS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +192,16 @@ def _number(value: object, low: float, high: float, what: str) -> float:
 
 
 def hello_of(frame: dict[str, Any]) -> dict[str, Any]:
-    """The checked fields of a HELLO."""
+    """The checked fields of a HELLO.
+
+    ``replicates`` says whether the sender takes GOV frames (its HELLO names a governance home field).
+    """
+    home = frame.get("gov_home", "")
+    if home != "" and not is_region_id(home):
+        raise FrameError("HELLO gov_home is not a region id")
+    cut_off = frame.get("gov_cut_off", False)
+    if not isinstance(cut_off, bool):
+        raise FrameError("HELLO gov_cut_off must be true or false")
     return {
         "region": _region(frame.get("region"), "HELLO region"),
         "relay": _str(frame.get("relay"), 128, "HELLO relay"),
@@ -187,7 +210,94 @@ def hello_of(frame: dict[str, Any]) -> dict[str, Any]:
         "lon": _number(frame.get("lon"), -180, 180, "HELLO lon"),
         "city": _str(frame.get("city"), 128, "HELLO city"),
         "gov": _str(frame.get("gov", ""), 128, "HELLO gov"),
+        "gov_home": str(home),
+        "gov_cut_off": cut_off,
+        "replicates": "gov_home" in frame,
     }
+
+
+# ---- governance ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A change sent to the governance authority: content made on version ``base`` by ``author``."""
+
+    id: str
+    base: str
+    author: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The authority's answer to a proposal: 200 with the new document, or a refusal."""
+
+    id: str
+    status: int
+    version: str
+    doc: str
+    error: str
+    path: str
+    reasons: tuple[str, ...]
+
+
+def _version_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or VERSION_ID.fullmatch(value) is None:
+        raise FrameError(f"{what} is not a governance version id")
+    return value
+
+
+def document_of(frame: dict[str, Any]) -> tuple[str, str]:
+    """(version id, document text) of a GOV; the text is then read by ``meshcore.governance.from_json``."""
+    version = _int(frame.get("version"), 1, MAX_SEQ, "GOV version")
+    digest = frame.get("digest")
+    if not isinstance(digest, str) or len(digest) != 12 or not set(digest) <= _HEX:
+        raise FrameError("GOV digest must be 12 lower-case hex digits")
+    doc = _str(frame.get("doc"), MAX_DOCUMENT_CHARS, "GOV doc")
+    return f"{version}-{digest}", doc
+
+
+def proposal_of(frame: dict[str, Any]) -> Proposal:
+    pid = frame.get("id")
+    if not isinstance(pid, str) or PROPOSAL_ID.fullmatch(pid) is None:
+        raise FrameError("GOVPROP id must be 16 lower-case hex digits")
+    author = frame.get("author")
+    if not isinstance(author, str) or PRINCIPAL.fullmatch(author) is None:
+        raise FrameError("GOVPROP author is not a principal name")
+    return Proposal(
+        pid,
+        _version_id(frame.get("base"), "GOVPROP base"),
+        author,
+        _str(frame.get("content"), MAX_DOCUMENT_CHARS, "GOVPROP content"),
+    )
+
+
+def result_of(frame: dict[str, Any]) -> Result:
+    pid = frame.get("id")
+    if not isinstance(pid, str) or PROPOSAL_ID.fullmatch(pid) is None:
+        raise FrameError("GOVRES id must be 16 lower-case hex digits")
+    status = frame.get("status")
+    if type(status) is not int or status not in RESULT_STATUSES:
+        raise FrameError(f"GOVRES status must be one of {sorted(RESULT_STATUSES)}")
+    version = frame.get("version", "")
+    if version != "":
+        version = _version_id(version, "GOVRES version")
+    doc = _str(frame.get("doc", ""), MAX_DOCUMENT_CHARS, "GOVRES doc")
+    if status == 200 and not (version and doc):
+        raise FrameError("a GOVRES of 200 carries the version and its document")
+    reasons = frame.get("reasons", [])
+    if not isinstance(reasons, list) or len(reasons) > MAX_REASONS:
+        raise FrameError(f"GOVRES reasons must be a list of at most {MAX_REASONS}")
+    return Result(
+        pid,
+        status,
+        str(version),
+        doc,
+        _str(frame.get("error", ""), MAX_ERROR, "GOVRES error"),
+        _str(frame.get("path", ""), MAX_ERROR, "GOVRES path"),
+        tuple(_str(r, MAX_ERROR, "GOVRES reason") for r in reasons),
+    )
 
 
 def lsa_of(obj: object) -> LinkStateAd:

@@ -132,6 +132,12 @@ def dropped(held: Held, origin: str, dst: str, status: str, ts: int) -> Hop:
     )
 
 
+def trimmed(region: str, records: int, oldest_us: int) -> Hop:
+    """The drop record of ``records`` flow records the region's full stream gave up, the oldest from ``oldest_us``."""
+    subject = NOTHING._replace(published_us=oldest_us)
+    return Hop(subject, fk.DROP, new_span_id(), "", region, region, now_us(), status=fk.TRIMMED, seq=records)
+
+
 def gap(src: str, dst: str, first: int, last: int) -> Hop:
     """The drop record of the sequence numbers ``first..last`` from ``src`` to ``dst`` that will never arrive."""
     return Hop(NOTHING, fk.DROP, new_span_id(), "", src, dst, now_us(), status=fk.GAP, seq=first, seq_end=last)

@@ -5,7 +5,9 @@ certificate under mutual TLS, or a relay principal's token bound to a
 region). Its HELLO must name that same region: a HELLO that claims another
 region is refused and logged. The region of everything that arrives is the
 authenticated one, never a field of a frame. A peer that sends nothing for
-three ping intervals is disconnected.
+three ping intervals is disconnected. A dialing peer also sends governance
+documents (GOV) and changes for the authority (GOVPROP, answered with GOVRES;
+``router.authority``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
     last_heard = time.monotonic()
 
     def send(data: bytes) -> None:
+        if relay.isolated:
+            return  # fault injection: nothing leaves an isolated region
         if delay_s:
             loop.call_later(delay_s, outbox.put_nowait, data)
         else:
@@ -70,6 +74,8 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
             if message["type"] == "websocket.disconnect":
                 return
             receiver = asyncio.create_task(ws.receive())
+            if relay.isolated:
+                continue  # fault injection: nothing reaches an isolated region
             last_heard = time.monotonic()
             msg = fr.decode(message.get("bytes") or message.get("text") or b"")
             kind = msg["t"]
@@ -83,14 +89,21 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
                     await _close(ws, CLOSE_POLICY, f"you are {region}, not {hello['region']}")
                     return
                 conn.gov = hello["gov"]
+                conn.replicates = hello["replicates"]
                 if key is None:
                     key = relay.mesh.register_inbound(conn)
+                else:
+                    relay.authority.peer_version(conn.gov, conn.replicates, send)
             elif key is None:
                 raise FrameError(f"{kind} before HELLO")
             elif kind == fr.EVENTS:
                 await relay.receiver.receive(region, msg, send)
             elif kind == fr.PING:
                 send(fr.encode(fr.PONG, ts=fr.ts_of(msg)))
+            elif kind == fr.GOV:
+                relay.authority.on_document(region, msg, send)
+            elif kind == fr.GOVPROP:
+                await relay.authority.on_proposal(region, msg, send)
             else:
                 raise FrameError(f"an accepting relay does not take {kind}")
     except FrameError as exc:

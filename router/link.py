@@ -66,6 +66,8 @@ class LinkCallbacks:
     on_acks: Callable[[MeshLink, list[tuple[str, str, int, int]]], None]
     on_lsas: Callable[[MeshLink, list[fr.LinkStateAd]], None]
     on_state: Callable[[MeshLink, str], None]
+    on_governance: Callable[[MeshLink, dict[str, Any]], None]
+    """A HELLO after the handshake, a GOV or a GOVRES (``router.authority``)."""
 
 
 class MeshLink:
@@ -105,6 +107,7 @@ class MeshLink:
         self.peer_region: str | None = peer.region
         self.peer_hello: dict[str, Any] = {}
         self.peer_gov = ""
+        self.peer_replicates = False  # the peer takes GOV frames (its HELLO says which governance home it follows)
         self.state = DOWN
         self.security = PLAIN
         self.rtt_ms: float | None = None
@@ -244,6 +247,7 @@ class MeshLink:
                 self.peer_region = region
                 self.peer_hello = hello
                 self.peer_gov = hello["gov"]
+                self.peer_replicates = hello["replicates"]
                 got_hello = True
             elif msg["t"] in (fr.INTEREST, fr.ROUTES) and got_hello:
                 self.cb.on_lsas(self, fr.lsas_of(msg))
@@ -324,7 +328,13 @@ class MeshLink:
             elif kind in (fr.INTEREST, fr.ROUTES):
                 self.cb.on_lsas(self, fr.lsas_of(msg))
             elif kind == fr.HELLO:
-                self.peer_gov = fr.hello_of(msg)["gov"]
+                hello = fr.hello_of(msg)
+                self.peer_hello = hello
+                self.peer_gov = hello["gov"]
+                self.peer_replicates = hello["replicates"]
+                self.cb.on_governance(self, msg)
+            elif kind in (fr.GOV, fr.GOVRES):
+                self.cb.on_governance(self, msg)
             else:
                 raise FrameError(f"a dialing relay does not take {kind}")
 

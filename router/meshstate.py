@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -43,6 +43,7 @@ class Inbound:
     security: str
     principal: str
     gov: str = ""
+    replicates: bool = False  # takes GOV frames
 
 
 class MeshState:
@@ -60,6 +61,7 @@ class MeshState:
         conn.send(fr.encode(fr.HELLO, **r.hello))
         conn.send(fr.encode(fr.INTEREST, lsa=self.own_lsa().to_json()))
         conn.send(fr.encode(fr.ROUTES, lsas=[ad.to_json() for ad in r.routes.fresh()]))
+        r.authority.peer_version(conn.gov, conn.replicates, conn.send)
         return key
 
     def unregister_inbound(self, key: int) -> None:
@@ -120,6 +122,18 @@ class MeshState:
         r.links_by_region[link.peer_region] = link
         r.metrics.set("link_security", SECURITY_VALUE[link.security], peer=link.peer_region)
         self._own_links_changed()
+        r.authority.peer_version(link.peer_gov, link.peer_replicates, link.control)
+
+    def link_governance(self, link: MeshLink, msg: dict[str, Any]) -> None:
+        """A HELLO after the handshake, a governance document or the authority's answer, from a peer we dialed."""
+        authority = self.relay.authority
+        peer = link.peer_region or link.url
+        if msg["t"] == fr.HELLO:
+            authority.peer_version(link.peer_gov, link.peer_replicates, link.control)
+        elif msg["t"] == fr.GOV:
+            authority.on_document(peer, msg, link.control)
+        else:
+            authority.on_result(msg)
 
     def link_down(self, link: MeshLink) -> None:
         if link.peer_region is not None:

@@ -9,6 +9,7 @@ joins them and owns their shared state:
 - ``router.outbox``: events held for other regions, sent over the current route;
 - ``router.meshstate``: links up and down, link state advertisements, peers that dialed in;
 - ``router.groupkeeper``: joining, deleting and trimming durable groups;
+- ``router.authority``: governance versions ordered by one authority, copied to every region;
 - ``router.recorder``: every hop as a flow record, counters and a hop span (``router.hop``).
 
 Start-up loads the durable state (groups, held events, what was applied from
@@ -38,8 +39,9 @@ from meshcore.metrics import Registry
 from meshcore.supervise import Supervisor
 from meshcore.tls import client_context
 from router import frame as fr
+from router.authority import Authority
 from router.channel import OriginState
-from router.committer import Committer, Ops
+from router.committer import Committer, Ops, Unavailable
 from router.config import RelayConfig
 from router.delivery import LocalDelivery
 from router.envelope import EventLimits, now_us
@@ -47,7 +49,7 @@ from router.errors import Backpressure, FrameError
 from router.flowsink import FlowSink
 from router.gate import Gate
 from router.groupkeeper import GroupKeeper
-from router.hop import dropped
+from router.hop import dropped, trimmed
 from router.link import LinkCallbacks, MeshLink, PeerAddress
 from router.meshstate import LSA_KEY, MeshState
 from router.outbox import Dropped, Outbox
@@ -104,6 +106,7 @@ class Relay:
             config.flow_flush_interval_s,
             m,
             writer=f"{self.region}/{self.name}/flows",
+            on_trimmed=lambda records, oldest_us: self.record(trimmed(self.region, records, oldest_us)),
         )
         if tracer is None:
             exporter = otlp_exporter(config.otlp_endpoint) if config.otlp_endpoint else None
@@ -111,7 +114,7 @@ class Relay:
         self.tracer = tracer
         self.record = Recorder(self.region, self.name, self.sink, m, tracer)
         self.registry = GovernanceStore(client)
-        self.watcher = GovernanceWatcher(self.registry, self._governance_changed)
+        self.watcher = GovernanceWatcher(self.registry, self._governance_changed, lambda doc: self.authority.ahead(doc))
         self.gate = Gate(self.region, self.auth, self.groups, lambda: self.watcher.governance, self.record.refused)
         self.gov_version = ""
         self.hello = {
@@ -122,7 +125,10 @@ class Relay:
             "lon": config.region.lon,
             "city": config.region.city,
             "gov": self.gov_version,
+            "gov_home": config.governance_home or "",
+            "gov_cut_off": False,
         }
+        self.authority = Authority(self)
         # the paths an event takes, each in its own module
         self.mesh = MeshState(self)
         self.delivery = LocalDelivery(self)
@@ -132,7 +138,9 @@ class Relay:
         tls = config.tls
         ssl_ctx = client_context(tls, tls.ca) if tls is not None and tls.ca else None
         mesh = self.mesh
-        callbacks = LinkCallbacks(mesh.link_up, mesh.link_down, mesh.link_acks, mesh.link_lsas, mesh.link_state)
+        callbacks = LinkCallbacks(
+            mesh.link_up, mesh.link_down, mesh.link_acks, mesh.link_lsas, mesh.link_state, mesh.link_governance
+        )
         self.links: list[MeshLink] = []
         for text in config.peers:
             peer = PeerAddress.parse(text)
@@ -158,6 +166,7 @@ class Relay:
         self.group_members: Counter[str] = Counter()  # group -> members connected here
         self.outbox = Outbox(config, client, self.routes, self.links_by_region, self.record, self.limits)
         self._wake = asyncio.Event()
+        self.isolated_until = 0.0  # fault injection: every link silent until then (``isolate``)
         # set once groups, stored events and applied state are loaded: mesh events and publishes wait
         # for it, or events right after a restart would be routed without knowing the durable groups
         self.ready = asyncio.Event()
@@ -188,6 +197,8 @@ class Relay:
         sup.spawn("group-trim", self.group_keeper.trim_loop)
         sup.spawn("link-state", self.mesh.advertise_loop)
         sup.spawn("governance", self._watch_governance)
+        sup.spawn("governance-store", self.authority.persist_loop)
+        sup.spawn("governance-contact", self.authority.watch_contact)
         sup.spawn("loop-monitor", lambda: monitor_loop(self.metrics))
         for link in self.links:
             sup.spawn(f"link {link.url}", link.run)
@@ -204,6 +215,7 @@ class Relay:
                 lsas: Any = await self.redis.hgetall(LSA_KEY)
                 dropped = await self.outbox.load()
                 await self.watcher.refresh()
+                self.authority.heard = self.authority.heard or await self.registry.has_version()
                 await self.redis.hset(REGIONS_KEY, self.region, orjson.dumps({**self.hello, "ts": now_us()}))
             except (StreamUnavailable, RedisError) as exc:
                 delay = min(5.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2)
@@ -259,6 +271,12 @@ class Relay:
         for sub in self.subscribers.values():
             sub.gate = self.gate.read_gate(sub.principal)
         self.gate.changed()
+        self.send_hello()
+        if gov.document is not None:
+            self.authority.flood(gov.document)
+
+    def send_hello(self) -> None:
+        """Our HELLO again to every peer, over every connection: what we enforce changed, or our contact."""
         hello = fr.encode(fr.HELLO, **self.hello)
         self.mesh.broadcast(hello)
         for link in self.links:
@@ -269,8 +287,18 @@ class Relay:
     def check_capacity(self) -> None:
         """Raise when events cannot be accepted now: Redis is failing (503) or flow records back up (429)."""
         self.committer.available()
+        self.check_governance()
         if self.sink.full:
             raise Backpressure("the relay's flow record queue is full", retry_after_s=1)
+
+    def check_governance(self) -> None:
+        """Raise Unavailable (503) while the governance version to enforce is not known (never fall open)."""
+        if not self.authority.known():
+            raise Unavailable(
+                f"the governance version to enforce is not known yet: {self.region}'s store holds none and the "
+                f"authority ({self.config.governance_home}) has not been reached",
+                2.0,
+            )
 
     # ---- dispatch -----------------------------------------------------------------------------
 
@@ -311,6 +339,16 @@ class Relay:
         if self.subscribers.pop(sub.id, None) is not None and self.local.remove(sorted(sub.patterns.patterns)):
             self.mesh.advertise()
         self.metrics.set("subscribers", len(self.subscribers))
+
+    def isolate(self, seconds: float) -> None:
+        """Fault injection: every link silent for ``seconds``, both ways (``router.faults``)."""
+        self.isolated_until = time.monotonic() + seconds
+        for link in self.links:
+            link.black_hole(seconds)
+
+    @property
+    def isolated(self) -> bool:
+        return time.monotonic() < self.isolated_until
 
     async def _flap_links(self) -> None:
         """Drop a random up link now and then, so a demo shows reconnects and resends."""

@@ -172,6 +172,7 @@ class Status:
             "region": r.region,
             "relay": r.name,
             "governance": r.gov_version,
+            "governance_authority": r.authority.health(),
             "routes": [
                 {
                     "dst": r.dst,
@@ -224,6 +225,20 @@ class Status:
             reasons.append(
                 f"governance registry unreachable for {stale:.0f} s; enforcing version {r.gov_version or 'none'}"
             )
+        authority = r.authority.health()
+        cut = r.authority.cut_off_s()
+        if cut is not None:
+            reasons.append(
+                f"cut off from the governance authority ({authority['home']}) for {cut:.0f} s; "
+                f"enforcing version {r.gov_version or 'none'}, the last it had"
+            )
+        if authority["fork"]:
+            reasons.append(str(authority["fork"]))
+        if not r.authority.known():
+            reasons.append(
+                f"governance version not known yet: the store holds none and the authority ({authority['home']}) "
+                "has not been reached; publishes and subscriptions wait (503)"
+            )
         reasons += r.supervisor.problems()
         links = {row["peer"]: row["state"] for row in self.link_rows()}
         return {
@@ -237,6 +252,7 @@ class Status:
                 "registry_reachable": stale is None,
                 "policy_enforced": r.governance.policy.enforcing,
                 "subjects": len(r.governance.schemas.subjects),
+                **authority,
             },
             "links": links,
             "links_up": sum(1 for s in links.values() if s == UP),

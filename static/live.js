@@ -1,6 +1,7 @@
 // meshscope dashboard: the live feed (/ws/live). Edge messages ("type": "edges", or none from an
 // older server) feed the live edges table and the tail; link messages ("type": "links") update the
-// map's links at once, so a link that goes down shows within a second.
+// map's links at once, so a link that goes down shows within a second; region messages ("type":
+// "regions", each second) say which regions the dashboard cannot vouch for, drawn grey at once.
 "use strict";
 
 const LIVE_SECONDS = 5;
@@ -51,9 +52,29 @@ function takeLinks(message) {
   return changed;
 }
 
+/** Each region's freshness into the map's regions; true when a region turned stale or fresh. */
+function takeRegions(message) {
+  if (view.end !== null) return false; // a past window keeps what it was drawn with
+  const byId = new Map(list(state.topology.regions).map((r) => [r.id, r]));
+  let changed = false;
+  for (const f of list(message.regions)) {
+    const region = f && typeof f.id === "string" ? byId.get(f.id) : undefined;
+    if (!region) continue;
+    const stale = f.stale === true;
+    const label = stale && typeof f.no_data_s === "number" ? Math.round(f.no_data_s / 5) : null;
+    const before = region.stale === true && region.freshness ? Math.round(num(region.freshness.no_data_s) / 5) : null;
+    if (region.stale !== stale || label !== before) changed = true;
+    region.stale = stale;
+    region.freshness = { no_data_s: f.no_data_s, cause: typeof f.cause === "string" ? f.cause : "", heard_at: f.heard_at };
+  }
+  return changed;
+}
+
 function takeLive(message) {
   state.messages += 1;
-  if (message.type === "links") {
+  if (message.type === "regions") {
+    if (takeRegions(message)) drawMap();
+  } else if (message.type === "links") {
     if (takeLinks(message)) drawMap();
   } else if (message.type === undefined || message.type === "edges") {
     takeEdges(message);

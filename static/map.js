@@ -24,6 +24,7 @@ const LINK_STYLES = {
   mismatch: { width: 1.8, color: "#c084fc", dash: "longdash" },
 };
 const REFUSAL_STATUSES = ["policy_denied", "schema_rejected"];
+const STALE_COLOR = "#6b7280"; // a region the dashboard cannot vouch for, and its edges: never a health colour
 const DETOUR_COLOR = "#e8ecf7";
 
 function regionIndex(topology) {
@@ -165,8 +166,9 @@ function buildTraces() {
     };
     const rate = ctx.live && view.window === "1m" ? ctx.live.rate : num(e.events_per_s);
     const width = 1 + 7 * Math.sqrt(Math.min(1, rate / maxRate));
-    const color = edgeColor(e, ctx);
-    const hover = edgeHover(e, ctx);
+    const silent = [a, b].find((r) => r.stale);
+    const color = silent || e.stale ? STALE_COLOR : edgeColor(e, ctx);
+    const hover = (silent ? `<b>${plain(staleLabel(silent))}</b>: ${plain(staleCause(silent))}<br>` : "") + edgeHover(e, ctx);
     const meta = { src: e.src, dst: e.dst, change: ctx.change ? ctx.change.change : null };
     const g = arc(a, b);
     // a detour is drawn when it carried a real share of the edge's traffic in the window
@@ -295,7 +297,18 @@ function arrowTrace(p) {
   };
 }
 
+/** "no data for 45 s", for a region whose data the dashboard cannot vouch for. */
+function staleLabel(r) {
+  const f = r.freshness || {};
+  return typeof f.no_data_s === "number" ? `no data for ${Math.round(f.no_data_s)} s` : "no data";
+}
+
+function staleCause(r) {
+  return (r.freshness && r.freshness.cause) || "its store has not been read";
+}
+
 function regionHover(r) {
+  if (r.stale) return [`<b>${plain(r.id)}</b> (${plain(r.city)})`, `<b>${plain(staleLabel(r))}</b>`, plain(staleCause(r))].join("<br>");
   const lines = [`<b>${plain(r.id)}</b> (${plain(r.city)})`,
     `${fmt(r.events_per_s, 2)} ev/s published · ${num(r.delivered)} delivered here`];
   const groups = regionGroups(r);
@@ -308,10 +321,12 @@ function regionTrace(rs, sizes) {
   return {
     type: "scattergeo", mode: "markers+text", name: "regions", showlegend: false,
     lat: rs.map((r) => r.lat), lon: rs.map((r) => r.lon), customdata: rs.map((r) => r.id),
-    text: rs.map((r) => plain(r.id)), textposition: "bottom center", textfont: { color: "#dbe2f1", size: 11 }, hoverinfo: "text",
+    meta: rs.map((r) => (r.stale ? "stale" : "")),
+    text: rs.map((r) => plain(r.id) + (r.stale ? ` · ${plain(staleLabel(r))}` : "")), textposition: "bottom center",
+    textfont: { color: rs.map((r) => (r.stale ? STALE_COLOR : "#dbe2f1")), size: 11 }, hoverinfo: "text",
     hovertext: rs.map(regionHover),
     marker: {
-      size: sizes, color: rs.map((r) => pick(PROVIDER_COLORS, r.provider, PROVIDER_COLORS.onprem)),
+      size: sizes, color: rs.map((r) => (r.stale ? STALE_COLOR : pick(PROVIDER_COLORS, r.provider, PROVIDER_COLORS.onprem))),
       line: { width: 1.5, color: "#0b1020" }, opacity: 0.95,
     },
   };

@@ -101,7 +101,8 @@ async function refreshGovernance() {
   const expected = gov.document && gov.document.version;
   fillRows($("gov-relays-body"), list(gov.relays).map((r) => {
     const off = Boolean(gov.mismatch) && (expected ? r.version !== expected : list(gov.versions).length > 1);
-    return row([r.region, { text: r.version || "none", class: off ? "mismatch" : "" }, r.stale ? "stale" : "fresh"],
+    const seen = (r.stale ? "stale" : "fresh") + (r.cut_off ? " · cut off from the authority" : "");
+    return row([r.region, { text: r.version || "none", class: off ? "mismatch" : "" }, seen],
       { class: off ? "mismatch-row" : "" });
   }), 3, "no relay has reported its governance version");
   fillRows($("gov-links-body"), list(gov.links).map((l) => row([`${l.src} → ${l.dst}`, l.local_gov, l.peer_gov])),

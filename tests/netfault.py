@@ -1,5 +1,5 @@
-"""The fault suite's network faults: the TCP proxy lives in bench (benchmarks use it too)."""
+"""The fault suite's network faults: the TCP proxy lives in meshcore (benchmarks and meshscope up use it too)."""
 
-from bench.netproxy import BLACKHOLE, CUT, FORWARD, TcpProxy
+from meshcore.netproxy import BLACKHOLE, CUT, FORWARD, TcpProxy
 
 __all__ = ["BLACKHOLE", "CUT", "FORWARD", "TcpProxy"]

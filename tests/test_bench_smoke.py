@@ -45,6 +45,7 @@ def test_every_benchmark_runs_at_a_tiny_size(redis_url: str) -> None:
         "publish -> /ws/live p99",
         "4 relays",
         "4 collectors",
+        "publish at A, B's store 40 ms away: one client",
     ):
         line = next(line for line in out.stdout.splitlines() if line.startswith(f"| {measure} "))
         assert "| - " not in line.split("|")[2], line  # a median was measured

@@ -36,10 +36,10 @@ def test_chaos_against_a_running_up_loses_nothing_but_the_injected_failures_each
             assert up.poll() is None, up.stdout.read().decode() if up.stdout else ""
             assert time.monotonic() < deadline, "meshscope up did not come up"
             time.sleep(0.2)
-        out = subprocess.run(
-            [sys.executable, "-m", "meshscope", "chaos", "--data-dir", str(data), "--events", "100",
-             "--scenarios", "relay-kill,partition"],
-            env=env, capture_output=True, text=True, timeout=scaled(240),
+        out = subprocess.run(  # about a minute and a half
+            [sys.executable, "-m", "meshscope", "chaos", "--data-dir", str(data), "--events", "100", "--isolate", "10",
+             "--scenarios", "relay-kill,partition,region-valkey-kill,region-isolation,governance-isolated"],
+            env=env, capture_output=True, text=True, timeout=scaled(420),
         )  # fmt: skip
         print(out.stdout)  # the table, in the report of a failure
         assert out.returncode == 0, out.stdout + out.stderr
@@ -52,13 +52,20 @@ def test_chaos_against_a_running_up_loses_nothing_but_the_injected_failures_each
             if int(lost):  # only the injected failures, each found in the flow history
                 assert f"drops: {lost}x delivery_failed" in rows[scenario], rows[scenario]
         assert "via" in rows["partition"]  # the partition was routed around
+        # regions stand alone: a killed store, a region cut off, a governance change meanwhile
+        for scenario in ("region-valkey-kill", "region-isolation", "governance-isolated"):
+            assert "| ok " in rows[scenario], rows[scenario]
+        assert "map: stale after" in rows["region-isolation"] and "map: caught up" in rows["region-isolation"]
+        assert "mismatch shown: True" in rows["governance-isolated"]
         assert "could not delete" not in out.stdout
         state = json.loads((data / "up.json").read_text())
-        with redis.Redis.from_url(state["valkey"]["url"]) as client:
-            names = [*client.scan_iter("meshscope:group:*")]
-            registries = [k for k in client.scan_iter("meshscope:groups:*") if client.type(k) == b"hash"]
-            names += [field for key in registries for field in client.hkeys(key)]
-            left = [n for n in names if b"relaykill" in n or b"partition" in n]
+        left = []
+        for store in state["valkeys"].values():  # every region's own store
+            with redis.Redis.from_url(store["url"]) as client:
+                names = [*client.scan_iter("meshscope:group:*")]
+                registries = [k for k in client.scan_iter("meshscope:groups:*") if client.type(k) == b"hash"]
+                names += [field for key in registries for field in client.hkeys(key)]
+                left += [n for n in names if b"relaykill" in n or b"partition" in n]
         assert left == []  # chaos forgets its probe groups: none is left to read as a stopped consumer
         assert state["restarts"].get("relay-aws:us-east-1", 0) >= 1 or any(
             n >= 1 for k, n in state["restarts"].items() if k.startswith("relay-")

@@ -484,3 +484,25 @@ async def test_compose_relays_mesh_over_mutual_tls_and_accept_the_simulator(mesh
         assert (await client.post(url, json=event)).status_code == 401
         ok = await client.post(url, json=event, headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 202, ok.text
+
+
+def test_every_region_has_its_own_store_and_collector_and_the_dashboard_reads_them_all() -> None:
+    stores = {name for name, svc in SERVICES.items() if str(svc.get("image", "")).startswith("valkey/")}
+    store_of = {}
+    for name in RELAYS:
+        env = environment(SERVICES[name])
+        host = re.fullmatch(r"redis://([a-z0-9-]+):6379/0", env["REDIS_URL"])
+        assert host and host.group(1) in stores, f"{name}: REDIS_URL {env['REDIS_URL']!r} is not a Valkey service"
+        assert host.group(1) in (SERVICES[name].get("depends_on") or {}), f"{name} must wait for its store"
+        store_of[env["MESHSCOPE_REGION"]] = host.group(1)
+    assert len(set(store_of.values())) == len(RELAYS), f"relays share a store: {store_of}"
+    homes = {environment(SERVICES[name]).get("MESHSCOPE_GOVERNANCE_HOME") for name in RELAYS}
+    assert len(homes) == 1 and homes <= set(store_of), f"every relay must name the same home region: {homes}"
+    collectors = [name for name in OURS if SERVICES[name].get("command") == ["collector"]]
+    read = {environment(SERVICES[n])["MESHSCOPE_REGION"]: environment(SERVICES[n])["REDIS_URL"] for n in collectors}
+    assert read == {r: f"redis://{s}:6379/0" for r, s in store_of.items()}, "one collector per region, on its store"
+    alerting = [n for n in collectors if environment(SERVICES[n]).get("MESHSCOPE_ALERTS") == "true"]
+    assert len(alerting) == 1, f"the alert rules run in exactly one collector, not {alerting}"
+    dashboard = environment(SERVICES["dashboard"])
+    listed = dict(item.split("=", 1) for item in dashboard["MESHSCOPE_REGION_STORES"].split(","))
+    assert listed == {r: f"redis://{s}:6379/0" for r, s in store_of.items()}, "the dashboard must read every store"

@@ -492,6 +492,9 @@ async def test_fault_injection_takes_only_small_well_formed_requests_from_admins
         (AUTH, orjson.dumps({"peer": C, "fault": "blackhole", "seconds": "a while"}), 400),
         (AUTH, orjson.dumps({"peer": "aws:nowhere", "fault": "cut"}), 404),
         (AUTH, orjson.dumps({"peer": C, "fault": "cut", "pad": "x" * 5000}), 413),
+        (AUTH, orjson.dumps({"fault": "isolate", "seconds": -1}), 400),
+        (AUTH, orjson.dumps({"fault": "isolate", "seconds": [1]}), 400),
+        (OTHER_AUTH, orjson.dumps({"fault": "isolate", "seconds": 1}), 403),
     ]
     for headers, body, status in cases:
         reply = await http.post(url, headers={**headers, "content-type": "application/json"}, content=body)

@@ -8,12 +8,13 @@ that black-holes or cuts a link) and counts every event end to end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,20 @@ class ValkeyProcess:
 
     def stop(self) -> None:
         self.server.stop()
+
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown, no final write; what the append-only file holds is what comes back."""
+        process = self.server._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        self.server._process = None
+
+    @property
+    def pid(self) -> int:
+        process = self.server._process
+        assert process is not None
+        return int(process.pid)
 
 
 @dataclass
@@ -100,12 +115,36 @@ class FaultMesh:
     valkey: ValkeyProcess
     relays: dict[str, RelayProcess] = field(default_factory=dict)
     proxies: dict[tuple[str, str], TcpProxy] = field(default_factory=dict)
+    stores: dict[str, ValkeyProcess] = field(default_factory=dict)
+    """Each region's own Valkey, when the test gave them (``start(stores=...)``); else every region uses ``valkey``."""
 
     def __getitem__(self, region: str) -> RelayProcess:
         return self.relays[region]
 
-    async def start(self, regions: list[str], proxied: list[tuple[str, str]] = (), **env: str) -> None:  # type: ignore[assignment]
-        """Start relays in a full mesh; links in ``proxied`` (dialer, peer) go through a TcpProxy."""
+    def store(self, region: str) -> ValkeyProcess:
+        return self.stores.get(region, self.valkey)
+
+    def isolate(self, region: str) -> None:
+        """Cut every proxied link to and from ``region``."""
+        for (dialer, peer), proxy in self.proxies.items():
+            if region in (dialer, peer):
+                proxy.cut()
+
+    def heal(self, region: str) -> None:
+        for (dialer, peer), proxy in self.proxies.items():
+            if region in (dialer, peer):
+                proxy.forward()
+
+    async def start(
+        self,
+        regions: list[str],
+        proxied: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        stores: dict[str, ValkeyProcess] | None = None,
+        **env: str,
+    ) -> None:
+        """Start relays in a full mesh; links in ``proxied`` (dialer, peer) go through a TcpProxy; each region on
+        its own store when ``stores`` names them."""
+        self.stores.update(stores or {})
         auth = write_principals(self.workdir / "principals.toml", regions)
         ports = {r: free_port() for r in regions}
         for dialer, peer in proxied:
@@ -122,7 +161,7 @@ class FaultMesh:
                 "MESHSCOPE_REGION": region,
                 "MESHSCOPE_PORT": str(ports[region]),
                 "MESHSCOPE_PEERS": ",".join(peers),
-                "REDIS_URL": self.valkey.url,
+                "REDIS_URL": self.store(region).url,
                 "MESHSCOPE_AUTH_FILE": auth,
                 "MESHSCOPE_MESH_TOKEN": relay_token(region),
                 "MESHSCOPE_LINK_BACKOFF_BASE_S": "0.05",
@@ -171,6 +210,44 @@ def valkey(tmp_path: Path) -> Iterator[ValkeyProcess]:
 
 
 @pytest.fixture
+def region_valkeys(tmp_path: Path) -> Iterator[Callable[[list[str]], dict[str, ValkeyProcess]]]:
+    """One Valkey per region, append-only file on (fsync always), restartable on the same port and data."""
+    started: list[ValkeyProcess] = []
+
+    def start(regions: list[str]) -> dict[str, ValkeyProcess]:
+        out = {}
+        for region in regions:
+            server = ValkeyProcess(tmp_path / f"valkey-{region.replace(':', '_')}")
+            server.start()
+            started.append(server)
+            out[region] = server
+        return out
+
+    yield start
+    for server in started:
+        if server.server.is_running():
+            server.stop()
+
+
+def tcp_connections(pid: int) -> set[tuple[int, int]]:
+    """(local port, remote port) of every established TCP connection of process ``pid``, read from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    out = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes and fields[3] == "01":  # ESTABLISHED
+                    out.add((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)))
+    return out
+
+
+@pytest.fixture
 async def fault_mesh(tmp_path: Path, valkey: ValkeyProcess) -> AsyncIterator[FaultMesh]:
     mesh = FaultMesh(tmp_path, valkey)
     yield mesh
@@ -216,6 +293,10 @@ class Producer:
                     await asyncio.sleep(float(reply.headers.get("retry-after", "0.2")) / 4)
                 if pause_s:
                     await asyncio.sleep(pause_s)
+
+
+def client_of(server: ValkeyProcess) -> redis.Redis:
+    return redis.Redis.from_url(server.url)
 
 
 def group_ids(client: redis.Redis, region: str, group: str) -> list[str]:
