@@ -508,9 +508,14 @@ async def test_fifty_identical_requests_cost_one_computation(stack_factory: Any,
     one = store.queries - before
     assert one == 1  # the whole map is one statement
 
-    before, computed = store.queries, cache.computed
-    replies = await asyncio.gather(*(http.get(f"{stack.url}/api/topology?window=1h") for _ in range(50)))
-    assert {r.status_code for r in replies} == {200}
+    # a live window's end is rounded to the cache interval: fifty questions that straddle its boundary
+    # are two questions, so the burst is tried again (a loaded machine can take that long to send it)
+    for _attempt in range(3):
+        before, computed = store.queries, cache.computed
+        replies = await asyncio.gather(*(http.get(f"{stack.url}/api/topology?window=1h") for _ in range(50)))
+        assert {r.status_code for r in replies} == {200}
+        if len({r.json()["to"] for r in replies}) == 1:
+            break
     assert len({r.content for r in replies}) == 1
     assert (store.queries - before, cache.computed - computed) == (one, 1)
     assert by_edge(replies[0].json()["edges"])[(A, C)]["events"] == 5
