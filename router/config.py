@@ -98,9 +98,13 @@ MESHSCOPE_LINK_DELAYS = "MESHSCOPE_LINK_DELAYS"
 MESHSCOPE_DEDUP_WINDOW = "MESHSCOPE_DEDUP_WINDOW"
 """How many (source, id) pairs the relay remembers to drop duplicates."""
 MESHSCOPE_TRACE_SAMPLE_RATIO = "MESHSCOPE_TRACE_SAMPLE_RATIO"
-"""Share of traces that get OTel SDK hop spans (ids are in every flow record regardless)."""
+"""Share of the traces a relay starts (events without trace context) that are sampled; producers' own decide theirs."""
 OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 """OTLP/HTTP endpoint; hop spans are exported only when it is set."""
+OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
+"""``service.name`` of the relay's spans (default ``meshscope-relay``); wins over ``OTEL_RESOURCE_ATTRIBUTES``."""
+OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
+"""More resource attributes of the relay's spans, ``key=value,...`` (percent-encoded values); override the defaults."""
 MESHSCOPE_FAILURE_RATE = "MESHSCOPE_FAILURE_RATE"
 """Share of local deliveries failed on purpose (demo fault injection; default 0)."""
 MESHSCOPE_CHAOS_FLAP_INTERVAL_S = "MESHSCOPE_CHAOS_FLAP_INTERVAL_S"
@@ -141,6 +145,8 @@ class RelayConfig:
     dedup_window: int = 200_000
     trace_sample_ratio: float = 0.01
     otlp_endpoint: str | None = None
+    otel_service_name: str | None = None
+    otel_resource_attributes: str | None = None
     failure_rate: float = 0.0
     chaos_flap_interval_s: float = 0.0
     link_stats_interval_s: float = 1.0
@@ -214,6 +220,8 @@ class RelayConfig:
             dedup_window=s.get_int(env, MESHSCOPE_DEDUP_WINDOW, d["dedup_window"].default, 1),
             trace_sample_ratio=s.get_float(env, MESHSCOPE_TRACE_SAMPLE_RATIO, d["trace_sample_ratio"].default),
             otlp_endpoint=env.get(OTEL_EXPORTER_OTLP_ENDPOINT) or None,
+            otel_service_name=env.get(OTEL_SERVICE_NAME) or None,
+            otel_resource_attributes=env.get(OTEL_RESOURCE_ATTRIBUTES) or None,
             failure_rate=s.get_float(env, MESHSCOPE_FAILURE_RATE, 0.0),
             chaos_flap_interval_s=s.get_float(env, MESHSCOPE_CHAOS_FLAP_INTERVAL_S, 0.0),
             link_stats_interval_s=s.get_float(

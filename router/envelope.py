@@ -185,9 +185,15 @@ class EventLimits:
     """Each string extension attribute, ``traceparent`` and ``tracestate`` included (55 at least)."""
     max_extensions: int = 32
     """Extension attributes besides ``traceparent``/``tracestate``, which the relay always sets."""
+    new_trace_sample_ratio: float = 1.0
+    """Not a limit: the share of the traces started here (an event with no trace context) marked sampled."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.new_trace_sample_ratio <= 1.0:
+            raise ValueError(f"EventLimits.new_trace_sample_ratio must be 0 to 1, not {self.new_trace_sample_ratio!r}")
         for f in fields(self):
+            if f.name == "new_trace_sample_ratio":
+                continue
             value = getattr(self, f.name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"EventLimits.{f.name} must be a positive integer, not {value!r}")
@@ -318,7 +324,7 @@ def _check_extension(name: str, value: object, limits: EventLimits) -> None:
 
 def _apply_trace_context(obj: dict[str, Any], limits: EventLimits, context: TraceContext | None) -> TraceContext:
     """Write the context the event carries into it: version 00, reserved flags cleared, tracestate normalized."""
-    ctx = event_context(obj, context)
+    ctx = event_context(obj, context, limits.new_trace_sample_ratio)
     traceparent = ctx.parent.format()
     if obj.get("traceparent") != traceparent:
         obj["traceparent"] = traceparent
