@@ -36,7 +36,10 @@ HTTP content modes (``content_mode``), as the HTTP protocol binding 1.0 picks th
 A binary-mode request becomes the same event as its structured form: a JSON
 body (``*/json``, ``*/*+json``) is decoded into ``data``, a text body
 (``text/*``, ``*/xml``, ``*/*+xml``; UTF-8) becomes ``data`` as a string, any
-other body becomes ``data_base64``, and an empty body means no data. Only the
+other body becomes ``data_base64``, and an empty body means no data. Without a
+``content-type`` (the CloudEvents Python SDK's default) the event has no
+``datacontenttype``, which the JSON event format reads as ``application/json``:
+a body that parses as JSON is ``data``, one that does not is ``data_base64``. Only the
 types of extension attributes are lost: headers carry strings, so an integer
 or boolean extension arrives as a string.
 
@@ -461,7 +464,15 @@ def _binary_event(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         obj["datacontenttype"] = content_type.strip(_OWS)
     if not body:
         return obj
-    essence = media[0] if media is not None else ""
+    if media is None:
+        # no datacontenttype means application/json (JSON event format 3.1): a body that parses as JSON
+        # is its data; bytes that do not parse are kept as they are
+        try:
+            obj["data"] = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            obj["data_base64"] = base64.b64encode(body).decode("ascii")
+        return obj
+    essence = media[0]
     subtype = essence.partition("/")[2]
     if subtype == "json" or subtype.endswith("+json"):
         _require_utf8(media)
