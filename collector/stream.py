@@ -24,6 +24,10 @@ MANIFESTS = "meshscope:collector:inflight"
 Entry = tuple[str, dict[Any, Any]]
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _entries(raw: Any) -> list[Entry]:
     return [(eid.decode() if isinstance(eid, bytes) else eid, fields) for eid, fields in raw if fields is not None]
 
@@ -126,15 +130,34 @@ class FlowStream:
 
     async def lag(self) -> tuple[int, int]:
         """(pending entries, entries not yet delivered to the group)."""
+        pending, lag, _ = await self.backlog()
+        return pending, lag
+
+    async def backlog(self) -> tuple[int, int, int]:
+        """(pending entries, entries not yet delivered, when the oldest not yet stored was added, in ms; 0: none).
+
+        The oldest not yet stored is the oldest pending entry (read, not acked), else the first one
+        after the group's last delivered id; a stream entry id starts with the ms it was added.
+        """
         try:
             groups: Any = await self.client.xinfo_groups(self.stream)
+            for g in groups:
+                name = g.get("name")
+                if (name.decode() if isinstance(name, bytes) else name) != self.group:
+                    continue
+                pending, lag = int(g.get("pending") or 0), int(g.get("lag") or 0)
+                oldest = ""
+                if pending:
+                    summary: Any = await self.client.xpending(self.stream, self.group)
+                    oldest = _text(summary.get("min") or "")
+                elif lag or g.get("lag") is None:
+                    last = _text(g.get("last-delivered-id") or "0-0")
+                    after: Any = await self.client.xrange(self.stream, f"({last}", "+", count=1)
+                    oldest = _text(after[0][0]) if after else ""
+                return pending, lag, int(oldest.partition("-")[0] or 0)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot inspect {self.stream}: {exc}") from exc
-        for g in groups:
-            name = g.get("name")
-            if (name.decode() if isinstance(name, bytes) else name) == self.group:
-                return int(g.get("pending") or 0), int(g.get("lag") or 0)
-        return 0, 0
+        return 0, 0, 0
 
     async def publish(self, channel: str, message: bytes) -> None:
         try:

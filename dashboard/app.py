@@ -9,6 +9,8 @@ GET  /api/...                   the map's JSON API (:mod:`dashboard.api`): topol
                                 edges, traces, routes, groups, search, governance, alerts
 POST /api/sql[?format=csv]      read-only SQL over the flow history (sql role)
 WS   /ws/live                   live per-second edge statistics and link states
+GET  /metrics                   Prometheus text or OpenMetrics (any principal's bearer token): the
+                                dashboard's own series and those of a collector in its process
 GET  /healthz                   public: ok or degraded (503), with why
 
 Every request passes :class:`dashboard.auth.Gate` first (host, origin, caller, role).
@@ -47,6 +49,7 @@ from dashboard.sqlguard import SqlRefused
 from dashboard.sqlrun import run_user_sql
 from dashboard.store import FlowStore
 from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
+from meshcore.metrics import content_type_for
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ def build_app(
     lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]] | None = None,
     cache: ResponseCache[bytes] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
+    metrics: Callable[[bool], str] | None = None,
 ) -> Starlette:
     cache = cache if cache is not None else ResponseCache(config.cache_s)
     api = MapApi(config, store, redis, cache)
@@ -83,6 +87,12 @@ def build_app(
         return FileResponse(
             PLOTLY_JS, media_type="application/javascript", headers={"cache-control": "public, max-age=86400"}
         )
+
+    async def metrics_page(request: Request) -> Response:
+        if metrics is None:
+            return _error(404, "this dashboard exports no metrics")
+        openmetrics, content_type = content_type_for(request.headers.get("accept"))
+        return Response(await asyncio.to_thread(metrics, openmetrics), media_type=content_type)
 
     async def session(request: Request) -> Response:
         principal = request.state.principal
@@ -189,6 +199,7 @@ def build_app(
             Route("/api/sql", sql, methods=["POST"]),
             WebSocketRoute("/ws/live", live),
             Route("/healthz", healthz),
+            Route("/metrics", metrics_page),
         ],
         middleware=[Middleware(Gate, auth=auth)],
         exception_handlers={

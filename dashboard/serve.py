@@ -33,6 +33,7 @@ from dashboard.origin import WILDCARD_BINDS
 from dashboard.session import SessionCodec
 from dashboard.store import FlowStore
 from meshcore.auth import Principal, load_principals, new_token
+from meshcore.metrics import Registry
 from meshcore.server import Server, redis_client
 from meshcore.supervise import Supervisor
 from meshcore.tls import server_context
@@ -43,6 +44,20 @@ LOCAL_ROLES = frozenset(("viewer", "sql"))
 """Its roles: the map and SQL."""
 
 log = logging.getLogger(__name__)
+
+METRICS = (
+    ("dashboard_live_clients", "gauge", "Browsers connected to the live feed"),
+    ("dashboard_live_messages_total", "counter", "Messages received on the live channels"),
+    ("dashboard_live_malformed_total", "counter", "Live messages dropped as malformed"),
+    ("dashboard_live_up", "gauge", "1 while the live channel subscription is up"),
+)
+"""The dashboard's own metric families: name, type, help."""
+
+
+def describe_metrics(m: Registry) -> None:
+    for name, kind, text in METRICS:
+        m.describe(name, kind, text)
+        m.set(name, 0)
 
 
 class DashboardRuntime:
@@ -72,6 +87,9 @@ class DashboardRuntime:
         self.hub = LiveHub(self.redis, config.store.live_channel)
         self.cache: ResponseCache[bytes] = ResponseCache(config.cache_s)
         """Map answers, one computation per question per ``cache_s`` for every viewer."""
+        self.metrics = Registry(process=True)
+        """What /metrics exports: the dashboard's series and, once it runs, the in-process collector's."""
+        describe_metrics(self.metrics)
         self.server = Server(
             build_app(
                 config,
@@ -82,6 +100,7 @@ class DashboardRuntime:
                 (self._start, self._stop),
                 self.cache,
                 self.health,
+                self.render_metrics,
             ),
             config.host,
             config.port,
@@ -104,9 +123,19 @@ class DashboardRuntime:
         """``URL/login?token=…`` for the token made at start; None when a principals file is configured."""
         return f"{self.url}/login?token={self.token}" if self.token is not None else None
 
+    def render_metrics(self, openmetrics: bool) -> str:
+        """The /metrics page; the live feed's figures are read at the scrape."""
+        m, hub = self.metrics, self.hub
+        m.set("dashboard_live_clients", len(hub.clients))
+        m.set("dashboard_live_messages_total", hub.received)
+        m.set("dashboard_live_malformed_total", hub.malformed)
+        m.set("dashboard_live_up", 0 if hub.lost_since else 1)
+        return m.render(openmetrics)
+
     async def _start(self) -> None:
         if self.with_collector:
             self.collector = Collector(self.config.store, self.redis, clickhouse=self.admin)
+            self.metrics.include(self.collector.metrics)
             self.supervisor.spawn("collector", self.collector.run, restart=False)
         if self.auth.allow_anonymous:
             log.warning(

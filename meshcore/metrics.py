@@ -60,6 +60,7 @@ OPENMETRICS_CONTENT_TYPE: str = _om.CONTENT_TYPE_LATEST
 EXEMPLAR_CHARS_MAX = 128
 _TRACE_ID = "trace_id"
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def content_type_for(accept_header: str | None) -> tuple[bool, str]:
@@ -113,22 +114,40 @@ class Registry:
     memory, CPU seconds, open file descriptors) and ``<prefix>open_sockets``.
     """
 
-    def __init__(self, prefix: str = "meshscope_", topic_label_max: int = 200, process: bool = False):
+    def __init__(
+        self,
+        prefix: str = "meshscope_",
+        topic_label_max: int = 200,
+        process: bool = False,
+        const_labels: Mapping[str, str] | None = None,
+    ):
         self.prefix = prefix
         self.topic_label_max = topic_label_max
+        self.const_labels = dict(const_labels or {})
+        """Labels every series of this registry carries (a relay's ``region``), its process metrics included."""
+        for name in self.const_labels:
+            if not _LABEL_NAME.fullmatch(name):
+                raise ValueError(f"label name {name!r} is not [a-zA-Z_][a-zA-Z0-9_]*")
         self._topics: set[str] = set()
         self._help: dict[str, tuple[str, str]] = {}
         self._values: dict[str, defaultdict[Labels, float]] = {}
         self._histograms: dict[str, _Histogram] = {}
         self._extra: list[Collector] = []
+        self._included: list[Registry] = []
         self.collector_registry = CollectorRegistry(auto_describe=False)
         """For prometheus_client's own servers and encoders (OpenMetrics-safe names)."""
         self.collector_registry.register(_Families(self, openmetrics=True))
         if process:
-            self._extra.append(ProcessCollector(registry=self.collector_registry))
-            sockets = _SocketCollector(prefix + "open_sockets")
-            self.collector_registry.register(sockets)
-            self._extra.append(sockets)
+            extras: list[Collector] = [ProcessCollector(registry=None), _SocketCollector(prefix + "open_sockets")]
+            for extra in extras:
+                labelled = _Labelled(extra, self.const_labels) if self.const_labels else extra
+                self.collector_registry.register(labelled)
+                self._extra.append(labelled)
+
+    def include(self, other: Registry) -> None:
+        """Expose ``other``'s series in this registry's scrape too (a collector inside the dashboard's process)."""
+        self._included.append(other)
+        self.collector_registry.register(_Families(other, openmetrics=True))
 
     def topic(self, value: str) -> str:
         """The label value for a topic: itself while there is room, else ``_other``."""
@@ -171,6 +190,13 @@ class Registry:
         family = self._histograms.get(name)
         if family is None or family.bounds != bounds:
             self._histograms[name] = _Histogram(bounds)
+
+    def zero(self, name: str, **labels: str) -> None:
+        """Declare a counter's series at 0, so that it has a sample before its first increment.
+
+        ``rate()`` and ``increase()`` see the first increment only from a series that existed before it.
+        """
+        self._values[name].setdefault(self._labels(labels), 0.0)
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         self._values[name][self._labels(labels)] += amount
@@ -266,7 +292,8 @@ class Registry:
             # prometheus_client leaves this encoder unannotated
             encoded = _om.generate_latest(self.collector_registry, escaping=_om.ALLOWUTF8)  # type: ignore[no-untyped-call]
             return cast(bytes, encoded).decode()
-        return _text_exposition(_View([_Families(self, openmetrics=False), *self._extra])).decode()
+        included = [_Families(other, openmetrics=False) for other in self._included]
+        return _text_exposition(_View([_Families(self, openmetrics=False), *included, *self._extra])).decode()
 
     def families(self, openmetrics: bool) -> Iterator[Metric]:
         """prometheus_client metric families of this registry's own series, sorted by name.
@@ -277,10 +304,11 @@ class Registry:
         ``unknown`` under its full name.
         """
         full_names = {self.prefix + n for n in self._help}
+        const = self.const_labels
         for name, (kind, help_text) in sorted(self._help.items()):
             full = self.prefix + name
             if kind == HISTOGRAM:
-                yield _histogram_family(full, help_text, self._histograms[name])
+                yield _histogram_family(full, help_text, self._histograms[name], const)
                 continue
             if kind == COUNTER:
                 base = full.removesuffix("_total")
@@ -292,15 +320,15 @@ class Registry:
             else:
                 family = Metric(full, help_text, GAUGE)
             for labels, value in sorted(list(self._values[name].items())):
-                family.add_sample(full, dict(labels), value)
+                family.add_sample(full, {**const, **dict(labels)}, value)
             yield family
 
 
-def _histogram_family(full: str, help_text: str, histogram: _Histogram) -> Metric:
+def _histogram_family(full: str, help_text: str, histogram: _Histogram, const: Mapping[str, str]) -> Metric:
     family = Metric(full, help_text, HISTOGRAM)
     bucket, count, total = full + "_bucket", full + "_count", full + "_sum"
     for labels, series in sorted(list(histogram.series.items()), key=lambda item: item[0]):
-        common = dict(labels)
+        common = {**const, **dict(labels)}
         cumulative = 0
         for le, n, kept in zip(histogram.les, list(series.counts), list(series.exemplars), strict=True):
             cumulative += n
@@ -322,6 +350,19 @@ class _Families:
 
     def collect(self) -> Iterable[Metric]:
         return list(self.registry.families(self.openmetrics))
+
+
+class _Labelled:
+    """Another collector's families with the registry's constant labels on every sample."""
+
+    def __init__(self, collector: Collector, labels: Mapping[str, str]):
+        self.collector = collector
+        self.labels = dict(labels)
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.collector.collect():
+            family.samples = [s._replace(labels={**self.labels, **s.labels}) for s in family.samples]
+            yield family
 
 
 class _View:

@@ -84,8 +84,10 @@ class Relay:
             max_depth=config.max_json_depth,
             new_trace_sample_ratio=min(max(config.trace_sample_ratio, 0.0), 1.0),
         )
-        self.metrics = m = Registry(topic_label_max=config.topic_label_max, process=True)
-        describe_metrics(m)
+        self.metrics = m = Registry(
+            topic_label_max=config.topic_label_max, process=True, const_labels={"region": self.region}
+        )
+        describe_metrics(m, [p for p in (PeerAddress.parse(text).region for text in config.peers) if p])
         m.set("anonymous", 1 if self.auth.allow_anonymous else 0)
         self.supervisor = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.breaker = CircuitBreaker("redis")
@@ -200,6 +202,8 @@ class Relay:
             sup.spawn(f"link {link.url}", link.run)
         if self.config.chaos_flap_interval_s > 0:
             sup.spawn("link-flaps", self._flap_links)
+        for task in sup.tasks:
+            self.metrics.zero("task_restarts_total", task=task)
         log.info("relay started", extra={"peers": list(self.config.peers)})
 
     async def _load(self) -> None:

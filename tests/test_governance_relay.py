@@ -72,7 +72,7 @@ async def test_a_policy_written_at_one_relay_is_enforced_at_the_others_within_se
     health = (await http.get(f"{mesh[B].url}/healthz")).json()
     assert health["governance"]["version"] == version and health["governance"]["policy_enforced"]
     metrics = (await http.get(f"{mesh[C].url}/metrics")).text
-    assert f'meshscope_governance_info{{version="{version}"}} 1' in metrics
+    assert f'meshscope_governance_info{{region="{C}",version="{version}"}} 1' in metrics
     history = (await http.get(f"{mesh[C].url}/v1/governance")).json()
     assert history["enforced"] == version and history["history"][0]["author"] == "tester"
 
