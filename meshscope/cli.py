@@ -107,6 +107,7 @@ def _up(args: argparse.Namespace) -> int:
         flap_interval_s=args.flap_interval,
         insecure=args.insecure,
         redis_port=args.redis_port,
+        base_port=args.base_port,
     )
     return run(opts)
 
@@ -324,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--insecure", action="store_true", help="no TLS: plain HTTP and WebSockets (tokens still needed)")
     up.add_argument("--redis-port", type=int, help="port of the embedded Valkey (default 16379, or a free one)")
+    up.add_argument(
+        "--base-port",
+        type=int,
+        help="relays listen on BASE, BASE+1, ... in region order (default 7400, or free ports when taken; 0: free)",
+    )
     up.set_defaults(run=_up)
     sim = sub.add_parser("simulate", help="drive demo traffic through running relays")
     sim.add_argument("--relays", required=True, help="region=ws(s)://host:port,... of the relays")
