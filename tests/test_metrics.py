@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import re
 import shutil
@@ -90,7 +91,7 @@ RENDER_CASES: list[tuple[str, Callable[[Registry], None], list[str]]] = [
         lambda r: [r.observe(HOP_LATENCY_MS, ms, peer="eu", topic="t") for ms in (0.05, 3, 3, 70_000)],
         [
             "# TYPE meshscope_hop_latency_ms histogram",
-            'meshscope_hop_latency_ms_bucket{le="0.1",peer="eu",topic="t"} 1',
+            'meshscope_hop_latency_ms_bucket{le="0.25",peer="eu",topic="t"} 1',
             'meshscope_hop_latency_ms_bucket{le="2.5",peer="eu",topic="t"} 1',
             'meshscope_hop_latency_ms_bucket{le="5.0",peer="eu",topic="t"} 3',
             'meshscope_hop_latency_ms_bucket{le="60000.0",peer="eu",topic="t"} 3',
@@ -103,7 +104,7 @@ RENDER_CASES: list[tuple[str, Callable[[Registry], None], list[str]]] = [
         "negative latency (clock skew) counts as 0",
         lambda r: r.observe(HOP_LATENCY_MS, -5.0, peer="eu", topic="t"),
         [
-            'meshscope_hop_latency_ms_bucket{le="0.1",peer="eu",topic="t"} 1',
+            'meshscope_hop_latency_ms_bucket{le="0.25",peer="eu",topic="t"} 1',
             'meshscope_hop_latency_ms_sum{peer="eu",topic="t"} 0',
         ],
     ),
@@ -276,7 +277,11 @@ def test_custom_buckets_and_default_latency_buckets() -> None:
     reg.describe("batch_rows", "histogram", "Rows per batch", buckets=[1000, 10, 100])
     reg.observe("batch_rows", 50)
     assert 'meshscope_batch_rows_bucket{le="100.0"} 1' in sample_lines(reg.render())
-    assert LATENCY_BUCKETS_MS[0] == 0.1 and LATENCY_BUCKETS_MS[-1] == 60_000
+    assert LATENCY_BUCKETS_MS[0] == 0.25 and LATENCY_BUCKETS_MS[-1] == 60_000
+    # where cross-region latencies are (10 ms - 1 s), no bucket is over 1.5 times the one below it,
+    # so histogram_quantile is never off by more than half a bucket's lower bound there
+    within = [b for b in LATENCY_BUCKETS_MS if 10 <= b <= 1_000]
+    assert max(hi / lo for lo, hi in itertools.pairwise(within)) <= 1.5
     assert list(LATENCY_BUCKETS_MS) == sorted(LATENCY_BUCKETS_MS)
 
 
