@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -28,6 +29,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, scaled
+from tests.test_grafana import targets as grafana_targets
 
 pytestmark = pytest.mark.faults
 
@@ -176,6 +178,15 @@ def test_prometheus_scrapes_the_stack_and_the_rules_match_it(up: Path, prometheu
         os.kill(pid, signal.SIGCONT)
     assert down[0]["labels"]["region"] == REGIONS[1] and down[0]["labels"]["job"] == "meshscope-relays"
     assert "(gcp:europe-west1) is down" in down[0]["annotations"]["summary"]
+
+    # the Grafana dashboard's panels: every query valid, every metric it names scraped from this stack
+    # (ALERTS is Prometheus's own series of the rules' alerts, pending ones included)
+    scraped = set(prom.get("/api/v1/label/__name__/values"))
+    for title, target in grafana_targets("meshscope-prometheus"):
+        expr = target["expr"].replace("$__rate_interval", "1m")
+        prom.query(expr)  # an invalid query is an error answer
+        missing = set(re.findall(r"\b(meshscope_[a-z0-9_]+|ALERTS)\b", expr)) - scraped
+        assert missing == set(), f"{title}: {missing} not scraped"
 
 
 def _join_and_leave(url: str, group: str, token: str, ca: str) -> None:
