@@ -155,7 +155,10 @@ def _sql(args: argparse.Namespace) -> int:
     from collector.output import render
     from collector.sqlclient import SqlFailed, run_sql
 
-    config = CollectorConfig.from_env(os.environ)
+    env = dict(os.environ)
+    if args.data_dir is not None:
+        env["MESHSCOPE_DATA_DIR"] = args.data_dir
+    config = CollectorConfig.from_env(env)
     try:
         via = args.via or os.environ.get("MESHSCOPE_DASHBOARD_URL")
         columns, rows = run_sql(config, args.query, via, cafile=args.ca or os.environ.get("MESHSCOPE_TLS_CA"))
@@ -405,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sql.add_argument(
         "--ca", metavar="FILE", help="CA certificate that signed the dashboard's (default: MESHSCOPE_TLS_CA)"
+    )
+    sql.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the data directory of meshscope up: its running dashboard, or its store when it is stopped"
+        " (default MESHSCOPE_DATA_DIR, else ./.meshscope)",
     )
     sql.set_defaults(run=_sql)
     return parser
