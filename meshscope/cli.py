@@ -191,19 +191,25 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 def _governance(args: argparse.Namespace) -> int:
-    from meshscope.governance import GovernanceCommandError, apply, defaults, show
+    from meshscope.governance import GovernanceCommandError, apply, defaults, export, show
 
     relay, token, ca = defaults(args.data_dir)
     relay = args.relay or relay
     token = _token(args.token_file) or token
     ca = args.ca or os.environ.get("MESHSCOPE_TLS_CA") or ca
     if relay is None:
-        print("meshscope governance: name a relay with --relay (no meshscope up found)", file=sys.stderr)
+        print(
+            f"meshscope governance: name a relay with --relay (no meshscope up found in {args.data_dir})",
+            file=sys.stderr,
+        )
         return 2
     try:
-        lines = (
-            apply(args.directory, relay, token, ca, args.dry_run) if args.action == "apply" else show(relay, token, ca)
-        )
+        if args.gov_action == "apply":
+            lines = apply(args.directory, relay, token, ca, args.dry_run, args.allow_empty)
+        elif args.gov_action == "export":
+            lines = export(args.directory, relay, token, ca)
+        else:
+            lines = show(relay, token, ca)
     except GovernanceCommandError as exc:
         print(f"meshscope governance: {exc}", file=sys.stderr)
         return 1
@@ -386,18 +392,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chaos.add_argument("--events", type=int, default=500, help="probe events per scenario (default 500)")
     chaos.set_defaults(run=_chaos)
-    gov = sub.add_parser("governance", help="apply policies and schemas from a directory, or show what is enforced")
-    gov.add_argument("action", choices=["apply", "show"])
-    gov.add_argument("directory", nargs="?", help="for apply: policies.toml and schemas/ (see README, Governance)")
-    gov.add_argument("--relay", help="a relay's base URL (default: the first relay of meshscope up)")
-    gov.add_argument("--token-file", help="an admin's token (or MESHSCOPE_TOKEN[_FILE]; default: meshscope up's ops)")
-    gov.add_argument("--ca", help="CA bundle of the relay's certificate (or MESHSCOPE_TLS_CA)")
-    gov.add_argument("--dry-run", action="store_true", help="print the change, do not apply it")
-    gov.add_argument(
+    gov = sub.add_parser(
+        "governance", help="apply policies and schemas from a directory, show what is enforced, or export it"
+    )
+    reach = argparse.ArgumentParser(add_help=False)
+    reach.add_argument("--relay", help="a relay's base URL (default: the first relay of meshscope up)")
+    reach.add_argument("--token-file", help="an admin's token (or MESHSCOPE_TOKEN[_FILE]; default: meshscope up's ops)")
+    reach.add_argument("--ca", help="CA bundle of the relay's certificate (or MESHSCOPE_TLS_CA)")
+    reach.add_argument(
         "--data-dir",
         default=os.environ.get("MESHSCOPE_DATA_DIR", ".meshscope"),
         help="the data directory of a running meshscope up, for its defaults",
     )
+    actions = gov.add_subparsers(dest="gov_action", required=True, metavar="{apply,show,export}")
+    gov_apply = actions.add_parser(
+        "apply", parents=[reach], help="apply DIR (policies.toml and schemas/, see README, Governance)"
+    )
+    gov_apply.add_argument("directory", help="the governance directory: policies.toml and schemas/")
+    gov_apply.add_argument("--dry-run", action="store_true", help="print the change and what the relay would refuse")
+    gov_apply.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="allow a change that removes every policy rule or every schema (refused without it)",
+    )
+    actions.add_parser("show", parents=[reach], help="print the enforced rules and schemas and the change log")
+    gov_export = actions.add_parser(
+        "export", parents=[reach], help="write the enforced document to DIR, in the layout apply reads"
+    )
+    gov_export.add_argument("directory", help="a new or empty directory")
     gov.set_defaults(run=_governance)
     sub.add_parser("bench", help="run the benchmarks: meshscope bench --help (same as python -m bench)")
     sql = sub.add_parser("sql", help="run a query over the flow history and print the result")
