@@ -50,6 +50,7 @@ from dashboard.sqlrun import run_user_sql
 from dashboard.store import FlowStore
 from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 from meshcore.metrics import content_type_for
+from meshcore.reqlog import RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def build_app(
             Route("/healthz", healthz),
             Route("/metrics", metrics_page),
         ],
-        middleware=[Middleware(Gate, auth=auth)],
+        middleware=[Middleware(RequestLog, logger="dashboard.requests"), Middleware(Gate, auth=auth)],
         exception_handlers={
             BadRequest: bad_request,
             ClickHouseUnavailable: unavailable,
