@@ -15,6 +15,19 @@ from typing import Any
 from meshcore import logs
 from meshcore.settings import SettingError
 
+DESCRIPTION = """\
+meshscope: an event mesh you can see. Regional relays route CloudEvents between
+regions over mutually authenticated links, every hop leaves a flow record in
+ClickHouse, and a dashboard draws the live world map.
+
+Start with `meshscope up` (the whole demo on this machine), then open the URL it
+prints. `meshscope COMMAND --help` tells more about each command."""
+EPILOG = "Configuration is MESHSCOPE_* environment variables; see README.md and docs/."
+BENCH_EXTRA = (
+    "meshscope bench needs the bench extra: pip install 'meshscope[bench]'"
+    " (in a checkout: pip install -e '.[bench]' -c constraints.txt)"
+)
+
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run a service on uvloop (installed with uvicorn[standard]), plain asyncio where it is missing.
@@ -288,8 +301,24 @@ def _token_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("meshscope")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshscope", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="meshscope",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"meshscope {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     relay = sub.add_parser("relay", help="run one regional relay")
     relay.add_argument("--region", help="region id such as aws:us-east-1 (or MESHSCOPE_REGION)")
@@ -444,8 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["bench"]:  # its own options, passed through whole
-        from bench.__main__ import main as bench_main
-
+        try:
+            from bench.__main__ import main as bench_main
+        except ModuleNotFoundError as exc:
+            print(f"{BENCH_EXTRA} ({exc.name} is missing)", file=sys.stderr)
+            return 2
         return bench_main(words[1:])
     args = build_parser().parse_args(words)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +146,25 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         "governance",
     ):
         assert command in out.stdout
+
+
+def test_help_says_what_meshscope_is_and_version_is_there(tmp_path: Path) -> None:
+    out = meshscope("--help", data_dir=tmp_path)
+    assert "composition only" not in out.stdout and "``" not in out.stdout  # no docstring for developers
+    assert "meshscope up" in out.stdout and "MESHSCOPE_*" in out.stdout
+    version = meshscope("--version", data_dir=tmp_path)
+    assert version.returncode == 0 and re.fullmatch(r"meshscope \d+\.\d+\.\d+\S*\n", version.stdout), version.stdout
+
+
+def test_bench_without_its_extra_says_which_to_install(tmp_path: Path) -> None:
+    """After the quick start's install (no httpx), bench names the extra instead of a traceback."""
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / "httpx.py").write_text("raise ModuleNotFoundError(\"No module named 'httpx'\", name='httpx')\n")
+    pythonpath = os.pathsep.join([str(missing), *filter(None, [os.environ.get("PYTHONPATH")])])
+    out = meshscope("bench", "--quick", data_dir=tmp_path, PYTHONPATH=pythonpath)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "pip install 'meshscope[bench]'" in out.stderr and "httpx is missing" in out.stderr
 
 
 async def test_sql_via_a_dashboard_sends_the_token(stack_factory: Any, tmp_path: Path) -> None:
