@@ -27,7 +27,6 @@ from importlib import resources
 from typing import Any
 
 import orjson
-import plotly
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -55,7 +54,8 @@ from meshcore.reqlog import RequestLog
 log = logging.getLogger(__name__)
 
 STATIC_DIR = str(resources.files("static"))
-PLOTLY_JS = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
+PLOTLY_JS = os.path.join(STATIC_DIR, "plotly.min.js")
+"""plotly.js (MIT; its licence heads the file), kept in static/ rather than installed with the Python plotly package."""
 
 
 class JSON(JSONResponse):
