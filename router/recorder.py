@@ -44,8 +44,10 @@ class Recorder:
             self._out[("local", rec.topic)] += 1
         if status != fk.OK:
             self.metrics.inc("drops_total", reason=status)
+        if not self.tracer.enabled:  # no exporter: nothing more to do per hop
+            return
         subject = hop.subject
-        if subject.sampled and subject.trace_id and self.tracer.enabled:
+        if subject.sampled and subject.trace_id:
             self.tracer.hop(
                 shape_of(kind, status, hop.src, hop.dst, self.region),
                 subject.topic,
