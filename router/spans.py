@@ -35,6 +35,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
@@ -149,6 +150,7 @@ class HopTracer:
         self._provider = TracerProvider(
             resource=Resource.create(dict(resource or resource_attributes(region, relay))),
             id_generator=self._ids,
+            sampler=ALWAYS_ON,  # the decision is made before a span is started (Recorder), not by OTEL_TRACES_SAMPLER
         )
         if processor is not None:
             self._provider.add_span_processor(processor)

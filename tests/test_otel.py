@@ -7,6 +7,7 @@ link between A and B, so an event from A to B takes a detour through C.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -261,3 +262,31 @@ def test_resource_defaults_split_the_region_and_yield_to_the_environment() -> No
     }
     mine = resource_attributes("aws:us-east-1", "r1", "svc", "service.name=x,cloud.region=here")
     assert mine["service.name"] == "svc" and mine["cloud.region"] == "here"
+
+
+@pytest.mark.parametrize(
+    ("env", "ratio"),
+    [
+        ({}, 0.01),
+        ({"MESHSCOPE_TRACE_SAMPLE_RATIO": "0.2", "OTEL_TRACES_SAMPLER": "always_on"}, 0.2),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}, 0.25),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio"}, 1.0),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_always_off"}, 0.0),
+        ({"OTEL_TRACES_SAMPLER": " Always_On "}, 1.0),
+        ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, "OTEL_TRACES_SAMPLER='jaeger_remote'"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "lots"}, "is not a number"),
+        ({"MESHSCOPE_TRACE_SAMPLE_RATIO": "2"}, "is over 1"),
+    ],
+)
+def test_the_relays_own_traces_follow_the_opentelemetry_sampler_settings(
+    env: dict[str, str], ratio: float | str
+) -> None:
+    from meshcore.settings import SettingError
+    from router.config import RelayConfig
+
+    base = {"MESHSCOPE_REGION": A}
+    if isinstance(ratio, str):
+        with pytest.raises(SettingError, match=re.escape(ratio)):
+            RelayConfig.from_env({**base, **env})
+    else:
+        assert RelayConfig.from_env({**base, **env}).trace_sample_ratio == ratio
