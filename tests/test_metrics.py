@@ -382,7 +382,7 @@ ALERTS = {
     "LinkDown": "1m",
     "PolicyOrSchemaRejections": "5m",
     "ConsumerLagGrowing": "10m",
-    "ConsumerGroupStopped": "5m",
+    "ConsumerGroupStopped": "1m",
     "TargetDown": "1m",
     "CollectorLagHigh": "5m",
     "RelayDegraded": "1m",
@@ -613,7 +613,7 @@ tests:
             exp_annotations:
               summary: Consumer group stopped in aws:us-east-1 has no consumer
               description: >-
-                No member of group stopped has been connected in aws:us-east-1 for 5 minutes while
+                No member of group stopped has been connected in aws:us-east-1 for a minute while
                 21.49k entries wait for it; the group keeps them until MESHSCOPE_GROUP_MAX_ENTRIES,
                 then gives the oldest up with drop records.
   - interval: 15s
