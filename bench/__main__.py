@@ -16,8 +16,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import collector, governance, live, mesh, metrics, queries, relay, scale, store, viewers
-from bench.common import Figure, machine, table
+try:
+    from bench import collector, governance, live, mesh, metrics, queries, relay, scale, store, viewers
+    from bench.common import Figure, machine, table
+except ModuleNotFoundError as exc:
+    if __name__ != "__main__":
+        raise  # `meshscope bench` says which extra to install
+    sys.exit(
+        f"python -m bench needs the bench extra ({exc.name} is missing): pip install -e '.[bench]' -c constraints.txt"
+    )
 
 SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
     "relay": ("Relay throughput and hop overhead", lambda q: relay.run(q)),
@@ -53,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     print("\n".join(out), flush=True)
-    for name in names:
+    for i, name in enumerate(names, 1):
         title, fn = SUITES[name]
+        # progress on stderr, so that the tables on stdout stay clean: a suite runs for up to minutes
+        print(f"[{i}/{len(names)}] {name}: {title}...", file=sys.stderr, flush=True)
         started = time.perf_counter()
         text = table(title, fn(args.quick)) + f"\n({time.perf_counter() - started:.0f} s)\n"
         print(text, flush=True)

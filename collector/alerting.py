@@ -42,6 +42,7 @@ from collector.alerts import (
     ALERT_COLUMNS,
     FIRING,
     PENDING,
+    STATES,
     Alert,
     Observation,
     alert_rows,
@@ -101,6 +102,11 @@ class AlertEvaluator:
         m.describe("alerts_firing", "gauge", "Alerts firing, by severity (on the evaluating instance)")
         m.describe("alerts_pending", "gauge", "Alerts pending (on the evaluating instance)")
         m.describe("alerts_leader", "gauge", "1 while this instance evaluates the alert rules")
+        m.zero("alerts_evaluations_total")
+        for dependency in ("redis", "clickhouse", "query"):
+            m.zero("alerts_evaluation_errors_total", dependency=dependency)
+        for state in STATES:
+            m.zero("alerts_transitions_total", state=state)
         c = self.config
         self.notifier = WebhookNotifier(
             c.webhooks, c.webhook_tokens, m, c.webhook_timeout_s, c.webhook_retry_s, c.webhook_backoff_s, c.queue_max

@@ -190,6 +190,8 @@ class WebhookNotifier:
         m.describe("alerts_notifications_retried_total", "counter", "Alert notification attempts retried")
         m.describe("alerts_notifications_dropped_total", "counter", "Alert notifications dropped from a full queue")
         m.describe("alerts_notifications_queued", "gauge", "Alert notifications waiting for their webhooks")
+        for counter in ("sent", "failed", "retried", "dropped"):
+            m.zero(f"alerts_notifications_{counter}_total")
 
     def submit(self, message: dict[str, Any]) -> None:
         """Queue ``message`` for every webhook; a full queue drops its oldest message."""

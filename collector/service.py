@@ -64,7 +64,8 @@ class Collector:
         self.batch = Batch()
         self.table = f"`{config.database}`.`flows`"
         self.after_insert: Callable[[Batch], None] | None = None  # test seam: crash between insert and ack
-        self.metrics = m = Registry()
+        # a region label, so that the collectors of several regions can share one scrape (the dashboard's)
+        self.metrics = m = Registry(const_labels={"region": config.region} if config.region else None)
         m.describe("collector_rows_inserted_total", "counter", "Flow records inserted into ClickHouse")
         m.describe("collector_batches_total", "counter", "Insert batches")
         m.describe("collector_batch_rows", "gauge", "Rows in the last insert batch")
@@ -74,16 +75,28 @@ class Collector:
         m.describe("collector_clickhouse_up", "gauge", "1 when the last ClickHouse call succeeded")
         m.describe("collector_stream_pending", "gauge", "Entries read by the group and not acked")
         m.describe("collector_stream_lag", "gauge", "Entries not yet read by the group")
-        m.describe(
-            "collector_telemetry_lag_seconds",
-            "gauge",
-            "Age of the oldest flow record of this region's stream not yet in ClickHouse (0: none waiting)",
-        )
         m.describe("collector_dead_letters_total", "counter", "Entries moved to the dead-letter stream")
         m.describe("collector_recovered_batches_total", "counter", "In-flight batches recovered after a crash")
         m.describe("collector_claimed_entries_total", "counter", "Entries taken over from idle consumers")
         m.describe("collector_redis_up", "gauge", "1 while Redis answers the collector")
         m.describe("collector_redis_errors_total", "counter", "Times the collector lost Redis and backed off")
+        m.describe(
+            "collector_lag_seconds",
+            "gauge",
+            "Age of the oldest flow record not yet in ClickHouse (0: caught up); how stale the history is",
+        )
+        m.describe("collector_last_insert_timestamp_seconds", "gauge", "When the last insert succeeded (Unix time)")
+        for counter in (
+            "collector_rows_inserted_total",
+            "collector_batches_total",
+            "collector_insert_seconds_total",
+            "collector_dead_letters_total",
+            "collector_recovered_batches_total",
+            "collector_claimed_entries_total",
+            "collector_redis_errors_total",
+        ):
+            m.zero(counter)
+        m.zero("collector_insert_errors_total", reason="unavailable")
         self._stopping = False
         self._ready = asyncio.Event()
         self._inflight: asyncio.Task[None] | None = None
@@ -158,6 +171,10 @@ class Collector:
         """Collect until stopped, with the alert evaluator (when enabled) as a supervised side task."""
         if self.alerts is not None:
             self.side_tasks.spawn("alerts", self.alerts.run)
+        # apart from the loop, so that the lag keeps growing while an insert waits for ClickHouse
+        self.side_tasks.spawn("lag", self._lag_loop)
+        for task in self.side_tasks.tasks:
+            self.metrics.zero("task_restarts_total", task=task)
         try:
             await self._run()
         finally:
@@ -233,7 +250,6 @@ class Collector:
             if now - last_live >= 1.0:
                 last_live = now
                 await self._publish_live()
-                await self._update_lag()
             if now - last_sync >= 1.0:
                 last_sync = now
                 await self.links.sync(self._with_clickhouse)
@@ -309,6 +325,7 @@ class Collector:
         await self.stream.ack(batch.ids)
         await self.stream.drop_manifest(token)
         self.metrics.inc("collector_rows_inserted_total", len(batch))
+        self.metrics.set("collector_last_insert_timestamp_seconds", time.time())
         self.metrics.inc("collector_batches_total")
         self.metrics.set("collector_batch_rows", len(batch))
 
@@ -365,13 +382,17 @@ class Collector:
         if message["edges"]:
             await self.stream.publish(self.config.live_channel, orjson.dumps(message))
 
+    async def _lag_loop(self) -> None:
+        while True:
+            await self._update_lag()
+            await asyncio.sleep(1.0)
+
     async def _update_lag(self) -> None:
         try:
-            pending, lag = await self.stream.lag()
-            oldest_ms = await self.stream.oldest_waiting_ms()
-        except (StreamUnavailable, LookupError):
+            pending, lag, oldest_ms = await self.stream.backlog()
+        except StreamUnavailable:
             return
         self.metrics.set("collector_stream_pending", pending)
         self.metrics.set("collector_stream_lag", lag)
-        self.telemetry_lag_s = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
-        self.metrics.set("collector_telemetry_lag_seconds", self.telemetry_lag_s)
+        self.telemetry_lag_s = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0
+        self.metrics.set("collector_lag_seconds", self.telemetry_lag_s)

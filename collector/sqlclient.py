@@ -6,8 +6,13 @@ there, with its limits). The dashboard needs a principal with the sql role: the
 client sends the bearer token in ``MESHSCOPE_TOKEN_FILE`` (a file holding one
 token) or ``MESHSCOPE_TOKEN``, the names every meshscope client reads.
 ``meshscope up`` leaves ``dashboard.json`` in its data directory (the
-dashboard's URL, its CA and the ops token's file), so ``meshscope sql`` in the
-same directory finds the running dashboard without any setting.
+dashboard's URL, its CA and the ops token's file), so ``meshscope sql`` finds
+the running dashboard of the data directory it is given (``--data-dir``, else
+``MESHSCOPE_DATA_DIR``, else ``./.meshscope``) without any other setting.
+
+A query only reads: ``meshscope sql`` never creates a store. An embedded
+store that is not there (a mistyped directory, or one no collector wrote) is
+an error that names the directory, not a new empty store.
 """
 
 from __future__ import annotations
@@ -95,6 +100,17 @@ def via_dashboard(
     return list(body["columns"]), list(body["rows"])
 
 
+def require_store(url: str, data_dir: str) -> None:
+    """Raise SqlFailed unless the embedded store of ``url`` exists (reading must not create one)."""
+    path = url[len("chdb://") :]
+    if path.startswith(":memory:") or os.path.isdir(os.path.join(path, "metadata")):
+        return
+    raise SqlFailed(
+        f"no flow history in {os.path.abspath(data_dir)}: {path} holds no ClickHouse store. Name the data "
+        "directory of meshscope up (--data-dir DIR or MESHSCOPE_DATA_DIR) or a ClickHouse server (CLICKHOUSE_URL)"
+    )
+
+
 def run_sql(
     config: CollectorConfig, query: str, via: str | None = None, token: str | None = None, cafile: str | None = None
 ) -> tuple[list[str], list[list[Any]]]:
@@ -114,9 +130,16 @@ def run_sql(
             return via_dashboard(str(up["url"]), query, token, up.get("ca"))
         except SqlUnreachable:
             pass  # it has stopped: open the engine ourselves
+    if is_embedded(config.clickhouse_url):
+        require_store(config.clickhouse_url, config.data_dir)
     try:
         client = make_client(config.clickhouse_url, database=config.database)
     except (ProgrammingError, ClickHouseUnavailable, QueryError) as exc:
+        if "UNKNOWN_DATABASE" in str(exc) or "does not exist" in str(exc):
+            raise SqlFailed(
+                f"the ClickHouse store in {config.data_dir} has no database {config.database!r}: "
+                "no collector has written flow history there"
+            ) from None
         if is_embedded(config.clickhouse_url):
             raise SqlFailed(f"{exc} (is another process, such as meshscope up, using {config.data_dir}?)") from None
         raise SqlFailed(str(exc)) from None

@@ -175,6 +175,11 @@ class FlowStream:
 
     async def lag(self) -> tuple[int, int]:
         """(pending entries, entries not yet delivered to the group)."""
+        pending, lag, _ = await self.backlog()
+        return pending, lag
+
+    async def backlog(self) -> tuple[int, int, int]:
+        """(pending entries, entries not yet delivered, when the oldest not yet stored was added, in ms; 0: none)."""
         try:
             groups: Any = await self.client.xinfo_groups(self.stream)
         except RedisError as exc:
@@ -182,8 +187,12 @@ class FlowStream:
         for g in groups:
             name = g.get("name")
             if (name.decode() if isinstance(name, bytes) else name) == self.group:
-                return int(g.get("pending") or 0), int(g.get("lag") or 0)
-        return 0, 0
+                try:
+                    oldest = await oldest_waiting_ms(self.client, self.stream, self.group)
+                except LookupError:  # the group went away between the two reads
+                    oldest = None
+                return int(g.get("pending") or 0), int(g.get("lag") or 0), oldest or 0
+        return 0, 0, 0
 
     async def publish(self, channel: str, message: bytes) -> None:
         try:

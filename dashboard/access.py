@@ -13,8 +13,8 @@ that supports CSP). The browser test checks that the map renders with no policy 
 
 from __future__ import annotations
 
-PUBLIC, VIEW, SQL = "public", "view", "sql"
-"""Access levels: anyone; a viewer (or sql); sql only."""
+PUBLIC, PRINCIPAL, VIEW, SQL = "public", "principal", "view", "sql"
+"""Access levels: anyone; any principal of the principals file (a scraper); a viewer (or sql); sql only."""
 
 ROLES_FOR: dict[str, frozenset[str]] = {
     VIEW: frozenset(("viewer", "sql")),
@@ -25,6 +25,8 @@ ROLES_FOR: dict[str, frozenset[str]] = {
 PUBLIC_PATHS = frozenset(("/healthz", "/login", "/logout", "/favicon.ico"))
 PUBLIC_PREFIXES = ("/static/",)
 SQL_PATHS = frozenset(("/api/sql",))
+PRINCIPAL_PATHS = frozenset(("/metrics",))
+"""Paths for machines: any principal's bearer token, as a relay's and the collector's /metrics take."""
 PAGES = frozenset(("/",))
 """HTML pages: a visitor without credentials is sent to /login instead of getting a 401."""
 DASHBOARD_ROLES = ROLES_FOR[VIEW]
@@ -48,9 +50,11 @@ def access_of(path: str) -> str:
         return PUBLIC
     if path.rstrip("/") in SQL_PATHS:
         return SQL
+    if path in PRINCIPAL_PATHS:
+        return PRINCIPAL
     return VIEW
 
 
 def permitted(roles: frozenset[str], level: str) -> bool:
     """Whether a principal with ``roles`` may use a path of ``level``."""
-    return level == PUBLIC or not roles.isdisjoint(ROLES_FOR[level])
+    return level in (PUBLIC, PRINCIPAL) or not roles.isdisjoint(ROLES_FOR[level])

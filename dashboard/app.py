@@ -9,6 +9,8 @@ GET  /api/...                   the map's JSON API (:mod:`dashboard.api`): topol
                                 edges, traces, routes, groups, search, governance, alerts
 POST /api/sql[?format=csv]      read-only SQL over the flow history (sql role)
 WS   /ws/live                   live per-second edge statistics and link states
+GET  /metrics                   Prometheus text or OpenMetrics (any principal's bearer token): the
+                                dashboard's own series and those of a collector in its process
 GET  /healthz                   public: ok or degraded (503), with why
 
 Every request passes :class:`dashboard.auth.Gate` first (host, origin, caller, role).
@@ -25,7 +27,6 @@ from importlib import resources
 from typing import Any
 
 import orjson
-import plotly
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -48,11 +49,14 @@ from dashboard.sqlguard import SqlRefused
 from dashboard.sqlrun import run_user_sql
 from dashboard.store import FlowStore
 from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
+from meshcore.metrics import content_type_for
+from meshcore.reqlog import RequestLog
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = str(resources.files("static"))
-PLOTLY_JS = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
+PLOTLY_JS = os.path.join(STATIC_DIR, "plotly.min.js")
+"""plotly.js (MIT; its licence heads the file), kept in static/ rather than installed with the Python plotly package."""
 
 
 class JSON(JSONResponse):
@@ -74,6 +78,7 @@ def build_app(
     cache: ResponseCache[bytes] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
     regions: RegionStores | None = None,
+    metrics: Callable[[bool], str] | None = None,
 ) -> Starlette:
     cache = cache if cache is not None else ResponseCache(config.cache_s)
     regions = regions if regions is not None else RegionStores(config.store, redis)
@@ -86,6 +91,12 @@ def build_app(
         return FileResponse(
             PLOTLY_JS, media_type="application/javascript", headers={"cache-control": "public, max-age=86400"}
         )
+
+    async def metrics_page(request: Request) -> Response:
+        if metrics is None:
+            return _error(404, "this dashboard exports no metrics")
+        openmetrics, content_type = content_type_for(request.headers.get("accept"))
+        return Response(await asyncio.to_thread(metrics, openmetrics), media_type=content_type)
 
     async def session(request: Request) -> Response:
         principal = request.state.principal
@@ -192,8 +203,9 @@ def build_app(
             Route("/api/sql", sql, methods=["POST"]),
             WebSocketRoute("/ws/live", live),
             Route("/healthz", healthz),
+            Route("/metrics", metrics_page),
         ],
-        middleware=[Middleware(Gate, auth=auth)],
+        middleware=[Middleware(RequestLog, logger="dashboard.requests"), Middleware(Gate, auth=auth)],
         exception_handlers={
             BadRequest: bad_request,
             ClickHouseUnavailable: unavailable,

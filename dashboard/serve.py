@@ -36,6 +36,7 @@ from dashboard.regionstores import RegionStores
 from dashboard.session import SessionCodec
 from dashboard.store import FlowStore
 from meshcore.auth import Principal, load_principals, new_token
+from meshcore.metrics import Registry
 from meshcore.server import Server, client_name, redis_client
 from meshcore.supervise import Supervisor
 from meshcore.tls import server_context
@@ -46,6 +47,20 @@ LOCAL_ROLES = frozenset(("viewer", "sql"))
 """Its roles: the map and SQL."""
 
 log = logging.getLogger(__name__)
+
+METRICS = (
+    ("dashboard_live_clients", "gauge", "Browsers connected to the live feed"),
+    ("dashboard_live_messages_total", "counter", "Messages received on the live channels"),
+    ("dashboard_live_malformed_total", "counter", "Live messages dropped as malformed"),
+    ("dashboard_live_up", "gauge", "1 while the live channel subscription is up"),
+)
+"""The dashboard's own metric families: name, type, help."""
+
+
+def describe_metrics(m: Registry) -> None:
+    for name, kind, text in METRICS:
+        m.describe(name, kind, text)
+        m.set(name, 0)
 
 
 class DashboardRuntime:
@@ -79,6 +94,9 @@ class DashboardRuntime:
         self.regions.on_poll = self.hub.broadcast
         self.cache: ResponseCache[bytes] = ResponseCache(config.cache_s)
         """Map answers, one computation per question per ``cache_s`` for every viewer."""
+        self.metrics = Registry(process=True)
+        """What /metrics exports: the dashboard's series and, once it runs, the in-process collector's."""
+        describe_metrics(self.metrics)
         self.server = Server(
             build_app(
                 config,
@@ -90,6 +108,7 @@ class DashboardRuntime:
                 self.cache,
                 self.health,
                 self.regions,
+                self.render_metrics,
             ),
             config.host,
             config.port,
@@ -117,6 +136,15 @@ class DashboardRuntime:
         """The in-process collector of the first region store (of the only one, without MESHSCOPE_REGION_STORES)."""
         return self.collectors[0] if self.collectors else None
 
+    def render_metrics(self, openmetrics: bool) -> str:
+        """The /metrics page; the live feed's figures are read at the scrape."""
+        m, hub = self.metrics, self.hub
+        m.set("dashboard_live_clients", len(hub.clients))
+        m.set("dashboard_live_messages_total", hub.received)
+        m.set("dashboard_live_malformed_total", hub.malformed)
+        m.set("dashboard_live_up", 0 if hub.lost_since else 1)
+        return m.render(openmetrics)
+
     async def _start(self) -> None:
         self.supervisor.spawn("region-stores", self.regions.run)
         if self.with_collector:
@@ -127,6 +155,7 @@ class DashboardRuntime:
                 collector = Collector(config, client, clickhouse=self.admin if i == 0 else None)
                 self.collectors.append(collector)
                 name = "collector" if i == 0 else f"collector {config.region}"
+                self.metrics.include(collector.metrics)
                 self.supervisor.spawn(name, collector.run, restart=False)
         if self.auth.allow_anonymous:
             log.warning(

@@ -21,7 +21,7 @@
 #     dashboard.pem/.key            the dashboard's HTTPS certificate, signed by the web CA
 #     web-ca.pem                    the web CA certificate, for browsers and the dashboard's health check
 #     principals.toml               MESHSCOPE_AUTH_FILE: token hashes only, never a token
-#     simulator.token, collector.token   one bearer token each (mode 0600)
+#     simulator.token, collector.token, prometheus.token   one bearer token each (mode 0600)
 #
 # Why the dashboard's certificate comes from its own CA: a client certificate cannot serve (it is
 # clientAuth only), and a region certificate from the mesh CA would be a mesh identity: relays accept
@@ -133,6 +133,7 @@ print(principal_entry(name, token, groups.split(",") if groups else None, roles.
 
 token "$out/simulator.token"
 token "$out/collector.token"
+token "$out/prometheus.token"
 token "$ca_dir/ops.token"
 
 principals="$out/principals.toml.tmp"
@@ -141,6 +142,7 @@ principals="$out/principals.toml.tmp"
     echo
     entry simulator "$out/simulator.token" producers ''
     entry collector "$out/collector.token" '' ''
+    entry prometheus "$out/prometheus.token" '' ''
     entry ops "$ca_dir/ops.token" '' viewer,sql,admin
     for region in $(echo "$regions" | tr ',' ' '); do
         printf '[principals."relay:%s"]\nregion = "%s"\n\n' "$region" "$region"

@@ -50,7 +50,7 @@ class SchemaViolation(GovernanceError):
     """Event data that its schema refuses: where (a JSON pointer into the data), why, and which schema version."""
 
     def __init__(self, pointer: str, reason: str, schema_version: str) -> None:
-        super().__init__(f"{pointer or '/'}: {reason} (schema {schema_version})")
+        super().__init__(f"{pointer or '/'}: {reason}" + (f" (schema {schema_version})" if schema_version else ""))
         self.pointer = pointer
         self.reason = reason
         self.schema_version = schema_version

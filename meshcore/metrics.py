@@ -43,12 +43,20 @@ OTHER = "_other"
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 KINDS = (COUNTER, GAUGE, HISTOGRAM)
 
-# 0.1 ms to 60 s in 1-2.5-5 steps: a loopback hop lands in the first buckets, a
-# stuck link in the last, and histogram_quantile stays within a step of the truth.
+# 0.25 ms to 60 s, steps of 15-30 % between 10 ms and 1 s, where cross-region latencies are: there a
+# bucket's width bounds how far histogram_quantile can be off (linear interpolation inside it), and
+# 1-2.5-5 steps put the P99 of a 120 ms link anywhere in 100-250 ms (up to 70 % off, measured by
+# ``python -m bench metrics``: these keep it within a few per cent). Coarse below (loopback) and above
+# (a stuck link), to keep the series count (buckets x peers x topics) down.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 40, 50, 65, 80, 100, 125, 150, 175, 200,
+    250, 300, 350, 400, 500, 650, 800, 1_000, 1_500, 2_500, 5_000, 10_000, 30_000, 60_000,
+)  # fmt: skip
+COARSE_LATENCY_BUCKETS_MS: tuple[float, ...] = (
     0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500,
     1_000, 2_500, 5_000, 10_000, 30_000, 60_000,
 )  # fmt: skip
+"""The buckets before, in 1-2.5-5 steps: the baseline ``python -m bench metrics`` compares against."""
 HOP_LATENCY_MS = "hop_latency_ms"
 """Histogram: one hop (peer relay to this relay), labels ``peer`` (source region) and ``topic``."""
 E2E_LATENCY_MS = "e2e_latency_ms"
@@ -60,6 +68,7 @@ OPENMETRICS_CONTENT_TYPE: str = _om.CONTENT_TYPE_LATEST
 EXEMPLAR_CHARS_MAX = 128
 _TRACE_ID = "trace_id"
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def content_type_for(accept_header: str | None) -> tuple[bool, str]:
@@ -113,22 +122,40 @@ class Registry:
     memory, CPU seconds, open file descriptors) and ``<prefix>open_sockets``.
     """
 
-    def __init__(self, prefix: str = "meshscope_", topic_label_max: int = 200, process: bool = False):
+    def __init__(
+        self,
+        prefix: str = "meshscope_",
+        topic_label_max: int = 200,
+        process: bool = False,
+        const_labels: Mapping[str, str] | None = None,
+    ):
         self.prefix = prefix
         self.topic_label_max = topic_label_max
+        self.const_labels = dict(const_labels or {})
+        """Labels every series of this registry carries (a relay's ``region``), its process metrics included."""
+        for name in self.const_labels:
+            if not _LABEL_NAME.fullmatch(name):
+                raise ValueError(f"label name {name!r} is not [a-zA-Z_][a-zA-Z0-9_]*")
         self._topics: set[str] = set()
         self._help: dict[str, tuple[str, str]] = {}
         self._values: dict[str, defaultdict[Labels, float]] = {}
         self._histograms: dict[str, _Histogram] = {}
         self._extra: list[Collector] = []
+        self._included: list[Registry] = []
         self.collector_registry = CollectorRegistry(auto_describe=False)
         """For prometheus_client's own servers and encoders (OpenMetrics-safe names)."""
         self.collector_registry.register(_Families(self, openmetrics=True))
         if process:
-            self._extra.append(ProcessCollector(registry=self.collector_registry))
-            sockets = _SocketCollector(prefix + "open_sockets")
-            self.collector_registry.register(sockets)
-            self._extra.append(sockets)
+            extras: list[Collector] = [ProcessCollector(registry=None), _SocketCollector(prefix + "open_sockets")]
+            for extra in extras:
+                labelled = _Labelled(extra, self.const_labels) if self.const_labels else extra
+                self.collector_registry.register(labelled)
+                self._extra.append(labelled)
+
+    def include(self, other: Registry) -> None:
+        """Expose ``other``'s series in this registry's scrape too (a collector inside the dashboard's process)."""
+        self._included.append(other)
+        self.collector_registry.register(_Families(other, openmetrics=True))
 
     def topic(self, value: str) -> str:
         """The label value for a topic: itself while there is room, else ``_other``."""
@@ -171,6 +198,13 @@ class Registry:
         family = self._histograms.get(name)
         if family is None or family.bounds != bounds:
             self._histograms[name] = _Histogram(bounds)
+
+    def zero(self, name: str, **labels: str) -> None:
+        """Declare a counter's series at 0, so that it has a sample before its first increment.
+
+        ``rate()`` and ``increase()`` see the first increment only from a series that existed before it.
+        """
+        self._values[name].setdefault(self._labels(labels), 0.0)
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         self._values[name][self._labels(labels)] += amount
@@ -266,7 +300,8 @@ class Registry:
             # prometheus_client leaves this encoder unannotated
             encoded = _om.generate_latest(self.collector_registry, escaping=_om.ALLOWUTF8)  # type: ignore[no-untyped-call]
             return cast(bytes, encoded).decode()
-        return _text_exposition(_View([_Families(self, openmetrics=False), *self._extra])).decode()
+        included = [_Families(other, openmetrics=False) for other in self._included]
+        return _text_exposition(_View([_Families(self, openmetrics=False), *included, *self._extra])).decode()
 
     def families(self, openmetrics: bool) -> Iterator[Metric]:
         """prometheus_client metric families of this registry's own series, sorted by name.
@@ -277,10 +312,11 @@ class Registry:
         ``unknown`` under its full name.
         """
         full_names = {self.prefix + n for n in self._help}
+        const = self.const_labels
         for name, (kind, help_text) in sorted(self._help.items()):
             full = self.prefix + name
             if kind == HISTOGRAM:
-                yield _histogram_family(full, help_text, self._histograms[name])
+                yield _histogram_family(full, help_text, self._histograms[name], const)
                 continue
             if kind == COUNTER:
                 base = full.removesuffix("_total")
@@ -292,15 +328,15 @@ class Registry:
             else:
                 family = Metric(full, help_text, GAUGE)
             for labels, value in sorted(list(self._values[name].items())):
-                family.add_sample(full, dict(labels), value)
+                family.add_sample(full, {**const, **dict(labels)}, value)
             yield family
 
 
-def _histogram_family(full: str, help_text: str, histogram: _Histogram) -> Metric:
+def _histogram_family(full: str, help_text: str, histogram: _Histogram, const: Mapping[str, str]) -> Metric:
     family = Metric(full, help_text, HISTOGRAM)
     bucket, count, total = full + "_bucket", full + "_count", full + "_sum"
     for labels, series in sorted(list(histogram.series.items()), key=lambda item: item[0]):
-        common = dict(labels)
+        common = {**const, **dict(labels)}
         cumulative = 0
         for le, n, kept in zip(histogram.les, list(series.counts), list(series.exemplars), strict=True):
             cumulative += n
@@ -322,6 +358,19 @@ class _Families:
 
     def collect(self) -> Iterable[Metric]:
         return list(self.registry.families(self.openmetrics))
+
+
+class _Labelled:
+    """Another collector's families with the registry's constant labels on every sample."""
+
+    def __init__(self, collector: Collector, labels: Mapping[str, str]):
+        self.collector = collector
+        self.labels = dict(labels)
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.collector.collect():
+            family.samples = [s._replace(labels={**self.labels, **s.labels}) for s in family.samples]
+            yield family
 
 
 class _View:

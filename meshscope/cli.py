@@ -15,6 +15,19 @@ from typing import Any
 from meshcore import logs
 from meshcore.settings import SettingError
 
+DESCRIPTION = """\
+meshscope: an event mesh you can see. Regional relays route CloudEvents between
+regions over mutually authenticated links, every hop leaves a flow record in
+ClickHouse, and a dashboard draws the live world map.
+
+Start with `meshscope up` (the whole demo on this machine), then open the URL it
+prints. `meshscope COMMAND --help` tells more about each command."""
+EPILOG = "Configuration is MESHSCOPE_* environment variables; see README.md and docs/."
+BENCH_EXTRA = (
+    "meshscope bench needs the bench extra: pip install 'meshscope[bench]'"
+    " (in a checkout: pip install -e '.[bench]' -c constraints.txt)"
+)
+
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run a service on uvloop (installed with uvicorn[standard]), plain asyncio where it is missing.
@@ -107,6 +120,7 @@ def _up(args: argparse.Namespace) -> int:
         flap_interval_s=args.flap_interval,
         insecure=args.insecure,
         redis_port=args.redis_port,
+        base_port=args.base_port,
     )
     return run(opts)
 
@@ -154,7 +168,10 @@ def _sql(args: argparse.Namespace) -> int:
     from collector.output import render
     from collector.sqlclient import SqlFailed, run_sql
 
-    config = CollectorConfig.from_env(os.environ)
+    env = dict(os.environ)
+    if args.data_dir is not None:
+        env["MESHSCOPE_DATA_DIR"] = args.data_dir
+    config = CollectorConfig.from_env(env)
     try:
         via = args.via or os.environ.get("MESHSCOPE_DASHBOARD_URL")
         columns, rows = run_sql(config, args.query, via, cafile=args.ca or os.environ.get("MESHSCOPE_TLS_CA"))
@@ -187,19 +204,25 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 def _governance(args: argparse.Namespace) -> int:
-    from meshscope.governance import GovernanceCommandError, apply, defaults, show
+    from meshscope.governance import GovernanceCommandError, apply, defaults, export, show
 
     relay, token, ca = defaults(args.data_dir)
     relay = args.relay or relay
     token = _token(args.token_file) or token
     ca = args.ca or os.environ.get("MESHSCOPE_TLS_CA") or ca
     if relay is None:
-        print("meshscope governance: name a relay with --relay (no meshscope up found)", file=sys.stderr)
+        print(
+            f"meshscope governance: name a relay with --relay (no meshscope up found in {args.data_dir})",
+            file=sys.stderr,
+        )
         return 2
     try:
-        lines = (
-            apply(args.directory, relay, token, ca, args.dry_run) if args.action == "apply" else show(relay, token, ca)
-        )
+        if args.gov_action == "apply":
+            lines = apply(args.directory, relay, token, ca, args.dry_run, args.allow_empty)
+        elif args.gov_action == "export":
+            lines = export(args.directory, relay, token, ca)
+        else:
+            lines = show(relay, token, ca)
     except GovernanceCommandError as exc:
         print(f"meshscope governance: {exc}", file=sys.stderr)
         return 1
@@ -278,8 +301,24 @@ def _token_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("meshscope")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshscope", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="meshscope",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"meshscope {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     relay = sub.add_parser("relay", help="run one regional relay")
     relay.add_argument("--region", help="region id such as aws:us-east-1 (or MESHSCOPE_REGION)")
@@ -327,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-port",
         type=int,
         help="port of the first region's embedded Valkey (default 16379, or a free one; the others take free ports)",
+    )
+    up.add_argument(
+        "--base-port",
+        type=int,
+        help="relays listen on BASE, BASE+1, ... in region order (default 7400, or free ports when taken; 0: free)",
     )
     up.set_defaults(run=_up)
     sim = sub.add_parser("simulate", help="drive demo traffic through running relays")
@@ -386,18 +430,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--isolate", type=float, default=60.0, metavar="S", help="seconds a region stays cut off (default 60)"
     )
     chaos.set_defaults(run=_chaos)
-    gov = sub.add_parser("governance", help="apply policies and schemas from a directory, or show what is enforced")
-    gov.add_argument("action", choices=["apply", "show"])
-    gov.add_argument("directory", nargs="?", help="for apply: policies.toml and schemas/ (see README, Governance)")
-    gov.add_argument("--relay", help="a relay's base URL (default: the first relay of meshscope up)")
-    gov.add_argument("--token-file", help="an admin's token (or MESHSCOPE_TOKEN[_FILE]; default: meshscope up's ops)")
-    gov.add_argument("--ca", help="CA bundle of the relay's certificate (or MESHSCOPE_TLS_CA)")
-    gov.add_argument("--dry-run", action="store_true", help="print the change, do not apply it")
-    gov.add_argument(
+    gov = sub.add_parser(
+        "governance", help="apply policies and schemas from a directory, show what is enforced, or export it"
+    )
+    reach = argparse.ArgumentParser(add_help=False)
+    reach.add_argument("--relay", help="a relay's base URL (default: the first relay of meshscope up)")
+    reach.add_argument("--token-file", help="an admin's token (or MESHSCOPE_TOKEN[_FILE]; default: meshscope up's ops)")
+    reach.add_argument("--ca", help="CA bundle of the relay's certificate (or MESHSCOPE_TLS_CA)")
+    reach.add_argument(
         "--data-dir",
         default=os.environ.get("MESHSCOPE_DATA_DIR", ".meshscope"),
         help="the data directory of a running meshscope up, for its defaults",
     )
+    actions = gov.add_subparsers(dest="gov_action", required=True, metavar="{apply,show,export}")
+    gov_apply = actions.add_parser(
+        "apply", parents=[reach], help="apply DIR (policies.toml and schemas/, see README, Governance)"
+    )
+    gov_apply.add_argument("directory", help="the governance directory: policies.toml and schemas/")
+    gov_apply.add_argument("--dry-run", action="store_true", help="print the change and what the relay would refuse")
+    gov_apply.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="allow a change that removes every policy rule or every schema (refused without it)",
+    )
+    actions.add_parser("show", parents=[reach], help="print the enforced rules and schemas and the change log")
+    gov_export = actions.add_parser(
+        "export", parents=[reach], help="write the enforced document to DIR, in the layout apply reads"
+    )
+    gov_export.add_argument("directory", help="a new or empty directory")
     gov.set_defaults(run=_governance)
     sub.add_parser("bench", help="run the benchmarks: meshscope bench --help (same as python -m bench)")
     sql = sub.add_parser("sql", help="run a query over the flow history and print the result")
@@ -409,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument(
         "--ca", metavar="FILE", help="CA certificate that signed the dashboard's (default: MESHSCOPE_TLS_CA)"
     )
+    sql.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the data directory of meshscope up: its running dashboard, or its store when it is stopped"
+        " (default MESHSCOPE_DATA_DIR, else ./.meshscope)",
+    )
     sql.set_defaults(run=_sql)
     return parser
 
@@ -416,8 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["bench"]:  # its own options, passed through whole
-        from bench.__main__ import main as bench_main
-
+        try:
+            from bench.__main__ import main as bench_main
+        except ModuleNotFoundError as exc:
+            print(f"{BENCH_EXTRA} ({exc.name} is missing)", file=sys.stderr)
+            return 2
         return bench_main(words[1:])
     args = build_parser().parse_args(words)
     try:

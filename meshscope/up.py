@@ -19,6 +19,12 @@ which ``up`` applies within half a second.
 ``--insecure`` turns TLS off (relays then authenticate each other with tokens);
 credentials are required either way.
 
+Relays listen on stable ports (``--base-port``, default 7400: one port per
+region in order), and ``DATA/prometheus/`` gets file_sd target files and a
+ready ``prometheus.yml`` (``meshscope.promconfig``) that scrapes the relays and
+the dashboard (whose /metrics carries the in-process collectors' series too)
+with the token of a ``prometheus`` principal.
+
 ``up`` watches what it started: a relay process or a region's Valkey that dies
 is started again (same port, same data) and the restart is printed, so
 ``meshscope chaos`` can kill them and see the mesh recover. ``up.json`` in the
@@ -51,13 +57,17 @@ from meshcore import logs
 from meshcore.auth import new_token, principal_entry
 from meshcore.certs import file_stem, write_bundle
 from meshcore.netproxy import TcpProxy
+from meshcore.settings import SettingError
 from meshcore.tls import Identity
+from meshscope import promconfig
+from meshscope.promconfig import RULES_FILE, PromTargets
 from router.regions import DEFAULT_REGIONS, resolve, rtt_ms
 
 log = logging.getLogger(__name__)
 
 DASHBOARD_IDENTITY = Identity("region", "meshscope:dashboard")
 DEFAULT_REDIS_PORT = 16379
+DEFAULT_BASE_PORT = 7400
 FAULTS_FILE = "faults.json"
 """Written by ``meshscope chaos``: ``{"isolated": {region: until}, "held_down": {region: until}}`` (unix times):
 the gates of isolated regions are cut, and a held-down region's store is not started again before then."""
@@ -116,6 +126,7 @@ class UpOptions:
     flap_interval_s: float = 90.0
     insecure: bool = False
     redis_port: int | None = None
+    base_port: int | None = None  # relays on base_port + i; None: DEFAULT_BASE_PORT, or free ports when taken
 
 
 def free_port() -> int:
@@ -133,8 +144,28 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _wait_http(url: str, timeout_s: float, context: ssl.SSLContext | None) -> bool:
-    deadline = time.monotonic() + timeout_s
+def relay_ports(count: int, base_port: int | None) -> list[int]:
+    """Ports for ``count`` relays: ``base_port + i``; 0 picks free ones; None tries the default base first.
+
+    A given base whose ports are taken is an error, so that a Prometheus configuration keeps its targets.
+    """
+    if base_port == 0:
+        return [free_port() for _ in range(count)]
+    base = DEFAULT_BASE_PORT if base_port is None else base_port
+    ports = list(range(base, base + count))
+    taken = [p for p in ports if not _port_free(p)]
+    if not taken:
+        return ports
+    if base_port is None:
+        print(f"meshscope: ports {base}-{base + count - 1} are taken; relays on free ports (--base-port)", flush=True)
+        return [free_port() for _ in range(count)]
+    raise SettingError(f"port {taken[0]} is taken: choose another --base-port (0: any free ports)")
+
+
+def _wait_http(url: str, timeout_s: float, context: ssl.SSLContext | None, what: str = "") -> bool:
+    started = time.monotonic()
+    deadline = started + timeout_s
+    told = 0.0
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=1, context=context) as reply:
@@ -142,6 +173,10 @@ def _wait_http(url: str, timeout_s: float, context: ssl.SSLContext | None) -> bo
                     return True
         except OSError:
             time.sleep(0.1)
+        waited = time.monotonic() - started
+        if what and waited - told >= 5.0:  # a large store takes a while to load: say so, on the terminal
+            told = waited
+            print(f"meshscope: waiting for {what} ({waited:.0f} s; it loads its state first)", flush=True)
     return False
 
 
@@ -180,6 +215,7 @@ class Stack:
             "simulator": (["producers"], []),
             "legacy-shop": (["legacy"], []),
             "chaos": (["producers"], ["admin"]),  # meshscope chaos: publishes its probes, injects link faults
+            "prometheus": ([], []),  # scrapes /metrics of the relays and the dashboard, nothing else
         }
         for name, (groups, roles) in who.items():
             token = self.tokens[name] = new_token()
@@ -298,7 +334,7 @@ class Stack:
 
     def start_relays(self, stores: dict[str, str]) -> dict[str, str]:
         regions = [resolve(r) for r in self.opts.regions]
-        ports = {r.id: free_port() for r in regions}
+        ports = dict(zip((r.id for r in regions), relay_ports(len(regions), self.opts.base_port), strict=True))
         urls = {rid: f"{self.ws_scheme}://127.0.0.1:{port}" for rid, port in ports.items()}
         for i, region in enumerate(regions):
             peers = [f"{o.id}={urls[o.id]}" for o in regions if o.id != region.id]
@@ -323,7 +359,7 @@ class Stack:
             self._spawn(f"relay-{region.id}", ["relay"], env)
             self.ports[f"relay {region.id}"] = ports[region.id]
         for rid, port in ports.items():
-            if not _wait_http(f"{self.scheme}://127.0.0.1:{port}/healthz", 30, self.client_ssl):
+            if not _wait_http(f"{self.scheme}://127.0.0.1:{port}/healthz", 30, self.client_ssl, f"relay {rid}"):
                 raise RuntimeError(f"relay {rid} did not start; see {self.data / 'logs'}")
         return urls
 
@@ -346,6 +382,17 @@ class Stack:
         if not self.opts.insecure:
             args += ["--ca", str(self.certs / "ca.pem")]
         self._spawn("simulator", args, {})
+
+    def write_prometheus(self, dashboard_port: int) -> Path:
+        """file_sd targets and a prometheus.yml for this stack, in DATA/prometheus."""
+        targets = PromTargets(
+            relays={rid.removeprefix("relay "): port for rid, port in self.ports.items() if rid.startswith("relay ")},
+            dashboard_port=dashboard_port,
+            tls_ca=None if self.opts.insecure else str(self.certs / "ca.pem"),
+            token_file=str(self.data / "tokens" / "prometheus.token"),
+            rule_files=(str(RULES_FILE),) if RULES_FILE.is_file() else (),
+        )
+        return promconfig.write(self.data / "prometheus", targets)
 
     def stop(self) -> None:
         self._stopping = True
@@ -454,6 +501,8 @@ def run(opts: UpOptions) -> int:
             json.dumps({"url": runtime.server.url, "ca": ca, "token_file": token_file}),
         )
         print(f"meshscope: simulating {opts.rate_per_s:g} events/s, and a producer governance refuses", flush=True)
+        prometheus = stack.write_prometheus(runtime.server.port)
+        print(f"meshscope: metrics for Prometheus: prometheus --config.file={prometheus}", flush=True)
         stack.write_state()
         threading.Thread(target=stack.watch, name="watch", daemon=True).start()
         url = runtime.server.url

@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -43,6 +44,7 @@ from meshcore.backoff import backoff_s
 from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 from meshcore.metrics import content_type_for
 from meshcore.names import InvalidName, group_name
+from meshcore.reqlog import RequestLog
 from meshcore.settings import whole_number
 from meshcore.tls import peer_identity
 from meshcore.topic import InvalidTopic, validate_pattern
@@ -369,6 +371,7 @@ def build_app(relay: Relay) -> Starlette:
             Route("/healthz", healthz),
             Route("/metrics", metrics),
         ],
+        middleware=[Middleware(RequestLog, logger="router.requests")],
         lifespan=lifespan,
     )
 

@@ -100,9 +100,17 @@ MESHSCOPE_LINK_DELAYS = "MESHSCOPE_LINK_DELAYS"
 MESHSCOPE_DEDUP_WINDOW = "MESHSCOPE_DEDUP_WINDOW"
 """How many (source, id) pairs the relay remembers to drop duplicates."""
 MESHSCOPE_TRACE_SAMPLE_RATIO = "MESHSCOPE_TRACE_SAMPLE_RATIO"
-"""Share of traces that get OTel SDK hop spans (ids are in every flow record regardless)."""
+"""Share of the traces a relay starts (events without trace context) that are sampled; producers' own decide theirs."""
 OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 """OTLP/HTTP endpoint; hop spans are exported only when it is set."""
+OTEL_TRACES_SAMPLER = "OTEL_TRACES_SAMPLER"
+"""OpenTelemetry's sampler for the traces a relay starts, when MESHSCOPE_TRACE_SAMPLE_RATIO is unset."""
+OTEL_TRACES_SAMPLER_ARG = "OTEL_TRACES_SAMPLER_ARG"
+"""The ratio of ``traceidratio`` and ``parentbased_traceidratio`` (default 1)."""
+OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
+"""``service.name`` of the relay's spans (default ``meshscope-relay``); wins over ``OTEL_RESOURCE_ATTRIBUTES``."""
+OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
+"""More resource attributes of the relay's spans, ``key=value,...`` (percent-encoded values); override the defaults."""
 MESHSCOPE_FAILURE_RATE = "MESHSCOPE_FAILURE_RATE"
 """Share of local deliveries failed on purpose (demo fault injection; default 0)."""
 MESHSCOPE_CHAOS_FLAP_INTERVAL_S = "MESHSCOPE_CHAOS_FLAP_INTERVAL_S"
@@ -143,6 +151,8 @@ class RelayConfig:
     dedup_window: int = 200_000
     trace_sample_ratio: float = 0.01
     otlp_endpoint: str | None = None
+    otel_service_name: str | None = None
+    otel_resource_attributes: str | None = None
     failure_rate: float = 0.0
     chaos_flap_interval_s: float = 0.0
     link_stats_interval_s: float = 1.0
@@ -218,8 +228,10 @@ class RelayConfig:
             ping_interval_s=s.get_float(env, MESHSCOPE_PING_INTERVAL_S, d["ping_interval_s"].default, 0.01),
             link_delays_ms=s.get_map_float(env, MESHSCOPE_LINK_DELAYS),
             dedup_window=s.get_int(env, MESHSCOPE_DEDUP_WINDOW, d["dedup_window"].default, 1),
-            trace_sample_ratio=s.get_float(env, MESHSCOPE_TRACE_SAMPLE_RATIO, d["trace_sample_ratio"].default),
+            trace_sample_ratio=trace_sample_ratio(env, d["trace_sample_ratio"].default),
             otlp_endpoint=env.get(OTEL_EXPORTER_OTLP_ENDPOINT) or None,
+            otel_service_name=env.get(OTEL_SERVICE_NAME) or None,
+            otel_resource_attributes=env.get(OTEL_RESOURCE_ATTRIBUTES) or None,
             failure_rate=s.get_float(env, MESHSCOPE_FAILURE_RATE, 0.0),
             chaos_flap_interval_s=s.get_float(env, MESHSCOPE_CHAOS_FLAP_INTERVAL_S, 0.0),
             link_stats_interval_s=s.get_float(
@@ -251,3 +263,33 @@ class RelayConfig:
                 "(an event must fit in one mesh frame with its routing header)"
             )
         return replace(config, **overrides)
+
+
+_SAMPLER_RATIOS = {"always_on": 1.0, "parentbased_always_on": 1.0, "always_off": 0.0, "parentbased_always_off": 0.0}
+_RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
+
+
+def trace_sample_ratio(env: Mapping[str, str], default: float) -> float:
+    """The share of the traces a relay starts that are sampled (0 to 1).
+
+    ``MESHSCOPE_TRACE_SAMPLE_RATIO``, else OpenTelemetry's ``OTEL_TRACES_SAMPLER``
+    (and ``_ARG``), else ``default``. Either way a trace a producer started follows
+    its own sampled flag: the relay samples parent-based, whatever the sampler's name.
+    """
+    if env.get(MESHSCOPE_TRACE_SAMPLE_RATIO):
+        ratio = s.get_float(env, MESHSCOPE_TRACE_SAMPLE_RATIO, default)
+        if ratio > 1.0:
+            raise s.SettingError(f"{MESHSCOPE_TRACE_SAMPLE_RATIO}={ratio} is over 1 (a share of traces)")
+        return ratio
+    sampler = (env.get(OTEL_TRACES_SAMPLER) or "").strip().lower()
+    if not sampler:
+        return default
+    if sampler in _SAMPLER_RATIOS:
+        return _SAMPLER_RATIOS[sampler]
+    if sampler in _RATIO_SAMPLERS:
+        ratio = s.get_float(env, OTEL_TRACES_SAMPLER_ARG, 1.0)
+        if ratio > 1.0:
+            raise s.SettingError(f"{OTEL_TRACES_SAMPLER_ARG}={ratio} is over 1 (a share of traces)")
+        return ratio
+    known = ", ".join([*_SAMPLER_RATIOS, *_RATIO_SAMPLERS])
+    raise s.SettingError(f"{OTEL_TRACES_SAMPLER}={sampler!r}: the relay knows {known}")

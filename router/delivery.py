@@ -22,7 +22,7 @@ from router.committer import Ops
 from router.envelope import Event, now_us
 from router.hop import Hop, Subject
 from router.subscription import Subscriber
-from router.tracecontext import new_span_id
+from router.tracecontext import is_sampled, new_span_id
 
 if TYPE_CHECKING:
     from router.relay import Relay
@@ -97,7 +97,8 @@ class LocalDelivery:
             ops.xadd(r.groups.stream(group), {b"e": data})  # trimmed by the group keeper only
         if subs or groups:
             r.record(a.hop(region, fk.DELIVER, fk.OK, ts), into=records)
-            trace_id = ev.trace.trace_id
+            # an exemplar only for a sampled trace: one a trace backend can have
+            trace_id = ev.trace.trace_id if is_sampled(ev.trace.flags) else None
             r.metrics.observe(HOP_LATENCY_MS, hop_ms, trace_id, peer=a.src, topic=topic)
             if ev.published_us:
                 r.metrics.observe(E2E_LATENCY_MS, (ts - ev.published_us) / 1000, trace_id, peer=a.src, topic=topic)

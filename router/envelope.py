@@ -36,7 +36,10 @@ HTTP content modes (``content_mode``), as the HTTP protocol binding 1.0 picks th
 A binary-mode request becomes the same event as its structured form: a JSON
 body (``*/json``, ``*/*+json``) is decoded into ``data``, a text body
 (``text/*``, ``*/xml``, ``*/*+xml``; UTF-8) becomes ``data`` as a string, any
-other body becomes ``data_base64``, and an empty body means no data. Only the
+other body becomes ``data_base64``, and an empty body means no data. Without a
+``content-type`` (the CloudEvents Python SDK's default) the event has no
+``datacontenttype``, which the JSON event format reads as ``application/json``:
+a body that parses as JSON is ``data``, one that does not is ``data_base64``. Only the
 types of extension attributes are lost: headers carry strings, so an integer
 or boolean extension arrives as a string.
 
@@ -185,9 +188,15 @@ class EventLimits:
     """Each string extension attribute, ``traceparent`` and ``tracestate`` included (55 at least)."""
     max_extensions: int = 32
     """Extension attributes besides ``traceparent``/``tracestate``, which the relay always sets."""
+    new_trace_sample_ratio: float = 1.0
+    """Not a limit: the share of the traces started here (an event with no trace context) marked sampled."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.new_trace_sample_ratio <= 1.0:
+            raise ValueError(f"EventLimits.new_trace_sample_ratio must be 0 to 1, not {self.new_trace_sample_ratio!r}")
         for f in fields(self):
+            if f.name == "new_trace_sample_ratio":
+                continue
             value = getattr(self, f.name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"EventLimits.{f.name} must be a positive integer, not {value!r}")
@@ -318,7 +327,7 @@ def _check_extension(name: str, value: object, limits: EventLimits) -> None:
 
 def _apply_trace_context(obj: dict[str, Any], limits: EventLimits, context: TraceContext | None) -> TraceContext:
     """Write the context the event carries into it: version 00, reserved flags cleared, tracestate normalized."""
-    ctx = event_context(obj, context)
+    ctx = event_context(obj, context, limits.new_trace_sample_ratio)
     traceparent = ctx.parent.format()
     if obj.get("traceparent") != traceparent:
         obj["traceparent"] = traceparent
@@ -455,7 +464,15 @@ def _binary_event(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         obj["datacontenttype"] = content_type.strip(_OWS)
     if not body:
         return obj
-    essence = media[0] if media is not None else ""
+    if media is None:
+        # no datacontenttype means application/json (JSON event format 3.1): a body that parses as JSON
+        # is its data; bytes that do not parse are kept as they are
+        try:
+            obj["data"] = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            obj["data_base64"] = base64.b64encode(body).decode("ascii")
+        return obj
+    essence = media[0]
     subtype = essence.partition("/")[2]
     if subtype == "json" or subtype.endswith("+json"):
         _require_utf8(media)

@@ -116,6 +116,8 @@ class FlowSink:
         )
         metrics.describe("flow_write_errors_total", "counter", "Failed stream writes (records kept and retried)")
         metrics.describe("flow_queue_depth", "gauge", "Flow records waiting to be written")
+        for counter in ("flow_records_written_total", "flow_entries_trimmed_total", "flow_write_errors_total"):
+            metrics.zero(counter)
 
     @property
     def full(self) -> bool:

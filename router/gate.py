@@ -116,8 +116,10 @@ class Gate:
             body = ev.body
             named = body.get("dataschema") if isinstance(body.get("dataschema"), str) else None
             try:
-                if "data_base64" in body and gov.schemas.subject_for(ev.topic) is not None:
-                    raise SchemaViolation("", "a governed topic takes JSON data, not data_base64", named or "")
+                governed = gov.schemas.subject_for(ev.topic) if "data_base64" in body else None
+                if governed is not None:
+                    reason = "a governed topic takes JSON data; this event's data is bytes (data_base64)"
+                    raise SchemaViolation("", reason, named or governed.latest.uri)
                 uri = gov.schemas.validate(ev.topic, body.get("data"), named)
             except SchemaViolation as exc:
                 details = {"pointer": exc.pointer, "reason": exc.reason, "dataschema": exc.schema_version}

@@ -17,7 +17,7 @@ from meshcore import flowrecord as fk
 from meshcore.flowrecord import FlowRecord
 from router.channel import Held
 from router.envelope import Event, now_us
-from router.tracecontext import new_span_id, parse_traceparent
+from router.tracecontext import is_sampled, new_span_id, parse_traceparent
 
 MAX_ID_CHARS = 256
 MAX_TOPIC_CHARS = 255
@@ -25,7 +25,10 @@ MAX_DATASCHEMA_CHARS = 2048
 
 
 class Subject(NamedTuple):
-    """What a flow record names of the event: its id, trace, topic, size and when it was published."""
+    """What a flow record names of the event: its id, trace, topic, size and when it was published.
+
+    ``sampled`` is the sampled flag of the event's ``traceparent``: whether its hops get spans.
+    """
 
     event_id: str = ""
     trace_id: str = ""
@@ -33,13 +36,23 @@ class Subject(NamedTuple):
     size: int = 0
     published_us: int = 0
     dataschema: str = ""
+    sampled: bool = False
 
     @classmethod
     def of_event(cls, ev: Event) -> Subject:
         schema = ev.body.get("dataschema", "")
+        trace = ev.trace
         # _make: a tuple without the keyword handling of the generated __new__ (this runs per hop)
         return cls._make(
-            (ev.id, ev.trace.trace_id, ev.topic, ev.size, ev.published_us, schema if type(schema) is str else "")
+            (
+                ev.id,
+                trace.trace_id,
+                ev.topic,
+                ev.size,
+                ev.published_us,
+                schema if type(schema) is str else "",
+                is_sampled(trace.flags),
+            )
         )
 
     @classmethod
@@ -55,6 +68,7 @@ class Subject(NamedTuple):
             0,
             published_us,
             _text(body.get("dataschema"), MAX_DATASCHEMA_CHARS),
+            tp.sampled if tp else False,
         )
 
 
@@ -86,7 +100,7 @@ class Hop(NamedTuple):
 
     def flow_record(self, relay: str) -> FlowRecord:
         (subject, kind, span_id, parent, src, dst, ts, hop_ms, status, attempt, seq, principal, via, seq_end) = self
-        event_id, trace_id, topic, size, published_us, dataschema = subject
+        event_id, trace_id, topic, size, published_us, dataschema, _ = subject
         e2e_ms = (ts - published_us) / 1000 if published_us else 0.0
         return FlowRecord._make(
             (

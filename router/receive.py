@@ -143,14 +143,17 @@ class MeshReceiver:
         record carries the same pair), and by event id, topic and trace when the item parsed that far.
         """
         r = self.relay
-        log.warning("peer sent a malformed mesh item; refused", extra={"peer": peer, "reason": reason[:200]})
+        subject = Subject.of_body(item.event, item.published_us) if item else NOTHING
+        log.warning(
+            "peer sent a malformed mesh item; refused",
+            extra={"peer": peer, "reason": reason[:200], "event_id": subject.event_id, "trace_id": subject.trace_id},
+        )
         r.metrics.inc("mesh_refused_items_total", peer=peer)
         if key is None:
             r.metrics.inc("drops_total", reason=fk.MALFORMED)
             return
         acks.append(key)  # refused for good: the sender must not send it forever
         origin, _, seq = key
-        subject = Subject.of_body(item.event, item.published_us) if item else NOTHING
         r.record(
             Hop(
                 subject,

@@ -3,8 +3,8 @@
 A record that must be durable with the event it describes (publish, deliver,
 refusals made while accepting) goes ``into`` the commit's list; the others go
 through the flow sink. Either way the hop is counted once here: events sent
-per destination and topic, drops per reason, and a hop span when its trace is
-sampled.
+per destination and topic, drops per reason, and a hop span when the event's
+trace is sampled (the sampled flag of its ``traceparent``: ``router.spans``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from meshcore.metrics import Registry
 from router.envelope import now_us
 from router.flowsink import FlowSink
 from router.hop import Hop, Subject
-from router.spans import HopTracer
+from router.spans import HopTracer, shape_of
 from router.tracecontext import new_span_id
 
 
@@ -44,23 +44,29 @@ class Recorder:
             self._out[("local", rec.topic)] += 1
         if status != fk.OK:
             self.metrics.inc("drops_total", reason=status)
-        if self.tracer.enabled and rec.trace_id and hop.parent:
+        if not self.tracer.enabled:  # no exporter: nothing more to do per hop
+            return
+        subject = hop.subject
+        if subject.sampled and subject.trace_id:
             self.tracer.hop(
-                f"meshscope {kind}",
-                rec.trace_id,
+                shape_of(kind, status, hop.src, hop.dst, self.region),
+                subject.topic,
+                subject.trace_id,
                 hop.span_id,
                 hop.parent,
                 hop.ts - int(hop.hop_ms * 1000),
                 hop.ts,
                 {
-                    "messaging.destination.name": rec.topic,
+                    "messaging.message.id": subject.event_id,
+                    "messaging.message.body.size": subject.size,
                     "meshscope.kind": kind,
                     "meshscope.status": status,
                     "meshscope.src_region": hop.src,
                     "meshscope.dst_region": hop.dst,
-                    "messaging.message.id": rec.event_id,
+                    "meshscope.attempt": hop.attempt,
                     "enduser.id": hop.principal,
                 },
+                "" if status == fk.OK else status,
             )
 
     def refused(self, subject: Subject, status: str, principal: str) -> None:

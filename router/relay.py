@@ -58,7 +58,7 @@ from router.receive import MeshReceiver
 from router.recorder import Recorder
 from router.registry import GovernanceStore, GovernanceWatcher
 from router.routing import UP, DedupWindow, LinkStateTable, LocalInterest
-from router.spans import HopTracer, otlp_exporter
+from router.spans import HopTracer, otlp_exporter, resource_attributes
 from router.status import Status, describe_metrics
 from router.subscription import GroupStore, Subscriber
 
@@ -81,9 +81,15 @@ class Relay:
         self.name = config.relay_name
         self.redis = client
         self.auth = auth or load_principals(config.auth_file, config.allow_anonymous)
-        self.limits = EventLimits(max_event_bytes=config.max_event_bytes, max_depth=config.max_json_depth)
-        self.metrics = m = Registry(topic_label_max=config.topic_label_max, process=True)
-        describe_metrics(m)
+        self.limits = EventLimits(
+            max_event_bytes=config.max_event_bytes,
+            max_depth=config.max_json_depth,
+            new_trace_sample_ratio=min(max(config.trace_sample_ratio, 0.0), 1.0),
+        )
+        self.metrics = m = Registry(
+            topic_label_max=config.topic_label_max, process=True, const_labels={"region": self.region}
+        )
+        describe_metrics(m, [p for p in (PeerAddress.parse(text).region for text in config.peers) if p])
         m.set("anonymous", 1 if self.auth.allow_anonymous else 0)
         self.supervisor = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.breaker = CircuitBreaker("redis")
@@ -110,7 +116,10 @@ class Relay:
         )
         if tracer is None:
             exporter = otlp_exporter(config.otlp_endpoint) if config.otlp_endpoint else None
-            tracer = HopTracer(self.region, self.name, config.trace_sample_ratio, exporter)
+            resource = resource_attributes(
+                self.region, self.name, config.otel_service_name, config.otel_resource_attributes
+            )
+            tracer = HopTracer(self.region, self.name, config.trace_sample_ratio, exporter, resource=resource)
         self.tracer = tracer
         self.record = Recorder(self.region, self.name, self.sink, m, tracer)
         self.registry = GovernanceStore(client)
@@ -204,6 +213,8 @@ class Relay:
             sup.spawn(f"link {link.url}", link.run)
         if self.config.chaos_flap_interval_s > 0:
             sup.spawn("link-flaps", self._flap_links)
+        for task in sup.tasks:
+            self.metrics.zero("task_restarts_total", task=task)
         log.info("relay started", extra={"peers": list(self.config.peers)})
 
     async def _load(self) -> None:

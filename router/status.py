@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.exceptions import RedisError
 
+from meshcore import flowrecord as fk
 from meshcore.errors import StreamUnavailable
 from meshcore.metrics import E2E_LATENCY_MS, HOP_LATENCY_MS, Registry
 from router.envelope import now_us
@@ -62,9 +64,28 @@ METRICS = (
 """Every metric family a relay exports: name, type, help."""
 
 
-def describe_metrics(m: Registry) -> None:
+REFUSAL_STATUSES = ("400", "401", "403", "408", "413", "415", "422", "429", "503")
+"""The HTTP statuses ``rejected_total`` counts."""
+ZEROED: dict[str, tuple[dict[str, str], ...]] = {
+    "drops_total": tuple({"reason": status} for status in fk.STATUSES if status != fk.OK),
+    "rejected_total": tuple({"status": status} for status in REFUSAL_STATUSES),
+    "mesh_duplicates_total": ({},),
+    "transit_total": ({},),
+    "policy_filtered_total": ({},),
+}
+"""Counter series that exist from the start at 0, so the first increment shows in ``rate()``."""
+
+
+def describe_metrics(m: Registry, peers: Iterable[str] = ()) -> None:
+    """Declare every family, and the counters whose label values are known up front at 0."""
     for name, kind, text in METRICS:
         m.describe(name, kind, text)
+    for name, label_sets in ZEROED.items():
+        for labels in label_sets:
+            m.zero(name, **labels)
+    for peer in peers:
+        m.zero("link_reconnects_total", peer=peer)
+        m.zero("mesh_refused_items_total", peer=peer)
 
 
 class Status:

@@ -36,7 +36,9 @@ Which context an event carries (``event_context``):
    context of the trace that started it, and the relay never rewrites it;
 2. otherwise the request's ``traceparent``/``tracestate`` headers (what an
    OpenTelemetry-instrumented HTTP client sends), when valid;
-3. otherwise a new trace with no ``tracestate``.
+3. otherwise a new trace with no ``tracestate``, whose sampled flag says
+   whether the relay, its root, samples it (``sample_ratio`` of new trace
+   ids, decided as OpenTelemetry's ``TraceIdRatioBased`` does).
 """
 
 from __future__ import annotations
@@ -190,15 +192,20 @@ def header_context(headers: Mapping[str, str]) -> TraceContext | None:
     return extract_context(headers.get("traceparent"), headers.get("tracestate"), ORIGIN_HEADER)
 
 
-def event_context(event: Mapping[str, object], fallback: TraceContext | None = None) -> TraceContext:
-    """The context an event carries: its own when valid, else ``fallback`` (the request's), else a new trace."""
+def event_context(
+    event: Mapping[str, object], fallback: TraceContext | None = None, sample_ratio: float = 1.0
+) -> TraceContext:
+    """The context an event carries: its own when valid, else ``fallback`` (the request's), else a new trace.
+
+    A new trace is sampled for ``sample_ratio`` of trace ids.
+    """
     parent = parse_traceparent(event.get("traceparent"))
     if parent is not None:
         state = event.get("tracestate")
         return TraceContext(parent, None if state is None else parse_tracestate(state), ORIGIN_EVENT)
     if fallback is not None:
         return fallback
-    return TraceContext(new_traceparent(), None, ORIGIN_NEW)
+    return TraceContext(new_root(sample_ratio), None, ORIGIN_NEW)
 
 
 def resolve_trace_context(event: Mapping[str, object], headers: Mapping[str, str]) -> TraceContext:
@@ -237,6 +244,27 @@ def new_trace_id() -> str:
 
 def new_span_id() -> str:
     return _ids.take(16)
+
+
+def ratio_sampled(trace_id: str, ratio: float) -> bool:
+    """Whether ``ratio`` sampling keeps this trace: its low 64 bits under ``ratio`` of 2^64 (``TraceIdRatioBased``)."""
+    if ratio >= 1.0:
+        return True
+    return int(trace_id[16:], 16) < int(max(ratio, 0.0) * (1 << 64))
+
+
+def is_sampled(flags: str) -> bool:
+    """The sampled bit of normalized flags (two lower-case hex digits); a string test, as this runs per hop."""
+    return flags[1] in _SAMPLED_DIGITS
+
+
+_SAMPLED_DIGITS = frozenset("13579bdf")
+
+
+def new_root(sample_ratio: float = 1.0) -> TraceParent:
+    """A new trace started here, sampled for ``sample_ratio`` of trace ids."""
+    trace_id = new_trace_id()
+    return TraceParent(trace_id, new_span_id(), "03" if ratio_sampled(trace_id, sample_ratio) else "02")
 
 
 def new_traceparent(sampled: bool = True) -> TraceParent:

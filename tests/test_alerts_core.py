@@ -72,14 +72,21 @@ def test_defaults_match_the_prometheus_rules_where_both_exist() -> None:
     both = set(prom) & set(ours)
     assert both == {
         "EdgeErrorRateHigh", "EdgeLagP99High", "EventRateDrop", "LinkDown", "PolicyOrSchemaRejections",
-        "ConsumerLagGrowing",
+        "ConsumerLagGrowing", "ConsumerGroupStopped",
     }  # fmt: skip
     for name in both:
         assert ours[name].severity == prom[name]["labels"]["severity"], name
     assert ours["EdgeErrorRateHigh"].threshold == 5.0 and "0.05" in prom["EdgeErrorRateHigh"]["expr"]
     assert ours["EdgeLagP99High"].threshold == 2000.0 and "2000" in prom["EdgeLagP99High"]["expr"]
     assert ours["EventRateDrop"].threshold == 50.0 and "0.5 *" in prom["EventRateDrop"]["expr"]
-    for name in ("EdgeErrorRateHigh", "EdgeLagP99High", "LinkDown", "PolicyOrSchemaRejections", "ConsumerLagGrowing"):
+    for name in (
+        "EdgeErrorRateHigh",
+        "EdgeLagP99High",
+        "LinkDown",
+        "PolicyOrSchemaRejections",
+        "ConsumerLagGrowing",
+        "ConsumerGroupStopped",
+    ):
         assert ours[name].for_text == prom[name]["for"], name
     assert ours["EdgeErrorRateElevated"].threshold == 1.0 and ours["EdgeErrorRateElevated"].severity == "warning"
     groups = {r.statuses[0]: r.severity for r in ours.values() if r.kind == ar.GROUP_LAG}

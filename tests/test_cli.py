@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +15,35 @@ import pytest
 from tests.conftest import OTHER_TOKEN, TEST_TOKEN, scaled
 
 
-def meshscope(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def meshscope(
+    *args: str, data_dir: Path | None, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "MESHSCOPE_DATA_DIR": str(data_dir)}
-    for name in ("CLICKHOUSE_URL", "MESHSCOPE_TOKEN", "MESHSCOPE_TOKEN_FILE"):
+    for name in (
+        "CLICKHOUSE_URL",
+        "MESHSCOPE_TOKEN",
+        "MESHSCOPE_TOKEN_FILE",
+        *(() if data_dir else ("MESHSCOPE_DATA_DIR",)),
+    ):
         environ.pop(name, None)
     environ.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "meshscope", *args], env=environ, capture_output=True, text=True, timeout=scaled(120)
+        [sys.executable, "-m", "meshscope", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
+        cwd=cwd,
     )
+
+
+def make_store(data_dir: Path) -> None:
+    """An embedded ClickHouse store in ``data_dir``, as a collector leaves one (in a process of its own)."""
+    code = (
+        "import sys; from collector.clickhouse import make_client, resolve_url; "
+        "make_client(resolve_url(None, sys.argv[1])).command('CREATE DATABASE IF NOT EXISTS meshscope')"
+    )
+    subprocess.run([sys.executable, "-c", code, str(data_dir)], check=True, timeout=scaled(120))
 
 
 @pytest.mark.parametrize(
@@ -33,6 +55,7 @@ def meshscope(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedPro
     ],
 )
 def test_sql_prints_results_in_each_format(tmp_path: Path, fmt: str, expected: str) -> None:
+    make_store(tmp_path)
     out = meshscope(
         "sql",
         "SELECT number + 1 AS a, ['x', 'y'][number + 1] AS b FROM numbers(2)",
@@ -46,6 +69,7 @@ def test_sql_prints_results_in_each_format(tmp_path: Path, fmt: str, expected: s
 
 
 def test_sql_errors_are_clear_and_exit_non_zero(tmp_path: Path) -> None:
+    make_store(tmp_path)
     out = meshscope("sql", "SELEC 1", data_dir=tmp_path, MESHSCOPE_CLICKHOUSE_DATABASE="system")
     assert out.returncode == 1
     assert out.stderr.startswith("meshscope sql: ") and "Syntax error" in out.stderr
@@ -53,6 +77,42 @@ def test_sql_errors_are_clear_and_exit_non_zero(tmp_path: Path) -> None:
         "sql", "CREATE TABLE t (a UInt8) ENGINE = Memory", data_dir=tmp_path, MESHSCOPE_CLICKHOUSE_DATABASE="system"
     )
     assert writes.returncode == 1 and "readonly" in writes.stderr.lower()
+
+
+def test_sql_reads_and_never_creates_a_store(tmp_path: Path) -> None:
+    """A mistyped or empty data directory is an error naming it, and nothing is created anywhere."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    nowhere = tmp_path / "nowhere"
+    for args in (("--data-dir", str(nowhere)), ()):
+        out = meshscope("sql", "SELECT 1", *args, data_dir=None, cwd=cwd)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert out.stderr.startswith("meshscope sql: no flow history in "), out.stderr
+        assert "--data-dir" in out.stderr
+    assert not nowhere.exists() and list(cwd.iterdir()) == []
+    # a store without flow history (no collector ran there) says so
+    make_store(tmp_path / "empty")
+    out = meshscope("sql", "SELECT 1", "--data-dir", str(tmp_path / "empty"), data_dir=None, cwd=cwd,
+                    MESHSCOPE_CLICKHOUSE_DATABASE="flows_db")  # fmt: skip
+    assert out.returncode == 1 and "has no database 'flows_db'" in out.stderr, out.stderr
+
+
+async def test_sql_data_dir_finds_the_dashboard_of_that_up(stack_factory: Any, tmp_path: Path) -> None:
+    """meshscope up --data-dir DIR leaves dashboard.json there; sql --data-dir DIR asks that dashboard."""
+    import json
+
+    stack = await stack_factory(["aws:us-east-1"])
+    up_dir, cwd = tmp_path / "elsewhere", tmp_path / "cwd"
+    up_dir.mkdir()
+    cwd.mkdir()
+    (up_dir / "sql.token").write_text(TEST_TOKEN + "\n")
+    dashboard = {"url": stack.url, "ca": None, "token_file": str(up_dir / "sql.token")}
+    (up_dir / "dashboard.json").write_text(json.dumps(dashboard))
+    out = await asyncio.to_thread(
+        meshscope, "sql", "SELECT 1 AS a", "--format", "csv", "--data-dir", str(up_dir), data_dir=None, cwd=cwd
+    )
+    assert (out.returncode, out.stdout) == (0, "a\n1\n"), out.stderr
+    assert list(cwd.iterdir()) == []
 
 
 def test_bad_configuration_is_reported(tmp_path: Path) -> None:
@@ -86,6 +146,25 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         "governance",
     ):
         assert command in out.stdout
+
+
+def test_help_says_what_meshscope_is_and_version_is_there(tmp_path: Path) -> None:
+    out = meshscope("--help", data_dir=tmp_path)
+    assert "composition only" not in out.stdout and "``" not in out.stdout  # no docstring for developers
+    assert "meshscope up" in out.stdout and "MESHSCOPE_*" in out.stdout
+    version = meshscope("--version", data_dir=tmp_path)
+    assert version.returncode == 0 and re.fullmatch(r"meshscope \d+\.\d+\.\d+\S*\n", version.stdout), version.stdout
+
+
+def test_bench_without_its_extra_says_which_to_install(tmp_path: Path) -> None:
+    """After the quick start's install (no httpx), bench names the extra instead of a traceback."""
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / "httpx.py").write_text("raise ModuleNotFoundError(\"No module named 'httpx'\", name='httpx')\n")
+    pythonpath = os.pathsep.join([str(missing), *filter(None, [os.environ.get("PYTHONPATH")])])
+    out = meshscope("bench", "--quick", data_dir=tmp_path, PYTHONPATH=pythonpath)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "pip install 'meshscope[bench]'" in out.stderr and "httpx is missing" in out.stderr
 
 
 async def test_sql_via_a_dashboard_sends_the_token(stack_factory: Any, tmp_path: Path) -> None:

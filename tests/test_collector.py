@@ -410,6 +410,10 @@ async def test_collector_metrics_and_health(
         text = (await http.get(server.url + "/metrics")).text
         assert "meshscope_collector_rows_inserted_total 300" in text
         assert "meshscope_collector_clickhouse_up 1" in text
+        assert "meshscope_collector_lag_seconds 0.0" in text  # caught up
+        # counters that never moved are there at 0, so rate() sees their first increment
+        assert "meshscope_collector_redis_errors_total 0.0" in text
+        assert 'meshscope_task_restarts_total{task="lag"} 0.0' in text
         for name in (
             "collector_batch_rows",
             "collector_insert_seconds",
@@ -422,6 +426,31 @@ async def test_collector_metrics_and_health(
         assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["reasons"] == []
     finally:
         await server.stop()
+
+
+async def test_backlog_says_how_old_the_oldest_record_not_yet_stored_is(redis_url: str) -> None:
+    """The collector's lag in seconds: the oldest pending entry, else the first one not yet read."""
+    import redis.asyncio as aioredis
+
+    from collector.stream import FlowStream
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        stream = FlowStream(client, "meshscope:flows:backlog-test", "collectors", "c1", "meshscope:dead:backlog-test")
+        await stream.ensure_group()
+        assert await stream.backlog() == (0, 0, 0)
+        now_ms = int(time.time() * 1000)
+        for age_ms in (30_000, 20_000):
+            await client.xadd(stream.stream, {b"r": b"[]"}, id=f"{now_ms - age_ms}-0")
+        assert await stream.backlog() == (0, 2, now_ms - 30_000)  # nothing read yet
+        [(eid, _)] = await stream.read(1, 10)
+        assert await stream.backlog() == (1, 1, now_ms - 30_000)  # read, not yet stored
+        await stream.ack([eid])
+        assert await stream.backlog() == (0, 1, now_ms - 20_000)
+        await stream.ack([e for e, _ in await stream.read(10, 10)])
+        assert await stream.backlog() == (0, 0, 0)
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.parametrize(

@@ -354,7 +354,12 @@ def test_principals_hold_hashes_of_the_tokens_and_the_relays(volumes: Path) -> N
     certs, ca = volumes / "certs", volumes / "ca"
     text = (certs / "principals.toml").read_text()
     auth = load_principals(str(certs / "principals.toml"))
-    tokens = {"simulator": certs / "simulator.token", "collector": certs / "collector.token", "ops": ca / "ops.token"}
+    tokens = {
+        "simulator": certs / "simulator.token",
+        "collector": certs / "collector.token",
+        "prometheus": certs / "prometheus.token",  # scrapes /metrics (compose profile observability)
+        "ops": ca / "ops.token",
+    }
     for name, path in tokens.items():
         token = path.read_text().strip()
         assert path.stat().st_mode & 0o777 == 0o600, f"{path.name} must be mode 0600"

@@ -243,6 +243,36 @@ def test_binary_application_json_is_no_longer_misread_as_structured() -> None:
     assert (ev.id, ev.source, ev.topic) == ("o-1", "/shop", "orders.created")
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"total": 12}', {"data": {"total": 12}}),
+        (b"[1, 2]", {"data": [1, 2]}),
+        (b'"text"', {"data": "text"}),
+        (b"12", {"data": 12}),
+        (b"\x00\x01\xfe", {"data_base64": "AAH+"}),
+        (b"{not json", {"data_base64": "e25vdCBqc29u"}),
+        (b"", {}),
+    ],
+)
+def test_binary_without_content_type_is_json_when_it_parses(body: bytes, expected: dict[str, Any]) -> None:
+    """No datacontenttype means application/json (JSON event format 3.1): JSON is data, other bytes stay bytes."""
+    [ev] = decode_http(dict(CE_HEADERS), body)
+    assert "datacontenttype" not in ev.body
+    assert {k: v for k, v in ev.body.items() if k in ("data", "data_base64")} == expected
+
+
+def test_sdk_binary_without_datacontenttype_gives_the_structured_event() -> None:
+    event = CloudEvent({"specversion": "1.0", "id": "o-1", "source": "/shop", "type": "orders.created"}, {"n": 1})
+    binary = ce_http.to_binary(event, JSONFormat())
+    assert not any(name.lower() == "content-type" for name in binary.headers)
+    structured = ce_http.to_structured(event, JSONFormat())
+    [from_binary] = decode_http({k.lower(): v for k, v in binary.headers.items()}, binary.body)
+    [from_structured] = decode_http({k.lower(): v for k, v in structured.headers.items()}, structured.body)
+    assert from_binary.body["data"] == {"n": 1} == from_structured.body["data"]
+    assert "datacontenttype" not in from_binary.body
+
+
 def sdk_events() -> list[CloudEvent]:
     attributes = {
         "specversion": "1.0",

@@ -73,7 +73,7 @@ async def test_a_policy_written_at_one_relay_is_enforced_at_the_others_within_se
     health = (await http.get(f"{mesh[B].url}/healthz")).json()
     assert health["governance"]["version"] == version and health["governance"]["policy_enforced"]
     metrics = (await http.get(f"{mesh[C].url}/metrics")).text
-    assert f'meshscope_governance_info{{version="{version}"}} 1' in metrics
+    assert f'meshscope_governance_info{{region="{C}",version="{version}"}} 1' in metrics
     history = (await http.get(f"{mesh[C].url}/v1/governance")).json()
     assert history["enforced"] == version and history["history"][0]["author"] == "tester"
 
@@ -257,6 +257,35 @@ async def test_binary_and_structured_mode_from_the_sdk_are_the_same_event(mesh: 
     message = to_binary_event(CloudEvent({**attrs, "id": "sdk-bad"}, {"total": 99}))
     reply = await http.post(f"{mesh[A].url}/v1/events", headers=dict(message.headers), content=message.body)
     assert reply.status_code == 422 and reply.json()["pointer"] == "/total"
+
+
+async def test_binary_mode_without_a_content_type_is_json_data_as_the_python_sdk_sends_it(
+    mesh: Mesh, http: httpx.AsyncClient
+) -> None:
+    """The Python SDK's binary mode sends no Content-Type when the event has no datacontenttype."""
+    await mesh.start([A])
+    sub = mesh[A].relay.subscribe(["sdk.>"])
+    subject = quote("sdk.>", safe="")
+    schema = {"type": "object", "properties": {"total": {"type": "integer", "maximum": 10}}}
+    assert (await http.post(f"{mesh[A].url}/v1/schemas/{subject}", json={"schema": schema})).status_code == 201
+    attrs = {"type": "sdk.order", "source": "/sdk", "specversion": "1.0"}
+    message = to_binary_event(CloudEvent({**attrs, "id": "sdk-plain"}, {"total": 3}))
+    assert not any(name.lower() == "content-type" for name in message.headers)
+    reply = await http.post(f"{mesh[A].url}/v1/events", headers=dict(message.headers), content=message.body)
+    assert reply.status_code == 202, reply.text
+    got = orjson.loads(await asyncio.wait_for(sub.queue.get(), scaled(3)))
+    assert got["data"] == {"total": 3} and "data_base64" not in got and "datacontenttype" not in got
+    # the schema applies to it as to any JSON data
+    message = to_binary_event(CloudEvent({**attrs, "id": "sdk-plain-bad"}, {"total": 99}))
+    reply = await http.post(f"{mesh[A].url}/v1/events", headers=dict(message.headers), content=message.body)
+    assert reply.status_code == 422 and reply.json()["pointer"] == "/total"
+    # bytes that are not JSON stay bytes, and a governed topic says why it refuses them and which schema
+    headers = {"ce-specversion": "1.0", "ce-id": "raw-1", "ce-source": "/sdk", "ce-type": "sdk.order"}
+    reply = await http.post(f"{mesh[A].url}/v1/events", headers=headers, content=b"\x00\x01 not json")
+    assert reply.status_code == 422
+    error = reply.json()["error"]
+    assert "data_base64" in error and error.endswith("(schema meshscope:schema/sdk.%3E/1)"), error
+    assert "(schema )" not in error
 
 
 async def test_governance_apply_from_a_directory_is_versioned_and_idempotent(

@@ -24,7 +24,9 @@ def test_an_accepted_event_is_named_whole() -> None:
     ev = validate_event(event(dataschema="urn:x:1", data={"n": 1}))
     ev.published_us = 1_000_000
     s = Subject.of_event(ev)
-    assert s == Subject("e1", "0af7651916cd43dd8448eb211c80319c", "orders.created", ev.size, 1_000_000, "urn:x:1")
+    assert s == Subject("e1", "0af7651916cd43dd8448eb211c80319c", "orders.created", ev.size, 1_000_000, "urn:x:1", True)
+    unsampled = validate_event(event(id="e2", traceparent=TRACEPARENT[:-2] + "00"))
+    assert Subject.of_event(unsampled).sampled is False  # the producer's flag: no span at any relay
     rec = Hop(s, fk.DELIVER, "a" * 16, "b" * 16, "aws:us-east-1", "gcp:europe-west1", 1_250_000, 3.5).flow_record("r1")
     assert (rec.event_id, rec.topic, rec.trace_id, rec.kind, rec.relay) == (
         "e1", "orders.created", "0af7651916cd43dd8448eb211c80319c", fk.DELIVER, "r1",
@@ -36,6 +38,7 @@ def test_what_can_still_be_read_of_a_refused_event() -> None:
     s = Subject.of_body(event(id="x" * 1000, type="t" * 1000), published_us=7)
     assert s.event_id == "x" * 256 and s.topic == "t" * 255
     assert s.trace_id == "0af7651916cd43dd8448eb211c80319c" and s.published_us == 7 and s.size == 0
+    assert s.sampled  # a refusal of a sampled trace gets its (error) span
 
 
 TABLE = [

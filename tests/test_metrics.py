@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import re
 import shutil
@@ -90,7 +91,7 @@ RENDER_CASES: list[tuple[str, Callable[[Registry], None], list[str]]] = [
         lambda r: [r.observe(HOP_LATENCY_MS, ms, peer="eu", topic="t") for ms in (0.05, 3, 3, 70_000)],
         [
             "# TYPE meshscope_hop_latency_ms histogram",
-            'meshscope_hop_latency_ms_bucket{le="0.1",peer="eu",topic="t"} 1',
+            'meshscope_hop_latency_ms_bucket{le="0.25",peer="eu",topic="t"} 1',
             'meshscope_hop_latency_ms_bucket{le="2.5",peer="eu",topic="t"} 1',
             'meshscope_hop_latency_ms_bucket{le="5.0",peer="eu",topic="t"} 3',
             'meshscope_hop_latency_ms_bucket{le="60000.0",peer="eu",topic="t"} 3',
@@ -103,7 +104,7 @@ RENDER_CASES: list[tuple[str, Callable[[Registry], None], list[str]]] = [
         "negative latency (clock skew) counts as 0",
         lambda r: r.observe(HOP_LATENCY_MS, -5.0, peer="eu", topic="t"),
         [
-            'meshscope_hop_latency_ms_bucket{le="0.1",peer="eu",topic="t"} 1',
+            'meshscope_hop_latency_ms_bucket{le="0.25",peer="eu",topic="t"} 1',
             'meshscope_hop_latency_ms_sum{peer="eu",topic="t"} 0',
         ],
     ),
@@ -276,7 +277,11 @@ def test_custom_buckets_and_default_latency_buckets() -> None:
     reg.describe("batch_rows", "histogram", "Rows per batch", buckets=[1000, 10, 100])
     reg.observe("batch_rows", 50)
     assert 'meshscope_batch_rows_bucket{le="100.0"} 1' in sample_lines(reg.render())
-    assert LATENCY_BUCKETS_MS[0] == 0.1 and LATENCY_BUCKETS_MS[-1] == 60_000
+    assert LATENCY_BUCKETS_MS[0] == 0.25 and LATENCY_BUCKETS_MS[-1] == 60_000
+    # where cross-region latencies are (10 ms - 1 s), no bucket is over 1.5 times the one below it,
+    # so histogram_quantile is never off by more than half a bucket's lower bound there
+    within = [b for b in LATENCY_BUCKETS_MS if 10 <= b <= 1_000]
+    assert max(hi / lo for lo, hi in itertools.pairwise(within)) <= 1.5
     assert list(LATENCY_BUCKETS_MS) == sorted(LATENCY_BUCKETS_MS)
 
 
@@ -377,6 +382,9 @@ ALERTS = {
     "LinkDown": "1m",
     "PolicyOrSchemaRejections": "5m",
     "ConsumerLagGrowing": "10m",
+    "ConsumerGroupStopped": "1m",
+    "TargetDown": "1m",
+    "CollectorLagHigh": "5m",
     "RelayDegraded": "1m",
     "TaskRestarts": None,
 }
@@ -438,43 +446,43 @@ evaluation_interval: 1m
 tests:
   - interval: 1m
     input_series:
-      - series: 'meshscope_events_out_total{{instance="r1",destination="eu",topic="a"}}'
+      - series: 'meshscope_events_out_total{{instance="r1",region="aws:us-east-1",destination="eu",topic="a"}}'
         values: '0+100x20'
-      - series: 'meshscope_drops_total{{instance="r1",reason="backpressure"}}'
+      - series: 'meshscope_drops_total{{instance="r1",region="aws:us-east-1",reason="backpressure"}}'
         values: '0+10x20'
-      - series: 'meshscope_events_out_total{{instance="r2",destination="eu",topic="a"}}'
+      - series: 'meshscope_events_out_total{{instance="r2",region="gcp:europe-west1",destination="eu",topic="a"}}'
         values: '0+100x20'
-      - series: 'meshscope_drops_total{{instance="r2",reason="backpressure"}}'
+      - series: 'meshscope_drops_total{{instance="r2",region="gcp:europe-west1",reason="backpressure"}}'
         values: '0+1x20'
-      - series: 'meshscope_drops_total{{instance="r3",reason="link_down"}}'
+      - series: 'meshscope_drops_total{{instance="r3",region="azure:westeurope",reason="link_down"}}'
         values: '0+5x20'
     alert_rule_test:
       - eval_time: 10m
         alertname: EdgeErrorRateHigh
         exp_alerts:
-          - exp_labels: {{severity: critical, instance: r1}}
+          - exp_labels: {{severity: critical, instance: r1, region: "aws:us-east-1"}}
             exp_annotations:
-              summary: r1 drops 9.091% of its events
+              summary: Relay in aws:us-east-1 drops 9.091% of its events
               description: >-
-                Over 5 minutes, 9.091% of the events that entered relay r1 were dropped
-                (meshscope_drops_total by reason tells why).
-          - exp_labels: {{severity: critical, instance: r3}}
+                Over 5 minutes, 9.091% of the events that entered the relay in aws:us-east-1 (r1) were
+                dropped (meshscope_drops_total by reason tells why).
+          - exp_labels: {{severity: critical, instance: r3, region: "azure:westeurope"}}
             exp_annotations:
-              summary: r3 drops 100% of its events
+              summary: Relay in azure:westeurope drops 100% of its events
               description: >-
-                Over 5 minutes, 100% of the events that entered relay r3 were dropped
-                (meshscope_drops_total by reason tells why).
+                Over 5 minutes, 100% of the events that entered the relay in azure:westeurope (r3) were
+                dropped (meshscope_drops_total by reason tells why).
   - interval: 1m
     input_series:
-      - series: 'meshscope_e2e_latency_ms_bucket{{instance="r1",peer="eu",topic="a",le="1000"}}'
+      - series: 'meshscope_e2e_latency_ms_bucket{{instance="r1",region="aws:us-east-1",peer="eu",topic="a",le="1000"}}'
         values: '0+1x20'
-      - series: 'meshscope_e2e_latency_ms_bucket{{instance="r1",peer="eu",topic="a",le="5000"}}'
+      - series: 'meshscope_e2e_latency_ms_bucket{{instance="r1",region="aws:us-east-1",peer="eu",topic="a",le="5000"}}'
         values: '0+100x20'
-      - series: 'meshscope_e2e_latency_ms_bucket{{instance="r1",peer="eu",topic="a",le="+Inf"}}'
+      - series: 'meshscope_e2e_latency_ms_bucket{{instance="r1",region="aws:us-east-1",peer="eu",topic="a",le="+Inf"}}'
         values: '0+100x20'
-      - series: 'meshscope_e2e_latency_ms_bucket{{instance="r1",peer="us",topic="a",le="1000"}}'
+      - series: 'meshscope_e2e_latency_ms_bucket{{instance="r1",region="aws:us-east-1",peer="us",topic="a",le="1000"}}'
         values: '0+100x20'
-      - series: 'meshscope_e2e_latency_ms_bucket{{instance="r1",peer="us",topic="a",le="+Inf"}}'
+      - series: 'meshscope_e2e_latency_ms_bucket{{instance="r1",region="aws:us-east-1",peer="us",topic="a",le="+Inf"}}'
         values: '0+100x20'
     alert_rule_test:
       - eval_time: 4m
@@ -482,18 +490,18 @@ tests:
       - eval_time: 12m
         alertname: EdgeLagP99High
         exp_alerts:
-          - exp_labels: {{severity: critical, instance: r1, peer: eu}}
+          - exp_labels: {{severity: critical, instance: r1, region: "aws:us-east-1", peer: eu}}
             exp_annotations:
-              summary: End-to-end p99 from eu at r1 is 4.96k ms
+              summary: End-to-end p99 from eu to aws:us-east-1 is 4.96k ms
               description: >-
                 The 99th percentile of publish-to-delivery latency for events from eu has been at
                 least 2 s for 5 minutes. The OpenMetrics exemplars of meshscope_e2e_latency_ms_bucket
                 link the slow events to their traces.
   - interval: 1m
     input_series:
-      - series: 'meshscope_events_in_total{{instance="r1",source="producer",topic="a"}}'
+      - series: 'meshscope_events_in_total{{instance="r1",region="aws:us-east-1",source="producer",topic="a"}}'
         values: '0+600x60 36000+100x40'
-      - series: 'meshscope_events_in_total{{instance="r2",source="producer",topic="a"}}'
+      - series: 'meshscope_events_in_total{{instance="r2",region="gcp:europe-west1",source="producer",topic="a"}}'
         values: '0+600x100'
     alert_rule_test:
       - eval_time: 60m
@@ -501,81 +509,166 @@ tests:
       - eval_time: 90m
         alertname: EventRateDrop
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: r1}}
+          - exp_labels: {{severity: warning, instance: r1, region: "aws:us-east-1"}}
             exp_annotations:
-              summary: r1 receives less than half the events of an hour ago
+              summary: Relay in aws:us-east-1 receives less than half the events of an hour ago
               description: >-
-                Events received by relay r1 (from producers and peers) fell to 1.667/s, less than
-                half the rate of one hour earlier.
+                Events received by the relay in aws:us-east-1 (r1; from producers and peers) fell to
+                1.667/s, less than half the rate of one hour earlier.
   - interval: 1m
     input_series:
-      - series: 'meshscope_link_state{{instance="r1",peer="eu"}}'
+      - series: 'meshscope_link_state{{instance="r1",region="aws:us-east-1",peer="eu"}}'
         values: '2 2 0 0 0 0'
-      - series: 'meshscope_link_state{{instance="r1",peer="us"}}'
+      - series: 'meshscope_link_state{{instance="r1",region="aws:us-east-1",peer="us"}}'
         values: '2 2 2 2 2 2'
-      - series: 'meshscope_redis_up{{instance="r1"}}'
+      - series: 'meshscope_redis_up{{instance="r1",region="aws:us-east-1"}}'
         values: '1 1 0 0 0 0'
-      - series: 'meshscope_task_restarts_total{{instance="r1",task="group-reader"}}'
+      - series: 'meshscope_task_restarts_total{{instance="r1",region="aws:us-east-1",task="group-reader"}}'
         values: '0 1 2 3 4 5'
     alert_rule_test:
       - eval_time: 5m
         alertname: LinkDown
         exp_alerts:
-          - exp_labels: {{severity: critical, instance: r1, peer: eu}}
+          - exp_labels: {{severity: critical, instance: r1, region: "aws:us-east-1", peer: eu}}
             exp_annotations:
-              summary: Link r1 -> eu is not up
+              summary: Link aws:us-east-1 -> eu is not up
               description: >-
                 The mesh link to eu has been in state 0 (0 down, 1 connecting, 3 draining) for a
                 minute; events for that region are held or rerouted.
       - eval_time: 5m
         alertname: RelayDegraded
         exp_alerts:
-          - exp_labels: {{severity: critical, instance: r1}}
+          - exp_labels: {{severity: critical, instance: r1, region: "aws:us-east-1"}}
             exp_annotations:
-              summary: r1 cannot write to Redis
+              summary: Relay in aws:us-east-1 cannot write to Redis
               description: >-
-                Commits from relay r1 to Redis have failed for a minute; flow records wait in the
-                relay's queue and are retried, and /healthz reports the relay degraded.
+                Commits from the relay in aws:us-east-1 (r1) to Redis have failed for a minute; flow
+                records wait in the relay's queue and are retried, and /healthz reports the relay degraded.
       - eval_time: 5m
         alertname: TaskRestarts
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: r1, task: group-reader}}
+          - exp_labels: {{severity: warning, instance: r1, region: "aws:us-east-1", task: group-reader}}
             exp_annotations:
-              summary: r1 restarted task group-reader 5 times
+              summary: Relay in aws:us-east-1 restarted task group-reader 5 times
               description: >-
                 Background task group-reader of r1 crashed and was restarted more than 3 times in 10
                 minutes; its traceback is in the service's log.
   - interval: 1m
     input_series:
-      - series: 'meshscope_drops_total{{instance="r1",reason="policy_denied"}}'
+      - series: 'meshscope_drops_total{{instance="r1",region="aws:us-east-1",reason="policy_denied"}}'
         values: '0+3x20'
-      - series: 'meshscope_drops_total{{instance="r1",reason="no_route"}}'
+      - series: 'meshscope_drops_total{{instance="r1",region="aws:us-east-1",reason="no_route"}}'
         values: '0+3x20'
-      - series: 'meshscope_group_pending{{instance="r1",group="billing"}}'
+      - series: 'meshscope_group_pending{{instance="r1",region="aws:us-east-1",group="billing"}}'
         values: '0+10x30'
-      - series: 'meshscope_group_oldest_age_seconds{{instance="r1",group="billing"}}'
+      - series: 'meshscope_group_oldest_age_seconds{{instance="r1",region="aws:us-east-1",group="billing"}}'
         values: '0+60x30'
-      - series: 'meshscope_group_pending{{instance="r1",group="steady"}}'
+      - series: 'meshscope_group_pending{{instance="r1",region="aws:us-east-1",group="steady"}}'
         values: '50x30'
+      - series: 'meshscope_group_lag{{instance="r1",region="aws:us-east-1",group="billing"}}'
+        values: '0x30'
+      - series: 'meshscope_group_lag{{instance="r1",region="aws:us-east-1",group="steady"}}'
+        values: '0x30'
+      - series: 'meshscope_group_consumers{{instance="r1",region="aws:us-east-1",group="billing"}}'
+        values: '1x30'
+      - series: 'meshscope_group_consumers{{instance="r1",region="aws:us-east-1",group="steady"}}'
+        values: '1x30'
+      - series: 'meshscope_group_pending{{instance="r1",region="aws:us-east-1",group="stopped"}}'
+        values: '0x30'
+      - series: 'meshscope_group_lag{{instance="r1",region="aws:us-east-1",group="stopped"}}'
+        values: '0+859.8x25'
+      - series: 'meshscope_group_consumers{{instance="r1",region="aws:us-east-1",group="stopped"}}'
+        values: '0x30'
     alert_rule_test:
       - eval_time: 12m
         alertname: PolicyOrSchemaRejections
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: r1, reason: policy_denied}}
+          - exp_labels: {{severity: warning, instance: r1, region: "aws:us-east-1", reason: policy_denied}}
             exp_annotations:
-              summary: 'r1 keeps refusing events: policy_denied'
+              summary: 'Relay in aws:us-east-1 keeps refusing events: policy_denied'
               description: >-
-                Relay r1 refused 15 events as policy_denied in the last 5 minutes, and has for 5
-                minutes: a producer sends what the governance rules or the schema registry do not allow.
+                The relay in aws:us-east-1 (r1) refused 15 events as policy_denied in the last 5 minutes,
+                and has for 5 minutes: a producer sends what the governance rules or the schema registry do
+                not allow.
       - eval_time: 25m
         alertname: ConsumerLagGrowing
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: r1, group: billing}}
+          - exp_labels: {{severity: warning, instance: r1, region: "aws:us-east-1", group: billing}}
             exp_annotations:
-              summary: Consumer group billing at r1 is falling behind
+              summary: Consumer group billing in aws:us-east-1 is falling behind
               description: >-
-                250 entries are pending for group billing and the number has grown for 10 minutes;
-                the oldest is 25m 0s.
+                250 entries wait for group billing in aws:us-east-1 (not yet delivered, or delivered
+                and not acknowledged) and the number has grown for 10 minutes; the oldest is 25m 0s.
+          - exp_labels: {{severity: warning, instance: r1, region: "aws:us-east-1", group: stopped}}
+            exp_annotations:
+              summary: Consumer group stopped in aws:us-east-1 is falling behind
+              description: >-
+                21.49k entries wait for group stopped in aws:us-east-1 (not yet delivered, or
+                delivered and not acknowledged) and the number has grown for 10 minutes; the oldest is
+                of unknown age.
+      - eval_time: 25m
+        alertname: ConsumerGroupStopped
+        exp_alerts:
+          - exp_labels: {{severity: critical, region: "aws:us-east-1", group: stopped}}
+            exp_annotations:
+              summary: Consumer group stopped in aws:us-east-1 has no consumer
+              description: >-
+                No member of group stopped has been connected in aws:us-east-1 for a minute while
+                21.49k entries wait for it; the group keeps them until MESHSCOPE_GROUP_MAX_ENTRIES,
+                then gives the oldest up with drop records.
+  - interval: 15s
+    input_series:
+      - series: 'up{{job="meshscope-relays",instance="127.0.0.1:7400"}}'
+        values: '1x8 0x20'
+      - series: 'meshscope_anonymous{{job="meshscope-relays",instance="127.0.0.1:7400",region="aws:us-east-1"}}'
+        values: '0x8 _x20'
+      - series: 'up{{job="meshscope-relays",instance="127.0.0.1:7401"}}'
+        values: '1x28'
+      - series: 'up{{job="meshscope-dashboard",instance="127.0.0.1:8080",service="dashboard"}}'
+        values: '0x28'
+      - series: 'up{{job="node",instance="127.0.0.1:9100"}}'
+        values: '0x28'
+      - series: 'meshscope_collector_lag_seconds{{job="meshscope-dashboard",instance="127.0.0.1:8080"}}'
+        values: '0+15x28'
+    alert_rule_test:
+      - eval_time: 2m
+        alertname: TargetDown
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: meshscope-dashboard, instance: "127.0.0.1:8080", service: dashboard}}
+            exp_annotations:
+              summary: meshscope-dashboard target 127.0.0.1:8080 is down
+              description: >-
+                Prometheus has not been able to scrape 127.0.0.1:8080 of job meshscope-dashboard
+                for a minute: the process is down, hung or unreachable, and what it would report is
+                unknown.
+      - eval_time: 4m
+        alertname: TargetDown
+        exp_alerts:
+          - exp_labels:
+              {{severity: critical, job: meshscope-relays, instance: "127.0.0.1:7400", region: "aws:us-east-1"}}
+            exp_annotations:
+              summary: meshscope-relays target 127.0.0.1:7400 (aws:us-east-1) is down
+              description: >-
+                Prometheus has not been able to scrape 127.0.0.1:7400 of job meshscope-relays (the
+                relay in aws:us-east-1) for a minute: the process is down, hung or unreachable, and
+                what it would report is unknown.
+          - exp_labels: {{severity: critical, job: meshscope-dashboard, instance: "127.0.0.1:8080", service: dashboard}}
+            exp_annotations:
+              summary: meshscope-dashboard target 127.0.0.1:8080 is down
+              description: >-
+                Prometheus has not been able to scrape 127.0.0.1:8080 of job meshscope-dashboard
+                for a minute: the process is down, hung or unreachable, and what it would report is
+                unknown.
+      - eval_time: 7m
+        alertname: CollectorLagHigh
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: meshscope-dashboard, instance: "127.0.0.1:8080"}}
+            exp_annotations:
+              summary: Flow history is 7m 0s behind (127.0.0.1:8080)
+              description: >-
+                The oldest flow record not yet in ClickHouse was written 7m 0s ago, and the collector
+                has been over a minute behind for 5 minutes: the map, SQL and dashboard alerts see old
+                data. meshscope_collector_clickhouse_up says whether ClickHouse answers.
 """
 
 

@@ -155,12 +155,3 @@ async def test_sampled_hop_spans_share_ids_with_flow_records(
     assert {format(s.context.span_id, "016x") for s in spans} == {r.span_id for r in records}
     assert {format(s.context.trace_id, "032x") for s in spans} == {"4bf92f3577b34da6a3ce929d0e0e4736"}
     assert {format(s.parent.span_id, "016x") for s in spans if s.parent} == {r.parent_span_id for r in records}
-
-
-def test_unsampled_traces_get_no_spans() -> None:
-    exporter = InMemorySpanExporter()
-    tracer = HopTracer(A, "r", 0.0, processor=SimpleSpanProcessor(exporter))
-    tracer.hop("x", "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "00f067aa0ba902b8", 1, 2, {})
-    assert exporter.get_finished_spans() == ()
-    half = HopTracer(A, "r", 0.5, processor=SimpleSpanProcessor(exporter))
-    assert half.sampled("0" * 16 + "0" * 16) and not half.sampled("0" * 16 + "f" * 16)

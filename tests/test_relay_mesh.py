@@ -312,8 +312,22 @@ async def test_health_and_metrics(mesh: Mesh, http: httpx.AsyncClient) -> None:
     await eventually(lambda: mesh[A].relay.links[0].rtt_ms is not None)
     await asyncio.sleep(scaled(1.2))  # one link sample interval
     text = (await http.get(f"{mesh[A].url}/metrics")).text
-    assert f'meshscope_link_state{{peer="{B}"}} 2' in text
+    assert f'meshscope_link_state{{peer="{B}",region="{A}"}} 2' in text
     assert "meshscope_link_rtt_ms" in text and "meshscope_flow_queue_depth" in text
+    # every series says the relay's region, the process's own included (alerts name regions, not ports)
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(samples) > 50 and [s for s in samples if f'region="{A}"' not in s] == []
+    assert any(s.startswith("process_resident_memory_bytes{") for s in samples)
+    # counters exist at 0 before their first increment, so rate() sees the first one
+    for series in (
+        'meshscope_drops_total{{reason="backpressure",region="{A}"}} 0.0',
+        'meshscope_rejected_total{{region="{A}",status="429"}} 0.0',
+        'meshscope_transit_total{{region="{A}"}} 0.0',
+        'meshscope_link_reconnects_total{{peer="{B}",region="{A}"}} 0.0',
+        'meshscope_task_restarts_total{{region="{A}",task="dispatch"}} 0.0',
+        'meshscope_flow_write_errors_total{{region="{A}"}} 0.0',
+    ):
+        assert series.format(A=A, B=B) in text, series
 
 
 async def test_batched_subscriber_gets_arrays_and_bad_batch_is_refused(mesh: Mesh, http: httpx.AsyncClient) -> None:

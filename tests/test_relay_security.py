@@ -74,7 +74,7 @@ async def test_two_relays_over_mtls_route_events_and_report_mtls(mesh: Mesh, cer
         assert reply.status_code == 202 and mesh[A].url.startswith("https://")
         assert orjson.loads(await asyncio.wait_for(sub.recv(), scaled(5)))["id"] == "t-1"
         text = (await https.get(f"{mesh[A].url}/metrics")).text
-    assert f'meshscope_link_security{{peer="{C}"}} 2' in text  # 2 = mtls
+    assert f'meshscope_link_security{{peer="{C}",region="{A}"}} 2' in text  # 2 = mtls
     assert mesh[C].relay.status.health()["inbound"] == [A]
 
 
