@@ -1,0 +1,443 @@
+"""How old what the view shows is, and what state each edge and link is in, with no I/O.
+
+Everything the dashboard and the alerts show comes from a source that can fall
+behind or go silent, and a picture is only as good as its oldest part. The I/O
+shells only gather timestamps (``Reading``: this source of this region holds
+data as of when, and why not newer when they know); this module judges them,
+per region and per source, against one table of limits:
+
+    live     at most ``live_s`` old: the page may say "live"
+    behind   older, up to ``stale_s``: shown, with its age and its cause
+    stale    older than ``stale_s``: greyed, kept as the last known figures with
+             their time; alerts that read it are inhibited; /healthz is degraded
+    unknown  nothing known (never reported, or the store that holds it cannot be read)
+
+A region's store that cannot be read makes every source of that region unknown,
+with the store named as the cause (one banner, not thirty red links).
+
+Edges and links are in one of the view states of ``STATES``, decided here and
+nowhere else, for the map, the API, ``/ws/live`` and the alerts alike: a link
+whose relay cannot report is ``unknown``, not down; an edge whose link is down
+or refused is ``failing`` from the moment the link is, whatever its history says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ALL = "*"
+"""The region of a reading that holds for every region (one stream, one store for all)."""
+
+# ---- sources -------------------------------------------------------------------------------------
+
+FLOWS = "flows"
+LINKS = "links"
+RELAY = "relay"
+GROUPS = "groups"
+FEED = "feed"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How old a source's newest data may be: ``live_s`` to be live, ``stale_s`` before it is stale."""
+
+    live_s: float
+    stale_s: float
+    name: str
+    """How a cause names the source."""
+
+
+LIMITS: Mapping[str, Limits] = {
+    # the collector inserts every second or so: a few seconds is live; half a minute behind is stale
+    FLOWS: Limits(5.0, 30.0, "flow records"),
+    # relays sample their links every second
+    LINKS: Limits(5.0, 10.0, "link samples"),
+    # relays write their state (routes, groups, clock) every 2 s
+    RELAY: Limits(5.0, 10.0, "relay state"),
+    # durable groups are sampled every few seconds
+    GROUPS: Limits(15.0, 60.0, "group samples"),
+    # the collectors publish on the live channel every second
+    FEED: Limits(5.0, 10.0, "live feed"),
+}
+SOURCES = tuple(LIMITS)
+
+# ---- freshness levels ----------------------------------------------------------------------------
+
+LIVE, BEHIND, STALE, UNKNOWN = "live", "behind", "stale", "unknown"
+LEVELS = (LIVE, BEHIND, STALE, UNKNOWN)
+"""From best to worst."""
+TRUSTED = frozenset((LIVE, BEHIND))
+"""Levels whose figures are shown as they are (with their age); the others are greyed and inhibit alerts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a shell found out about one source of one region."""
+
+    source: str
+    region: str
+    as_of: float | None
+    """Unix seconds of the newest data the source holds; None when nothing is known."""
+    cause: str = ""
+    """Why it is not newer, when the shell knows (``collector 15 min behind``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """A reading judged: its level, how old it is and why."""
+
+    source: str
+    region: str
+    level: str
+    age_s: float | None
+    as_of: float | None
+    cause: str
+
+    @property
+    def trusted(self) -> bool:
+        return self.level in TRUSTED
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "age_s": None if self.age_s is None else round(self.age_s, 3),
+            "as_of": None if self.as_of is None else round(self.as_of, 3),
+            "cause": self.cause,
+        }
+
+
+def age_text(seconds: float) -> str:
+    """A duration as people say it: 4 s, 90 s, 15 min, 2.5 h, 3 d."""
+    s = max(0.0, seconds)
+    if s < 100:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    if s < 172_800:
+        return f"{s / 3600:.1f} h".replace(".0 h", " h")
+    return f"{s / 86400:.0f} d"
+
+
+def judge(reading: Reading, now_s: float, limits: Mapping[str, Limits] = LIMITS) -> Freshness:
+    """The level of one reading at ``now_s`` (a timestamp from the future counts as age 0)."""
+    limit = limits[reading.source]
+    if reading.as_of is None:
+        cause = reading.cause or f"no {limit.name} yet"
+        return Freshness(reading.source, reading.region, UNKNOWN, None, None, cause)
+    age = max(0.0, now_s - reading.as_of)
+    if age <= limit.live_s:
+        return Freshness(reading.source, reading.region, LIVE, age, reading.as_of, "")
+    level = BEHIND if age <= limit.stale_s else STALE
+    cause = reading.cause or f"{limit.name} {age_text(age)} old"
+    return Freshness(reading.source, reading.region, level, age, reading.as_of, cause)
+
+
+def worst(items: Iterable[Freshness]) -> Freshness | None:
+    """The least fresh of ``items`` (the oldest among equals); None for none."""
+    out: Freshness | None = None
+    for f in items:
+        if out is None:
+            out = f
+            continue
+        rank, best = LEVELS.index(f.level), LEVELS.index(out.level)
+        if rank > best or (rank == best and (f.age_s or 0.0) > (out.age_s or 0.0)):
+            out = f
+    return out
+
+
+# ---- what the collectors report ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LagReport:
+    """One collector's position in one stream it reads, as it publishes it every second."""
+
+    stream: str
+    regions: tuple[str, ...]
+    """The regions whose records the stream holds (``ALL``: every region)."""
+    ts: float
+    """When the collector measured (Unix seconds)."""
+    lag_s: float
+    """Age of the oldest record of the stream not yet in ClickHouse (unread, or read and not inserted)."""
+    unread: int = 0
+    pending: int = 0
+    collector: str = ""
+
+    def covers(self, region: str) -> bool:
+        return ALL in self.regions or region in self.regions or region == ALL
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "regions": list(self.regions),
+            "ts": round(self.ts, 3),
+            "lag_s": round(self.lag_s, 3),
+            "unread": self.unread,
+            "pending": self.pending,
+            "collector": self.collector,
+        }
+
+
+def lag_from(data: Mapping[str, Any]) -> LagReport | None:
+    """A report decoded from untrusted JSON; None when any field is missing or of the wrong type."""
+    stream, regions, ts, lag = data.get("stream"), data.get("regions"), data.get("ts"), data.get("lag_s")
+    if not isinstance(stream, str) or not isinstance(regions, list) or not regions:
+        return None
+    if not all(isinstance(r, str) and r for r in regions) or not isinstance(ts, int | float):
+        return None
+    if not isinstance(lag, int | float) or not _number(ts) or not _number(lag):
+        return None
+    unread, pending, collector = data.get("unread", 0), data.get("pending", 0), data.get("collector", "")
+    return LagReport(
+        stream[:256],
+        tuple(r[:128] for r in regions[:256]),
+        float(ts),
+        max(0.0, float(lag)),
+        int(unread) if _number(unread) else 0,
+        int(pending) if _number(pending) else 0,
+        collector[:256] if isinstance(collector, str) else "",
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def flows_reading(reports: Sequence[LagReport], region: str, now_s: float, live_s: float | None = None) -> Reading:
+    """How far the flow history of ``region`` is complete: the worst report of a stream that holds it.
+
+    A collector that stopped reporting is as far behind as its last report said plus the time since.
+    """
+    live = LIMITS[FLOWS].live_s if live_s is None else live_s
+    mine = [r for r in reports if r.covers(region)]
+    if not mine:
+        return Reading(FLOWS, region, None, "no collector reports its position")
+    report = min(mine, key=lambda r: r.ts - r.lag_s)
+    as_of = report.ts - report.lag_s
+    silent = now_s - report.ts
+    if silent > live:
+        cause = f"no report from the collector for {age_text(silent)} (it was {age_text(report.lag_s)} behind)"
+    else:
+        cause = f"collector {age_text(report.lag_s)} behind"
+    return Reading(FLOWS, region, as_of, cause)
+
+
+# ---- stores --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCheck:
+    """Whether a store (Valkey) could be read, by whom, and which regions it holds."""
+
+    regions: tuple[str, ...]
+    error: str = ""
+    """Empty when it answered."""
+    seen_from: str = "the dashboard"
+    name: str = "Valkey"
+
+    @property
+    def cause(self) -> str:
+        return f"{self.name} unreachable from {self.seen_from}: {self.error}" if self.error else ""
+
+    def covers(self, region: str) -> bool:
+        return ALL in self.regions or region in self.regions
+
+
+# ---- a whole assessment --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Every region's sources judged at ``checked_at``, and the causes worth a banner."""
+
+    checked_at: float
+    regions: Mapping[str, Mapping[str, Freshness]]
+    banner: tuple[str, ...]
+
+    def of(self, region: str, source: str) -> Freshness:
+        """One region's source; a region the assessment does not know reads as unknown."""
+        found = self.regions.get(region, {}).get(source)
+        if found is None:
+            found = self.regions.get(ALL, {}).get(source)
+        return found or Freshness(source, region, UNKNOWN, None, None, f"no {LIMITS[source].name} for {region}")
+
+    def source(self, source: str) -> Freshness | None:
+        """The worst of one source over every region."""
+        return worst(by[source] for by in self.regions.values() if source in by)
+
+    def problems(self) -> list[str]:
+        """Stale and unknown sources, as sentences for /healthz: the banner, then each other cause once."""
+        out = list(self.banner)
+        for region, by in sorted(self.regions.items()):
+            for f in by.values():
+                if f.trusted or not f.cause:
+                    continue
+                line = f.cause if region == ALL else f"{region}: {f.cause}"
+                if f.cause not in self.banner and line not in out:
+                    out.append(line)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        regions = {region: {s: f.to_json() for s, f in sorted(by.items())} for region, by in self.regions.items()}
+        overall = {s: f.to_json() for s in SOURCES if (f := self.source(s)) is not None}
+        return {
+            "checked_at": round(self.checked_at, 3),
+            "sources": overall,
+            "regions": dict(sorted(regions.items())),
+            "banner": list(self.banner),
+        }
+
+
+def assess(
+    readings: Iterable[Reading],
+    now_s: float,
+    stores: Sequence[StoreCheck] = (),
+    limits: Mapping[str, Limits] = LIMITS,
+) -> Assessment:
+    """Judge every reading; a store that could not be read makes the sources of its regions unknown.
+
+    The banner holds each unreachable store once, and any other cause that leaves one source
+    stale or unknown in every region (a collector behind on the one stream of every region).
+    """
+    regions: dict[str, dict[str, Freshness]] = {}
+    for reading in readings:
+        store = next((s for s in stores if s.error and s.covers(reading.region)), None)
+        if store is not None:
+            f = Freshness(reading.source, reading.region, UNKNOWN, None, reading.as_of, store.cause)
+        else:
+            f = judge(reading, now_s, limits)
+        regions.setdefault(reading.region, {})[reading.source] = f
+    banner = [s.cause for s in stores if s.error]
+    named = [r for r in regions if r != ALL]
+    for source in SOURCES:
+        causes = {regions[r][source].cause for r in named if source in regions[r] and not regions[r][source].trusted}
+        shared = [r for r in named if source in regions[r]]
+        if len(causes) == 1 and shared and all(not regions[r][source].trusted for r in shared):
+            cause = causes.pop()
+            if cause and cause not in banner:
+                banner.append(cause)
+        everywhere = regions.get(ALL, {}).get(source)
+        if everywhere is not None and not everywhere.trusted and everywhere.cause not in banner:
+            banner.append(everywhere.cause)
+    return Assessment(now_s, regions, tuple(banner))
+
+
+# ---- view states ---------------------------------------------------------------------------------
+
+HEALTHY, IDLE, DEGRADED, FAILING, DOWN = "healthy", "idle", "degraded", "failing", "down"
+
+
+@dataclass(frozen=True, slots=True)
+class ViewState:
+    name: str
+    label: str
+    meaning: str
+
+
+STATES: Mapping[str, ViewState] = {
+    s.name: s
+    for s in (
+        ViewState(HEALTHY, "healthy", "fresh data, errors and lag under the first thresholds"),
+        ViewState(IDLE, "idle", "fresh data, no traffic in the window"),
+        ViewState(DEGRADED, "degraded", "errors or lag past the first threshold, or a link draining"),
+        ViewState(FAILING, "failing", "errors or lag past the second threshold, or its link down or refused"),
+        ViewState(DOWN, "down", "the link's relay reports it down"),
+        ViewState(UNKNOWN, "unknown", "no fresh data: shown as last known, with why"),
+    )
+}
+"""Every state an edge or a link can be in, in the order the legend shows them."""
+
+# the states a relay reports for one of its links (router.routing), as they arrive in samples
+REPORTED_UP, REPORTED_CONNECTING, REPORTED_DRAINING, REPORTED_DOWN = "up", "connecting", "draining", "down"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A view state and, when it is not healthy, why."""
+
+    state: str
+    cause: str = ""
+
+
+def link_view(reported: str, fresh: Freshness, clock: str = "", error: str = "") -> Verdict:
+    """A link's state from its relay's latest report, how fresh that report is, and its clock check.
+
+    ``clock``: why the peer refuses this relay's events for their clocks ('' when it does not).
+    """
+    if not fresh.trusted:
+        return Verdict(UNKNOWN, fresh.cause or "no fresh report of this link")
+    if reported in (REPORTED_DOWN, REPORTED_CONNECTING):
+        return Verdict(DOWN, f"link down: {error}" if error else "link down")
+    if reported == REPORTED_DRAINING:
+        return Verdict(DEGRADED, "link draining")
+    if reported != REPORTED_UP:
+        return Verdict(UNKNOWN, f"the relay reports a state meshscope does not know: {reported[:16]!r}")
+    if clock:
+        return Verdict(FAILING, clock)
+    return Verdict(HEALTHY)
+
+
+def edge_view(traffic: str, link: Verdict | None, flows: Freshness, held: int = 0) -> Verdict:
+    """An edge's state: ``traffic`` (its figures' verdict), overruled by its link, then by stale figures.
+
+    A link down or refused makes the edge failing at once, with what waits for it; figures that
+    are not fresh make it unknown, whatever they say.
+    """
+    if link is not None and link.state in (DOWN, FAILING):
+        waiting = f"; {held} events held for it" if held else ""
+        return Verdict(FAILING, f"{link.cause}{waiting}")
+    if not flows.trusted:
+        return Verdict(UNKNOWN, flows.cause)
+    if traffic not in STATES:
+        return Verdict(UNKNOWN, f"no verdict for {traffic[:16]!r}")
+    return Verdict(traffic)
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """When an edge's figures make it degraded (first) or failing (second)."""
+
+    loss_degraded_pct: float = 1.0
+    loss_failing_pct: float = 5.0
+    lag_degraded_ms: float = 1000.0
+    lag_failing_ms: float = 5000.0
+
+
+def traffic_view(entered: int, lost: int, e2e_p99_ms: float | None, t: Thresholds) -> str:
+    """An edge's verdict from its figures: events lost (refusals are the producer's, not the edge's) and p99 lag."""
+    if entered <= 0 and lost <= 0:
+        return IDLE
+    pct = loss_pct(entered, lost)
+    lag = e2e_p99_ms or 0.0
+    if pct >= t.loss_failing_pct or lag >= t.lag_failing_ms:
+        return FAILING
+    if pct >= t.loss_degraded_pct or lag >= t.lag_degraded_ms:
+        return DEGRADED
+    return HEALTHY
+
+
+def loss_pct(entered: int, lost: int) -> float:
+    """Events lost as a share of what entered (losses with nothing entering count as 100 %)."""
+    if entered <= 0:
+        return 100.0 if lost else 0.0
+    return min(100.0, 100.0 * lost / entered)
+
+
+# ---- clocks --------------------------------------------------------------------------------------
+
+
+def clock_refusal(offset_ms: float | None, accepted_s: float, peer: str, margin_s: float = 1.0) -> str:
+    """Why ``peer`` refuses what this relay sends for its clock, or '' when it accepts it.
+
+    ``offset_ms``: the peer's clock minus ours; ``accepted_s``: the skew the peer accepts. A margin
+    keeps what is sent near the edge of the window from being refused on its way.
+    """
+    if offset_ms is None or accepted_s <= 0:
+        return ""
+    off_s = abs(offset_ms) / 1000
+    if off_s < max(0.0, accepted_s - margin_s):
+        return ""
+    side = "behind" if offset_ms > 0 else "ahead of"
+    return f"clock {off_s:.0f} s {side} {peer}'s, which accepts {accepted_s:g} s"
