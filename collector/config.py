@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 from collector.clickhouse import is_embedded, resolve_url
 from collector.schema import SchemaOptions
 from meshcore import settings as s
+from meshcore.freshness import ALL
+from meshcore.names import is_region_id
 from meshcore.settings import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, REDIS_URL
 from meshcore.tls import TlsFiles
 
@@ -45,6 +47,8 @@ MESHSCOPE_COLLECTOR_METRICS_HOST = "MESHSCOPE_COLLECTOR_METRICS_HOST"
 """Address /metrics and /healthz listen on (default 127.0.0.1); any other needs MESHSCOPE_AUTH_FILE."""
 MESHSCOPE_AUTH_FILE = "MESHSCOPE_AUTH_FILE"
 """Principals file (TOML); when set, /metrics takes a bearer token of any principal in it."""
+MESHSCOPE_COLLECTOR_REGIONS = "MESHSCOPE_COLLECTOR_REGIONS"
+"""Comma-separated ids of the regions whose records the streams this collector reads hold (default: every region)."""
 MESHSCOPE_LIVE_CHANNEL = "MESHSCOPE_LIVE_CHANNEL"
 """Redis pub/sub channel for live edge statistics."""
 MESHSCOPE_ALERTS = "MESHSCOPE_ALERTS"
@@ -147,6 +151,8 @@ class CollectorConfig:
     live_channel: str = "meshscope:live"
     dead_letter_stream: str = "meshscope:flows:dead"
     links_stream: str = "meshscope:links"
+    regions: tuple[str, ...] = (ALL,)
+    """The regions whose records the streams hold, as the collector's position reports name them."""
     alerts: AlertConfig = AlertConfig()
 
     @property
@@ -179,6 +185,15 @@ class CollectorConfig:
             auth_file=env.get(MESHSCOPE_AUTH_FILE) or None,
             tls=TlsFiles.from_env(env),
             live_channel=s.get_str(env, MESHSCOPE_LIVE_CHANNEL, d["live_channel"]),
+            regions=_regions(env),
             alerts=AlertConfig.from_env(env),
         )
         return replace(config, **overrides)
+
+
+def _regions(env: Mapping[str, str]) -> tuple[str, ...]:
+    regions = s.get_list(env, MESHSCOPE_COLLECTOR_REGIONS)
+    wrong = [r for r in regions if not is_region_id(r)]
+    if wrong:
+        raise s.SettingError(f"{MESHSCOPE_COLLECTOR_REGIONS}: {', '.join(wrong)} is not a region id (provider:name)")
+    return regions or (ALL,)

@@ -2,7 +2,8 @@
 
     read (XREADGROUP) -> decode (poison -> dead letter) -> batch by rows/time
       -> manifest -> INSERT (dedup token) -> XACK -> drop manifest
-    every second: live edge stats -> PUBLISH meshscope:live
+    every second: the position in each stream (collector.position) -> HSET meshscope:freshness,
+                  and live edge stats with those positions -> PUBLISH meshscope:live
     every claim_idle_s / 2: recover stale manifests, then XAUTOCLAIM idle entries
 
 ClickHouse down: the insert is retried with backoff for as long as it takes;
@@ -33,11 +34,13 @@ from collector.batch import Batch, should_flush, split_entries
 from collector.clickhouse import make_client, migrate
 from collector.config import CollectorConfig
 from collector.errors import ClickHouseUnavailable, QueryError, StreamUnavailable
-from collector.livestats import LiveWindow
+from collector.livestats import LIVE_S, LiveWindow
+from collector.position import position, publish
 from collector.stream import Entry, FlowStream
-from collector.sync import LinkSync
+from collector.sync import GROUPS_STREAM, LinkSync
 from meshcore.backoff import backoff_s
 from meshcore.flowrecord import FIELDS
+from meshcore.freshness import FLOWS, LIMITS, LagReport, age_text
 from meshcore.metrics import Registry
 from meshcore.supervise import Supervisor
 
@@ -74,6 +77,7 @@ class Collector:
         m.describe("collector_clickhouse_up", "gauge", "1 when the last ClickHouse call succeeded")
         m.describe("collector_stream_pending", "gauge", "Entries read by the group and not acked")
         m.describe("collector_stream_lag", "gauge", "Entries not yet read by the group")
+        m.describe("collector_stream_lag_seconds", "gauge", "Age of the oldest record not yet in ClickHouse, by stream")
         m.describe("collector_dead_letters_total", "counter", "Entries moved to the dead-letter stream")
         m.describe("collector_recovered_batches_total", "counter", "In-flight batches recovered after a crash")
         m.describe("collector_claimed_entries_total", "counter", "Entries taken over from idle consumers")
@@ -85,6 +89,8 @@ class Collector:
         self._redis_error = ""
         self._redis_down_since = 0.0
         self._clickhouse_error = ""
+        self.positions: list[LagReport] = []
+        """The latest position in each stream read (collector.position)."""
         m.describe("task_restarts_total", "counter", "Background tasks restarted after a crash, by task")
         self.side_tasks = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.alerts: AlertEvaluator | None = None
@@ -200,12 +206,23 @@ class Collector:
         if self._clickhouse_error:  # (the gauge reads 0 before the first call, too)
             reasons.append(f"clickhouse unavailable: {self._clickhouse_error}")
         reasons += self.side_tasks.problems()
+        stale = LIMITS[FLOWS].stale_s
+        reasons += [
+            f"{r.stream} {age_text(r.lag_s)} behind ({r.unread} entries unread, {r.pending} read and not inserted)"
+            for r in self.positions
+            if r.lag_s > stale
+        ]
         if self.alerts is not None:
             reasons += self.alerts.problems()
         if not self._ready.is_set() and not reasons:
             reasons.append("starting")
         status = "degraded" if reasons else "ok"
-        out: dict[str, Any] = {"status": status, "reasons": reasons, "consumer": self.config.consumer}
+        out: dict[str, Any] = {
+            "status": status,
+            "reasons": reasons,
+            "consumer": self.config.consumer,
+            "streams": [r.to_json() for r in self.positions],
+        }
         if self.alerts is not None:
             out["alerts"] = self.alerts.health()
         return out
@@ -219,8 +236,7 @@ class Collector:
                 await self.recover(own=False)
             if now - last_live >= 1.0:
                 last_live = now
-                await self._publish_live()
-                await self._update_lag()
+                await self._report()
             if now - last_sync >= 1.0:
                 last_sync = now
                 await self.links.sync(self._with_clickhouse)
@@ -255,9 +271,10 @@ class Collector:
             self.metrics.inc("collector_dead_letters_total")
         if good and not self.batch.ids:
             self.batch.started = time.monotonic()
+        since_us = int((time.time() - LIVE_S) * 1e6)
         for entry_id, columns in good:
             self.batch.add(entry_id, columns)
-            self.live.add(columns)
+            self.live.add(columns, since_us)
 
     async def flush(self, wait: bool = True) -> None:
         """Commit the current batch. With ``wait=False`` the insert runs while the next batch is read.
@@ -347,15 +364,32 @@ class Collector:
             self.metrics.inc("collector_claimed_entries_total", len(claimed))
             await self._take(claimed)
 
-    async def _publish_live(self) -> None:
-        message = self.live.flush(int(time.time()), self.config.consumer)
-        if message["edges"]:
-            await self.stream.publish(self.config.live_channel, orjson.dumps(message))
+    async def _report(self) -> None:
+        """Measure and publish where the collector stands in each stream, then this second's live figures.
 
-    async def _update_lag(self) -> None:
+        The live message goes out every second, empty or not: it carries the positions, so a
+        reader learns the collector is behind (or alive and idle) from the feed itself.
+        """
+        reports: list[LagReport] = []
         try:
-            pending, lag = await self.stream.lag()
-        except StreamUnavailable:
-            return
-        self.metrics.set("collector_stream_pending", pending)
-        self.metrics.set("collector_stream_lag", lag)
+            reports = await self._positions()
+            await publish(self.redis, reports)
+        except StreamUnavailable as exc:  # the feed below still carries what was measured
+            log.warning("cannot measure or publish the stream positions", extra={"error": str(exc)[:300]})
+        message = self.live.flush(int(time.time()), self.config.consumer, [r.to_json() for r in reports])
+        await self.stream.publish(self.config.live_channel, orjson.dumps(message))
+
+    async def _positions(self) -> list[LagReport]:
+        c = self.config
+        reports = []
+        links_group = self.links.group
+        for stream, group in ((c.stream, c.group), (c.links_stream, links_group), (GROUPS_STREAM, links_group)):
+            at = await position(self.redis, stream, group)
+            report = LagReport(stream, c.regions, at.now_ms / 1000, at.lag_s, at.unread, at.pending, c.consumer)
+            reports.append(report)
+            self.metrics.set("collector_stream_lag_seconds", report.lag_s, stream=stream)
+            if stream == c.stream:
+                self.metrics.set("collector_stream_pending", at.pending)
+                self.metrics.set("collector_stream_lag", at.unread)
+        self.positions = reports
+        return reports
