@@ -228,12 +228,14 @@ class Collector:
         return out
 
     async def _collect(self) -> None:
-        last_claim = last_live = last_sync = time.monotonic()
+        last_claim = last_sync = time.monotonic()
+        last_live = 0.0  # where the collector stands is known from its first second
         while not self._stopping:
             now = time.monotonic()
             if now - last_claim >= self.config.claim_idle_s / 2:
                 last_claim = now
                 await self.recover(own=False)
+                await self.links.claim_idle()
             if now - last_live >= 1.0:
                 last_live = now
                 await self._report()

@@ -5,6 +5,8 @@ a durable group sample batch to ``meshscope:groups:lag`` every few seconds, and
 register themselves in the ``meshscope:regions`` hash; this copies them into the
 ``links``, ``group_lag`` and ``regions`` tables through consumer groups of its
 own, acking after the insert (with a deduplication token from the entry ids).
+After a start or an outage, the entries it had read and not acknowledged are read
+again first, so a sync cut short by Redis leaves nothing pending for good.
 """
 
 from __future__ import annotations
@@ -111,8 +113,11 @@ class LinkSync:
         self.config = config
         self.redis = client
         self.group = f"{config.group}-links"
+        self._own_first = True
+        """Read this consumer's unacknowledged entries before new ones (at start, after an outage)."""
 
     async def ensure_group(self) -> None:
+        self._own_first = True
         for stream in (self.config.links_stream, GROUPS_STREAM):
             try:
                 await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
@@ -124,9 +129,10 @@ class LinkSync:
 
     async def sync(self, with_clickhouse: WithClickHouse) -> None:
         db = self.config.database
+        since = "0" if self._own_first else ">"
         try:
             reply: Any = await self.redis.xreadgroup(
-                self.group, self.config.consumer, {self.config.links_stream: ">", GROUPS_STREAM: ">"}, count=1000
+                self.group, self.config.consumer, {self.config.links_stream: since, GROUPS_STREAM: since}, count=1000
             )
             regions: Any = await self.redis.hgetall(REGIONS_KEY)
         except RedisError as exc:
@@ -138,8 +144,11 @@ class LinkSync:
             (name.decode() if isinstance(name, bytes) else name): [(e.decode(), f) for e, f in raw]
             for name, raw in reply or []
         }
-        entries = by_stream.get(self.config.links_stream, [])
-        group_entries = by_stream.get(GROUPS_STREAM, [])
+        entries = [(e, f) for e, f in by_stream.get(self.config.links_stream, []) if f]
+        group_entries = [(e, f) for e, f in by_stream.get(GROUPS_STREAM, []) if f]
+        gone = {name: [e for e, f in raw if not f] for name, raw in by_stream.items()}  # trimmed while pending
+        if self._own_first and not entries and not group_entries:
+            self._own_first = False  # nothing of ours left unacknowledged: new entries from now on
         rows = link_rows(entries)
         lag_rows = group_rows(group_entries)
         last_seen: dict[str, int] = {}
@@ -189,5 +198,28 @@ class LinkSync:
                 await self.redis.xack(self.config.links_stream, self.group, *[e for e, _ in entries])
             if group_entries:
                 await self.redis.xack(GROUPS_STREAM, self.group, *[e for e, _ in group_entries])
+            for name, ids in gone.items():
+                if ids:
+                    await self.redis.xack(name, self.group, *ids)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot ack link samples: {exc}") from exc
+
+    async def claim_idle(self) -> int:
+        """Take over entries another consumer read and never acknowledged (it died); they are read next."""
+        idle_ms = int(self.config.claim_idle_s * 1000)
+        claimed = 0
+        try:
+            for stream in (self.config.links_stream, GROUPS_STREAM):
+                ids: Any = await self.redis.xautoclaim(
+                    stream, self.group, self.config.consumer, idle_ms, start_id="0-0", count=1000, justid=True
+                )
+                claimed += len(ids)  # with justid, redis-py answers the claimed ids alone
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return 0
+            raise StreamUnavailable(f"cannot claim link samples: {exc}") from exc
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot claim link samples: {exc}") from exc
+        if claimed:
+            self._own_first = True
+        return claimed

@@ -397,6 +397,35 @@ async def test_a_collector_publishes_its_position_per_stream_with_its_regions(
         await client.aclose()
 
 
+async def test_link_samples_left_unacknowledged_by_an_outage_or_a_dead_collector_are_stored(
+    redis_url: str, redis_sync: redis.Redis, run_collector: Any, ch_admin: Any, database: str
+) -> None:
+    """A sync cut short leaves entries pending: they are read again, never left behind for good."""
+    from collector.position import position
+
+    now_us = time.time_ns() // 1000
+    group = "meshscope-collectors-links"
+    redis_sync.xgroup_create("meshscope:links", group, id="0", mkstream=True)
+    for relay, consumer in (("own", "c1"), ("dead", "gone-collector")):
+        sample = [now_us, relay, A, C, "up", 1.0, 0, 0, "mtls", "", "", ""]
+        redis_sync.xadd("meshscope:links", {"v": "2", "r": orjson.dumps([sample])})
+        redis_sync.xreadgroup(group, consumer, {"meshscope:links": ">"}, count=1)  # read, never acknowledged
+    await run_collector()
+
+    def stored() -> set[str]:
+        try:
+            return {r[0] for r in ch_admin.query(f"SELECT relay FROM `{database}`.links").result_rows}
+        except Exception:  # the schema is still being made
+            return set()
+
+    await eventually(lambda: stored() >= {"own", "dead"}, 10)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert (await position(client, "meshscope:links", group)).lag_s == 0.0
+    finally:
+        await client.aclose()
+
+
 async def test_links_and_regions_reach_clickhouse(mesh: Mesh, run_collector: Any, ch_admin: Any, database: str) -> None:
     await mesh.start([A, C], env={"MESHSCOPE_LINK_STATS_INTERVAL_S": "0.1"})
     collector = await run_collector()
