@@ -40,7 +40,7 @@ from collector.stream import Entry, FlowStream
 from collector.sync import GROUPS_STREAM, LinkSync
 from meshcore.backoff import backoff_s
 from meshcore.flowrecord import FIELDS
-from meshcore.freshness import FLOWS, LIMITS, LagReport, age_text
+from meshcore.freshness import FLOWS, GROUPS, LIMITS, LINKS, LagReport, age_text
 from meshcore.metrics import Registry
 from meshcore.supervise import Supervisor
 
@@ -385,9 +385,14 @@ class Collector:
         c = self.config
         reports = []
         links_group = self.links.group
-        for stream, group in ((c.stream, c.group), (c.links_stream, links_group), (GROUPS_STREAM, links_group)):
+        streams = (
+            (c.stream, c.group, FLOWS),
+            (c.links_stream, links_group, LINKS),
+            (GROUPS_STREAM, links_group, GROUPS),
+        )
+        for stream, group, source in streams:
             at = await position(self.redis, stream, group)
-            report = LagReport(stream, c.regions, at.now_ms / 1000, at.lag_s, at.unread, at.pending, c.consumer)
+            report = LagReport(stream, c.regions, at.now_ms / 1000, at.lag_s, at.unread, at.pending, c.consumer, source)
             reports.append(report)
             self.metrics.set("collector_stream_lag_seconds", report.lag_s, stream=stream)
             if stream == c.stream:

@@ -38,6 +38,8 @@ LINK_COLUMNS = [
     "via",
     "peer_gov",
     "gov",
+    "clock_offset_ms",
+    "peer_skew_s",
 ]
 REGION_COLUMNS = ["id", "provider", "lat", "lon", "city", "relay", "first_seen", "last_seen"]
 GROUPS_STREAM = "meshscope:groups:lag"
@@ -53,6 +55,7 @@ GROUP_COLUMNS = [
     "lag",
     "oldest_age_s",
     "consumers",
+    "probe",
 ]
 
 
@@ -71,14 +74,15 @@ def _samples(entries: list[tuple[str, dict[Any, Any]]], lengths: tuple[int, ...]
 def group_rows(entries: list[tuple[str, dict[Any, Any]]]) -> list[list[Any]]:
     """Rows of valid group samples; malformed samples are skipped (they are advisory)."""
     rows = []
-    for s in _samples(entries, (11,)):
+    for s in _samples(entries, (11, 12)):
         try:
-            ts, region, group, owner, patterns, added, acked, pending, lag, oldest, consumers = s
+            ts, region, group, owner, patterns, added, acked, pending, lag, oldest, consumers = s[:11]
+            probe = s[11] is True if len(s) == 12 else False
             rows.append(
                 [
                     int(ts), str(region)[:128], str(group)[:64], str(owner)[:128],
                     [str(p)[:255] for p in patterns][:100], int(added), int(acked), int(pending), int(lag),
-                    float(oldest), int(consumers),
+                    float(oldest), int(consumers), int(probe),
                 ]
             )  # fmt: skip
         except (TypeError, ValueError):
@@ -92,15 +96,16 @@ WithClickHouse = Callable[[str, Callable[[Client], Any]], Awaitable[Any]]
 def link_rows(entries: list[tuple[str, dict[Any, Any]]]) -> list[list[Any]]:
     """Rows of valid link samples; malformed samples are skipped (they are advisory)."""
     rows = []
-    for s in _samples(entries, (8, 12)):
+    for s in _samples(entries, (8, 12, 14)):
         try:
             ts, relay, src, dst, state, rtt, depth, reconnects = s[:8]
-            security, via, peer_gov, gov = s[8:] if len(s) == 12 else ["", "", "", ""]
+            security, via, peer_gov, gov = s[8:12] if len(s) >= 12 else ["", "", "", ""]
+            offset, skew = s[12:14] if len(s) == 14 else [0.0, 0.0]
             rows.append(
                 [
                     int(ts), str(relay)[:128], str(src)[:128], str(dst)[:128], str(state)[:16], float(rtt),
                     int(depth), int(reconnects), str(security)[:8], str(via)[:128], str(peer_gov)[:128],
-                    str(gov)[:128],
+                    str(gov)[:128], float(offset or 0.0), float(skew or 0.0),
                 ]
             )  # fmt: skip
         except (TypeError, ValueError):

@@ -8,8 +8,9 @@ GET  /api/session               who the caller is: name, roles, how they authent
 GET  /api/...                   the map's JSON API (:mod:`dashboard.api`): topology, diff, timeline,
                                 edges, traces, routes, groups, search, governance, alerts
 POST /api/sql[?format=csv]      read-only SQL over the flow history (sql role)
-WS   /ws/live                   live per-second edge statistics and link states
-GET  /healthz                   public: ok or degraded (503), with why
+WS   /ws/live                   live per-second edge statistics, link states, and a heartbeat every second
+GET  /healthz                   public: ok or degraded (503), with why: a stale or unknown source of what
+                                the map shows is a reason (``meshcore.freshness``)
 
 Every request passes :class:`dashboard.auth.Gate` first (host, origin, caller, role).
 """
@@ -74,7 +75,7 @@ def build_app(
     health: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
     cache = cache if cache is not None else ResponseCache(config.cache_s)
-    api = MapApi(config, store, redis, cache)
+    api = MapApi(config, store, redis, cache, watch=hub.watch, live_links=hub.links_now)
 
     async def index(request: Request) -> Response:
         return FileResponse(os.path.join(STATIC_DIR, "index.html"), headers={"cache-control": "no-cache"})
@@ -147,6 +148,8 @@ def build_app(
 
     async def healthz(request: Request) -> Response:
         state: dict[str, Any] = health() if health is not None else {"status": "ok", "reasons": hub.problems()}
+        fresh = await hub.watch.current(1.0)
+        state["reasons"] = [*state["reasons"], *(r for r in fresh.problems() if r not in state["reasons"])]
         if state["reasons"]:
             state["status"] = "degraded"
         state["anonymous_allowed"] = auth.allow_anonymous

@@ -1,10 +1,16 @@
-"""Fan-out of live messages from Redis pub/sub to browser websockets.
+"""Fan-out of live messages from Redis pub/sub to browser websockets, with a heartbeat.
 
 One subscription per dashboard process, to two channels: the collectors' per-second
 edge statistics and the relays' link samples (shaped by :mod:`dashboard.livemessage`).
 Each message is decoded, shaped and encoded once; every browser then gets the same string. Each browser
 has a bounded queue, and one that falls behind loses its oldest messages, never the
 dashboard's memory.
+
+What the feed hears (when each source last spoke, the collectors' positions, the newest
+link of each relay) is kept in a ``FeedState``; every second the hub judges it with
+what Valkey holds (``dashboard.watch``) and sends every browser a heartbeat with the
+result, so a page knows the feed is alive, how old each region's figures are and why,
+even when Valkey or the collectors are silent.
 """
 
 from __future__ import annotations
@@ -20,12 +26,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from dashboard.livemessage import LINKS_CHANNEL, LinkChanges, edges_message, links_message
+from dashboard.watch import FeedState, FreshnessWatch
 from meshcore.backoff import backoff_s
+from meshcore.freshness import Assessment, lag_from
 from meshcore.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
 CLIENT_BUFFER = 30
+HEARTBEAT_S = 1.0
+"""Every browser hears from the hub at least this often."""
 
 
 class LiveHub:
@@ -39,13 +49,21 @@ class LiveHub:
         self.malformed = 0
         self.links = LinkChanges()
         self.supervisor = Supervisor()
-        """Runs the subscription; a crash is logged and restarted, and named by ``problems``."""
-        self.lost_since = 0.0
+        """Runs the subscription and the heartbeat; a crash is logged and restarted, and named by ``problems``."""
+        self.feed = FeedState()
+        self.watch = FreshnessWatch(client, self.feed)
+        self.links_now: dict[tuple[str, str], dict[str, object]] = {}
+        """The newest shaped sample of every link, from the live feed (for a live map answer)."""
+        self.heartbeats = 0
+
+    @property
+    def lost_since(self) -> float:
         """When the subscription was lost (0: it is up)."""
-        self._lost_error = ""
+        return self.feed.lost_since
 
     def start(self) -> None:
         self.supervisor.spawn("live-hub", self._run)
+        self.supervisor.spawn("heartbeat", self._beat)
 
     async def stop(self) -> None:
         await self.supervisor.stop()
@@ -54,8 +72,8 @@ class LiveHub:
         """Why the live feed is not flowing, as sentences for /healthz."""
         now = time.time() if now is None else now
         out = self.supervisor.problems(now)
-        if self.lost_since:
-            out.append(f"live channel lost for {now - self.lost_since:.0f} s: {self._lost_error}")
+        if self.feed.lost_since:
+            out.append(f"live channel lost for {now - self.feed.lost_since:.0f} s: {self.feed.lost_error}")
         return out
 
     def join(self) -> asyncio.Queue[str]:
@@ -80,14 +98,53 @@ class LiveHub:
         self.received += 1
         if channel == self.channel:
             message = edges_message(data)
+            if message is not None:
+                self.feed.edges_at = now_s
+                lag = message.get("lag")
+                reports = [lag_from(r) for r in lag if isinstance(r, dict)] if isinstance(lag, list) else []
+                self.feed.take_reports(r for r in reports if r is not None)
         else:
-            message = links_message(data)
-            if message is not None and not self.links.forward(message, now_s):
-                return
+            message = links_message(data, now_s)
+            if message is not None:
+                self._take_links(message["links"])
+                if not self.links.forward(message, now_s):
+                    return
         if message is None:
             self.malformed += 1
             return
         self.broadcast(orjson.dumps(message).decode())
+
+    def _take_links(self, links: list[dict[str, object]]) -> None:
+        for link in links:
+            src, dst, ts = link["src"], link["dst"], link["last_sample"]
+            if not isinstance(src, str) or not isinstance(dst, str) or not isinstance(ts, float):
+                continue
+            if ts > self.feed.links_at.get(src, 0.0):
+                self.feed.links_at[src] = ts
+            if len(self.links_now) < 10_000 or (src, dst) in self.links_now:
+                self.links_now[(src, dst)] = link
+
+    def heartbeat(self, assessment: Assessment, now_s: float) -> dict[str, object]:
+        """The heartbeat message: the feed's own state and every region's freshness."""
+        feed = self.feed
+        return {
+            "type": "heartbeat",
+            "ts": round(now_s, 3),
+            "feed": {
+                "subscribed": not feed.lost_since,
+                "lost_for_s": round(now_s - feed.lost_since, 1) if feed.lost_since else None,
+                "error": feed.lost_error if feed.lost_since else "",
+                "collectors_heard_s": round(now_s - feed.edges_at, 1) if feed.edges_at else None,
+            },
+            "freshness": assessment.to_json(),
+        }
+
+    async def _beat(self) -> None:
+        while True:
+            assessment = await self.watch.current(HEARTBEAT_S / 2)
+            self.heartbeats += 1
+            self.broadcast(orjson.dumps(self.heartbeat(assessment, time.time())).decode())
+            await asyncio.sleep(HEARTBEAT_S)
 
     async def _run(self) -> None:
         attempt = 0
@@ -97,7 +154,7 @@ class LiveHub:
             try:
                 await pubsub.subscribe(*channels)
                 attempt = 0
-                self.lost_since = 0.0
+                self.feed.lost_since = 0.0
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message and isinstance(message.get("data"), bytes):
@@ -107,8 +164,8 @@ class LiveHub:
             except (RedisError, OSError) as exc:
                 delay = backoff_s(attempt, 0.2, 5.0, random.random())
                 attempt += 1
-                self.lost_since = self.lost_since or time.time()
-                self._lost_error = str(exc)[:300]
+                self.feed.lost_since = self.feed.lost_since or time.time()
+                self.feed.lost_error = str(exc)[:300]
                 log.warning("live channel lost; resubscribing", extra={"error": str(exc), "retry_in_s": delay})
                 await asyncio.sleep(delay)
             finally:

@@ -81,7 +81,7 @@ class Reading:
     as_of: float | None
     """Unix seconds of the newest data the source holds; None when nothing is known."""
     cause: str = ""
-    """Why it is not newer, when the shell knows (``collector 15 min behind``)."""
+    """Why it is not newer, in a few words, when the shell knows (``collector lag``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +99,23 @@ class Freshness:
     def trusted(self) -> bool:
         return self.level in TRUSTED
 
+    @property
+    def says(self) -> str:
+        """The judgement as a sentence ('' while live): ``flow records 15 min behind — collector lag``."""
+        name = LIMITS[self.source].name if self.source in LIMITS else self.source
+        if self.level == LIVE:
+            return ""
+        if self.level == UNKNOWN or self.age_s is None:
+            return f"{name} unknown — {self.cause}"
+        return f"{name} {age_text(self.age_s)} behind — {self.cause}"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "level": self.level,
             "age_s": None if self.age_s is None else round(self.age_s, 3),
             "as_of": None if self.as_of is None else round(self.as_of, 3),
             "cause": self.cause,
+            "says": self.says,
         }
 
 
@@ -130,7 +141,7 @@ def judge(reading: Reading, now_s: float, limits: Mapping[str, Limits] = LIMITS)
     if age <= limit.live_s:
         return Freshness(reading.source, reading.region, LIVE, age, reading.as_of, "")
     level = BEHIND if age <= limit.stale_s else STALE
-    cause = reading.cause or f"{limit.name} {age_text(age)} old"
+    cause = reading.cause or "no newer report"
     return Freshness(reading.source, reading.region, level, age, reading.as_of, cause)
 
 
@@ -164,6 +175,8 @@ class LagReport:
     unread: int = 0
     pending: int = 0
     collector: str = ""
+    source: str = FLOWS
+    """What the stream holds: flow records (``FLOWS``), link samples (``LINKS``) or group samples (``GROUPS``)."""
 
     def covers(self, region: str) -> bool:
         return ALL in self.regions or region in self.regions or region == ALL
@@ -177,6 +190,7 @@ class LagReport:
             "unread": self.unread,
             "pending": self.pending,
             "collector": self.collector,
+            "source": self.source,
         }
 
 
@@ -190,6 +204,9 @@ def lag_from(data: Mapping[str, Any]) -> LagReport | None:
     if not isinstance(lag, int | float) or not _number(ts) or not _number(lag):
         return None
     unread, pending, collector = data.get("unread", 0), data.get("pending", 0), data.get("collector", "")
+    source = data.get("source", FLOWS)
+    if source not in (FLOWS, LINKS, GROUPS):
+        return None
     return LagReport(
         stream[:256],
         tuple(r[:128] for r in regions[:256]),
@@ -198,6 +215,7 @@ def lag_from(data: Mapping[str, Any]) -> LagReport | None:
         int(unread) if _number(unread) else 0,
         int(pending) if _number(pending) else 0,
         collector[:256] if isinstance(collector, str) else "",
+        source,
     )
 
 
@@ -205,22 +223,22 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
-def flows_reading(reports: Sequence[LagReport], region: str, now_s: float, live_s: float | None = None) -> Reading:
+REPORT_SILENT_S = 3.0
+"""Collectors report every second: one not heard for this long is silent, whatever it said last."""
+
+
+def flows_reading(reports: Sequence[LagReport], region: str, now_s: float) -> Reading:
     """How far the flow history of ``region`` is complete: the worst report of a stream that holds it.
 
     A collector that stopped reporting is as far behind as its last report said plus the time since.
     """
-    live = LIMITS[FLOWS].live_s if live_s is None else live_s
-    mine = [r for r in reports if r.covers(region)]
+    mine = [r for r in reports if r.source == FLOWS and r.covers(region)]
     if not mine:
         return Reading(FLOWS, region, None, "no collector reports its position")
     report = min(mine, key=lambda r: r.ts - r.lag_s)
     as_of = report.ts - report.lag_s
     silent = now_s - report.ts
-    if silent > live:
-        cause = f"no report from the collector for {age_text(silent)} (it was {age_text(report.lag_s)} behind)"
-    else:
-        cause = f"collector {age_text(report.lag_s)} behind"
+    cause = f"collector silent for {age_text(silent)}" if silent > REPORT_SILENT_S else "collector lag"
     return Reading(FLOWS, region, as_of, cause)
 
 
@@ -255,6 +273,11 @@ class Assessment:
     checked_at: float
     regions: Mapping[str, Mapping[str, Freshness]]
     banner: tuple[str, ...]
+    stores: tuple[StoreCheck, ...] = ()
+
+    def unreachable(self, region: str) -> str:
+        """Why the store of ``region`` cannot be read ('' when it can)."""
+        return next((s.cause for s in self.stores if s.error and s.covers(region)), "")
 
     def of(self, region: str, source: str) -> Freshness:
         """One region's source; a region the assessment does not know reads as unknown."""
@@ -268,14 +291,16 @@ class Assessment:
         return worst(by[source] for by in self.regions.values() if source in by)
 
     def problems(self) -> list[str]:
-        """Stale and unknown sources, as sentences for /healthz: the banner, then each other cause once."""
+        """Stale and unknown sources, as sentences for /healthz: the banner, then each other one once."""
         out = list(self.banner)
+        covered = {f.cause for by in self.regions.values() for f in by.values() if f.says in self.banner}
+        covered |= {s.cause for s in self.stores if s.error}
         for region, by in sorted(self.regions.items()):
             for f in by.values():
-                if f.trusted or not f.cause:
+                if f.trusted or f.cause in covered:
                     continue
-                line = f.cause if region == ALL else f"{region}: {f.cause}"
-                if f.cause not in self.banner and line not in out:
+                line = f.says if region == ALL else f"{region}: {f.says}"
+                if line not in out:
                     out.append(line)
         return out
 
@@ -311,17 +336,19 @@ def assess(
         regions.setdefault(reading.region, {})[reading.source] = f
     banner = [s.cause for s in stores if s.error]
     named = [r for r in regions if r != ALL]
+    unreachable = set(banner)
     for source in SOURCES:
-        causes = {regions[r][source].cause for r in named if source in regions[r] and not regions[r][source].trusted}
-        shared = [r for r in named if source in regions[r]]
-        if len(causes) == 1 and shared and all(not regions[r][source].trusted for r in shared):
-            cause = causes.pop()
-            if cause and cause not in banner:
-                banner.append(cause)
+        judged = [regions[r][source] for r in named if source in regions[r]]
+        if judged and all(not f.trusted for f in judged) and len({f.cause for f in judged}) == 1:
+            line = worst(judged)
+            if line is not None and line.cause not in unreachable and line.says not in banner:
+                banner.append(line.says)
         everywhere = regions.get(ALL, {}).get(source)
-        if everywhere is not None and not everywhere.trusted and everywhere.cause not in banner:
-            banner.append(everywhere.cause)
-    return Assessment(now_s, regions, tuple(banner))
+        if everywhere is None or everywhere.trusted or everywhere.cause in unreachable:
+            continue
+        if everywhere.says not in banner:
+            banner.append(everywhere.says)
+    return Assessment(now_s, regions, tuple(banner), tuple(stores))
 
 
 # ---- view states ---------------------------------------------------------------------------------
@@ -367,7 +394,7 @@ def link_view(reported: str, fresh: Freshness, clock: str = "", error: str = "")
     ``clock``: why the peer refuses this relay's events for their clocks ('' when it does not).
     """
     if not fresh.trusted:
-        return Verdict(UNKNOWN, fresh.cause or "no fresh report of this link")
+        return Verdict(UNKNOWN, fresh.says)
     if reported in (REPORTED_DOWN, REPORTED_CONNECTING):
         return Verdict(DOWN, f"link down: {error}" if error else "link down")
     if reported == REPORTED_DRAINING:
@@ -389,7 +416,7 @@ def edge_view(traffic: str, link: Verdict | None, flows: Freshness, held: int = 
         waiting = f"; {held} events held for it" if held else ""
         return Verdict(FAILING, f"{link.cause}{waiting}")
     if not flows.trusted:
-        return Verdict(UNKNOWN, flows.cause)
+        return Verdict(UNKNOWN, flows.says)
     if traffic not in STATES:
         return Verdict(UNKNOWN, f"no verdict for {traffic[:16]!r}")
     return Verdict(traffic)
@@ -402,7 +429,7 @@ class Thresholds:
     loss_degraded_pct: float = 1.0
     loss_failing_pct: float = 5.0
     lag_degraded_ms: float = 1000.0
-    lag_failing_ms: float = 5000.0
+    lag_failing_ms: float = 3000.0
 
 
 def traffic_view(entered: int, lost: int, e2e_p99_ms: float | None, t: Thresholds) -> str:

@@ -85,14 +85,14 @@ def report(lag_s: float, ts: float = NOW, regions: tuple[str, ...] = (ALL,), str
     ("reports", "region", "as_of", "cause"),
     [
         ([], A, None, "no collector reports its position"),
-        ([report(0.5)], A, NOW - 0.5, "collector 0 s behind"),
-        ([report(900)], A, NOW - 900, "collector 15 min behind"),
+        ([report(0.5)], A, NOW - 0.5, "collector lag"),
+        ([report(900)], A, NOW - 900, "collector lag"),
         # the collector went silent 40 s ago, 2 s behind: the history is 42 s old
-        ([report(2, ts=NOW - 40)], A, NOW - 42, "no report from the collector for 40 s (it was 2 s behind)"),
+        ([report(2, ts=NOW - 40)], A, NOW - 42, "collector silent for 40 s"),
         # per-region streams: each region is judged by its own, the worst when several hold it
-        ([report(1, regions=(A,)), report(600, regions=(B,))], A, NOW - 1, "collector 1 s behind"),
-        ([report(1, regions=(A,)), report(600, regions=(B,))], B, NOW - 600, "collector 10 min behind"),
-        ([report(1, regions=(A,)), report(50, regions=(A, B))], A, NOW - 50, "collector 50 s behind"),
+        ([report(1, regions=(A,)), report(600, regions=(B,))], A, NOW - 1, "collector lag"),
+        ([report(1, regions=(A,)), report(600, regions=(B,), ts=NOW - 30)], B, NOW - 630, "collector silent for 30 s"),
+        ([report(1, regions=(A,)), report(50, regions=(A, B))], A, NOW - 50, "collector lag"),
         ([report(1, regions=(B,))], A, None, "no collector reports its position"),
     ],
 )
@@ -154,11 +154,14 @@ def test_a_cause_shared_by_every_region_is_one_banner_line_and_others_stay_per_r
         lag,
         f.flows_reading([report(900)], B, NOW),
         Reading(LINKS, A, NOW - 1),
-        Reading(LINKS, B, NOW - 60, "no link report from gcp:europe-west1 for 60 s"),
+        Reading(LINKS, B, NOW - 60, "no link report from the relays of gcp:europe-west1"),
     ]
     out = f.assess(readings, NOW)
-    assert out.banner == ("collector 15 min behind",)
-    assert out.problems() == ["collector 15 min behind", f"{B}: no link report from gcp:europe-west1 for 60 s"]
+    assert out.banner == ("flow records 15 min behind — collector lag",)
+    assert out.problems() == [
+        "flow records 15 min behind — collector lag",
+        f"{B}: link samples 60 s behind — no link report from the relays of gcp:europe-west1",
+    ]
     assert out.source(FLOWS) is not None and out.source(FLOWS).level == STALE  # type: ignore[union-attr]
     assert out.of("azure:westeurope", RELAY).level == UNKNOWN
     assert out.to_json()["sources"][LINKS]["level"] == STALE
@@ -169,7 +172,7 @@ def test_a_cause_shared_by_every_region_is_one_banner_line_and_others_stay_per_r
 # ---- view states ---------------------------------------------------------------------------------
 
 FRESH = Freshness(LINKS, A, LIVE, 0.5, NOW, "")
-OLD = Freshness(LINKS, A, STALE, 40.0, NOW - 40, "no link report from aws:us-east-1 for 40 s")
+OLD = Freshness(LINKS, A, STALE, 40.0, NOW - 40, "no link report from the relays of aws:us-east-1")
 GONE = Freshness(LINKS, A, UNKNOWN, None, None, "Valkey unreachable from the dashboard: refused")
 SLIGHTLY = Freshness(LINKS, A, BEHIND, 7.0, NOW - 7, "link samples 7 s old")
 
@@ -184,9 +187,9 @@ SLIGHTLY = Freshness(LINKS, A, BEHIND, 7.0, NOW - 7, "link samples 7 s old")
         ("draining", FRESH, "", "", Verdict(DEGRADED, "link draining")),
         ("up", FRESH, "clock 400 s ahead of B's", "", Verdict(FAILING, "clock 400 s ahead of B's")),
         # a relay that cannot report: unknown, never down, whatever it said last
-        ("up", OLD, "", "", Verdict(UNKNOWN, OLD.cause)),
-        ("down", OLD, "", "", Verdict(UNKNOWN, OLD.cause)),
-        ("down", GONE, "", "", Verdict(UNKNOWN, GONE.cause)),
+        ("up", OLD, "", "", Verdict(UNKNOWN, "link samples 40 s behind — no link report from the relays of " + A)),
+        ("down", OLD, "", "", Verdict(UNKNOWN, "link samples 40 s behind — no link report from the relays of " + A)),
+        ("down", GONE, "", "", Verdict(UNKNOWN, "link samples unknown — " + GONE.cause)),
         ("<b>", FRESH, "", "", Verdict(UNKNOWN, "the relay reports a state meshscope does not know: '<b>'")),
     ],
 )
@@ -195,7 +198,7 @@ def test_link_states(reported: str, fresh: Freshness, clock: str, error: str, ve
 
 
 FLOWS_LIVE = Freshness(FLOWS, A, LIVE, 1.0, NOW - 1, "")
-FLOWS_STALE = Freshness(FLOWS, A, STALE, 900.0, NOW - 900, "collector 15 min behind")
+FLOWS_STALE = Freshness(FLOWS, A, STALE, 900.0, NOW - 900, "collector lag")
 
 
 @pytest.mark.parametrize(
@@ -208,7 +211,7 @@ FLOWS_STALE = Freshness(FLOWS, A, STALE, 900.0, NOW - 900, "collector 15 min beh
         (HEALTHY, Verdict(DOWN, "link down"), FLOWS_LIVE, 120, Verdict(FAILING, "link down; 120 events held for it")),
         (IDLE, Verdict(FAILING, "clock 400 s"), FLOWS_STALE, 0, Verdict(FAILING, "clock 400 s")),
         # stale figures are not vouched for
-        (HEALTHY, Verdict(HEALTHY), FLOWS_STALE, 0, Verdict(UNKNOWN, "collector 15 min behind")),
+        (HEALTHY, Verdict(HEALTHY), FLOWS_STALE, 0, Verdict(UNKNOWN, "flow records 15 min behind — collector lag")),
         (HEALTHY, Verdict(UNKNOWN, "x"), FLOWS_LIVE, 0, Verdict(HEALTHY)),
         ("green", None, FLOWS_LIVE, 0, Verdict(UNKNOWN, "no verdict for 'green'")),
     ],
