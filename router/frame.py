@@ -93,11 +93,17 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class BadItem:
-    """An ITEM that failed validation; ``key`` (origin, epoch, seq) when those parsed, to acknowledge it."""
+    """An ITEM that failed validation; ``key`` (origin, epoch, seq) when those parsed, to acknowledge it.
+
+    ``event`` is the item's event object and ``span_id`` the sender's hop span, when they are
+    there to read (still untrusted), so a refusal record can name the event and its trace.
+    """
 
     index: int
     reason: str
     key: tuple[str, str, int] | None
+    event: dict[str, Any] | None = None
+    span_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +267,9 @@ def items_of(
     bad: list[BadItem] = []
     for i, row in enumerate(batch):
         key: tuple[str, str, int] | None = None
+        readable = isinstance(row, list) and len(row) == 13
+        body = row[12] if readable and isinstance(row[12], dict) else None
+        span = row[7] if readable and isinstance(row[7], str) and SPAN_ID.fullmatch(row[7]) else ""
         try:
             if not isinstance(row, list) or len(row) != 13:
                 raise FrameError("an item must be an array of 13 fields")
@@ -309,5 +318,5 @@ def items_of(
                 )
             )
         except FrameError as exc:
-            bad.append(BadItem(i, str(exc), key))
+            bad.append(BadItem(i, str(exc), key, body, span))
     return good, bad
