@@ -5,12 +5,13 @@ connections, one dialed by each side, as NATS gateways do; the dialer sends
 HELLO, EVENTS and PING, the accepting relay answers HELLO, INTEREST, ROUTES,
 ACK and PONG::
 
-    HELLO     {"region", "relay", "provider", "lat", "lon", "city", "gov"}
+    HELLO     {"region", "relay", "provider", "lat", "lon", "city", "gov", "ts", "skew_s", "clock_ok"}
     INTEREST  {"lsa": LSA}                     the sender's own link state, pushed on change
     ROUTES    {"lsas": [LSA, ...]}             link states the sender knows of other regions
     EVENTS    {"b": [ITEM, ...]}
     ACK       {"a": [[origin, epoch, first, last], ...]}   applied (or refused) at the destination
-    PING/PONG {"ts": µs}                       liveness and RTT, echoed
+    PING/PONG {"ts": µs}                       liveness and RTT, echoed; a PONG adds "now": the
+                                               answering relay's clock (µs), for the clock offset
 
     LSA   {"region", "seq", "links": {region: rtt_ms}, "patterns": [...], "transit": bool}
     ITEM  [origin, epoch, seq, floor, high, dst, path, span_id, sent_us, published_us, attempt,
@@ -21,6 +22,10 @@ in the origin's sequence for that destination (``epoch`` names that sequence;
 ``floor`` is the lowest number the origin still holds, ``high`` the highest it
 assigned), ``path`` lists the relays it went through (origin first; the last
 one is the relay that sent this frame), ``span_id`` is the sender's hop span.
+
+A HELLO's ``ts`` is the sender's clock when it sent it, ``skew_s`` the largest clock
+difference it accepts in what it receives, and ``clock_ok`` false when the sender found
+its own clock too far from most of its peers' (each optional, for older relays).
 
 Everything a peer sends is untrusted input, checked as strictly as a publish:
 ``decode`` refuses anything that is not a known v2 frame (the connection is
@@ -183,8 +188,15 @@ def _number(value: object, low: float, high: float, what: str) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+MAX_SKEW_S = 86_400.0 * 365
+
+
 def hello_of(frame: dict[str, Any]) -> dict[str, Any]:
-    """The checked fields of a HELLO."""
+    """The checked fields of a HELLO (``ts`` None, ``skew_s`` 0 and ``clock_ok`` true when not sent)."""
+    ts = frame.get("ts")
+    clock_ok = frame.get("clock_ok", True)
+    if not isinstance(clock_ok, bool):
+        raise FrameError("HELLO clock_ok must be true or false")
     return {
         "region": _region(frame.get("region"), "HELLO region"),
         "relay": _str(frame.get("relay"), 128, "HELLO relay"),
@@ -193,6 +205,9 @@ def hello_of(frame: dict[str, Any]) -> dict[str, Any]:
         "lon": _number(frame.get("lon"), -180, 180, "HELLO lon"),
         "city": _str(frame.get("city"), 128, "HELLO city"),
         "gov": _str(frame.get("gov", ""), 128, "HELLO gov"),
+        "ts": None if ts is None else _int(ts, 0, MAX_SEQ, "HELLO ts"),
+        "skew_s": _number(frame.get("skew_s", 0), 0, MAX_SKEW_S, "HELLO skew_s"),
+        "clock_ok": clock_ok,
     }
 
 
@@ -247,6 +262,12 @@ def ts_of(frame: dict[str, Any]) -> int:
     return _int(frame.get("ts"), 0, MAX_SEQ, f"{frame['t']} ts")
 
 
+def pong_of(frame: dict[str, Any]) -> tuple[int, int | None]:
+    """A PONG's echoed ``ts`` and the answering relay's clock ``now`` (None from a relay that sends none)."""
+    now = frame.get("now")
+    return ts_of(frame), None if now is None else _int(now, 0, MAX_SEQ, "PONG now")
+
+
 def _epoch(value: object) -> str:
     if not isinstance(value, str) or len(value) != EPOCH_LENGTH or not set(value) <= _HEX:
         raise FrameError(f"epoch must be {EPOCH_LENGTH} lower-case hex digits")
@@ -267,9 +288,6 @@ def items_of(
     bad: list[BadItem] = []
     for i, row in enumerate(batch):
         key: tuple[str, str, int] | None = None
-        readable = isinstance(row, list) and len(row) == 13
-        body = row[12] if readable and isinstance(row[12], dict) else None
-        span = row[7] if readable and isinstance(row[7], str) and SPAN_ID.fullmatch(row[7]) else ""
         try:
             if not isinstance(row, list) or len(row) != 13:
                 raise FrameError("an item must be an array of 13 fields")
@@ -318,5 +336,8 @@ def items_of(
                 )
             )
         except FrameError as exc:
+            readable = isinstance(row, list) and len(row) == 13
+            body = row[12] if readable and isinstance(row[12], dict) else None
+            span = row[7] if readable and isinstance(row[7], str) and SPAN_ID.fullmatch(row[7]) else ""
             bad.append(BadItem(i, str(exc), key, body, span))
     return good, bad

@@ -122,7 +122,11 @@ class Relay:
             "lon": config.region.lon,
             "city": config.region.city,
             "gov": self.gov_version,
+            "skew_s": config.clock_skew_s,
+            "clock_ok": True,
         }
+        self.clock_refused: dict[str, str] = {}
+        """Peer region -> why it refuses this relay's clock: publishes for it are answered 503."""
         # the paths an event takes, each in its own module
         self.mesh = MeshState(self)
         self.delivery = LocalDelivery(self)
@@ -132,7 +136,9 @@ class Relay:
         tls = config.tls
         ssl_ctx = client_context(tls, tls.ca) if tls is not None and tls.ca else None
         mesh = self.mesh
-        callbacks = LinkCallbacks(mesh.link_up, mesh.link_down, mesh.link_acks, mesh.link_lsas, mesh.link_state)
+        callbacks = LinkCallbacks(
+            mesh.link_up, mesh.link_down, mesh.link_acks, mesh.link_lsas, mesh.link_state, mesh.link_clock
+        )
         self.links: list[MeshLink] = []
         for text in config.peers:
             peer = PeerAddress.parse(text)
@@ -259,7 +265,7 @@ class Relay:
         for sub in self.subscribers.values():
             sub.gate = self.gate.read_gate(sub.principal)
         self.gate.changed()
-        hello = fr.encode(fr.HELLO, **self.hello)
+        hello = fr.encode(fr.HELLO, **self.hello, ts=now_us())
         self.mesh.broadcast(hello)
         for link in self.links:
             link.control(hello)

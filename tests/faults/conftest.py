@@ -58,11 +58,13 @@ class RelayProcess:
     env: dict[str, str]
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    wrap: tuple[str, ...] = ()
+    """A command the relay runs under (``faketime -f +400s``)."""
 
     def start(self) -> None:
         with open(self.log, "ab") as logfile:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "meshscope", "relay"],
+                [*self.wrap, sys.executable, "-m", "meshscope", "relay"],
                 env={**os.environ, **self.env},
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
@@ -104,8 +106,16 @@ class FaultMesh:
     def __getitem__(self, region: str) -> RelayProcess:
         return self.relays[region]
 
-    async def start(self, regions: list[str], proxied: list[tuple[str, str]] = (), **env: str) -> None:  # type: ignore[assignment]
-        """Start relays in a full mesh; links in ``proxied`` (dialer, peer) go through a TcpProxy."""
+    async def start(
+        self,
+        regions: list[str],
+        proxied: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        wrap: dict[str, tuple[str, ...]] | None = None,
+        healthy: bool = True,
+        **env: str,
+    ) -> None:
+        """Start relays in a full mesh; links in ``proxied`` (dialer, peer) go through a TcpProxy; a region in
+        ``wrap`` runs under that command; ``healthy``: wait until each is healthy with every link up."""
         auth = write_principals(self.workdir / "principals.toml", regions)
         ports = {r: free_port() for r in regions}
         for dialer, peer in proxied:
@@ -135,11 +145,15 @@ class FaultMesh:
                 **env,
             }
             relay = RelayProcess(
-                region, ports[region], relay_env, self.workdir / f"relay-{region.replace(':', '_')}.log"
+                region,
+                ports[region],
+                relay_env,
+                self.workdir / f"relay-{region.replace(':', '_')}.log",
+                wrap=(wrap or {}).get(region, ()),
             )
             relay.start()
             self.relays[region] = relay
-        for region in regions:
+        for region in regions if healthy else ():
             await self.wait_healthy(region)
 
     async def wait_healthy(self, region: str, links_up: int | None = None, timeout_s: float = 20) -> dict[str, Any]:
