@@ -131,7 +131,7 @@ def group_latest_sql(db: str, end_s: int, live: bool, lookback_s: int, f: Filter
     stop = None if live else end_s
     return (
         f"SELECT region, `group`, toUnixTimestamp64Milli(ts), acked, pending + lag, oldest_age_s, consumers, "
-        f"owner, patterns, pending, lag FROM `{db}`.`group_lag` "
+        f"owner, patterns, pending, lag, probe FROM `{db}`.`group_lag` "
         f"WHERE {range_filter(end_s - lookback_s, stop, 'ts')}{where} "
         f"ORDER BY region, `group`, ts DESC LIMIT {GROUP_STATUS_SAMPLES} BY region, `group`",
         params,

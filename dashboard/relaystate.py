@@ -85,6 +85,7 @@ def parse_state(region: str, raw: bytes | str, now_s: float) -> dict[str, Any] |
                 "owner": text_of(g.get("owner")),
                 "patterns": _texts(g.get("patterns")),
                 "members": int(number_of(g.get("members")) or 0),
+                "probe": g.get("probe") is True,
             }
             for g in _dicts(data.get("groups"))
         ],

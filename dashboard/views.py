@@ -123,6 +123,7 @@ def shape_groups(latest_rows: Sequence[Row], series_rows: Sequence[Row], sp: Spa
                 "backlog": last.backlog,
                 "pending": int(row[9]),
                 "lag": int(row[10]),
+                "probe": bool(row[11]) if len(row) > 11 else False,
                 "oldest_age_s": round(last.oldest_age_s, 3),
                 "consumers": last.consumers,
                 "arrival_per_s": round(arrival, 3),

@@ -170,7 +170,7 @@ class Status:
                 r.metrics.set("group_consumers", members, group=group)
                 rows.append(
                     [ts, r.region, group, info.owner, sorted(info.patterns.patterns), lag["added"], lag["acked"],
-                     lag["pending"], lag["lag"], round(max(0.0, oldest_s), 3), members]
+                     lag["pending"], lag["lag"], round(max(0.0, oldest_s), 3), members, info.probe]
                 )  # fmt: skip
             if rows:
                 try:
@@ -210,6 +210,7 @@ class Status:
                     "owner": info.owner,
                     "patterns": sorted(info.patterns.patterns),
                     "members": r.group_members.get(g, 0),
+                    "probe": info.probe,
                 }
                 for g, info in sorted(r.groups.groups.items())
             ],
