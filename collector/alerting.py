@@ -3,11 +3,12 @@
     every ttl/3:  SET meshscope:alerts:leader <me> NX PX ttl, or renew the lease when it is mine
     every interval, the leader:
         alerts   <- HGETALL meshscope:alerts:state
+        fresh    <- the collectors' positions and each region's newest samples (collector.alertinputs)
         rows     <- one query per rule, on a ClickHouse client of its own
         alerts', transitions <- collector.alerts.evaluate(...)
         INSERT transitions INTO alerts          (one row each; a deduplication token)
         alerts' -> meshscope:alerts:state       (one script, only while the lease is ours)
-        firing and resolved transitions -> webhooks
+        firing and resolved transitions -> webhooks; firing alerts (every resend_s) -> Alertmanagers
 
 The states live in Redis, so a restarted or newly elected evaluator goes on from them and
 fires nothing twice. A leader that dies stops renewing; another instance takes over within the
@@ -37,13 +38,16 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError
 from redis.exceptions import RedisError
 
+from collector.alertinputs import freshness_sql, inputs
 from collector.alertrules import SEVERITIES, Rule, load_rules
 from collector.alerts import (
     ALERT_COLUMNS,
     FIRING,
     PENDING,
+    RESOLVED,
     Alert,
     Observation,
+    Transition,
     alert_rows,
     alert_view,
     evaluate,
@@ -54,7 +58,8 @@ from collector.alerts import (
 from collector.clickhouse import make_client
 from collector.config import CollectorConfig
 from collector.errors import ClickHouseUnavailable, QueryError, StreamUnavailable
-from collector.notify import WebhookNotifier, payloads
+from collector.notify import ALERTMANAGER, WebhookNotifier, alertmanager_alerts, payloads
+from collector.position import reports
 from meshcore.backoff import backoff_s
 from meshcore.metrics import Registry
 
@@ -103,8 +108,11 @@ class AlertEvaluator:
         m.describe("alerts_leader", "gauge", "1 while this instance evaluates the alert rules")
         c = self.config
         self.notifier = WebhookNotifier(
-            c.webhooks, c.webhook_tokens, m, c.webhook_timeout_s, c.webhook_retry_s, c.webhook_backoff_s, c.queue_max
-        )
+            c.webhooks, c.webhook_tokens, m, c.webhook_timeout_s, c.webhook_retry_s, c.webhook_backoff_s, c.queue_max,
+            alertmanagers=c.alertmanagers, alertmanager_tokens=c.alertmanager_tokens,
+        )  # fmt: skip
+        self._sent_at = 0.0
+        """When the firing alerts last went to the Alertmanagers."""
         self.leader = False
         self.last_evaluation = 0.0
         self.evaluations = 0
@@ -176,6 +184,7 @@ class AlertEvaluator:
         started = time.perf_counter()
         now = self.clock()
         previous = await self._load()
+        fresh = inputs(await reports(self.redis), await self._query(freshness_sql(self.database, now)), now)
         observations: dict[str, list[Observation] | None] = {}
         answers: dict[str, list[Any]] = {}  # rules that ask the same question share its answer
         for rule in self.rules:
@@ -191,7 +200,7 @@ class AlertEvaluator:
                 continue
             answers[sql] = rows
             self._errors.pop(f"rule {rule.id}", None)
-            observations[rule.id] = observe(rule, rows, now)
+            observations[rule.id] = observe(rule, rows, now, fresh)
         result = evaluate(self.rules, observations, previous, now)
         if result.transitions:
             await self._insert(alert_rows(result.transitions))
@@ -203,6 +212,7 @@ class AlertEvaluator:
             self.metrics.inc("alerts_transitions_total", state=t.state)
         for message in payloads(result.transitions, self.config.external_url):
             self.notifier.submit(message)
+        self._to_alertmanagers(result.alerts, result.transitions, now)
         self.evaluations += 1
         self.last_evaluation = now
         self._counts = {s: sum(a.state == s for a in result.alerts.values()) for s in (FIRING, PENDING)}
@@ -212,6 +222,19 @@ class AlertEvaluator:
             n = sum(a.state == FIRING and a.severity == severity for a in result.alerts.values())
             self.metrics.set("alerts_firing", n, severity=severity)
         self.metrics.set("alerts_pending", self._counts[PENDING])
+
+    def _to_alertmanagers(self, alerts: dict[str, Alert], transitions: list[Transition], now: float) -> None:
+        """Every firing alert, on a change or once a resend interval has passed; resolved ones once."""
+        if not self.notifier.wants(ALERTMANAGER):
+            return
+        changed = any(t.state in (FIRING, RESOLVED) for t in transitions)
+        if not changed and now - self._sent_at < self.config.resend_s:
+            return
+        resolved = [t for t in transitions if t.state == RESOLVED]
+        body = alertmanager_alerts(list(alerts.values()), resolved, now, self.config.resend_s, self.config.external_url)
+        self._sent_at = now
+        if body:
+            self.notifier.submit(body, ALERTMANAGER)
 
     # ---- ClickHouse ----------------------------------------------------------------------------
 

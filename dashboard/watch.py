@@ -127,6 +127,8 @@ class FreshnessWatch:
         named |= {r for report in reports for r in report.regions if r != ALL}
         named.discard(ALL)
         out: list[Reading] = []
+        if named and any(ALL in report.regions for report in reports):
+            out.append(flows_reading(reports, ALL, now))  # what holds for a region nobody named yet
         for region in sorted(named) or [ALL]:
             out.append(flows_reading(reports, region, now))
             if region == ALL:

@@ -375,10 +375,11 @@ ALERTS = {
     "EdgeLagP99High": "5m",
     "EventRateDrop": "10m",
     "LinkDown": "1m",
-    "PolicyOrSchemaRejections": "5m",
+    "PolicyOrSchemaRejections": "10m",
     "ConsumerLagGrowing": "10m",
     "RelayDegraded": "1m",
-    "TaskRestarts": None,
+    "TaskRestarts": "1m",
+    "TelemetryStale": "2m",
 }
 
 
@@ -448,21 +449,25 @@ tests:
         values: '0+1x20'
       - series: 'meshscope_drops_total{{instance="r3",reason="link_down"}}'
         values: '0+5x20'
+      - series: 'meshscope_drops_total{{instance="r4",reason="policy_denied"}}'
+        values: '0+50x20'
+      - series: 'meshscope_events_out_total{{instance="r4",destination="eu",topic="a"}}'
+        values: '0+100x20'
     alert_rule_test:
       - eval_time: 10m
         alertname: EdgeErrorRateHigh
         exp_alerts:
           - exp_labels: {{severity: critical, instance: r1}}
             exp_annotations:
-              summary: r1 drops 9.091% of its events
+              summary: r1 loses 9.091% of its events
               description: >-
-                Over 5 minutes, 9.091% of the events that entered relay r1 were dropped
+                Over 5 minutes, 9.091% of the events that entered relay r1 were lost
                 (meshscope_drops_total by reason tells why).
           - exp_labels: {{severity: critical, instance: r3}}
             exp_annotations:
-              summary: r3 drops 100% of its events
+              summary: r3 loses 100% of its events
               description: >-
-                Over 5 minutes, 100% of the events that entered relay r3 were dropped
+                Over 5 minutes, 100% of the events that entered relay r3 were lost
                 (meshscope_drops_total by reason tells why).
   - interval: 1m
     input_series:
@@ -548,9 +553,11 @@ tests:
   - interval: 1m
     input_series:
       - series: 'meshscope_drops_total{{instance="r1",reason="policy_denied"}}'
-        values: '0+3x20'
+        values: '0+90x30'
+      - series: 'meshscope_drops_total{{instance="r1",reason="schema_rejected"}}'
+        values: '0+30x30'
       - series: 'meshscope_drops_total{{instance="r1",reason="no_route"}}'
-        values: '0+3x20'
+        values: '0+90x30'
       - series: 'meshscope_group_pending{{instance="r1",group="billing"}}'
         values: '0+10x30'
       - series: 'meshscope_group_oldest_age_seconds{{instance="r1",group="billing"}}'
@@ -558,15 +565,15 @@ tests:
       - series: 'meshscope_group_pending{{instance="r1",group="steady"}}'
         values: '50x30'
     alert_rule_test:
-      - eval_time: 12m
+      - eval_time: 16m
         alertname: PolicyOrSchemaRejections
         exp_alerts:
           - exp_labels: {{severity: warning, instance: r1, reason: policy_denied}}
             exp_annotations:
               summary: 'r1 keeps refusing events: policy_denied'
               description: >-
-                Relay r1 refused 15 events as policy_denied in the last 5 minutes, and has for 5
-                minutes: a producer sends what the governance rules or the schema registry do not allow.
+                Relay r1 has refused 90 events a minute as policy_denied for 10 minutes: a producer
+                keeps sending what the governance rules or the schema registry do not allow.
       - eval_time: 25m
         alertname: ConsumerLagGrowing
         exp_alerts:
@@ -576,6 +583,25 @@ tests:
               description: >-
                 250 entries are pending for group billing and the number has grown for 10 minutes;
                 the oldest is 25m 0s.
+  - interval: 1m
+    input_series:
+      - series: 'meshscope_collector_stream_lag_seconds{{instance="c1",stream="meshscope:flows"}}'
+        values: '1 1 900 960 1020 1080 1140'
+      - series: 'meshscope_collector_stream_lag_seconds{{instance="c1",stream="meshscope:links"}}'
+        values: '1 1 1 1 1 1 1'
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: TelemetryStale
+      - eval_time: 5m
+        alertname: TelemetryStale
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: c1, stream: "meshscope:flows"}}
+            exp_annotations:
+              summary: The collector is 18m 0s behind on meshscope:flows
+              description: >-
+                The oldest record of meshscope:flows not yet in ClickHouse is 18m 0s old: the dashboard
+                shows that history greyed, and meshscope's own alerts that read it are held back until
+                it is fresh again.
 """
 
 
