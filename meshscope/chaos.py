@@ -10,6 +10,16 @@ faults through the relays' fault-injection endpoint (``MESHSCOPE_FAULT_INJECTION
 which ``up`` turns on for admins): a black-holed link, a link cut over and over
 during a burst, and a partition between two regions that forces a detour.
 
+Scenarios are data: a row of ``SCENARIOS`` names one, says what it does and gives the
+function that injects its fault (``Run`` carries what it needs), so adding one is adding a row.
+Each step prints a line as it happens. Probe groups are made as probes (``probe=true``), so
+they never page, and deleted afterwards.
+
+What a missing event became is read from every drop record since the scenario began, in the
+flow stream (``XRANGE`` from the scenario's start, whatever the collector has read) and in
+ClickHouse (through ``up``'s dashboard). When neither can say (the stream was trimmed since
+and the collector is behind), the table says the answer is unknown and why, not FAILED.
+
 The collector runs inside ``up``'s own process, so its crash-between-insert-and-ack
 scenario is in the test suite (tests/faults) rather than here.
 """
@@ -24,6 +34,7 @@ import signal
 import ssl
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +44,10 @@ import redis.asyncio as aioredis
 import websockets
 from redis.exceptions import RedisError
 
-from collector.sqlclient import MESHSCOPE_TOKEN_FILE, SqlFailed, client_token, running_dashboard, via_dashboard
+from meshscope.chaosrecords import DROP_WAIT_S, Drops, detour, find_drops
 
 SETTLED_S = 3.0
 """Missing events unchanged for this long: look for their drop records, and stop waiting once each has one."""
-DROP_WAIT_S = 15.0
-"""How long to look for the drop records of missing events (the collector stores them within seconds)."""
-SCENARIOS = ("relay-kill", "valkey-restart", "black-hole", "link-flap", "partition")
 
 
 class ChaosError(Exception):
@@ -55,10 +63,21 @@ class Outcome:
     lost: int = 0
     explained: int = 0  # lost events with a drop record naming them
     notes: list[str] = field(default_factory=list)
+    unknown: str = ""
+    """Why what became of the lost events cannot be established ('' when it can)."""
 
     @property
     def ok(self) -> bool:
         return self.duplicated == 0 and self.lost == self.explained
+
+    @property
+    def result(self) -> str:
+        """ok, FAILED, or unknown with why (losses without a drop record that could not be looked for)."""
+        if self.ok:
+            return "ok"
+        if self.duplicated == 0 and self.unknown:
+            return f"unknown: {self.unknown}"
+        return "FAILED"
 
 
 @dataclass
@@ -204,18 +223,160 @@ class Probe:
 
 
 async def _group(demo: Demo, region: str, group: str, topic: str) -> None:
-    url = f"{demo.ws(region)}/v1/subscribe?topic={topic}&group={group}&consumer=probe"
+    """A durable probe group: made as a probe, so it never pages, however it is left."""
+    url = f"{demo.ws(region)}/v1/subscribe?topic={topic}&group={group}&consumer=probe&probe=true"
     async with websockets.connect(url, additional_headers=demo.headers, ssl=demo.ssl, open_timeout=10):
         pass
 
 
-async def _count(demo: Demo, outcome: Outcome, probe: Probe, region: str, group: str, wait_s: float) -> None:
+@dataclass
+class Run:
+    """One scenario as it runs: where its probes go, what it found, and its progress lines."""
+
+    demo: Demo
+    name: str
+    origin: str
+    dst: str
+    events: int
+    probe: Probe
+    outcome: Outcome
+    group: str
+    started: float = field(default_factory=time.monotonic)
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def say(self, text: str) -> None:
+        """One progress line, as the step happens."""
+        print(f"  {self.name:<14} {time.monotonic() - self.started:6.1f} s  {text}", flush=True)
+
+
+Fault = Callable[[Run], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    """What the scenario does, in a line."""
+    fault: Fault
+    """Injects the fault and publishes the probes (while or after it strikes)."""
+    regions: int = 2
+    """How many regions it needs."""
+
+
+async def _relay_kill(run: Run) -> None:
+    """Hold events at the origin (its link to dst black-holed), then kill -9 the origin with them queued."""
+    demo = run.demo
+    await demo.fault(run.origin, run.dst, "blackhole", 30)
+    run.say(f"link {run.origin} -> {run.dst} black-holed; publishing {run.events} probes at {run.origin}")
+    await run.probe.publish(run.events)
+    demo.kill9(run.origin)
+    run.outcome.notes.append(f"kill -9 {run.origin} with {len(run.probe.accepted)} events held for {run.dst}")
+    run.say(f"kill -9 {run.origin} with {len(run.probe.accepted)} events held; waiting for meshscope up to restart it")
+    await asyncio.sleep(1.5)
+    await demo.healthy(run.origin)
+    run.say(f"{run.origin} is back")
+
+
+async def _valkey_restart(run: Run) -> None:
+    publishing = asyncio.create_task(run.probe.publish(run.events, pause_s=0.05))
+    await asyncio.sleep(1.0)
+    client = run.demo.redis()
+    try:
+        await client.shutdown()
+    except RedisError:
+        pass  # the server closes the connection as it shuts down
+    finally:
+        await client.aclose()
+    run.outcome.notes.append("valkey shut down while publishing; meshscope up starts it again")
+    run.say("valkey shut down while publishing; meshscope up starts it again")
+    await publishing
+
+
+async def _black_hole(run: Run) -> None:
+    publishing = asyncio.create_task(run.probe.publish(run.events, pause_s=0.05))
+    await asyncio.sleep(0.5)
+    await run.demo.fault(run.origin, run.dst, "blackhole", 8)
+    run.say(f"link {run.origin} -> {run.dst} black-holed for 8 s while publishing")
+    started = time.monotonic()
+    while time.monotonic() - started < 20:
+        links = (await asyncio.to_thread(run.demo._get, f"{run.demo.http(run.origin)}/healthz"))["links"]
+        if links.get(run.dst) != "up":
+            run.outcome.notes.append(f"silent link declared down after {time.monotonic() - started:.1f} s")
+            run.say(f"the silent link was declared down after {time.monotonic() - started:.1f} s")
+            break
+        await asyncio.sleep(0.05)
+    await publishing
+
+
+async def _link_flap(run: Run) -> None:
+    publishing = asyncio.create_task(run.probe.publish(run.events, pause_s=0.01))
+    for _ in range(6):
+        await asyncio.sleep(0.4)
+        await run.demo.fault(run.origin, run.dst, "cut")
+    run.outcome.notes.append("link cut 6 times during the burst")
+    run.say(f"link {run.origin} -> {run.dst} cut 6 times during the burst")
+    await publishing
+
+
+async def _partition(run: Run) -> None:
+    await run.demo.fault(run.origin, run.dst, "blackhole", 12)
+    await run.demo.fault(run.dst, run.origin, "blackhole", 12)
+    run.say(f"{run.origin} and {run.dst} partitioned for 12 s; waiting for the routes to change")
+    await asyncio.sleep(4)  # both sides notice, link state floods, routes change
+    run.say(f"publishing {run.events} probes at {run.origin}")
+    await run.probe.publish(run.events)
+    run.outcome.notes.append(await detour(run.demo.redis(), run.probe.origin, run.probe.accepted, run.dst))
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("relay-kill", "kill -9 the origin relay with events held for an unreachable region", _relay_kill),
+        Scenario("valkey-restart", "shut Valkey down while publishing", _valkey_restart),
+        Scenario("black-hole", "black-hole a link while publishing: it must be declared down", _black_hole),
+        Scenario("link-flap", "cut a link six times during a burst", _link_flap),
+        Scenario("partition", "partition two regions: events take a detour through a third", _partition, 3),
+    )
+}
+"""Every scenario, in the order they run; adding one is adding a row."""
+
+
+async def run_scenario(demo: Demo, name: str, events: int) -> Outcome:
+    scenario = SCENARIOS[name]
+    regions = demo.regions
+    if len(regions) < 2:
+        raise ChaosError("chaos needs at least two regions")
+    origin, dst = regions[0], regions[1]
+    tag = f"c{int(time.time())}{name.replace('-', '')}"
+    topic = f"chaos.{name.replace('-', '')}.{tag}"
+    run = Run(demo, name, origin, dst, events, Probe(demo, origin, topic, tag), Outcome(name), tag)
+    if len(regions) < scenario.regions:
+        run.outcome.notes.append(f"skipped: needs {scenario.regions} regions")
+        run.say(f"skipped: needs {scenario.regions} regions")
+        return run.outcome
+    run.say(f"{scenario.what}; probe group {tag} at {dst}")
+    await _group(demo, dst, tag, topic)
+    await asyncio.sleep(1.0)  # the group's interest reaches the origin
+    await scenario.fault(run)
+    run.say(f"{len(run.probe.accepted)} probes accepted; counting what reached {dst}")
+    try:
+        await _count(run, wait_s=90)
+    finally:
+        await demo.delete_group(dst, tag)  # a probe group left behind would show as a stopped consumer
+    o = run.outcome
+    run.say(f"{o.delivered} delivered, {o.duplicated} twice, {o.lost} lost ({o.explained} with a drop record)")
+    return o
+
+
+async def _count(run: Run, wait_s: float) -> None:
+    """Count the probes in the destination's group; name each missing one from the drop records since the start."""
+    demo, outcome, probe = run.demo, run.outcome, run.probe
     client = demo.redis()
     try:
-        stream = f"meshscope:group:{region}:{group}"
+        stream = f"meshscope:group:{run.dst}:{run.group}"
         deadline = time.monotonic() + wait_s
         counts: collections.Counter[str] = collections.Counter()
-        named: dict[str, str] = {}
+        found = Drops()
         last_missing: set[str] = set()
         still_since = time.monotonic()
         while True:
@@ -233,8 +394,8 @@ async def _count(demo: Demo, outcome: Outcome, probe: Probe, region: str, group:
                 last_missing, still_since = missing, time.monotonic()
             elif time.monotonic() - still_since >= SETTLED_S:
                 # nothing arrived for a while: done when a drop record names every event still missing
-                named = await _drops(demo, client, probe.topic, missing, wait_s=0)
-                if missing <= set(named):
+                found = await find_drops(client, run.demo.data, run.probe.topic, run.started_ms, missing, wait_s=0)
+                if missing <= set(found.named):
                     break
             await asyncio.sleep(0.5)
         outcome.published = len(probe.accepted)
@@ -243,10 +404,13 @@ async def _count(demo: Demo, outcome: Outcome, probe: Probe, region: str, group:
         missing = probe.accepted - set(counts)
         outcome.lost = len(missing)
         if missing:
-            if not missing <= set(named):
-                named = await _drops(demo, client, probe.topic, missing, DROP_WAIT_S)
-            named = {event: status for event, status in named.items() if event in missing}
+            if not missing <= set(found.named):
+                run.say(f"{len(missing)} probes missing; looking for their drop records")
+                found = await find_drops(client, run.demo.data, run.probe.topic, run.started_ms, missing, DROP_WAIT_S)
+            named = {event: status for event, status in found.named.items() if event in missing}
             outcome.explained = len(named)
+            if len(named) < len(missing):
+                outcome.unknown = found.unknown
             reasons = collections.Counter(named.values())
             if reasons:
                 outcome.notes.append("drops: " + ", ".join(f"{n}x {status}" for status, n in reasons.items()))
@@ -258,132 +422,11 @@ async def _count(demo: Demo, outcome: Outcome, probe: Probe, region: str, group:
         await client.aclose()
 
 
-async def _drops(demo: Demo, client: aioredis.Redis, topic: str, missing: set[str], wait_s: float) -> dict[str, str]:
-    """The drop status of each missing event that a drop record names.
-
-    Records are looked for where they are: stored in ClickHouse (asked through ``up``'s
-    dashboard, which holds the embedded engine) and in the flow stream, not yet collected.
-    The collector stores records within seconds, so this asks again for up to ``wait_s``.
-    """
-    named: dict[str, str] = {}
-    up = running_dashboard(str(demo.data))
-    query = f"SELECT event_id, status FROM flows WHERE kind = 'drop' AND topic = '{topic}'"  # chaos's own topic
-    token_file = str(up.get("token_file") or "") if up is not None else ""
-    token = client_token({MESHSCOPE_TOKEN_FILE: token_file}) if token_file else None
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            records: Any = await client.xrevrange("meshscope:flows", count=2_000)
-            for _, fields in records:
-                for row in orjson.loads(fields[b"r"]):
-                    if row[6] == "drop" and row[1] in missing:
-                        named[row[1]] = row[12]
-        except RedisError:
-            pass
-        if up is not None:
-            token = (
-                client_token({MESHSCOPE_TOKEN_FILE: str(up.get("token_file") or "")}) if up.get("token_file") else None
-            )
-            try:
-                _, rows = await asyncio.to_thread(via_dashboard, str(up["url"]), query, token, up.get("ca"))
-                named.update({str(r[0]): str(r[1]) for r in rows if r[0] in missing})
-            except SqlFailed:
-                pass
-        if missing <= set(named) or time.monotonic() > deadline:
-            return named
-        await asyncio.sleep(1.0)
-
-
-async def run_scenario(demo: Demo, name: str, events: int) -> Outcome:
-    regions = demo.regions
-    if len(regions) < 2:
-        raise ChaosError("chaos needs at least two regions")
-    origin, dst = regions[0], regions[1]
-    run = f"c{int(time.time())}{name.replace('-', '')}"
-    topic = f"chaos.{name.replace('-', '')}.{run}"
-    group = run
-    outcome = Outcome(name)
-    await _group(demo, dst, group, topic)
-    await asyncio.sleep(1.0)  # the group's interest reaches the origin
-    probe = Probe(demo, origin, topic, run)
-    if name == "relay-kill":
-        # hold events at the origin (its link to dst black-holed), then kill -9 the origin with them queued
-        await demo.fault(origin, dst, "blackhole", 30)
-        await probe.publish(events)
-        demo.kill9(origin)
-        outcome.notes.append(f"kill -9 {origin} with {len(probe.accepted)} events held for {dst}")
-        await asyncio.sleep(1.5)
-        await demo.healthy(origin)
-    elif name == "valkey-restart":
-        publishing = asyncio.create_task(probe.publish(events, pause_s=0.05))
-        await asyncio.sleep(1.0)
-        client = demo.redis()
-        try:
-            await client.shutdown()
-        except RedisError:
-            pass  # the server closes the connection as it shuts down
-        finally:
-            await client.aclose()
-        outcome.notes.append("valkey shut down while publishing; meshscope up starts it again")
-        await publishing
-    elif name == "black-hole":
-        publishing = asyncio.create_task(probe.publish(events, pause_s=0.05))
-        await asyncio.sleep(0.5)
-        await demo.fault(origin, dst, "blackhole", 8)
-        started = time.monotonic()
-        while time.monotonic() - started < 20:
-            links = (await asyncio.to_thread(demo._get, f"{demo.http(origin)}/healthz"))["links"]
-            if links.get(dst) != "up":
-                outcome.notes.append(f"silent link declared down after {time.monotonic() - started:.1f} s")
-                break
-            await asyncio.sleep(0.05)
-        await publishing
-    elif name == "link-flap":
-        publishing = asyncio.create_task(probe.publish(events, pause_s=0.01))
-        for _ in range(6):
-            await asyncio.sleep(0.4)
-            await demo.fault(origin, dst, "cut")
-        outcome.notes.append("link cut 6 times during the burst")
-        await publishing
-    elif name == "partition":
-        if len(regions) < 3:
-            outcome.notes.append("skipped: needs three regions")
-            return outcome
-        await demo.fault(origin, dst, "blackhole", 12)
-        await demo.fault(dst, origin, "blackhole", 12)
-        await asyncio.sleep(4)  # both sides notice, link state floods, routes change
-        await probe.publish(events)
-        outcome.notes.append(await _detour(demo, probe, dst))
-    try:
-        await _count(demo, outcome, probe, dst, group, wait_s=90)
-    finally:
-        await demo.delete_group(dst, group)  # a probe group left behind would read as a stopped consumer
-    return outcome
-
-
-async def _detour(demo: Demo, probe: Probe, dst: str) -> str:
-    await asyncio.sleep(2)
-    client = demo.redis()
-    vias: collections.Counter[str] = collections.Counter()
-    try:
-        records: Any = await client.xrevrange("meshscope:flows", count=5_000)
-        for _, fields in records:
-            for row in orjson.loads(fields[b"r"]):
-                if row[6] == "forward" and row[1] in probe.accepted and row[8] == dst and len(row) > 17:
-                    vias[row[17]] += 1
-    finally:
-        await client.aclose()
-    if not vias:
-        return "no forward records seen yet"
-    hops = ", ".join(f"{n} via {v}" if v != dst else f"{n} direct" for v, n in vias.most_common())
-    return f"{probe.origin} -> {dst} partitioned; sends: {hops}"
-
-
 def table(outcomes: list[Outcome]) -> str:
     head = ("scenario", "published", "delivered", "twice", "lost", "lost with a drop record", "result", "notes")
     rows = [head] + [
         (o.scenario, str(o.published), str(o.delivered), str(o.duplicated), str(o.lost), str(o.explained),
-         "ok" if o.ok else "FAILED", "; ".join(o.notes))
+         o.result, "; ".join(o.notes))
         for o in outcomes
     ]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -396,6 +439,7 @@ async def run(data_dir: str, scenarios: list[str], events: int) -> list[Outcome]
     demo = Demo.find(data_dir)
     out = []
     for name in scenarios:
+        print(f"meshscope chaos: {name}: waiting for every relay to be healthy", flush=True)
         for region in demo.regions:
             await demo.healthy(region)
         out.append(await run_scenario(demo, name, events))
