@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dashboard.livemessage import json_object, number_of, text_of
+from meshcore.freshness import LIMITS, RELAY
 from meshcore.topic import matches
 
 STATE_KEY = "meshscope:relaystate"
 GOVERNANCE_KEY = "meshscope:governance:current"
-STALE_S = 10.0
-"""A relay whose state is older than this is flagged ``stale`` (it writes every 2 s)."""
+STALE_S = LIMITS[RELAY].stale_s
+"""A relay whose state is older than this is flagged ``stale`` (it writes every 2 s): the freshness table's."""
 MAX_ITEMS = 1000
 
 

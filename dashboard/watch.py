@@ -45,6 +45,8 @@ from meshcore.freshness import (
 RELAYSTATE_KEY = "meshscope:relaystate"
 READ_TIMEOUT_S = 2.0
 """A store that does not answer within this long is unreachable for this judgement."""
+FORGET_S = 3600.0
+"""A relay whose last report is older than this is gone (a region taken out), not stale."""
 
 
 @dataclass
@@ -108,7 +110,7 @@ class FreshnessWatch:
             region = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
             data = json_object(value)
             ts = number_of(data.get("ts")) if data is not None else None
-            if ts is not None:
+            if ts is not None and self.clock() - ts / 1e6 < FORGET_S:
                 relays[region[:128]] = ts / 1e6
         return Gathered(relays, reports, StoreCheck(self.store_regions))
 

@@ -112,8 +112,7 @@ function edgeHover(e, ctx) {
   const cause = ctx.link && ctx.link.edge_state ? ctx.link.cause : e.cause;
   const lines = [
     `<b>${plain(e.src)} → ${plain(e.dst)}</b> (this direction)`,
-    `<b>${plain(shown)}</b>${cause ? `: ${plain(cause)}` : ""}` + (num(e.held) || (ctx.link && num(ctx.link.queue_depth))
-      ? ` · ${num(ctx.link ? ctx.link.queue_depth : e.held)} held` : ""),
+    `<b>${plain(shown)}</b>${cause ? `: ${plain(cause)}` : ""}`,
     `${fmt(e.events_per_s, 2)} ev/s over ${plain(view.window)}` + (live ? ` · live ${fmt(live.rate, 1)} ev/s` : ""),
     `hop p50/p99 ${fmt(e.hop_p50)} / ${fmt(e.hop_p99)} ms`,
     `e2e p50/p99 ${fmt(e.e2e_p50)} / ${fmt(e.e2e_p99)} ms`,

@@ -160,3 +160,21 @@ async def test_valkey_gone_is_one_banner_and_every_link_unknown_until_it_is_back
         if runtime is not None:
             await runtime.stop()
         await mesh.stop()
+
+
+async def test_a_relay_that_stopped_reporting_is_stale_and_one_gone_for_an_hour_is_forgotten(
+    redis_sync: Any, redis_async: Any
+) -> None:
+    from dashboard.watch import FeedState, FreshnessWatch
+
+    now = time.time()
+    for region, age in (("aws:us-east-1", 1), ("gcp:europe-west1", 40), ("azure:old-1", 7200)):
+        redis_sync.hset("meshscope:relaystate", region, orjson.dumps({"ts": int((now - age) * 1e6)}))
+    fresh = await FreshnessWatch(redis_async, FeedState()).assess()
+    assert fresh.of("aws:us-east-1", "relay").level == "live"
+    stale = fresh.of("gcp:europe-west1", "relay")
+    assert (
+        stale.level == "stale"
+        and stale.says == "relay state 40 s behind — no report from the relay of gcp:europe-west1"
+    )
+    assert "azure:old-1" not in fresh.regions  # taken out of the mesh, not a problem of today
