@@ -22,7 +22,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from meshcore.errors import StreamUnavailable
 from meshcore.metrics import E2E_LATENCY_MS, HOP_LATENCY_MS, Registry
@@ -85,6 +85,8 @@ class Status:
         self.relay = relay
         self.write_error = ""
         """Why the last write probe failed ('' when it landed)."""
+        self.write_refused = False
+        """Whether Valkey answered that probe with a refusal (rather than not answering)."""
 
     def link_rows(self) -> list[dict[str, Any]]:
         """Every outbound link with its state, security, RTT (while up) and what is held for its region."""
@@ -230,8 +232,9 @@ class Status:
                 await r.redis.hset(STATE_KEY, r.region, orjson.dumps(self.state()))
             except (RedisError, OSError) as exc:
                 if not self.write_error:
-                    log.warning("Valkey refuses this relay's writes", extra={"error": str(exc)[:200]})
+                    log.warning("this relay cannot write to Valkey", extra={"error": str(exc)[:200]})
                 self.write_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.write_refused = isinstance(exc, ResponseError)  # it answered no (OOM, read-only), not silence
                 r.breaker.failure(time.monotonic(), self.write_error)
                 continue
             if self.write_error:
@@ -242,8 +245,10 @@ class Status:
     def health(self) -> dict[str, Any]:
         r = self.relay
         reasons = []
-        if self.write_error:
+        if self.write_error and self.write_refused:
             reasons.append(f"Valkey refuses this relay's writes: {self.write_error}")
+        elif self.write_error:
+            reasons.append(f"redis unavailable: {self.write_error}")
         elif not r.breaker.healthy:
             reasons.append(f"redis unavailable: {r.breaker.last_error or 'circuit ' + r.breaker.state}")
         if not r.ready.is_set():
