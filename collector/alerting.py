@@ -3,11 +3,13 @@
     every ttl/3:  SET meshscope:alerts:leader <me> NX PX ttl, or renew the lease when it is mine
     every interval, the leader:
         alerts   <- HGETALL meshscope:alerts:state
+        fresh    <- the collectors' positions in every region's store and each region's newest samples
+                    (collector.alertinputs)
         rows     <- one query per rule, on a ClickHouse client of its own
         alerts', transitions <- collector.alerts.evaluate(...)
         INSERT transitions INTO alerts          (one row each; a deduplication token)
         alerts' -> meshscope:alerts:state       (one script, only while the lease is ours)
-        firing and resolved transitions -> webhooks
+        firing and resolved transitions -> webhooks; firing alerts (every resend_s) -> Alertmanagers
 
 The states live in Redis, so a restarted or newly elected evaluator goes on from them and
 fires nothing twice. A leader that dies stops renewing; another instance takes over within the
@@ -37,14 +39,17 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError
 from redis.exceptions import RedisError
 
+from collector.alertinputs import freshness_sql, inputs
 from collector.alertrules import SEVERITIES, Rule, load_rules
 from collector.alerts import (
     ALERT_COLUMNS,
     FIRING,
     PENDING,
+    RESOLVED,
     STATES,
     Alert,
     Observation,
+    Transition,
     alert_rows,
     alert_view,
     evaluate,
@@ -55,7 +60,8 @@ from collector.alerts import (
 from collector.clickhouse import make_client
 from collector.config import CollectorConfig
 from collector.errors import ClickHouseUnavailable, QueryError, StreamUnavailable
-from collector.notify import WebhookNotifier, payloads
+from collector.notify import ALERTMANAGER, WebhookNotifier, alertmanager_alerts, payloads
+from collector.position import RegionPositions
 from meshcore.backoff import backoff_s
 from meshcore.metrics import Registry
 
@@ -88,6 +94,8 @@ class AlertEvaluator:
         self.config = config.alerts
         self.database = config.database
         self.redis = redis_client
+        self.positions = RegionPositions(config, redis_client, "the alert evaluator")
+        """The collectors' positions in every region's store: how fresh each region's flow history is."""
         self.rules = tuple(rules) if rules is not None else load_rules(config.alerts.rules_file)
         self.instance = f"{config.consumer or socket.gethostname()}/{secrets.token_hex(4)}"
         self._factory = client_factory or (lambda: make_client(config.clickhouse_url))
@@ -109,8 +117,11 @@ class AlertEvaluator:
             m.zero("alerts_transitions_total", state=state)
         c = self.config
         self.notifier = WebhookNotifier(
-            c.webhooks, c.webhook_tokens, m, c.webhook_timeout_s, c.webhook_retry_s, c.webhook_backoff_s, c.queue_max
-        )
+            c.webhooks, c.webhook_tokens, m, c.webhook_timeout_s, c.webhook_retry_s, c.webhook_backoff_s, c.queue_max,
+            alertmanagers=c.alertmanagers, alertmanager_tokens=c.alertmanager_tokens,
+        )  # fmt: skip
+        self._sent_at = 0.0
+        """When the firing alerts last went to the Alertmanagers."""
         self.leader = False
         self.last_evaluation = 0.0
         self.evaluations = 0
@@ -129,6 +140,7 @@ class AlertEvaluator:
                 await self._loop()
         finally:
             await self._resign()
+            await self.positions.close()
             if self._client is not None:
                 client, self._client = self._client, None
                 with contextlib.suppress(Exception):
@@ -182,6 +194,8 @@ class AlertEvaluator:
         started = time.perf_counter()
         now = self.clock()
         previous = await self._load()
+        positions, stores = await self.positions.read()
+        fresh = inputs(positions, await self._query(freshness_sql(self.database, now)), now, stores)
         observations: dict[str, list[Observation] | None] = {}
         answers: dict[str, list[Any]] = {}  # rules that ask the same question share its answer
         for rule in self.rules:
@@ -197,7 +211,7 @@ class AlertEvaluator:
                 continue
             answers[sql] = rows
             self._errors.pop(f"rule {rule.id}", None)
-            observations[rule.id] = observe(rule, rows, now)
+            observations[rule.id] = observe(rule, rows, now, fresh)
         result = evaluate(self.rules, observations, previous, now)
         if result.transitions:
             await self._insert(alert_rows(result.transitions))
@@ -209,6 +223,7 @@ class AlertEvaluator:
             self.metrics.inc("alerts_transitions_total", state=t.state)
         for message in payloads(result.transitions, self.config.external_url):
             self.notifier.submit(message)
+        self._to_alertmanagers(result.alerts, result.transitions, now)
         self.evaluations += 1
         self.last_evaluation = now
         self._counts = {s: sum(a.state == s for a in result.alerts.values()) for s in (FIRING, PENDING)}
@@ -218,6 +233,19 @@ class AlertEvaluator:
             n = sum(a.state == FIRING and a.severity == severity for a in result.alerts.values())
             self.metrics.set("alerts_firing", n, severity=severity)
         self.metrics.set("alerts_pending", self._counts[PENDING])
+
+    def _to_alertmanagers(self, alerts: dict[str, Alert], transitions: list[Transition], now: float) -> None:
+        """Every firing alert, on a change or once a resend interval has passed; resolved ones once."""
+        if not self.notifier.wants(ALERTMANAGER):
+            return
+        changed = any(t.state in (FIRING, RESOLVED) for t in transitions)
+        if not changed and now - self._sent_at < self.config.resend_s:
+            return
+        resolved = [t for t in transitions if t.state == RESOLVED]
+        body = alertmanager_alerts(list(alerts.values()), resolved, now, self.config.resend_s, self.config.external_url)
+        self._sent_at = now
+        if body:
+            self.notifier.submit(body, ALERTMANAGER)
 
     # ---- ClickHouse ----------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.grouplag import STALL, STOP, WARN
+from meshcore.flowrecord import LOSSES, OK, STATUSES
+from meshcore.freshness import FLOWS, GROUPS, LINKS
 from meshcore.topic import InvalidTopic, validate_pattern
 
 EDGE_ERROR_PCT = "edge_error_pct"
@@ -27,16 +29,21 @@ EDGE_RATE_DROP = "edge_rate_drop"
 LINK_DOWN = "link_down"
 REJECTIONS = "rejections"
 GROUP_LAG = "group_lag"
+TELEMETRY_STALE = "telemetry_stale"
 EDGE_KINDS = (EDGE_ERROR_PCT, EDGE_P99_LAG_MS, EDGE_RATE_DROP)
-KINDS = (*EDGE_KINDS, LINK_DOWN, REJECTIONS, GROUP_LAG)
+KINDS = (*EDGE_KINDS, LINK_DOWN, REJECTIONS, GROUP_LAG, TELEMETRY_STALE)
 SEVERITIES = ("info", "warning", "critical")
 REFUSALS = ("policy_denied", "schema_rejected", "malformed")
 REJECTION_LABELS = ("region", "topic", "principal", "status")
 GROUP_STATUSES = (WARN, STALL, STOP)
+FAILURES = tuple(s for s in STATUSES if s != OK)
+"""What an edge_error_pct rule may count as failed; by default the losses only (refusals are the producers')."""
+TELEMETRY_SOURCES = (FLOWS, LINKS, GROUPS)
 
 NUMBER_FIELDS = ("value", "threshold", "rate", "previous_rate")
 TEXT_FIELDS = (
     "alertname", "severity", "src", "dst", "topic", "group", "region", "principal", "status", "state", "window", "for",
+    "source", "cause",
 )  # fmt: skip
 TEMPLATE_FIELDS = frozenset(NUMBER_FIELDS + TEXT_FIELDS)
 MAX_TEMPLATE_CHARS = 2000
@@ -44,12 +51,13 @@ MAX_TEMPLATE_CHARS = 2000
 _COMMON = {"id", "kind", "severity", "for", "window", "summary", "description", "filter"}
 # the keys each kind adds, and the filters it takes
 _KIND_KEYS: dict[str, set[str]] = {
-    EDGE_ERROR_PCT: {"threshold", "min_events", "by_topic"},
+    EDGE_ERROR_PCT: {"threshold", "min_events", "by_topic", "statuses"},
     EDGE_P99_LAG_MS: {"threshold", "min_events", "by_topic"},
     EDGE_RATE_DROP: {"threshold", "min_rate", "by_topic"},
     LINK_DOWN: {"stale"},
     REJECTIONS: {"threshold", "statuses", "by"},
     GROUP_LAG: {"statuses", "samples"},
+    TELEMETRY_STALE: {"sources"},
 }
 _KIND_FILTERS: dict[str, tuple[str, ...]] = {
     EDGE_ERROR_PCT: ("src", "dst", "topic"),
@@ -58,8 +66,9 @@ _KIND_FILTERS: dict[str, tuple[str, ...]] = {
     LINK_DOWN: ("src", "dst"),
     REJECTIONS: ("region", "topic", "principal"),
     GROUP_LAG: ("region", "group"),
+    TELEMETRY_STALE: ("region",),
 }
-_DEFAULT_WINDOW = {LINK_DOWN: "1h", REJECTIONS: "1m", GROUP_LAG: "10m"}
+_DEFAULT_WINDOW = {LINK_DOWN: "1h", REJECTIONS: "1m", GROUP_LAG: "10m", TELEMETRY_STALE: "1h"}
 _DEFAULT_SUMMARY = {
     EDGE_ERROR_PCT: "Edge {src} -> {dst} fails {value:.1f} % of its events",
     EDGE_P99_LAG_MS: "End-to-end p99 on {src} -> {dst} is {value:.0f} ms",
@@ -67,6 +76,7 @@ _DEFAULT_SUMMARY = {
     LINK_DOWN: "Link {src} -> {dst} is not up",
     REJECTIONS: "{region} refuses events: {value:.1f} per minute",
     GROUP_LAG: "Consumer group {group} in {region} is {status}",
+    TELEMETRY_STALE: "The {source} of {region} are stale: {cause}",
 }
 _ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+")
@@ -198,7 +208,11 @@ def _rule(raw: object, path: str) -> Rule:
     if severity not in SEVERITIES:
         raise AlertRuleError(f"{path}.severity: one of {', '.join(SEVERITIES)}")
     out["severity"] = severity
-    out["for_s"], out["for_text"] = parse_duration(raw.get("for", "0s"), f"{path}.for")
+    if "for" not in raw:
+        raise AlertRuleError(
+            f'{path}.for: required: how long the condition must hold before the alert fires ("0s": at once)'
+        )
+    out["for_s"], out["for_text"] = parse_duration(raw["for"], f"{path}.for")
     out["window_s"], out["window_text"] = parse_duration(
         raw.get("window", _DEFAULT_WINDOW.get(kind, "5m")), f"{path}.window"
     )
@@ -218,6 +232,10 @@ def _rule(raw: object, path: str) -> Rule:
         out["by_topic"] = _expect(raw["by_topic"], bool, f"{path}.by_topic", "true or false")
     if "stale" in raw:
         out["stale_s"] = parse_duration(raw["stale"], f"{path}.stale")[0]
+    if kind == EDGE_ERROR_PCT:
+        out["statuses"] = _choices(raw.get("statuses", sorted(LOSSES)), FAILURES, f"{path}.statuses")
+    if kind == TELEMETRY_STALE:
+        out["statuses"] = _choices(raw.get("sources", [FLOWS, LINKS]), TELEMETRY_SOURCES, f"{path}.sources")
     if kind == REJECTIONS:
         out["statuses"] = _choices(raw.get("statuses", list(REFUSALS)), REFUSALS, f"{path}.statuses")
         out["by"] = _choices(raw.get("by", list(REJECTION_LABELS)), REJECTION_LABELS, f"{path}.by")
@@ -298,28 +316,31 @@ id = "EdgeErrorRateHigh"
 kind = "edge_error_pct"
 severity = "critical"
 threshold = 5.0
+min_events = 300
 for = "2m"
 window = "5m"
-summary = "Edge {src} -> {dst} fails {value:.1f} % of its events"
-description = "Over the last {window}, {value:.1f} % of the events that entered {src} -> {dst} failed \
-(threshold {threshold:g} %)."
+summary = "Edge {src} -> {dst} loses {value:.1f} % of its events"
+description = "Over the last {window}, {value:.1f} % of the events that entered {src} -> {dst} were lost \
+(threshold {threshold:g} %, for {for}): see the edge's drop records for why."
 
 [[rule]]
 id = "EdgeErrorRateElevated"
 kind = "edge_error_pct"
 severity = "warning"
 threshold = 1.0
-for = "2m"
+min_events = 500
+for = "5m"
 window = "5m"
-summary = "Edge {src} -> {dst} fails {value:.1f} % of its events"
-description = "Over the last {window}, {value:.1f} % of the events that entered {src} -> {dst} failed \
-(threshold {threshold:g} %)."
+summary = "Edge {src} -> {dst} loses {value:.1f} % of its events"
+description = "Over the last {window}, {value:.1f} % of the events that entered {src} -> {dst} were lost \
+(threshold {threshold:g} %, for {for}): see the edge's drop records for why."
 
 [[rule]]
 id = "EdgeLagP99High"
 kind = "edge_p99_lag_ms"
 severity = "critical"
 threshold = 2000.0
+min_events = 100
 for = "5m"
 window = "5m"
 summary = "End-to-end p99 on {src} -> {dst} is {value:.0f} ms"
@@ -336,7 +357,7 @@ for = "5m"
 window = "5m"
 summary = "Events on {src} -> {dst} fell by {value:.0f} %"
 description = "{src} -> {dst} carried {rate:.2f} events/s over the last {window}, against \
-{previous_rate:.2f} events/s in the {window} before."
+{previous_rate:.2f} events/s in the {window} before, for {for}."
 
 [[rule]]
 id = "LinkDown"
@@ -345,21 +366,22 @@ severity = "critical"
 stale = "30s"
 for = "1m"
 window = "1h"
-summary = "Link {src} -> {dst} is not up"
-description = "The mesh link {src} -> {dst} has been {state} for {for}; events for {dst} are held or rerouted."
+summary = "Link {src} -> {dst} is {state}"
+description = "The mesh link {src} -> {dst} has been {state} for {for} ({cause}); events for {dst} are \
+held or rerouted."
 
 [[rule]]
 id = "PolicyOrSchemaRejections"
 kind = "rejections"
 severity = "warning"
-threshold = 1.0
+threshold = 60.0
 statuses = ["policy_denied", "schema_rejected", "malformed"]
-by = ["region", "topic", "principal", "status"]
-for = "5m"
-window = "1m"
-summary = "{region} keeps refusing {topic} from {principal}: {status}"
-description = "{region} refused {value:.1f} events per minute on {topic} from {principal} as {status}, \
-for {for}: a producer sends what the governance rules or the schema registry do not allow."
+by = ["region", "principal", "status"]
+for = "10m"
+window = "5m"
+summary = "{region} refuses the events of {principal}: {status}, {value:.0f} a minute"
+description = "{region} has refused {value:.0f} events a minute from {principal} as {status} for {for}: \
+a producer keeps sending what the governance rules or the schema registry do not allow."
 
 [[rule]]
 id = "ConsumerLagGrowing"
@@ -371,7 +393,7 @@ for = "10m"
 window = "10m"
 summary = "Consumer group {group} in {region} is falling behind"
 description = "{value:.0f} entries wait for group {group} in {region}: its members acknowledge, but the \
-backlog grew in every one of its last samples."
+backlog grew in every one of its last samples, for {for}."
 
 [[rule]]
 id = "ConsumerGroupStalled"
@@ -383,7 +405,7 @@ for = "2m"
 window = "10m"
 summary = "Consumer group {group} in {region} acknowledges nothing"
 description = "{value:.0f} entries wait for group {group} in {region}; its members are connected but \
-acknowledged nothing in its last samples."
+acknowledged nothing in its last samples, for {for}."
 
 [[rule]]
 id = "ConsumerGroupStopped"
@@ -391,8 +413,20 @@ kind = "group_lag"
 severity = "critical"
 statuses = ["STOP"]
 samples = 5
-for = "1m"
+for = "2m"
 window = "10m"
 summary = "Consumer group {group} in {region} has no member"
-description = "{value:.0f} entries wait for group {group} in {region} and no member is connected."
+description = "{value:.0f} entries wait for group {group} in {region} and no member has been connected \
+for {for}."
+
+[[rule]]
+id = "TelemetryStale"
+kind = "telemetry_stale"
+severity = "warning"
+sources = ["flows", "links"]
+for = "2m"
+window = "1h"
+summary = "The {source} of {region} are stale: {cause}"
+description = "The {source} of {region} are {value:.0f} s old ({cause}); the alerts that read them are \
+held back until they are fresh again, and the dashboard shows them greyed."
 """

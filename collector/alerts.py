@@ -8,7 +8,9 @@ An alert is one rule and one label set; its fingerprint is a hash of its labels,
 keeps the same alert across evaluations, restarts and a change of evaluator. A condition that
 is false and a series that is no longer there (an edge with no traffic in the window) are the
 same thing. A rule whose query failed (``None`` instead of observations) keeps its alerts as
-they are: an outage of ClickHouse resolves nothing. Alerts of a rule that is no longer in the
+they are: an outage of ClickHouse resolves nothing. Nor does stale input: an observation of
+a series whose input is not fresh (``held``, from :mod:`collector.alertinputs`) keeps its
+alert as it is and starts none; the rule ``telemetry_stale`` says why instead. Alerts of a rule that is no longer in the
 rules file are resolved. Each transition becomes one row of the ``alerts`` table; those into
 firing and resolved are also notified. Queries carry only numbers and the database name; the
 rules' filters are applied here, to the rows, so a rules file never reaches SQL.
@@ -22,8 +24,23 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from collector import alertrules as r
+from collector.alertinputs import held_back, stale_series
 from collector.grouplag import LagSample, status
 from collector.histogram import quantile
+from meshcore.freshness import (
+    DOWN,
+    FAILING,
+    FLOWS,
+    GROUPS,
+    LIMITS,
+    LINKS,
+    Assessment,
+    Limits,
+    Reading,
+    clock_refusal,
+    judge,
+    link_view,
+)
 from meshcore.topic import matches
 
 PENDING, FIRING, RESOLVED, INACTIVE = "pending", "firing", "resolved", "inactive"
@@ -47,6 +64,8 @@ class Observation:
     active: bool
     fields: Mapping[str, Any] = field(default_factory=dict)
     """More template fields (``status``, ``state``, ``rate``, ...)."""
+    held: str = ""
+    """Why the input of this series is not fresh enough to decide on ('' when it is): the alert is held back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +171,17 @@ def rule_sql(rule: r.Rule, db: str, now_s: float) -> str:
         now, topic = f"bucket >= toDateTime({sp.mid})", "topic" if sp.per_topic else "''"
         return (
             f"SELECT src_region, dst_region, {topic} AS t, sumIf(entered, {now}), "
-            f"sumIf(entered, NOT ({now})), sumIf(errors, {now}), sumMapIf(e2e_hist, {now}) FROM `{db}`.`{sp.table}` "
+            f"sumIf(entered, NOT ({now})), sumMapIf(status_counts, {now}), sumMapIf(e2e_hist, {now}) "
+            f"FROM `{db}`.`{sp.table}` "
             f"WHERE bucket >= toDateTime({sp.start}) AND bucket < toDateTime({sp.end}) "
             f"GROUP BY src_region, dst_region, t"
         )
     if rule.kind == r.LINK_DOWN:
         return (
-            f"SELECT src_region, dst_region, argMax(state, ts), toUnixTimestamp64Milli(max(ts)) FROM `{db}`.`links` "
-            f"WHERE ts >= toDateTime({int(now_s - rule.window_s)}) GROUP BY src_region, dst_region"
+            f"SELECT src_region, dst_region, argMax(state, ts), toUnixTimestamp64Milli(max(ts)), "
+            f"argMax(clock_offset_ms, ts), argMax(peer_skew_s, ts) FROM `{db}`.`links` "
+            f"WHERE ts >= toDateTime({int(now_s - rule.window_s)}) AND ts <= toDateTime({int(now_s) + 1}) "
+            f"GROUP BY src_region, dst_region"
         )
     if rule.kind == r.REJECTIONS:
         end = int(now_s) // 60 * 60
@@ -169,9 +191,12 @@ def rule_sql(rule: r.Rule, db: str, now_s: float) -> str:
             f"WHERE bucket >= toDateTime({start}) AND bucket < toDateTime({end}) "
             f"GROUP BY src_region, topic, principal, status"
         )
+    if rule.kind == r.TELEMETRY_STALE:
+        return "SELECT 1"  # judged on the evaluation's freshness alone (collector.alertinputs)
     return (
-        f"SELECT region, `group`, toUnixTimestamp64Milli(ts), acked, pending + lag, oldest_age_s, consumers "
+        f"SELECT region, `group`, toUnixTimestamp64Milli(ts), acked, pending + lag, oldest_age_s, consumers, probe "
         f"FROM `{db}`.`group_lag` WHERE ts >= toDateTime({int(now_s - rule.window_s)}) "
+        f"AND ts <= toDateTime({int(now_s) + 1}) "
         f"ORDER BY region, `group`, ts DESC LIMIT {rule.samples} BY region, `group`"
     )
 
@@ -180,15 +205,31 @@ def _minutes(rule: r.Rule) -> int:
     return max(1, round(rule.window_s / 60))
 
 
-def observe(rule: r.Rule, rows: Sequence[Sequence[Any]], now_s: float) -> list[Observation]:
-    """What the rows of ``rule_sql`` say: one observation per series that passes the rule's filters."""
+def observe(
+    rule: r.Rule, rows: Sequence[Sequence[Any]], now_s: float, fresh: Assessment | None = None
+) -> list[Observation]:
+    """What the rows of ``rule_sql`` say: one observation per series that passes the rule's filters.
+
+    ``fresh``: how fresh each source of each region is (``collector.alertinputs``); the series whose
+    input is not are held back. None: every input is taken as fresh.
+    """
+    if rule.kind == r.TELEMETRY_STALE:
+        return [] if fresh is None else [Observation(*series) for series in stale_series(rule, fresh)]
     if rule.kind in r.EDGE_KINDS:
-        return _observe_edges(rule, rows, now_s)
-    if rule.kind == r.LINK_DOWN:
-        return _observe_links(rule, rows, now_s)
-    if rule.kind == r.REJECTIONS:
-        return _observe_rejections(rule, rows)
-    return _observe_groups(rule, rows)
+        out = _observe_edges(rule, rows, now_s)
+    elif rule.kind == r.LINK_DOWN:
+        return _observe_links(rule, rows, now_s)  # each link's own samples say how fresh it is
+    elif rule.kind == r.REJECTIONS:
+        out = _observe_rejections(rule, rows)
+    else:
+        return _observe_groups(rule, rows, now_s)  # likewise each group's
+    if fresh is None:
+        return out
+    return [replace(o, held=held_back(fresh, FLOWS, _regions(o.labels))) for o in out]
+
+
+def _regions(labels: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(labels[k] for k in ("src", "dst", "region") if labels.get(k))
 
 
 def error_pct(entered: int, errors: int) -> float:
@@ -201,13 +242,15 @@ def error_pct(entered: int, errors: int) -> float:
 def _observe_edges(rule: r.Rule, rows: Sequence[Sequence[Any]], now_s: float) -> list[Observation]:
     sp = edge_span(rule, now_s)
     sums: dict[tuple[str, str, str], list[Any]] = {}
-    for src, dst, topic, entered, before, errors, hist in rows:
+    failed = set(rule.statuses) if rule.kind == r.EDGE_ERROR_PCT else set()
+    for src, dst, topic, entered, before, statuses, hist in rows:
         if (rule.src and src != rule.src) or (rule.dst and dst != rule.dst):
             continue
         if rule.topic and not matches(rule.topic, topic):
             continue
+        errors = sum(int(n) for status, n in (statuses or {}).items() if status in failed)
         acc = sums.setdefault((src, dst, topic if rule.by_topic else ""), [0, 0, 0, {}])
-        acc[0], acc[1], acc[2] = acc[0] + int(entered), acc[1] + int(before), acc[2] + int(errors)
+        acc[0], acc[1], acc[2] = acc[0] + int(entered), acc[1] + int(before), acc[2] + errors
         for bucket, count in (hist or {}).items():
             acc[3][int(bucket)] = acc[3].get(int(bucket), 0) + int(count)
     out = []
@@ -230,14 +273,20 @@ def _observe_edges(rule: r.Rule, rows: Sequence[Sequence[Any]], now_s: float) ->
 
 
 def _observe_links(rule: r.Rule, rows: Sequence[Sequence[Any]], now_s: float) -> list[Observation]:
+    """A link is down (or refused for its clock) by the view's own verdict; one whose latest sample is older
+    than ``stale`` says nothing (its relay cannot report) and is held back."""
+    limits = {LINKS: Limits(rule.stale_s, rule.stale_s, LIMITS[LINKS].name)}
     out = []
-    for src, dst, state, last_ms in sorted(rows, key=lambda row: (row[0], row[1])):
+    for src, dst, state, last_ms, offset_ms, skew_s in sorted(rows, key=lambda row: (row[0], row[1])):
         if (rule.src and src != rule.src) or (rule.dst and dst != rule.dst):
             continue
-        age_s = max(0.0, now_s - int(last_ms) / 1000)
-        stale = age_s > rule.stale_s
-        shown = state if state != "up" else "silent" if stale else "up"
-        out.append(Observation({"src": src, "dst": dst}, round(age_s, 3), state != "up" or stale, {"state": shown}))
+        fresh = judge(Reading(LINKS, src, int(last_ms) / 1000), now_s, limits)
+        clock = clock_refusal(float(offset_ms) if skew_s else None, float(skew_s), dst)
+        verdict = link_view(str(state), fresh, clock)
+        age_s = round(fresh.age_s or 0.0, 3)
+        fields = {"state": verdict.state, "cause": verdict.cause or str(state)}
+        active = verdict.state in (DOWN, FAILING)
+        out.append(Observation({"src": src, "dst": dst}, age_s, active, fields, "" if fresh.trusted else fresh.says))
     return out
 
 
@@ -258,10 +307,11 @@ def _observe_rejections(rule: r.Rule, rows: Sequence[Sequence[Any]]) -> list[Obs
     return out
 
 
-def _observe_groups(rule: r.Rule, rows: Sequence[Sequence[Any]]) -> list[Observation]:
+def _observe_groups(rule: r.Rule, rows: Sequence[Sequence[Any]], now_s: float) -> list[Observation]:
+    """Probe groups never alert; a group whose latest sample is stale (its relay cannot report) is held back."""
     by_group: dict[tuple[str, str], list[LagSample]] = {}
-    for region, group, ts_ms, acked, backlog, oldest_age_s, consumers in rows:
-        if (rule.region and region != rule.region) or (rule.group and group != rule.group):
+    for region, group, ts_ms, acked, backlog, oldest_age_s, consumers, probe in rows:
+        if (rule.region and region != rule.region) or (rule.group and group != rule.group) or probe:
             continue
         sample = LagSample(int(ts_ms) / 1000, int(acked), int(backlog), float(oldest_age_s), int(consumers))
         by_group.setdefault((region, group), []).append(sample)
@@ -270,8 +320,12 @@ def _observe_groups(rule: r.Rule, rows: Sequence[Sequence[Any]]) -> list[Observa
         samples.sort(key=lambda s: s.ts)
         verdict = status(samples[-rule.samples :], min_samples=rule.samples)
         backlog = float(samples[-1].backlog)
+        fresh = judge(Reading(GROUPS, region, samples[-1].ts), now_s)
+        held = "" if fresh.trusted else fresh.says
         out.append(
-            Observation({"region": region, "group": group}, backlog, verdict in rule.statuses, {"status": verdict})
+            Observation(
+                {"region": region, "group": group}, backlog, verdict in rule.statuses, {"status": verdict}, held
+            )
         )
     return out
 
@@ -303,6 +357,10 @@ def evaluate(
             labels = {**obs.labels, "alertname": rule.id, "severity": rule.severity}
             fp = fingerprint(labels)
             if fp in alerts:
+                continue
+            if obs.held:  # its input is stale: the alert, if any, stays as it was; none starts
+                if fp in mine:
+                    alerts[fp] = mine[fp]
                 continue
             if not obs.active:
                 inactive[fp] = obs

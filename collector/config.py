@@ -13,6 +13,7 @@ from collector.clickhouse import is_embedded, resolve_url
 from collector.schema import SchemaOptions
 from meshcore import names
 from meshcore import settings as s
+from meshcore.freshness import ALL
 from meshcore.settings import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, MESHSCOPE_REGION_STORES, REDIS_URL
 from meshcore.tls import TlsFiles
 
@@ -59,7 +60,13 @@ MESHSCOPE_ALERT_INTERVAL_S = "MESHSCOPE_ALERT_INTERVAL_S"
 MESHSCOPE_ALERT_LEADER_TTL_S = "MESHSCOPE_ALERT_LEADER_TTL_S"
 """An alert evaluator that stops renewing its lease is replaced after this many seconds."""
 MESHSCOPE_ALERT_WEBHOOKS = "MESHSCOPE_ALERT_WEBHOOKS"
-"""Comma-separated http(s) URLs that receive Alertmanager-compatible webhook notifications."""
+"""Comma-separated http(s) URLs that receive plain webhook notifications (the body Alertmanager sends receivers)."""
+MESHSCOPE_ALERTMANAGERS = "MESHSCOPE_ALERTMANAGERS"
+"""Comma-separated base URLs of Alertmanagers (http(s)://host:9093): alerts go to their API v2, /api/v2/alerts."""
+MESHSCOPE_ALERTMANAGER_TOKEN = "MESHSCOPE_ALERTMANAGER_TOKEN"
+"""Bearer token for the Alertmanagers: one for all, or comma-separated, one per Alertmanager (empty: none)."""
+MESHSCOPE_ALERT_RESEND_S = "MESHSCOPE_ALERT_RESEND_S"
+"""Seconds between two sends of the firing alerts to the Alertmanagers (keep it under their resolve_timeout)."""
 MESHSCOPE_ALERT_WEBHOOK_TOKEN = "MESHSCOPE_ALERT_WEBHOOK_TOKEN"
 """Bearer token for the webhooks: one for all, or comma-separated, one per webhook (empty: none)."""
 MESHSCOPE_ALERT_WEBHOOK_TIMEOUT_S = "MESHSCOPE_ALERT_WEBHOOK_TIMEOUT_S"
@@ -85,6 +92,11 @@ class AlertConfig:
     webhooks: tuple[str, ...] = ()
     webhook_tokens: tuple[str, ...] = field(default=(), repr=False)
     """One per webhook ('' for none), or empty."""
+    alertmanagers: tuple[str, ...] = ()
+    """Alertmanager base URLs; alerts are posted to ``<url>/api/v2/alerts``."""
+    alertmanager_tokens: tuple[str, ...] = field(default=(), repr=False)
+    resend_s: float = 60.0
+    """Firing alerts go to the Alertmanagers again this often; each says it ends after four of these."""
     webhook_timeout_s: float = 10.0
     webhook_retry_s: float = 300.0
     webhook_backoff_s: float = 1.0
@@ -99,20 +111,8 @@ class AlertConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AlertConfig:
         d = cls()
-        webhooks = s.get_list(env, MESHSCOPE_ALERT_WEBHOOKS)
-        for url in webhooks:
-            parsed = urlparse(url)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise s.SettingError(f"{MESHSCOPE_ALERT_WEBHOOKS}: {url!r} is not an http(s) URL")
-        raw_tokens = (env.get(MESHSCOPE_ALERT_WEBHOOK_TOKEN) or "").split(",")
-        tokens = tuple(t.strip() for t in raw_tokens)
-        if len(tokens) == 1:
-            tokens = tokens * len(webhooks)
-        elif len(tokens) != len(webhooks):
-            raise s.SettingError(
-                f"{MESHSCOPE_ALERT_WEBHOOK_TOKEN} holds {len(tokens)} tokens for {len(webhooks)} webhooks: "
-                "give one for all, or one per webhook"
-            )
+        webhooks, tokens = _targets(env, MESHSCOPE_ALERT_WEBHOOKS, MESHSCOPE_ALERT_WEBHOOK_TOKEN, "webhook")
+        managers, manager_tokens = _targets(env, MESHSCOPE_ALERTMANAGERS, MESHSCOPE_ALERTMANAGER_TOKEN, "Alertmanager")
         return cls(
             enabled=s.get_bool(env, MESHSCOPE_ALERTS, d.enabled),
             rules_file=s.get_str(env, MESHSCOPE_ALERT_RULES, d.rules_file),
@@ -120,12 +120,32 @@ class AlertConfig:
             leader_ttl_s=s.get_float(env, MESHSCOPE_ALERT_LEADER_TTL_S, d.leader_ttl_s, 0.1),
             webhooks=webhooks,
             webhook_tokens=tokens,
+            alertmanagers=tuple(url.rstrip("/") for url in managers),
+            alertmanager_tokens=manager_tokens,
+            resend_s=s.get_float(env, MESHSCOPE_ALERT_RESEND_S, d.resend_s, 0.1),
             webhook_timeout_s=s.get_float(env, MESHSCOPE_ALERT_WEBHOOK_TIMEOUT_S, d.webhook_timeout_s, 0.01),
             webhook_retry_s=s.get_float(env, MESHSCOPE_ALERT_WEBHOOK_RETRY_S, d.webhook_retry_s, 0.0),
             webhook_backoff_s=s.get_float(env, MESHSCOPE_ALERT_WEBHOOK_BACKOFF_S, d.webhook_backoff_s, 0.001),
             queue_max=s.get_int(env, MESHSCOPE_ALERT_QUEUE_MAX, d.queue_max, 1),
             external_url=s.get_str(env, MESHSCOPE_ALERT_EXTERNAL_URL, d.external_url).rstrip("/"),
         )
+
+
+def _targets(env: Mapping[str, str], urls_name: str, tokens_name: str, what: str) -> tuple[tuple[str, ...], ...]:
+    """(URLs, one token per URL) of one kind of notification target; SettingError naming the variable."""
+    urls = s.get_list(env, urls_name)
+    for url in urls:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise s.SettingError(f"{urls_name}: {url!r} is not an http(s) URL")
+    tokens = tuple(t.strip() for t in (env.get(tokens_name) or "").split(","))
+    if len(tokens) == 1:
+        tokens = tokens * len(urls)
+    elif len(tokens) != len(urls):
+        raise s.SettingError(
+            f"{tokens_name} holds {len(tokens)} tokens for {len(urls)} {what}s: give one for all, or one per {what}"
+        )
+    return urls, tokens
 
 
 @dataclass(frozen=True)
@@ -163,6 +183,13 @@ class CollectorConfig:
     @property
     def schema(self) -> SchemaOptions:
         return SchemaOptions(self.database, self.cluster, self.flows_ttl_days)
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The regions whose records the streams of ``redis_url`` hold, as the position reports name them:
+        those ``region_stores`` places on it, else ``region``, else every region (one store for all)."""
+        here = tuple(region for region, url in self.region_stores if url == self.redis_url)
+        return here or ((self.region,) if self.region else (ALL,))
 
     def for_each_region(self) -> list[CollectorConfig]:
         """One config per region store (``region_stores``), or this one alone; alerts run in one of them only:

@@ -7,9 +7,18 @@ What an edge counts, the same here and in the dashboard's SQL:
 - ``delivered``: ``deliver`` records; lag percentiles come from these;
 - ``errors``: records whose status is not ``ok`` (drops), by status.
 
-The message published on ``meshscope:live`` once a second::
+Only records of the last ``LIVE_S`` seconds count: a collector that is behind
+reads old records, and old records are history (ClickHouse shows them), not
+live figures. The message says how many records it left out (``late``), the
+newest record it counted (``as_of``, Unix seconds, null when none) and the
+collector's position in each stream it reads (``lag``: ``meshcore.freshness.LagReport``),
+so a reader knows how old the figures are and why.
 
-    {"v": 1, "ts": 1764140000, "collector": "host-123", "edges": [
+The message published on ``meshscope:live`` once a second, whether or not anything was counted::
+
+    {"v": 2, "ts": 1764140000, "collector": "host-123", "as_of": 1764139999.8, "late": 0,
+     "lag": [{"stream": "meshscope:flows", "regions": ["*"], "ts": 1764140000.1, "lag_s": 0.6, ...}],
+     "edges": [
        {"src": "aws:us-east-1", "dst": "gcp:europe-west1", "topic": "orders.created",
         "count": 120, "delivered": 118, "errors": 2, "errors_by_status": {"backpressure": 2},
         "bytes": 48000, "e2e_p50": 41.2, "e2e_p99": 88.0, "hop_p50": 40.1, "hop_p99": 80.3}],
@@ -34,6 +43,8 @@ TS, EVENT_ID, TRACE_ID, SPAN_ID = (_I[n] for n in ("ts", "event_id", "trace_id",
 TOPIC, KIND = _I["topic"], _I["kind"]
 SRC, DST, HOP, E2E, STATUS, BYTES = (_I[n] for n in ("src_region", "dst_region", "hop_ms", "e2e_ms", "status", "bytes"))
 
+LIVE_S = 5.0
+"""Records older than this when read are history, not live figures."""
 MAX_VALUES = 2000  # latency values kept per edge per second (uniform reservoir)
 SAMPLES_PER_EDGE = 3
 
@@ -62,13 +73,20 @@ class LiveWindow:
     def __init__(self, seed: int | None = None):
         self.edges: dict[tuple[str, str, str], _Edge] = {}
         self._rng = random.Random(seed)
+        self.newest_us = 0
+        self.late = 0
 
-    def add(self, columns: list[list[Any]]) -> None:
-        """Count a batch of records given column by column (FIELDS order)."""
+    def add(self, columns: list[list[Any]], since_us: int = 0) -> None:
+        """Count a batch of records given column by column (FIELDS order); those before ``since_us`` are late."""
         cols = columns
-        for i, (src, dst, topic, kind, status, nbytes) in enumerate(
-            zip(cols[SRC], cols[DST], cols[TOPIC], cols[KIND], cols[STATUS], cols[BYTES], strict=True)
+        for i, (ts, src, dst, topic, kind, status, nbytes) in enumerate(
+            zip(cols[TS], cols[SRC], cols[DST], cols[TOPIC], cols[KIND], cols[STATUS], cols[BYTES], strict=True)
         ):
+            if ts < since_us:
+                self.late += 1
+                continue
+            if ts > self.newest_us:
+                self.newest_us = ts
             key = (src, dst, topic)
             edge = self.edges.get(key)
             if edge is None:
@@ -94,8 +112,8 @@ class LiveWindow:
             if j < MAX_VALUES:
                 values[j] = value
 
-    def flush(self, ts: int, collector: str) -> dict[str, Any]:
-        """The message for this second; the window starts empty again."""
+    def flush(self, ts: int, collector: str, lag: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The message for this second (``lag``: the collector's position reports); the window starts empty again."""
         edges = []
         samples = []
         for (src, dst, topic), e in sorted(self.edges.items()):
@@ -132,5 +150,15 @@ class LiveWindow:
                         "ts": row[TS],
                     }
                 )
-        self.edges = {}
-        return {"v": 1, "ts": ts, "collector": collector, "edges": edges, "samples": samples}
+        as_of = self.newest_us / 1e6 if self.newest_us else None
+        late, self.edges, self.newest_us, self.late = self.late, {}, 0, 0
+        return {
+            "v": 2,
+            "ts": ts,
+            "collector": collector,
+            "as_of": as_of,
+            "late": late,
+            "lag": lag or [],
+            "edges": edges,
+            "samples": samples,
+        }

@@ -1,10 +1,18 @@
-"""Alert notifications: the Alertmanager webhook payload, and a sender that retries.
+"""Alert notifications, in two forms, and a sender that retries.
 
-The payload is what Alertmanager posts to a webhook receiver (``version: "4"``), so anything
-that reads those (Alertmanager itself through its API, PagerDuty/Slack bridges, ...) reads
-ours: one message per alert name and status, alerts with their labels, annotations (summary,
-description), RFC 3339 ``startsAt``/``endsAt`` (``endsAt`` is the zero time while firing) and
-fingerprint.
+To an Alertmanager (``MESHSCOPE_ALERTMANAGERS``): its API v2, ``POST /api/v2/alerts`` with a
+list of alerts (``labels``, ``annotations``, ``startsAt``, ``endsAt``, ``generatorURL``), as
+Prometheus sends them. The firing alerts are sent again every ``resend_s`` (keep it under the
+Alertmanager's ``resolve_timeout``, 5 m by default), each with ``endsAt`` four resends ahead, so
+Alertmanager keeps them active while meshscope says so and resolves them by itself if meshscope
+goes silent; a resolved alert is sent once more with ``endsAt`` when it ended. Alertmanager
+groups, silences, inhibits and routes them from there.
+
+To other receivers (``MESHSCOPE_ALERT_WEBHOOKS``): the plain webhook, the body Alertmanager
+posts to a webhook receiver (``version: "4"``), so PagerDuty/Slack bridges read it: one message
+per alert name and status, on each transition into firing or resolved, alerts with their
+labels, annotations (summary, description), RFC 3339 ``startsAt``/``endsAt`` (``endsAt`` is the
+zero time while firing) and fingerprint.
 
 The sender keeps one FIFO queue and one worker per webhook, so a dead receiver delays only its
 own notifications, and a resolved notification never overtakes its firing one. A notification
@@ -33,12 +41,17 @@ from urllib.parse import urlparse, urlunparse
 
 import orjson
 
-from collector.alerts import FIRING, RESOLVED, Transition
+from collector.alerts import FIRING, RESOLVED, Alert, Transition
 from meshcore.backoff import backoff_s
 from meshcore.metrics import Registry
 
 log = logging.getLogger(__name__)
 
+WEBHOOK, ALERTMANAGER = "webhook", "alertmanager"
+"""The forms a notification target takes."""
+ALERTMANAGER_PATH = "/api/v2/alerts"
+RESEND_HORIZON = 4
+"""A firing alert sent to Alertmanager ends this many resend intervals ahead unless sent again (as Prometheus does)."""
 RECEIVER = "meshscope"
 ZERO_TIME = "0001-01-01T00:00:00Z"
 MAX_ALERTS = 100
@@ -106,6 +119,30 @@ def _alert(t: Transition, external_url: str) -> dict[str, Any]:
     }
 
 
+def alertmanager_alerts(
+    firing: Sequence[Alert], resolved: Sequence[Transition], now_s: float, resend_s: float, external_url: str = ""
+) -> list[dict[str, Any]]:
+    """The body of ``POST /api/v2/alerts``: every firing alert (ending ``RESEND_HORIZON`` resends ahead),
+    and every alert resolved now (ending when it did)."""
+    ends = rfc3339(now_s + RESEND_HORIZON * resend_s)
+    out = [_v2(a, a.fired_at or a.active_at, ends, external_url) for a in firing if a.state == FIRING]
+    out += [_v2(t.alert, t.starts_at, rfc3339(t.ts), external_url) for t in resolved if t.state == RESOLVED]
+    return out
+
+
+def _v2(alert: Alert, starts_s: float, ends: str, external_url: str) -> dict[str, Any]:
+    annotations = {"summary": alert.summary}
+    if alert.description:
+        annotations["description"] = alert.description
+    return {
+        "labels": dict(alert.labels),
+        "annotations": annotations,
+        "startsAt": rfc3339(starts_s),
+        "endsAt": ends,
+        "generatorURL": f"{external_url}/?alert={alert.fingerprint}" if external_url else "",
+    }
+
+
 def _common(maps: list[dict[str, str]]) -> dict[str, str]:
     if not maps:
         return {}
@@ -156,6 +193,7 @@ def retryable(status: int) -> bool:
 class Webhook:
     url: str
     token: str = field(repr=False)
+    form: str = WEBHOOK
     queue: deque[bytes] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     busy: bool = False
@@ -164,7 +202,7 @@ class Webhook:
 
 
 class WebhookNotifier:
-    """Delivers webhook messages, each to every webhook; ``run()`` is the workers, ``submit()`` queues."""
+    """Delivers notifications, each to every target of its form; ``run()`` is the workers, ``submit()`` queues."""
 
     def __init__(
         self,
@@ -176,8 +214,15 @@ class WebhookNotifier:
         backoff_s: float = 1.0,
         queue_max: int = 1000,
         post: Post = post_json,
+        alertmanagers: Sequence[str] = (),
+        alertmanager_tokens: Sequence[str] = (),
     ):
         self.webhooks = [Webhook(url, tokens[i] if i < len(tokens) else "") for i, url in enumerate(urls)]
+        self.webhooks += [
+            Webhook(url + ALERTMANAGER_PATH, alertmanager_tokens[i] if i < len(alertmanager_tokens) else "",
+                    ALERTMANAGER)
+            for i, url in enumerate(alertmanagers)
+        ]  # fmt: skip
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.retry_s = retry_s
@@ -193,10 +238,16 @@ class WebhookNotifier:
         for counter in ("sent", "failed", "retried", "dropped"):
             m.zero(f"alerts_notifications_{counter}_total")
 
-    def submit(self, message: dict[str, Any]) -> None:
-        """Queue ``message`` for every webhook; a full queue drops its oldest message."""
+    def wants(self, form: str) -> bool:
+        """Whether any target takes notifications of ``form``."""
+        return any(h.form == form for h in self.webhooks)
+
+    def submit(self, message: dict[str, Any] | list[dict[str, Any]], form: str = WEBHOOK) -> None:
+        """Queue ``message`` for every target of ``form``; a full queue drops its oldest message."""
         body = orjson.dumps(message)
         for hook in self.webhooks:
+            if hook.form != form:
+                continue
             if len(hook.queue) >= self.queue_max:
                 hook.queue.popleft()
                 self.metrics.inc("alerts_notifications_dropped_total")
@@ -275,6 +326,7 @@ class WebhookNotifier:
         return [
             {
                 "webhook": redact(h.url),
+                "form": h.form,
                 "queued": len(h.queue) + h.busy,
                 "error": h.last_error,
                 "failing_since": h.failing_since or None,

@@ -297,7 +297,23 @@ def migrations(opts: SchemaOptions) -> list[Migration]:
                 for table in (["flows_local"] if opts.cluster else ["flows"])  # a Distributed table has no index
             ),
         ),
+        Migration(9, "link clocks and probe groups", tuple(_migration_9(n, opts))),
     ]
+
+
+def _migration_9(n: _Names, opts: SchemaOptions) -> list[str]:
+    """Link samples say how far the peer's clock is from the relay's and what skew the peer accepts;
+    group samples say whether the group is a probe (``meshscope chaos``'s), which never pages."""
+    db, out = n.db, []
+    for table in ["links"] + (["links_local"] if opts.cluster else []):
+        out.append(
+            f"ALTER TABLE `{db}`.`{table}`{n.on_cluster} "
+            "ADD COLUMN IF NOT EXISTS clock_offset_ms Float32 DEFAULT 0, "
+            "ADD COLUMN IF NOT EXISTS peer_skew_s Float32 DEFAULT 0"
+        )
+    for table in ["group_lag"] + (["group_lag_local"] if opts.cluster else []):
+        out.append(f"ALTER TABLE `{db}`.`{table}`{n.on_cluster} ADD COLUMN IF NOT EXISTS probe UInt8 DEFAULT 0")
+    return out
 
 
 def _migration_7(n: _Names, opts: SchemaOptions) -> list[str]:

@@ -2,7 +2,9 @@
 
     read (XREADGROUP) -> decode (poison -> dead letter) -> batch by rows/time
       -> manifest -> INSERT (dedup token) -> XACK -> drop manifest
-    every second: live edge stats -> PUBLISH meshscope:live
+    every second, apart from the loop (so that the lag grows while an insert waits for ClickHouse):
+        the position in each stream (collector.position) -> HSET meshscope:freshness and
+        meshscope_collector_lag_seconds{stream}; live edge stats with those positions -> PUBLISH meshscope:live
     every claim_idle_s / 2: recover stale manifests, then XAUTOCLAIM idle entries
 
 ClickHouse down: the insert is retried with backoff for as long as it takes;
@@ -33,11 +35,13 @@ from collector.batch import Batch, should_flush, split_entries
 from collector.clickhouse import make_client, migrate
 from collector.config import CollectorConfig
 from collector.errors import ClickHouseUnavailable, QueryError, StreamUnavailable
-from collector.livestats import LiveWindow
+from collector.livestats import LIVE_S, LiveWindow
+from collector.position import position, publish
 from collector.stream import Entry, FlowStream
-from collector.sync import LinkSync
+from collector.sync import GROUPS_STREAM, LinkSync
 from meshcore.backoff import backoff_s
 from meshcore.flowrecord import FIELDS
+from meshcore.freshness import FLOWS, GROUPS, LIMITS, LINKS, LagReport, age_text
 from meshcore.metrics import Registry
 from meshcore.supervise import Supervisor
 
@@ -83,7 +87,7 @@ class Collector:
         m.describe(
             "collector_lag_seconds",
             "gauge",
-            "Age of the oldest flow record not yet in ClickHouse (0: caught up); how stale the history is",
+            "Age of the oldest record not yet in ClickHouse, by stream, on Valkey's clock (0: caught up)",
         )
         m.describe("collector_last_insert_timestamp_seconds", "gauge", "When the last insert succeeded (Unix time)")
         for counter in (
@@ -103,8 +107,9 @@ class Collector:
         self._redis_error = ""
         self._redis_down_since = 0.0
         self._clickhouse_error = ""
-        self.telemetry_lag_s: float | None = None
-        """Age of the oldest record of the stream not yet in ClickHouse (None: not measured yet)."""
+        self.positions: list[LagReport] = []
+        """The latest position in each stream read (collector.position); empty until first measured."""
+        self._position_error = ""
         m.describe("task_restarts_total", "counter", "Background tasks restarted after a crash, by task")
         self.side_tasks = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.alerts: AlertEvaluator | None = None
@@ -172,7 +177,7 @@ class Collector:
         if self.alerts is not None:
             self.side_tasks.spawn("alerts", self.alerts.run)
         # apart from the loop, so that the lag keeps growing while an insert waits for ClickHouse
-        self.side_tasks.spawn("lag", self._lag_loop)
+        self.side_tasks.spawn("report", self._report_loop)
         for task in self.side_tasks.tasks:
             self.metrics.zero("task_restarts_total", task=task)
         try:
@@ -224,6 +229,12 @@ class Collector:
         if self._clickhouse_error:  # (the gauge reads 0 before the first call, too)
             reasons.append(f"clickhouse unavailable: {self._clickhouse_error}")
         reasons += self.side_tasks.problems()
+        stale = LIMITS[FLOWS].stale_s
+        reasons += [
+            f"{r.stream} {age_text(r.lag_s)} behind ({r.unread} entries unread, {r.pending} read and not inserted)"
+            for r in self.positions
+            if r.lag_s > stale
+        ]
         if self.alerts is not None:
             reasons += self.alerts.problems()
         if not self._ready.is_set() and not reasons:
@@ -234,22 +245,20 @@ class Collector:
             "reasons": reasons,
             "consumer": self.config.consumer,
             "region": self.config.region,
-            "telemetry_lag_s": None if self.telemetry_lag_s is None else round(self.telemetry_lag_s, 3),
+            "streams": [r.to_json() for r in self.positions],
         }
         if self.alerts is not None:
             out["alerts"] = self.alerts.health()
         return out
 
     async def _collect(self) -> None:
-        last_claim = last_live = last_sync = time.monotonic()
+        last_claim = last_sync = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
             if now - last_claim >= self.config.claim_idle_s / 2:
                 last_claim = now
                 await self.recover(own=False)
-            if now - last_live >= 1.0:
-                last_live = now
-                await self._publish_live()
+                await self.links.claim_idle()
             if now - last_sync >= 1.0:
                 last_sync = now
                 await self.links.sync(self._with_clickhouse)
@@ -284,9 +293,10 @@ class Collector:
             self.metrics.inc("collector_dead_letters_total")
         if good and not self.batch.ids:
             self.batch.started = time.monotonic()
+        since_us = int((time.time() - LIVE_S) * 1e6)
         for entry_id, columns in good:
             self.batch.add(entry_id, columns)
-            self.live.add(columns)
+            self.live.add(columns, since_us)
 
     async def flush(self, wait: bool = True) -> None:
         """Commit the current batch. With ``wait=False`` the insert runs while the next batch is read.
@@ -377,22 +387,48 @@ class Collector:
             self.metrics.inc("collector_claimed_entries_total", len(claimed))
             await self._take(claimed)
 
-    async def _publish_live(self) -> None:
-        message = self.live.flush(int(time.time()), self.config.consumer)
-        if message["edges"]:
-            await self.stream.publish(self.config.live_channel, orjson.dumps(message))
-
-    async def _lag_loop(self) -> None:
+    async def _report_loop(self) -> None:
+        await self._ready.wait()  # the groups exist: before, a stream without one would read as caught up
         while True:
-            await self._update_lag()
+            await self._report()
             await asyncio.sleep(1.0)
 
-    async def _update_lag(self) -> None:
+    async def _report(self) -> None:
+        """Measure and publish where the collector stands in each stream, then this second's live figures.
+
+        The live message goes out every second, empty or not: it carries the positions, so a
+        reader learns the collector is behind (or alive and idle) from the feed itself. Valkey
+        not answering is the loop's to report (``health``): this one tries again next second.
+        """
+        reports: list[LagReport] = []
         try:
-            pending, lag, oldest_ms = await self.stream.backlog()
-        except StreamUnavailable:
+            reports = await self._positions()
+            await publish(self.redis, reports)
+            message = self.live.flush(int(time.time()), self.config.consumer, [r.to_json() for r in reports])
+            await self.stream.publish(self.config.live_channel, orjson.dumps(message))
+        except StreamUnavailable as exc:
+            if not self._position_error:
+                log.warning("cannot measure or publish the stream positions", extra={"error": str(exc)[:300]})
+            self._position_error = str(exc)[:300]
             return
-        self.metrics.set("collector_stream_pending", pending)
-        self.metrics.set("collector_stream_lag", lag)
-        self.telemetry_lag_s = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0
-        self.metrics.set("collector_lag_seconds", self.telemetry_lag_s)
+        self._position_error = ""
+
+    async def _positions(self) -> list[LagReport]:
+        c = self.config
+        reports = []
+        links_group = self.links.group
+        streams = (
+            (c.stream, c.group, FLOWS),
+            (c.links_stream, links_group, LINKS),
+            (GROUPS_STREAM, links_group, GROUPS),
+        )
+        for stream, group, source in streams:
+            at = await position(self.redis, stream, group)
+            report = LagReport(stream, c.regions, at.now_ms / 1000, at.lag_s, at.unread, at.pending, c.consumer, source)
+            reports.append(report)
+            self.metrics.set("collector_lag_seconds", report.lag_s, stream=stream)
+            if stream == c.stream:
+                self.metrics.set("collector_stream_pending", at.pending)
+                self.metrics.set("collector_stream_lag", at.unread)
+        self.positions = reports
+        return reports

@@ -24,47 +24,6 @@ MANIFESTS = "meshscope:collector:inflight"
 Entry = tuple[str, dict[Any, Any]]
 
 
-def _ms(entry_id: Any) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    return int(text.partition("-")[0])
-
-
-async def oldest_waiting_ms(client: aioredis.Redis, stream: str, group: str) -> int | None:
-    """The write time (ms) of the oldest entry of ``stream`` that ``group`` has not acknowledged, or None.
-
-    Raises StreamUnavailable, and LookupError when no such group reads the stream (no collector yet).
-    """
-    try:
-        groups: Any = await client.xinfo_groups(stream)
-    except ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            raise LookupError(f"{stream} does not exist") from None
-        raise StreamUnavailable(f"cannot inspect {stream}: {exc}") from exc
-    except RedisError as exc:
-        raise StreamUnavailable(f"cannot inspect {stream}: {exc}") from exc
-    found = None
-    for g in groups:
-        name = g.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) == group:
-            found = g
-    if found is None:
-        raise LookupError(f"no collector group {group!r} reads {stream}")
-    times = []
-    try:
-        if int(found.get("pending") or 0):
-            summary: Any = await client.xpending(stream, group)
-            if summary and summary.get("min"):
-                times.append(_ms(summary["min"]))
-        last = found.get("last-delivered-id") or b"0-0"
-        last_id = last.decode() if isinstance(last, bytes) else str(last)
-        after: Any = await client.xrange(stream, f"({last_id}", "+", 1)
-        if after:
-            times.append(_ms(after[0][0]))
-    except RedisError as exc:
-        raise StreamUnavailable(f"cannot inspect {stream}: {exc}") from exc
-    return min(times) if times else None
-
-
 def _entries(raw: Any) -> list[Entry]:
     return [(eid.decode() if isinstance(eid, bytes) else eid, fields) for eid, fields in raw if fields is not None]
 
@@ -164,35 +123,6 @@ class FlowStream:
         except RedisError as exc:
             raise StreamUnavailable(f"cannot read batch manifests: {exc}") from exc
         return {(k.decode() if isinstance(k, bytes) else k): orjson.loads(v) for k, v in raw.items()}
-
-    async def oldest_waiting_ms(self) -> int | None:
-        """When the oldest entry no collector of the group has acknowledged was written (ms), or None.
-
-        That is how far behind ClickHouse this stream's region is: every record written before it
-        is in ClickHouse. Entry ids carry the time they were written.
-        """
-        return await oldest_waiting_ms(self.client, self.stream, self.group)
-
-    async def lag(self) -> tuple[int, int]:
-        """(pending entries, entries not yet delivered to the group)."""
-        pending, lag, _ = await self.backlog()
-        return pending, lag
-
-    async def backlog(self) -> tuple[int, int, int]:
-        """(pending entries, entries not yet delivered, when the oldest not yet stored was added, in ms; 0: none)."""
-        try:
-            groups: Any = await self.client.xinfo_groups(self.stream)
-        except RedisError as exc:
-            raise StreamUnavailable(f"cannot inspect {self.stream}: {exc}") from exc
-        for g in groups:
-            name = g.get("name")
-            if (name.decode() if isinstance(name, bytes) else name) == self.group:
-                try:
-                    oldest = await oldest_waiting_ms(self.client, self.stream, self.group)
-                except LookupError:  # the group went away between the two reads
-                    oldest = None
-                return int(g.get("pending") or 0), int(g.get("lag") or 0), oldest or 0
-        return 0, 0, 0
 
     async def publish(self, channel: str, message: bytes) -> None:
         try:

@@ -5,6 +5,8 @@ a durable group sample batch to ``meshscope:groups:lag`` every few seconds, and
 register themselves in the ``meshscope:regions`` hash; this copies them into the
 ``links``, ``group_lag`` and ``regions`` tables through consumer groups of its
 own, acking after the insert (with a deduplication token from the entry ids).
+After a start or an outage, the entries it had read and not acknowledged are read
+again first, so a sync cut short by Redis leaves nothing pending for good.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ LINK_COLUMNS = [
     "via",
     "peer_gov",
     "gov",
+    "clock_offset_ms",
+    "peer_skew_s",
 ]
 REGION_COLUMNS = ["id", "provider", "lat", "lon", "city", "relay", "first_seen", "last_seen"]
 GROUPS_STREAM = "meshscope:groups:lag"
@@ -51,6 +55,7 @@ GROUP_COLUMNS = [
     "lag",
     "oldest_age_s",
     "consumers",
+    "probe",
 ]
 
 
@@ -69,14 +74,15 @@ def _samples(entries: list[tuple[str, dict[Any, Any]]], lengths: tuple[int, ...]
 def group_rows(entries: list[tuple[str, dict[Any, Any]]]) -> list[list[Any]]:
     """Rows of valid group samples; malformed samples are skipped (they are advisory)."""
     rows = []
-    for s in _samples(entries, (11,)):
+    for s in _samples(entries, (11, 12)):
         try:
-            ts, region, group, owner, patterns, added, acked, pending, lag, oldest, consumers = s
+            ts, region, group, owner, patterns, added, acked, pending, lag, oldest, consumers = s[:11]
+            probe = s[11] is True if len(s) == 12 else False
             rows.append(
                 [
                     int(ts), str(region)[:128], str(group)[:64], str(owner)[:128],
                     [str(p)[:255] for p in patterns][:100], int(added), int(acked), int(pending), int(lag),
-                    float(oldest), int(consumers),
+                    float(oldest), int(consumers), int(probe),
                 ]
             )  # fmt: skip
         except (TypeError, ValueError):
@@ -90,15 +96,16 @@ WithClickHouse = Callable[[str, Callable[[Client], Any]], Awaitable[Any]]
 def link_rows(entries: list[tuple[str, dict[Any, Any]]]) -> list[list[Any]]:
     """Rows of valid link samples; malformed samples are skipped (they are advisory)."""
     rows = []
-    for s in _samples(entries, (8, 12)):
+    for s in _samples(entries, (8, 12, 14)):
         try:
             ts, relay, src, dst, state, rtt, depth, reconnects = s[:8]
-            security, via, peer_gov, gov = s[8:] if len(s) == 12 else ["", "", "", ""]
+            security, via, peer_gov, gov = s[8:12] if len(s) >= 12 else ["", "", "", ""]
+            offset, skew = s[12:14] if len(s) == 14 else [0.0, 0.0]
             rows.append(
                 [
                     int(ts), str(relay)[:128], str(src)[:128], str(dst)[:128], str(state)[:16], float(rtt),
                     int(depth), int(reconnects), str(security)[:8], str(via)[:128], str(peer_gov)[:128],
-                    str(gov)[:128],
+                    str(gov)[:128], float(offset or 0.0), float(skew or 0.0),
                 ]
             )  # fmt: skip
         except (TypeError, ValueError):
@@ -111,8 +118,11 @@ class LinkSync:
         self.config = config
         self.redis = client
         self.group = f"{config.group}-links"
+        self._own_first = True
+        """Read this consumer's unacknowledged entries before new ones (at start, after an outage)."""
 
     async def ensure_group(self) -> None:
+        self._own_first = True
         for stream in (self.config.links_stream, GROUPS_STREAM):
             try:
                 await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
@@ -124,9 +134,10 @@ class LinkSync:
 
     async def sync(self, with_clickhouse: WithClickHouse) -> None:
         db = self.config.database
+        since = "0" if self._own_first else ">"
         try:
             reply: Any = await self.redis.xreadgroup(
-                self.group, self.config.consumer, {self.config.links_stream: ">", GROUPS_STREAM: ">"}, count=1000
+                self.group, self.config.consumer, {self.config.links_stream: since, GROUPS_STREAM: since}, count=1000
             )
             regions: Any = await self.redis.hgetall(REGIONS_KEY)
         except RedisError as exc:
@@ -138,8 +149,11 @@ class LinkSync:
             (name.decode() if isinstance(name, bytes) else name): [(e.decode(), f) for e, f in raw]
             for name, raw in reply or []
         }
-        entries = by_stream.get(self.config.links_stream, [])
-        group_entries = by_stream.get(GROUPS_STREAM, [])
+        entries = [(e, f) for e, f in by_stream.get(self.config.links_stream, []) if f]
+        group_entries = [(e, f) for e, f in by_stream.get(GROUPS_STREAM, []) if f]
+        gone = {name: [e for e, f in raw if not f] for name, raw in by_stream.items()}  # trimmed while pending
+        if self._own_first and not entries and not group_entries:
+            self._own_first = False  # nothing of ours left unacknowledged: new entries from now on
         rows = link_rows(entries)
         lag_rows = group_rows(group_entries)
         last_seen: dict[str, int] = {}
@@ -189,5 +203,28 @@ class LinkSync:
                 await self.redis.xack(self.config.links_stream, self.group, *[e for e, _ in entries])
             if group_entries:
                 await self.redis.xack(GROUPS_STREAM, self.group, *[e for e, _ in group_entries])
+            for name, ids in gone.items():
+                if ids:
+                    await self.redis.xack(name, self.group, *ids)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot ack link samples: {exc}") from exc
+
+    async def claim_idle(self) -> int:
+        """Take over entries another consumer read and never acknowledged (it died); they are read next."""
+        idle_ms = int(self.config.claim_idle_s * 1000)
+        claimed = 0
+        try:
+            for stream in (self.config.links_stream, GROUPS_STREAM):
+                ids: Any = await self.redis.xautoclaim(
+                    stream, self.group, self.config.consumer, idle_ms, start_id="0-0", count=1000, justid=True
+                )
+                claimed += len(ids)  # with justid, redis-py answers the claimed ids alone
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return 0
+            raise StreamUnavailable(f"cannot claim link samples: {exc}") from exc
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot claim link samples: {exc}") from exc
+        if claimed:
+            self._own_first = True
+        return claimed

@@ -17,6 +17,10 @@ Parameters are checked by :mod:`dashboard.params`, SQL is built by :mod:`dashboa
 answers are shaped by :mod:`dashboard.views`, :mod:`dashboard.diff` and
 :mod:`dashboard.relaystate`. Every answer is computed once per question per cache interval
 and encoded once (:mod:`dashboard.cache`), whoever asks.
+
+Every answer says how old its data is: ``freshness`` (``meshcore.freshness.Assessment``)
+judges each source of each region when the answer was computed (for a window in the
+past, as at its end), with a ``banner`` of the causes that apply everywhere.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
 import orjson
@@ -44,10 +48,11 @@ from dashboard import views
 from dashboard.cache import ResponseCache
 from dashboard.config import DashboardConfig
 from dashboard.diff import changes
-from dashboard.regionstale import mark_topology
 from dashboard.regionstores import RegionStores
 from dashboard.store import FlowStore
 from dashboard.timerange import Span, rollup_span, span
+from dashboard.watch import FeedState, FreshnessWatch
+from meshcore.freshness import GROUPS, Assessment, Reading
 from meshcore.names import GROUP
 
 log = logging.getLogger(__name__)
@@ -82,8 +87,9 @@ class MapApi:
         store: FlowStore,
         redis: aioredis.Redis,
         cache: ResponseCache[bytes],
-        regions: RegionStores | None = None,
         clock: Callable[[], float] = time.time,
+        watch: FreshnessWatch | None = None,
+        live_links: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     ):
         self.config = config
         self.db = config.store.database
@@ -91,8 +97,12 @@ class MapApi:
         self.store = store
         self.redis = redis
         self.cache = cache
-        self.regions = regions if regions is not None else RegionStores(config.store, redis)
         self.clock = clock
+        self.watch = watch or FreshnessWatch(RegionStores(config.store, redis), FeedState(), clock=clock)
+        self.regions = self.watch.stores
+        """Every region's store: what its relays report, and (through ``watch``) how fresh its data is."""
+        self.live_links = live_links if live_links is not None else {}
+        """The newest sample of every link from the live feed (``LiveHub.links_now``)."""
 
     def routes(self) -> list[Route]:
         return [
@@ -134,10 +144,10 @@ class MapApi:
     async def _states(self) -> dict[str, dict[str, Any]]:
         """Each region's relay report, from its own store (read every second; a store that stopped answering
         keeps its last reports, which age into ``stale``)."""
+        await self.regions.ensure_polled()  # before the first poll of the background reader
         if not any(s.answered_at for s in self.regions.stores):
-            await self.regions.poll()  # before the first poll of the background reader
-            if not any(s.answered_at for s in self.regions.stores):
-                raise StreamUnavailable("; ".join(self.regions.problems()) or "no region store answers")
+            errors = "; ".join(dict.fromkeys(s.error for s in self.regions.stores if s.error))
+            raise StreamUnavailable(errors or "no region store answers")
         return self.regions.states(self.clock())
 
     async def _firing(self) -> list[dict[str, Any]] | None:
@@ -156,6 +166,13 @@ class MapApi:
 
     # ---- the map -------------------------------------------------------------------------------
 
+    async def _fresh(
+        self, sp: Span | None = None, regions: Any = (), links: Mapping[str, float] | None = None, extra: Any = ()
+    ) -> Assessment:
+        """How fresh every source is now, or, for a window in the past, as at its end."""
+        at = None if sp is None or sp.live else float(sp.end)
+        return await self.watch.assess(regions, links, at, extra)
+
     async def _topology(self, mq: p.MapQuery) -> dict[str, Any]:
         now = self.clock()
         sp = span(mq.window_s, mq.end_s, mq.live, now, per_topic=mq.filters.topic is not None)
@@ -168,10 +185,13 @@ class MapApi:
             ),
             self._badges() if mq.live else _none(),
         )
-        topology = views.shape_topology(
-            edges, regions, links, groups, sp, mq.filters, self.t, self.config.link_stale_s, now, alert_badges
-        )
-        return mark_topology(topology, self.regions.freshness(now))
+        newest: dict[str, float] = {}
+        for row in links:
+            newest[row[0]] = max(newest.get(row[0], 0.0), float(row[6]))
+        names = {r[0] for r in regions} | {e[0] for e in edges} | {e[1] for e in edges}
+        fresh = await self._fresh(sp, names, newest)
+        rows = views.MapRows(edges, regions, links, groups, dict(self.live_links))
+        return views.shape_topology(rows, sp, mq.filters, self.t, fresh, alert_badges)
 
     async def _topology_cached(self, mq: p.MapQuery) -> bytes:
         return await self._cached(("topology", mq), lambda: self._topology(mq))
@@ -202,7 +222,8 @@ class MapApi:
 
         async def compute() -> dict[str, Any]:
             sp, step = rollup_span(mq.window_s, mq.end_s, mq.live, mq.filters.topic is not None)
-            return views.shape_timeline(await self._rows(q.timeline_sql(self.db, sp, step, mq.filters)), sp, step)
+            out = views.shape_timeline(await self._rows(q.timeline_sql(self.db, sp, step, mq.filters)), sp, step)
+            return {**out, "freshness": (await self._fresh(sp)).to_json()}
 
         return json_response(await self._cached(("timeline", mq), compute))
 
@@ -228,20 +249,32 @@ class MapApi:
         def bind(sql: q.Sql) -> q.Sql:
             return sql[0], {**sql[1], **edge}
 
-        (series, topics, samples, refusals), states, history = await asyncio.gather(
+        (series, topics, samples, refusals), states, history, fresh = await asyncio.gather(
             self._answers(
                 bind(q.edge_series_sql(self.db, sp, f)),
                 bind(q.edge_topics_sql(self.db, tsp, f)),
                 bind(q.edge_samples_sql(self.db, tsp, f)),
                 bind(q.edge_refusals_sql(self.db, tsp, f)),
             ),
-            self._states(),
+            self._states_or_none(),
             self._history(src=src, dst=dst, limit=50),
+            self._fresh(sp, (src, dst)),
         )
         out = views.shape_edge(src, dst, series, topics, samples, refusals, sp, step, self.t)
-        out["why"] = rs.why(states, src, dst, [t["topic"] for t in out["topics"]])
+        out["why"] = rs.why(states or {}, src, dst, [t["topic"] for t in out["topics"]])
+        if states is None:
+            out["why"]["unavailable"] = "the relays' reports cannot be read now"
         out["alerts"] = history
+        out["freshness"] = fresh.to_json()
         return out
+
+    async def _states_or_none(self) -> dict[str, dict[str, Any]] | None:
+        """The relays' reports, or None when their store does not answer (the rest of an answer still holds)."""
+        try:
+            return await self._states()
+        except StreamUnavailable as exc:
+            log.warning("relay reports unavailable", extra={"error": str(exc)[:300]})
+            return None
 
     async def trace(self, request: Request) -> Response:
         trace_id = request.path_params["trace_id"].lower()
@@ -250,7 +283,7 @@ class MapApi:
         try:
             body = await self._cached(("trace", trace_id), lambda: self._trace(trace_id))
         except NotFound as exc:
-            return json_response(encode({"error": str(exc)}), 404)
+            return json_response(encode({"error": str(exc), "freshness": (await self._fresh()).to_json()}), 404)
         return json_response(body)
 
     async def _trace(self, trace_id: str) -> dict[str, Any]:
@@ -261,7 +294,8 @@ class MapApi:
         rows = await self.store.rows(sql, bound)
         if not rows:
             raise NotFound(f"no flow records for trace {trace_id}")
-        return views.shape_trace(trace_id, rows)
+        regions = {r[6] for r in rows} | {r[7] for r in rows}
+        return {**views.shape_trace(trace_id, rows), "freshness": (await self._fresh(None, regions)).to_json()}
 
     # ---- what the relays say -------------------------------------------------------------------
 
@@ -269,7 +303,8 @@ class MapApi:
         key = ("routes", p.live_end(self.clock(), self.config.cache_s))
 
         async def compute() -> dict[str, Any]:
-            return rs.routes_view(await self._states())
+            states, fresh = await asyncio.gather(self._states(), self._fresh())
+            return {**rs.routes_view(states), "freshness": fresh.to_json()}
 
         return json_response(await self._cached(key, compute))
 
@@ -284,7 +319,12 @@ class MapApi:
                 q.group_latest_sql(self.db, mq.end_s, mq.live, mq.window_s, mq.filters),
                 q.group_series_sql(self.db, sp, step, mq.filters),
             )
-            return views.shape_groups(latest, series, sp, step)
+            newest: dict[str, float] = {}
+            for row in latest:
+                newest[row[0]] = max(newest.get(row[0], 0.0), int(row[2]) / 1000)
+            extra = [Reading(GROUPS, region, ts) for region, ts in newest.items()]
+            fresh = await self._fresh(sp, newest, None, extra)
+            return {**views.shape_groups(latest, series, sp, step), "freshness": fresh.to_json()}
 
         return json_response(await self._cached(("groups", mq), compute))
 
@@ -303,7 +343,8 @@ class MapApi:
                 for region, topic, who, st, ref, n in rows
             ]
             out = rs.governance_view(states, rs.document_view(document), refusals)
-            return {"window": views.window_name(sp), "from": sp.start, "to": sp.end, **out}
+            fresh = (await self._fresh(sp)).to_json()
+            return {"window": views.window_name(sp), "from": sp.start, "to": sp.end, **out, "freshness": fresh}
 
         return json_response(await self._cached(("governance", mq), compute))
 
@@ -315,9 +356,13 @@ class MapApi:
         try:
             return json_response(await self._cached(key, lambda: self._search(text)))
         except NotFound as exc:
-            return json_response(encode({"error": str(exc), "q": text}), 404)
+            fresh = (await self._fresh()).to_json()
+            return json_response(encode({"error": str(exc), "q": text, "freshness": fresh}), 404)
 
     async def _search(self, text: str) -> dict[str, Any]:
+        return {**await self._find(text), "freshness": (await self._fresh()).to_json()}
+
+    async def _find(self, text: str) -> dict[str, Any]:
         now = self.clock()
         bound = {"q": text}
         if p.TRACE_ID.fullmatch(text.lower()):
@@ -345,10 +390,10 @@ class MapApi:
         key = ("alerts", p.live_end(self.clock(), self.config.cache_s))
 
         async def compute() -> dict[str, Any]:
-            current = await self._firing()
+            current, fresh = await asyncio.gather(self._firing(), self._fresh())
             if current is None:
-                return {"alerts": [], "available": False}
-            return {"alerts": current, "available": True, "badges": badges(current)}
+                return {"alerts": [], "available": False, "freshness": fresh.to_json()}
+            return {"alerts": current, "available": True, "badges": badges(current), "freshness": fresh.to_json()}
 
         return json_response(await self._cached(key, compute))
 
@@ -371,7 +416,8 @@ class MapApi:
 
         async def compute() -> dict[str, Any]:
             history = await self._history(**{k: v for k, v in where.items() if v is not None})
-            return {"history": history or [], "available": history is not None}
+            fresh = (await self._fresh()).to_json()
+            return {"history": history or [], "available": history is not None, "freshness": fresh}
 
         return json_response(await self._cached(key, compute))
 

@@ -8,10 +8,12 @@ GET  /api/session               who the caller is: name, roles, how they authent
 GET  /api/...                   the map's JSON API (:mod:`dashboard.api`): topology, diff, timeline,
                                 edges, traces, routes, groups, search, governance, alerts
 POST /api/sql[?format=csv]      read-only SQL over the flow history (sql role)
-WS   /ws/live                   live per-second edge statistics and link states
+WS   /ws/live                   live per-second edge statistics, link states, and a heartbeat every second
+                                with the freshness of every region
 GET  /metrics                   Prometheus text or OpenMetrics (any principal's bearer token): the
-                                dashboard's own series and those of a collector in its process
-GET  /healthz                   public: ok or degraded (503), with why
+                                dashboard's own series and those of the collectors in its process
+GET  /healthz                   public: ok or degraded (503), with why: a stale or unknown source of what
+                                the map shows is a reason (``meshcore.freshness``)
 
 Every request passes :class:`dashboard.auth.Gate` first (host, origin, caller, role).
 """
@@ -44,7 +46,6 @@ from dashboard.config import DashboardConfig
 from dashboard.csvexport import spreadsheet_csv
 from dashboard.live import LiveHub
 from dashboard.params import BadRequest
-from dashboard.regionstores import RegionStores
 from dashboard.sqlguard import SqlRefused
 from dashboard.sqlrun import run_user_sql
 from dashboard.store import FlowStore
@@ -77,12 +78,10 @@ def build_app(
     lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]] | None = None,
     cache: ResponseCache[bytes] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
-    regions: RegionStores | None = None,
     metrics: Callable[[bool], str] | None = None,
 ) -> Starlette:
     cache = cache if cache is not None else ResponseCache(config.cache_s)
-    regions = regions if regions is not None else RegionStores(config.store, redis)
-    api = MapApi(config, store, redis, cache, regions)
+    api = MapApi(config, store, redis, cache, watch=hub.watch, live_links=hub.links_now)
 
     async def index(request: Request) -> Response:
         return FileResponse(os.path.join(STATIC_DIR, "index.html"), headers={"cache-control": "no-cache"})
@@ -161,6 +160,8 @@ def build_app(
 
     async def healthz(request: Request) -> Response:
         state: dict[str, Any] = health() if health is not None else {"status": "ok", "reasons": hub.problems()}
+        fresh = await hub.watch.current(1.0)
+        state["reasons"] = [*state["reasons"], *(r for r in fresh.problems() if r not in state["reasons"])]
         if state["reasons"]:
             state["status"] = "degraded"
         state["anonymous_allowed"] = auth.allow_anonymous

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from collector.config import CollectorConfig
-from dashboard.health import Thresholds
 from dashboard.origin import default_hosts, host_pattern
 from dashboard.session import MIN_SECRET_BYTES, SESSION_TTL_S
 from meshcore import settings as s
+from meshcore.freshness import Thresholds
 from meshcore.tls import TlsFiles
 
 MESHSCOPE_DASHBOARD_HOST = "MESHSCOPE_DASHBOARD_HOST"
@@ -24,13 +24,13 @@ MESHSCOPE_DASHBOARD_HOST = "MESHSCOPE_DASHBOARD_HOST"
 MESHSCOPE_DASHBOARD_PORT = "MESHSCOPE_DASHBOARD_PORT"
 """Port of the dashboard (default 8080)."""
 MESHSCOPE_HEALTH_ERROR_AMBER_PCT = "MESHSCOPE_HEALTH_ERROR_AMBER_PCT"
-"""Error % at which an edge turns amber (default 1)."""
+"""Share of an edge's events lost (in %) at which it is degraded (default 1); refusals do not count."""
 MESHSCOPE_HEALTH_ERROR_RED_PCT = "MESHSCOPE_HEALTH_ERROR_RED_PCT"
-"""Error % at which an edge turns red (default 5)."""
+"""Share of an edge's events lost (in %) at which it is failing (default 5)."""
 MESHSCOPE_HEALTH_LAG_AMBER_MS = "MESHSCOPE_HEALTH_LAG_AMBER_MS"
-"""p99 end-to-end lag at which an edge turns amber (default 500 ms)."""
+"""p99 end-to-end lag at which an edge is degraded (default 1000 ms)."""
 MESHSCOPE_HEALTH_LAG_RED_MS = "MESHSCOPE_HEALTH_LAG_RED_MS"
-"""p99 end-to-end lag at which an edge turns red (default 2000 ms)."""
+"""p99 end-to-end lag at which an edge is failing (default 3000 ms)."""
 MESHSCOPE_SQL_MAX_EXECUTION_S = "MESHSCOPE_SQL_MAX_EXECUTION_S"
 """Longest a query of /api/sql may run (default 10 s); each of its two checks runs under the same limit."""
 MESHSCOPE_SQL_MAX_ROWS = "MESHSCOPE_SQL_MAX_ROWS"
@@ -51,8 +51,6 @@ MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMENTS = "MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMEN
 """Most syntax-tree nodes after aliases and * are expanded (default 50000)."""
 MESHSCOPE_BODY_TIMEOUT_S = "MESHSCOPE_BODY_TIMEOUT_S"
 """Seconds a request body (SQL, the sign-in form) may take to arrive (default 10; 408 after)."""
-MESHSCOPE_LINK_STALE_S = "MESHSCOPE_LINK_STALE_S"
-"""A link with no sample for this long is shown as down (its relay stopped reporting)."""
 MESHSCOPE_DASHBOARD_CACHE_S = "MESHSCOPE_DASHBOARD_CACHE_S"
 """Seconds one computation of a map answer serves every viewer asking the same (default 2; 0: no cache)."""
 MESHSCOPE_AUTH_FILE = "MESHSCOPE_AUTH_FILE"
@@ -80,7 +78,6 @@ class DashboardConfig:
     sql_max_ast_depth: int = 256
     sql_max_ast_elements: int = 10_000
     sql_max_expanded_ast_elements: int = 50_000
-    link_stale_s: float = 10.0
     body_timeout_s: float = 10.0
     cache_s: float = 2.0
     auth_file: str | None = None
@@ -116,10 +113,10 @@ class DashboardConfig:
             host=s.get_str(env, MESHSCOPE_DASHBOARD_HOST, d["host"]),
             port=s.get_int(env, MESHSCOPE_DASHBOARD_PORT, d["port"]),
             thresholds=Thresholds(
-                s.get_float(env, MESHSCOPE_HEALTH_ERROR_AMBER_PCT, t.error_amber_pct),
-                s.get_float(env, MESHSCOPE_HEALTH_ERROR_RED_PCT, t.error_red_pct),
-                s.get_float(env, MESHSCOPE_HEALTH_LAG_AMBER_MS, t.lag_amber_ms),
-                s.get_float(env, MESHSCOPE_HEALTH_LAG_RED_MS, t.lag_red_ms),
+                s.get_float(env, MESHSCOPE_HEALTH_ERROR_AMBER_PCT, t.loss_degraded_pct),
+                s.get_float(env, MESHSCOPE_HEALTH_ERROR_RED_PCT, t.loss_failing_pct),
+                s.get_float(env, MESHSCOPE_HEALTH_LAG_AMBER_MS, t.lag_degraded_ms),
+                s.get_float(env, MESHSCOPE_HEALTH_LAG_RED_MS, t.lag_failing_ms),
             ),
             sql_max_execution_s=s.get_float(env, MESHSCOPE_SQL_MAX_EXECUTION_S, d["sql_max_execution_s"], 0.1),
             sql_max_rows=s.get_int(env, MESHSCOPE_SQL_MAX_ROWS, d["sql_max_rows"], 1),
@@ -132,7 +129,6 @@ class DashboardConfig:
             sql_max_expanded_ast_elements=s.get_int(
                 env, MESHSCOPE_SQL_MAX_EXPANDED_AST_ELEMENTS, d["sql_max_expanded_ast_elements"], 16
             ),
-            link_stale_s=s.get_float(env, MESHSCOPE_LINK_STALE_S, d["link_stale_s"], 1.0),
             body_timeout_s=s.get_float(env, MESHSCOPE_BODY_TIMEOUT_S, d["body_timeout_s"], 0.01),
             cache_s=s.get_float(env, MESHSCOPE_DASHBOARD_CACHE_S, d["cache_s"], 0.0),
             auth_file=env.get(MESHSCOPE_AUTH_FILE) or None,

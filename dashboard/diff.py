@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dashboard.health import Thresholds
+from meshcore.freshness import Thresholds
 
 NEW, GONE, ERRORS_UP, ERRORS_DOWN, LAG_UP, LAG_DOWN, SAME = (
     "new",
@@ -33,7 +33,7 @@ NEW, GONE, ERRORS_UP, ERRORS_DOWN, LAG_UP, LAG_DOWN, SAME = (
 CHANGES = (NEW, GONE, ERRORS_UP, ERRORS_DOWN, LAG_UP, LAG_DOWN, SAME)
 MIN_ERROR_PP = 0.1
 MIN_LAG_MS = 1.0
-_KEEP = ("events", "events_per_s", "errors", "error_pct", "e2e_p99", "lost", "health")
+_KEEP = ("events", "events_per_s", "errors", "error_pct", "e2e_p99", "lost", "state")
 
 
 def _level(value: float, amber: float, red: float) -> int:
@@ -67,13 +67,15 @@ def classify(
         return GONE
     errors = _direction(
         float(before["error_pct"]), float(now["error_pct"]), threshold_pct, MIN_ERROR_PP,
-        t.error_amber_pct, t.error_red_pct,
+        t.loss_degraded_pct, t.loss_failing_pct,
     )  # fmt: skip
     if errors:
         return ERRORS_UP if errors > 0 else ERRORS_DOWN
     lag_before, lag_now = before.get("e2e_p99"), now.get("e2e_p99")
     if lag_before is not None and lag_now is not None:
-        lag = _direction(float(lag_before), float(lag_now), threshold_pct, MIN_LAG_MS, t.lag_amber_ms, t.lag_red_ms)
+        lag = _direction(
+            float(lag_before), float(lag_now), threshold_pct, MIN_LAG_MS, t.lag_degraded_ms, t.lag_failing_ms
+        )
         if lag:
             return LAG_UP if lag > 0 else LAG_DOWN
     return SAME

@@ -1,11 +1,14 @@
 """The messages of ``/ws/live``, shaped once for every browser, with no I/O.
 
-Two sources: the collectors' per-second edge statistics (pub/sub ``meshscope:live``),
-forwarded as they are with ``"type": "edges"`` added, and the relays' link samples
-(pub/sub ``meshscope:links``, every link-stats interval per relay), forwarded as
-``"type": "links"`` messages: at once when a link's state, security, route or governance
-changes, otherwise every few seconds (RTTs), so a thousand browsers are not sent the same
-picture every second by every relay.
+Three kinds. The collectors' per-second edge statistics (pub/sub ``meshscope:live``),
+forwarded as they are with ``"type": "edges"`` added: each says how old its figures are
+(``as_of``, ``late``) and where the collector stands in each stream (``lag``). The relays'
+link samples (pub/sub ``meshscope:links``, every link-stats interval per relay), forwarded
+as ``"type": "links"`` messages with each link's view state (``meshcore.freshness``): at once
+when a link's state, security, route or governance changes, otherwise every few seconds
+(RTTs), so a thousand browsers are not sent the same picture every second by every relay.
+And the hub's own ``"type": "heartbeat"`` every second: the state of its sources and the
+freshness of every region, so a page knows when the feed is silent and why.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+from meshcore.freshness import DOWN, FAILING, LINKS, Reading, clock_refusal, judge, link_view
 
 LINKS_CHANNEL = "meshscope:links"
 LINK_REFRESH_S = 5.0
@@ -46,9 +51,33 @@ def edges_message(raw: bytes) -> dict[str, Any] | None:
     return None if data is None else {"type": "edges", **data}
 
 
-def links_message(raw: bytes) -> dict[str, Any] | None:
+def link_shape(
+    src: str, dst: str, reported: str, sample_s: float | None, now_s: float, clock: tuple[float, float] = (0.0, 0.0)
+) -> dict[str, Any]:
+    """The view of one link from its latest sample: ``state`` (``meshcore.freshness.STATES``), ``cause``,
+    ``reported`` (what the relay said) and ``edge_state``, what the edge along it must be shown as
+    at least (failing while the link is down or refused, else None). ``clock``: (peer's clock minus
+    the relay's in ms, skew the peer accepts in s)."""
+    fresh = judge(Reading(LINKS, src, sample_s), now_s)
+    offset_ms, accepted_s = clock
+    verdict = link_view(reported, fresh, clock_refusal(offset_ms if accepted_s else None, accepted_s, dst))
+    return {
+        "src": src,
+        "dst": dst,
+        "state": verdict.state,
+        "cause": verdict.cause,
+        "reported_state": reported,
+        "edge_state": FAILING if verdict.state in (DOWN, FAILING) else None,
+        "last_sample": sample_s,
+        "clock_offset_ms": round(offset_ms, 1),
+        "peer_skew_s": accepted_s,
+    }
+
+
+def links_message(raw: bytes, now_s: float) -> dict[str, Any] | None:
     """A relay's link samples (``{"region", "links": [[ts, relay, src, dst, state, rtt_ms, queue_depth,
-    reconnects, security, via, peer_gov, gov], ...]}``) as the browser's ``links`` message; None if malformed."""
+    reconnects, security, via, peer_gov, gov, clock_offset_ms, peer_skew_s], ...]}``, the last two or
+    six optional) as the browser's ``links`` message; None if malformed."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -57,23 +86,26 @@ def links_message(raw: bytes) -> dict[str, Any] | None:
         return None
     links = []
     for s in data["links"][:MAX_LINKS]:
-        if not isinstance(s, list) or len(s) not in (8, 12):
+        if not isinstance(s, list) or len(s) not in (8, 12, 14):
             continue
-        security, via, peer_gov, gov = (text_of(v) for v in s[8:12]) if len(s) == 12 else ("", "", "", "")
-        state = text_of(s[4], 16)
-        links.append(
+        security, via, peer_gov, gov = (text_of(v) for v in s[8:12]) if len(s) >= 12 else ("", "", "", "")
+        offset, skew = (number_of(v) or 0.0 for v in s[12:14]) if len(s) == 14 else (0.0, 0.0)
+        ts = number_of(s[0])
+        reported = text_of(s[4], 16)
+        link = link_shape(text_of(s[2]), text_of(s[3]), reported, ts / 1e6 if ts else None, now_s, (offset, skew))
+        link.update(
             {
-                "src": text_of(s[2]),
-                "dst": text_of(s[3]),
-                "state": state,
                 "rtt_ms": number_of(s[5]),
                 "queue_depth": int(number_of(s[6]) or 0),
                 "reconnects": int(number_of(s[7]) or 0),
                 "security": security,
                 "via": via,
-                "governance_mismatch": bool(state == "up" and peer_gov and gov and peer_gov != gov),
+                "gov": peer_gov,
+                "local_gov": gov,
+                "governance_mismatch": bool(reported == "up" and peer_gov and gov and peer_gov != gov),
             }
         )
+        links.append(link)
     return {"type": "links", "region": text_of(data.get("region")), "links": links}
 
 
@@ -88,7 +120,7 @@ class LinkChanges:
     def forward(self, message: Mapping[str, Any], now_s: float) -> bool:
         region = message["region"]
         shape = tuple(
-            (x["src"], x["dst"], x["state"], x["security"], x["via"], x["governance_mismatch"])
+            (x["src"], x["dst"], x["state"], x["cause"], x["security"], x["via"], x["governance_mismatch"])
             for x in message["links"]
         )
         last = self._last.get(region)

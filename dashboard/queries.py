@@ -102,12 +102,13 @@ def regions_sql(db: str) -> str:
 
 
 def links_sql(db: str, end_s: int, live: bool) -> str:
-    """The newest sample of every link (src, dst) at ``end_s``: state, how it is secured, detour, governance."""
+    """The newest sample of every link (src, dst) at ``end_s``: state, how it is secured, detour, governance, clock."""
     stop = None if live else end_s
     return (
         f"SELECT src_region, dst_region, argMax(state, ts), argMax(rtt_ms, ts), argMax(queue_depth, ts), "
-        f"argMax(reconnects, ts), toUnixTimestamp(max(ts)), argMax(security, ts), argMax(via, ts), "
-        f"argMax(peer_gov, ts), argMax(gov, ts) FROM `{db}`.`links` "
+        f"argMax(reconnects, ts), toUnixTimestamp64Milli(max(ts)) / 1000, argMax(security, ts), argMax(via, ts), "
+        f"argMax(peer_gov, ts), argMax(gov, ts), argMax(clock_offset_ms, ts), argMax(peer_skew_s, ts) "
+        f"FROM `{db}`.`links` "
         f"WHERE {range_filter(end_s - LINK_LOOKBACK_S, stop, 'ts')} "
         f"GROUP BY src_region, dst_region ORDER BY src_region, dst_region"
     )
@@ -130,7 +131,7 @@ def group_latest_sql(db: str, end_s: int, live: bool, lookback_s: int, f: Filter
     stop = None if live else end_s
     return (
         f"SELECT region, `group`, toUnixTimestamp64Milli(ts), acked, pending + lag, oldest_age_s, consumers, "
-        f"owner, patterns, pending, lag FROM `{db}`.`group_lag` "
+        f"owner, patterns, pending, lag, probe FROM `{db}`.`group_lag` "
         f"WHERE {range_filter(end_s - lookback_s, stop, 'ts')}{where} "
         f"ORDER BY region, `group`, ts DESC LIMIT {GROUP_STATUS_SAMPLES} BY region, `group`",
         params,

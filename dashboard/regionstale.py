@@ -1,98 +1,72 @@
-"""Whether the dashboard can vouch for each region's data, from what the region's own store says; no I/O.
+"""What one region's store says about the regions it holds, as readings for ``meshcore.freshness``; no I/O.
 
 Each region's store is read every second (``dashboard.regionstores``): its relays'
-reports (each with the time it was written) and its flow stream's position (the
-write time of the oldest record no collector has put into ClickHouse yet). A
-region's picture is complete up to ``heard_at``: the oldest of the last answer of
-its store, its newest relay report and the oldest record still waiting. When
-that is more than ``STALE_AFTER_S`` ago the region is stale, with every cause
-named (its store does not answer, its relays stopped reporting, its telemetry
-is held back on the way to ClickHouse, no collector reads it), and the map
-draws it and its edges grey, "no data for N s": never green, never "0 events".
-A region no store speaks for is unknown (None), which is not the same as fresh.
+reports (each with the time it was written) and its collector's positions
+(``collector.position``: the age of the oldest record of each stream not yet in
+ClickHouse, measured on Valkey's clock). Those become, per region the store speaks
+for, a reading of its flow history (``FLOWS``: complete up to the oldest record
+still waiting; "collector lag", or "collector silent for N s" once the collector
+stops reporting, or unknown when no collector reports at all) and of its relays'
+reports (``RELAY``: "no report from its relays"), and a ``StoreCheck`` naming the
+store when it does not answer. ``meshcore.freshness`` judges them against its one
+table of limits: a region whose figures cannot be vouched for is stale, drawn grey
+with its edges, "no data for N s", with every cause named.
+
+A store configured for regions (``MESHSCOPE_REGION_STORES``) speaks for those only: a
+relay report or a position in region Y's store claiming region X is ignored. The one
+store of a deployment without region stores speaks for every region that reports in
+it (``ALL``). A store that stops answering keeps its last readings, which age.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-STALE_AFTER_S = 5.0
-"""Relays report every 2 s and collectors insert every second: 5 s of silence is a region gone quiet."""
+from meshcore.freshness import ALL, RELAY, LagReport, Reading, StoreCheck, flows_reading
+
+NO_RELAY_REPORT = "no report from its relays"
+FORGET_S = 3600.0
+"""A relay whose last report is older than this is gone (a region taken out), not stale."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StoreReading:
-    """What the reads of one region's store found."""
+    """What the reads of one store found (the last answer, kept while it does not answer)."""
 
-    answered_at: float
-    """When the store last answered (0: never)."""
-    error: str
-    """Why the last read failed ("" when it answered)."""
-    relay_ts: float | None
-    """The newest report of the region's relays (s), None when none."""
-    waiting_since: float | None
-    """Write time (s) of the oldest flow record not yet in ClickHouse, None when none waits."""
-    collected: bool
-    """Whether a collector group reads the store's flow stream."""
+    regions: tuple[str, ...]
+    """The regions it speaks for; empty: every region that reports in it (one store for all)."""
+    error: str = ""
+    """Why the last read failed ('' when it answered)."""
+    relays: Mapping[str, float] = field(default_factory=dict)
+    """Region -> when its newest relay report was written (Unix seconds)."""
+    reports: Sequence[LagReport] = ()
+    """The collectors' positions in the store's streams, on the reader's clock."""
 
+    @property
+    def name(self) -> str:
+        return f"Valkey of {', '.join(self.regions)}" if self.regions else "Valkey"
 
-def freshness(reading: StoreReading, now: float, stale_after_s: float = STALE_AFTER_S) -> dict[str, Any]:
-    """``{"stale", "heard_at", "no_data_s", "telemetry_lag_s", "cause"}`` of a region, as of ``now``."""
-    if not reading.answered_at:
-        return {
-            "stale": True,
-            "heard_at": None,
-            "no_data_s": None,
-            "telemetry_lag_s": None,
-            "cause": f"its store has not answered yet{': ' + reading.error if reading.error else ''}",
-        }
-    complete = reading.answered_at if reading.waiting_since is None else min(reading.answered_at, reading.waiting_since)
-    heard_at = complete if reading.relay_ts is None else min(complete, reading.relay_ts)
-    causes = []
-    if reading.error:
-        causes.append(f"its store does not answer ({reading.error[:200]})")
-    if reading.relay_ts is None:
-        causes.append("none of its relays reports")
-    elif now - reading.relay_ts > stale_after_s:
-        causes.append(f"no report from its relays for {now - reading.relay_ts:.0f} s")
-    if not reading.collected:
-        causes.append("no collector reads its flow records")
-    elif now - complete > stale_after_s and not reading.error:
-        causes.append(f"its flow records are {now - complete:.0f} s behind on the way to ClickHouse")
-    stale = bool(causes) or now - heard_at > stale_after_s
-    if stale and not causes:
-        causes.append(f"nothing heard for {now - heard_at:.0f} s")
-    return {
-        "stale": stale,
-        "heard_at": round(heard_at, 3),
-        "no_data_s": round(max(0.0, now - heard_at), 1) if stale else 0.0,
-        "telemetry_lag_s": round(max(0.0, reading.answered_at - complete), 3),
-        "cause": "; ".join(causes),
-    }
+    def speaks_for(self, region: str) -> bool:
+        return not self.regions or region in self.regions
 
 
-def mark_topology(topology: dict[str, Any], fresh: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The map with each region's freshness (None: no store speaks for it) and ``stale`` on its edges.
+def readings(store: StoreReading, now_s: float, seen_from: str = "the dashboard") -> tuple[list[Reading], StoreCheck]:
+    """The flow history and relay readings of every region ``store`` speaks for, and whether it answered.
 
-    A region is marked stale in a window only when the window reaches past the time it was last
-    heard from: a window that ended before that is complete.
+    A relay whose last report is older than ``FORGET_S`` is gone (its region taken out of the
+    mesh), not stale: a store that speaks for every region no longer speaks for it.
     """
-    end = float(topology.get("to") or 0)
-    stale: set[str] = set()
-    for region in topology["regions"]:
-        f = fresh.get(region["id"])
-        region["freshness"] = dict(f) if f is not None else None
-        heard_at = f.get("heard_at") if f is not None else None
-        region["stale"] = bool(f is not None and f["stale"] and (heard_at is None or end > heard_at))
-        if region["stale"]:
-            stale.add(region["id"])
-    for edge in topology["edges"]:
-        edge["stale"] = edge["src"] in stale or edge["dst"] in stale
-    return topology
-
-
-def regions_message(fresh: Mapping[str, Mapping[str, Any]], now: float) -> dict[str, Any]:
-    """The live feed's ``regions`` message: every region's freshness, each second."""
-    return {"type": "regions", "ts": round(now, 3), "regions": [{"id": r, **f} for r, f in sorted(fresh.items())]}
+    relays = {r: ts for r, ts in store.relays.items() if store.speaks_for(r)}
+    if not store.regions:
+        relays = {r: ts for r, ts in relays.items() if now_s - ts < FORGET_S}
+    named = set(relays) | {x for r in store.reports for x in r.regions if x != ALL}
+    regions = store.regions or tuple(sorted(named))
+    out: list[Reading] = []
+    if not store.regions:
+        out.append(flows_reading(store.reports, ALL, now_s))  # what holds for a region nobody named yet
+    for region in regions:
+        out.append(flows_reading(store.reports, region, now_s))
+        out.append(Reading(RELAY, region, relays.get(region), NO_RELAY_REPORT))
+    check = StoreCheck(store.regions or (ALL,), store.error, seen_from, store.name)
+    return out, check

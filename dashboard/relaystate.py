@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dashboard.livemessage import json_object, number_of, text_of
+from meshcore.freshness import LIMITS, RELAY
 from meshcore.topic import matches
 
 STATE_KEY = "meshscope:relaystate"
 GOVERNANCE_KEY = "meshscope:governance:current"
-STALE_S = 10.0
-"""A relay whose state is older than this is flagged ``stale`` (it writes every 2 s)."""
+STALE_S = LIMITS[RELAY].stale_s
+"""A relay whose state is older than this is flagged ``stale`` (it writes every 2 s): the freshness table's."""
 MAX_ITEMS = 1000
 
 
@@ -91,6 +92,7 @@ def parse_state(region: str, raw: bytes | str, now_s: float) -> dict[str, Any] |
                 "owner": text_of(g.get("owner")),
                 "patterns": _texts(g.get("patterns")),
                 "members": int(number_of(g.get("members")) or 0),
+                "probe": g.get("probe") is True,
             }
             for g in _dicts(data.get("groups"))
         ],

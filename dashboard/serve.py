@@ -81,17 +81,15 @@ class DashboardRuntime:
         ssl_context = server_context(config.tls) if config.tls is not None else None
         self.redis = redis_client(config.store.redis_url, client_name("dashboard"))
         self.regions = RegionStores(config.store, self.redis)
-        """Every region's store: relay reports, freshness, and the live feed's sources."""
+        """Every region's store: relay reports, freshness, and the live feed's sources (read by the hub)."""
         self.collectors: list[Collector] = []
         self.supervisor = Supervisor()
-        """Runs the in-process collectors and the region stores' reader: a crash is logged, counted and
-        restarted, and /healthz says so."""
+        """Runs the in-process collectors: a crash is logged, counted and restarted, and /healthz says so."""
         admin = make_client(config.store.clickhouse_url)
         migrate(admin, config.store.schema)
         self.admin: Client = admin
         self.store = FlowStore(make_client(config.store.clickhouse_url, database=config.store.database))
-        self.hub = LiveHub(self.regions.clients, config.store.live_channel)
-        self.regions.on_poll = self.hub.broadcast
+        self.hub = LiveHub(self.regions, config.store.live_channel)
         self.cache: ResponseCache[bytes] = ResponseCache(config.cache_s)
         """Map answers, one computation per question per ``cache_s`` for every viewer."""
         self.metrics = Registry(process=True)
@@ -107,7 +105,6 @@ class DashboardRuntime:
                 (self._start, self._stop),
                 self.cache,
                 self.health,
-                self.regions,
                 self.render_metrics,
             ),
             config.host,
@@ -146,7 +143,6 @@ class DashboardRuntime:
         return m.render(openmetrics)
 
     async def _start(self) -> None:
-        self.supervisor.spawn("region-stores", self.regions.run)
         if self.with_collector:
             for i, config in enumerate(self.config.store.for_each_region()):
                 client = self.redis
@@ -186,8 +182,9 @@ class DashboardRuntime:
         await self.supervisor.stop()
 
     def health(self) -> dict[str, Any]:
-        """ok, or degraded with why: the live feed, the region stores, the in-process collectors, their supervision."""
-        reasons = self.supervisor.problems() + self.hub.problems() + self.regions.problems()
+        """ok, or degraded with why: the live feed and the stores' reader, the in-process collectors, their
+        supervision (``/healthz`` adds every source of the map that is stale or unknown, stores among them)."""
+        reasons = self.supervisor.problems() + self.hub.problems()
         out: dict[str, Any] = {}
         for collector in self.collectors:
             health = collector.health()

@@ -7,21 +7,41 @@ deliveries, a link that was down), ``via`` its forwards whose next hop was anoth
 region than its destination (a detour), ``denied`` and ``rejected`` its policy and
 schema refusals. A group's status is ``collector.grouplag``'s verdict on its latest
 samples.
+
+Edges and links carry a ``state`` and its ``cause``, decided by ``meshcore.freshness``
+from their figures, their link and how fresh what they are read from is: an edge's
+``traffic`` is what its figures alone say. A region whose own figures cannot be vouched
+for (``Assessment.region``) is ``stale``, with its ``freshness`` (since when, why), and so
+is every edge that touches it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from collector.alerts import error_pct
 from collector.grouplag import LagSample, rates, status
 from collector.histogram import quantile
-from dashboard.health import Thresholds, error_pct, health
+from dashboard.livemessage import link_shape
 from dashboard.params import TIMELINE_WINDOWS, Filters
 from dashboard.queries import TRACE_COLUMNS
 from dashboard.timerange import Span
 from meshcore.flowrecord import POLICY_DENIED, SCHEMA_REJECTED
+from meshcore.freshness import (
+    FAILING,
+    FLOWS,
+    STATES,
+    UNKNOWN,
+    Assessment,
+    Thresholds,
+    Verdict,
+    edge_view,
+    loss_pct,
+    traffic_view,
+    worst,
+)
 
 Row = Sequence[Any]
 
@@ -47,7 +67,8 @@ def edge_stats(row: Row, seconds: int, t: Thresholds) -> dict[str, Any]:
         "hop_p99": _round(quantile(hop_hist, 0.99)),
         "e2e_p50": _round(quantile(e2e_hist, 0.5)),
         "e2e_p99": _round(e2e_p99),
-        "health": health(int(entered), int(errors), e2e_p99, t),
+        "traffic": traffic_view(int(entered), int(lost), e2e_p99, t),
+        "loss_pct": round(loss_pct(int(entered), int(lost)), 3),
         "lost": int(lost),
         "via": {str(k): int(v) for k, v in sorted(via.items())},
         "denied": statuses.get(POLICY_DENIED, 0),
@@ -104,6 +125,7 @@ def shape_groups(latest_rows: Sequence[Row], series_rows: Sequence[Row], sp: Spa
                 "backlog": last.backlog,
                 "pending": int(row[9]),
                 "lag": int(row[10]),
+                "probe": bool(row[11]) if len(row) > 11 else False,
                 "oldest_age_s": round(last.oldest_age_s, 3),
                 "consumers": last.consumers,
                 "arrival_per_s": round(arrival, 3),
@@ -130,48 +152,78 @@ def _region(rid: str) -> dict[str, Any]:
     }
 
 
-def _link(row: Row, reference_s: float, stale_after_s: float) -> dict[str, Any]:
-    src, dst, state, rtt_ms, depth, reconnects, last, security, via, peer_gov, gov = row
-    stale = reference_s - last > stale_after_s
-    shown = "down" if stale and state == "up" else state
-    return {
-        "src": src,
-        "dst": dst,
-        "state": shown,
-        "reported_state": state,
-        "stale": stale,
-        "rtt_ms": round(float(rtt_ms), 3),
-        "queue_depth": int(depth),
-        "reconnects": int(reconnects),
-        "last_sample": last,
-        "security": security,
-        "via": via,
-        "gov": peer_gov,
-        "local_gov": gov,
-        "governance_mismatch": bool(shown == "up" and peer_gov and gov and peer_gov != gov),
-    }
+@dataclass(frozen=True)
+class MapRows:
+    """What a map answer is made of: the rows of its queries, and the links the live feed holds now."""
+
+    edges: Sequence[Row]
+    regions: Sequence[Row]
+    links: Sequence[Row]
+    groups: Sequence[Row]
+    live_links: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+
+
+def _link(row: Row, reference_s: float) -> dict[str, Any]:
+    src, dst, state, rtt_ms, depth, reconnects, last, security, via, peer_gov, gov, offset, skew = row
+    out = link_shape(src, dst, state, float(last), reference_s, (float(offset), float(skew)))
+    out.update(
+        {
+            "rtt_ms": round(float(rtt_ms), 3),
+            "queue_depth": int(depth),
+            "reconnects": int(reconnects),
+            "security": security,
+            "via": via,
+            "gov": peer_gov,
+            "local_gov": gov,
+            "governance_mismatch": bool(state == "up" and peer_gov and gov and peer_gov != gov),
+        }
+    )
+    return out
+
+
+def _judged_again(link: Mapping[str, Any], reference_s: float) -> dict[str, Any]:
+    """A link from the live feed judged again at ``reference_s``: its sample may have aged since it came."""
+    sample = link.get("last_sample")
+    clock = (float(link.get("clock_offset_ms") or 0.0), float(link.get("peer_skew_s") or 0.0))
+    when = float(sample) if isinstance(sample, int | float) else None
+    return {**link, **link_shape(str(link["src"]), str(link["dst"]), str(link["reported_state"]), when,
+                                 reference_s, clock)}  # fmt: skip
+
+
+def _links(rows: MapRows, reference_s: float, live: bool, fresh: Assessment) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every link at ``reference_s``: the history's newest sample, or the live feed's when it is newer;
+    a link whose region's reports cannot be read (its store) is unknown with that cause."""
+    out = {(r[0], r[1]): _link(r, reference_s) for r in rows.links}
+    if live:
+        for key, link in rows.live_links.items():
+            known = out.get(key)
+            if known is None or (link.get("last_sample") or 0) > (known.get("last_sample") or 0):
+                out[key] = _judged_again(link, reference_s)
+    for (src, _), link in out.items():
+        cause = fresh.unreachable(src)
+        if cause:
+            link.update({"state": UNKNOWN, "cause": cause, "edge_state": None})
+    return out
 
 
 def shape_topology(
-    edge_rows: Sequence[Row],
-    region_rows: Sequence[Row],
-    link_rows: Sequence[Row],
-    group_rows: Sequence[Row],
+    rows: MapRows,
     sp: Span,
     filters: Filters,
     t: Thresholds,
-    link_stale_s: float,
-    now_s: float,
+    fresh: Assessment,
     badges: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The map: regions (own traffic, alerts, groups), edges between them, and mesh links.
+    """The map: regions (own traffic, alerts, groups), edges between them, mesh links, and how fresh it all is.
 
-    ``badges`` is ``collector.alerts.badges`` of the alerts firing now (None for a past window).
+    ``badges`` is ``collector.alerts.badges`` of the alerts firing now (None for a past window);
+    ``fresh`` judges the sources as at the window's end. An edge whose link is down or refused is
+    failing, with what is held for its destination, even when the window has no traffic on it.
     """
     edge_alerts = {(b["src"], b["dst"]): int(b["count"]) for b in (badges or {}).get("edges", [])}
     region_alerts = {b["region"]: int(b["count"]) for b in (badges or {}).get("regions", [])}
     known: dict[str, dict[str, Any]] = {}
-    for rid, provider, lat, lon, city, first_seen, last_seen in region_rows:
+    for rid, provider, lat, lon, city, first_seen, last_seen in rows.regions:
         known[rid] = {
             "id": rid,
             "provider": provider,
@@ -181,9 +233,11 @@ def shape_topology(
             "first_seen": first_seen,
             "last_seen": last_seen,
         }
+    reference = fresh.checked_at
+    links = {k: v for k, v in _links(rows, reference, sp.live, fresh).items() if filters.keeps_edge(*k)}
     own: dict[str, dict[str, Any]] = {}
-    edges = []
-    for row in sorted(edge_rows, key=lambda r: (r[0], r[1])):
+    stats_of: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in sorted(rows.edges, key=lambda r: (r[0], r[1])):
         src, dst = row[0], row[1]
         if not filters.keeps_edge(src, dst):
             continue
@@ -191,14 +245,39 @@ def shape_topology(
         if src == dst:
             own[src] = stats
         else:
-            edges.append({"src": src, "dst": dst, **stats, "alerts": edge_alerts.get((src, dst), 0)})
+            stats_of[(src, dst)] = stats
+    for key, shaped in links.items():  # a link down with events waiting is an edge, traffic or not
+        if key not in stats_of and shaped["edge_state"] == FAILING and shaped["queue_depth"] > 0:
+            stats_of[key] = edge_stats([0, 0, 0, {}, 0, {}, {}, 0, {}], sp.seconds, t)
+    edges = []
+    for (src, dst), stats in sorted(stats_of.items()):
+        link = links.get((src, dst))
+        verdict = edge_view(
+            stats["traffic"],
+            Verdict(link["state"], link["cause"]) if link else None,
+            worst(fresh.vouch(src) + fresh.vouch(dst)) or fresh.of(src, FLOWS),
+            int(link["queue_depth"]) if link else 0,
+        )
+        edges.append(
+            {
+                "src": src,
+                "dst": dst,
+                **stats,
+                "state": verdict.state,
+                "cause": verdict.cause,
+                "held": int(link["queue_depth"]) if link else 0,
+                "alerts": edge_alerts.get((src, dst), 0),
+                "stale": fresh.region(src).stale or fresh.region(dst).stale,
+            }
+        )
     shown = {r for r in known if filters.keeps_region(r)} | set(own)
     shown |= {e["src"] for e in edges} | {e["dst"] for e in edges}
-    groups = group_brief(group_rows)
+    groups = group_brief(rows.groups)
     regions = []
     for rid in sorted(shown):
         region = known.get(rid) or _region(rid)
         stats = own.get(rid, {})
+        judged = fresh.region(rid)
         regions.append(
             {
                 **region,
@@ -212,14 +291,10 @@ def shape_topology(
                 "rejected": stats.get("rejected", 0),
                 "alerts": region_alerts.get(rid, 0),
                 "groups": groups.get(rid, []),
+                "stale": judged.stale,
+                "freshness": judged.to_json(),
             }
         )
-    reference = now_s if sp.live else sp.end
-    links = [
-        _link(row, reference, link_stale_s)
-        for row in sorted(link_rows, key=lambda r: (r[0], r[1]))
-        if filters.keeps_edge(row[0], row[1])
-    ]
     return {
         "window": window_name(sp),
         "from": sp.start,
@@ -229,9 +304,16 @@ def shape_topology(
         "table": sp.table,
         "regions": regions,
         "edges": edges,
-        "links": links,
+        "links": [links[k] for k in sorted(links)],
         "thresholds": asdict(t),
+        "freshness": fresh.to_json(),
+        "states": states_legend(),
     }
+
+
+def states_legend() -> list[dict[str, str]]:
+    """The view states, in legend order, as the page shows them (``meshcore.freshness.STATES``)."""
+    return [{"state": s.name, "label": s.label, "meaning": s.meaning} for s in STATES.values()]
 
 
 # ---- the scrubber --------------------------------------------------------------------------------

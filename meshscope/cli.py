@@ -200,7 +200,9 @@ def _chaos(args: argparse.Namespace) -> int:
         print(f"meshscope chaos: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(table(outcomes))
-    return 0 if all(o.ok for o in outcomes) else 1
+    if all(o.ok for o in outcomes):
+        return 0
+    return 1 if any(o.result == "FAILED" for o in outcomes) else 3  # 3: some answers could not be established
 
 
 def _governance(args: argparse.Namespace) -> int:

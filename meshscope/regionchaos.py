@@ -1,7 +1,7 @@
 """``meshscope chaos``'s region scenarios: one region's store killed, one region cut off, governance meanwhile.
 
 Each region of ``meshscope up`` has its own Valkey, and the central services reach it
-through a gate (``meshscope.up.StoreGates``). The scenarios (see ``meshscope.chaos``)
+through a gate (``meshscope.up.StoreGates``). The scenarios (rows of ``meshscope.chaos.SCENARIOS``)
 publish numbered probes across regions and within one, inject the fault, and count: every
 probe once in its durable group, none lost; the checks that are not counts (publishes that
 must not fail, the map's verdict, a governance version) are the outcome's problems.
@@ -13,13 +13,16 @@ import asyncio
 import time
 from typing import Any, cast
 
-from meshscope.chaos import CONVERGE_S, Demo, Outcome, Probe, _count, _group
+from meshscope.chaosdemo import Demo, Probe, probe_group
+from meshscope.chaosverdict import Outcome, Run
 from meshscope.up import GOVERNANCE
 
 STORE_DOWN_S = 8.0
 """How long a killed region store stays down before ``up`` starts it again."""
 MAP_STALE_S = 10.0
 """The map must show a region stale this soon after it is cut off."""
+CONVERGE_S = 5.0
+"""A healed region enforces the newest governance version within this."""
 
 
 def _roles(demo: Demo) -> tuple[str, str, str | None]:
@@ -31,12 +34,13 @@ def _roles(demo: Demo) -> tuple[str, str, str | None]:
     return home, victim, third
 
 
-async def _probe(demo: Demo, run: str, name: str, origin: str, dst: str) -> tuple[Probe, str, str]:
-    """A durable group in ``dst`` for a topic of its own, and a probe that publishes it at ``origin``."""
-    topic = f"chaos.{name}.{run}"
-    group = f"{run}{name}"
-    await _group(demo, dst, group, topic)
-    return Probe(demo, origin, topic, f"{run}-{name}"), dst, group
+async def _probe(run: Run, name: str, origin: str, dst: str) -> tuple[Probe, tuple[str, str]]:
+    """A durable probe group in ``dst`` for a topic of its own, and a probe that publishes it at ``origin``."""
+    tag = f"c{int(run.started_ms / 1000)}"
+    topic = f"chaos.{name}.{tag}"
+    group = f"{tag}{name}"
+    await probe_group(run.demo, dst, group, topic)
+    return Probe(run.demo, origin, topic, f"{tag}-{name}"), (dst, group)
 
 
 async def _map_region(demo: Demo, region: str) -> dict[str, Any] | None:
@@ -58,59 +62,52 @@ async def _wait_map(demo: Demo, region: str, stale: bool, timeout_s: float) -> f
     return None
 
 
-async def run_region_scenario(demo: Demo, name: str, events: int, isolate_s: float) -> Outcome:
+async def store_kill(run: Run) -> None:
+    """One region's Valkey killed: what is bound for it is held and arrives once it is back; others go on."""
+    demo, outcome = run.demo, run.outcome
     home, victim, third = _roles(demo)
-    run = f"c{int(time.time())}"
-    outcome = Outcome(name)
-    if name == "region-valkey-kill":
-        await _store_kill(demo, outcome, run, home, victim, third, events)
-    elif name == "region-isolation":
-        await _isolation(demo, outcome, run, home, victim, events, isolate_s)
-    else:
-        await _governance(demo, outcome, home, victim, third, min(isolate_s, 30.0))
-    return outcome
-
-
-async def _store_kill(
-    demo: Demo, outcome: Outcome, run: str, home: str, victim: str, third: str | None, events: int
-) -> None:
-    into, dst, group = await _probe(demo, run, "storekill", home, victim)  # held while the victim's store is down
+    into, where = await _probe(run, "storekill", home, victim)  # held while the victim's store is down
     other = third or home
-    control, cdst, cgroup = await _probe(demo, run, "storekillctl", other, home)  # must not notice anything
+    control, cwhere = await _probe(run, "storekillctl", other, home)  # must not notice anything
     await asyncio.sleep(1.0)  # the groups' interest reaches the publishers
     demo.faults(held_down={victim: time.time() + STORE_DOWN_S})
     demo.kill_store(victim)
     outcome.notes.append(f"valkey of {victim} killed (SIGKILL), down {STORE_DOWN_S:g} s")
-    await asyncio.gather(into.publish(events), control.publish(events))
+    run.say(f"valkey of {victim} killed (SIGKILL), down {STORE_DOWN_S:g} s; publishing {home} -> {victim}"
+            f" and {other} -> {home}")  # fmt: skip
+    await asyncio.gather(into.publish(run.events), control.publish(run.events))
     if into.refused or control.refused:
         outcome.problems.append(f"publishes in other regions refused: {dict(into.refused + control.refused)}")
     await demo.healthy(victim, timeout_s=60)
-    await _count(demo, outcome, into, dst, group, wait_s=90)
+    run.say(f"{victim} is back; counting")
+    await run.count(into, where, outcome)
     checked = Outcome("control")
-    await _count(demo, checked, control, cdst, cgroup, wait_s=60)
+    await run.count(control, cwhere, checked, wait_s=60)
     outcome.notes.append(f"{other} -> {home} meanwhile: {checked.delivered}/{checked.published} delivered")
     if not checked.ok:
         outcome.problems.append(f"{other} -> {home} lost {checked.lost - checked.explained} unexplained, "
                                 f"twice {checked.duplicated}")  # fmt: skip
-    for region, g in ((dst, group), (cdst, cgroup)):
-        await demo.delete_group(region, g)
+    for region, group in (where, cwhere):
+        await demo.delete_group(region, group)
 
 
-async def _isolation(
-    demo: Demo, outcome: Outcome, run: str, home: str, victim: str, events: int, isolate_s: float
-) -> None:
-    into, dst, group = await _probe(demo, run, "isoin", home, victim)
-    out, odst, ogroup = await _probe(demo, run, "isoout", victim, home)
-    local, ldst, lgroup = await _probe(demo, run, "isolocal", victim, victim)
+async def isolation(run: Run) -> None:
+    """One region cut off from every other and from the central services for ``run.isolate_s``, then healed."""
+    demo, outcome, isolate_s = run.demo, run.outcome, run.isolate_s
+    home, victim, _ = _roles(demo)
+    into, where = await _probe(run, "isoin", home, victim)
+    out, owhere = await _probe(run, "isoout", victim, home)
+    local, lwhere = await _probe(run, "isolocal", victim, victim)
     await asyncio.sleep(1.0)
     healed_at = await demo.isolate(victim, isolate_s)
     outcome.notes.append(f"{victim} cut off for {isolate_s:g} s")
+    run.say(f"{victim} cut off for {isolate_s:g} s; publishing into it, out of it and within it")
     stale_after = asyncio.create_task(_wait_map(demo, victim, True, MAP_STALE_S + 5))
-    await asyncio.gather(into.publish(events), out.publish(events), local.publish(events))
+    await asyncio.gather(into.publish(run.events), out.publish(run.events), local.publish(run.events))
     if local.refused or out.refused:
         outcome.problems.append(f"{victim}'s own publishers saw errors: {dict(local.refused + out.refused)}")
     inside = Outcome("local")
-    await _count(demo, inside, local, ldst, lgroup, wait_s=min(20.0, isolate_s / 2))
+    await run.count(local, lwhere, inside, wait_s=min(20.0, isolate_s / 2))
     outcome.notes.append(f"local {inside.delivered}/{inside.published} delivered while cut off")
     if not inside.ok:
         outcome.problems.append(f"{victim}'s local traffic lost {inside.lost - inside.explained} unexplained")
@@ -119,12 +116,13 @@ async def _isolation(
         outcome.problems.append(f"the map did not show {victim} stale within {MAP_STALE_S:g} s")
     else:
         outcome.notes.append(f"map: stale after {seen:.1f} s")
+        run.say(f"the map shows {victim} stale after {seen:.1f} s")
     await asyncio.sleep(max(0.0, healed_at - time.monotonic()))
-    for probe, region, g in ((into, dst, group), (out, odst, ogroup)):
+    run.say(f"{victim} healed; counting what crossed, waiting for the map and the backfill")
+    for probe, region_group in ((into, where), (out, owhere)):
         part = Outcome(probe.topic)
-        await _count(demo, part, probe, region, g, wait_s=90)
-        for attr in ("published", "delivered", "duplicated", "lost", "explained"):
-            setattr(outcome, attr, getattr(outcome, attr) + getattr(part, attr))
+        await run.count(probe, region_group, part)
+        outcome.add(part)
     fresh = await _wait_map(demo, victim, False, 60)
     outcome.notes.append("map: caught up" if fresh is not None else "map: still stale")
     if fresh is None:
@@ -147,15 +145,17 @@ async def _isolation(
         outcome.problems.append(
             f"flow history after the backfill: {history}, expected {published} publish, {delivered} deliver"
         )
-    for region, g in ((dst, group), (odst, ogroup), (ldst, lgroup)):
-        await demo.delete_group(region, g)
+    for region, group in (where, owhere, lwhere):
+        await demo.delete_group(region, group)
 
 
-async def _governance(
-    demo: Demo, outcome: Outcome, home: str, victim: str, third: str | None, isolate_s: float
-) -> None:
+async def governance(run: Run) -> None:
+    """A governance change while a region is cut off: the others take it, it keeps its own, then converges."""
+    demo, outcome = run.demo, run.outcome
+    home, victim, third = _roles(demo)
     where = third or home
-    healed_at = await demo.isolate(victim, isolate_s)
+    healed_at = await demo.isolate(victim, min(run.isolate_s, 30.0))
+    run.say(f"{victim} cut off; changing governance at {where}")
     await asyncio.sleep(3.0)  # the victim notices it is cut off
     before = demo.health(victim)["governance"]["version"]
     marker = {"id": f"chaos-{int(time.time())}", "effect": "deny", "principals": ["*"], "actions": ["publish"],
@@ -178,6 +178,7 @@ async def _governance(
     outcome.notes.append(f"mismatch shown: {view['mismatch']}")
     if not view["mismatch"]:
         outcome.problems.append("the dashboard shows no governance mismatch while a region is cut off")
+    run.say(f"waiting for {victim} to heal and converge")
     await asyncio.sleep(max(0.0, healed_at - time.monotonic()))
     started = time.monotonic()
     while time.monotonic() - started < 30:

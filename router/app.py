@@ -2,7 +2,7 @@
 
 POST   /v1/events            one CloudEvent or a JSON array (all or nothing); binary mode too
 WS     /v1/stream            high-rate publish: frames of one event or an array
-WS     /v1/subscribe         ?topic=PATTERN (repeatable) [&batch=N] [&group=NAME&consumer=ID[&update=true]]
+WS     /v1/subscribe         ?topic=PATTERN (repeatable) [&batch=N] [&group=NAME&consumer=ID[&update=true][&probe=true]]
 DELETE /v1/groups/{name}     forget a durable consumer group (its owner or an admin)
 GET    /v1/governance        the governance document this relay enforces, and its history
 PUT    /v1/governance        replace policies and schemas (admin; ``meshscope governance apply DIR``)
@@ -276,8 +276,9 @@ def build_app(relay: Relay) -> Starlette:
                 return
         if group is not None:
             update = ws.query_params.get("update", "").lower() in ("1", "true", "yes")
+            probe = ws.query_params.get("probe", "").lower() in ("1", "true", "yes")  # never alerted on
             try:
-                await relay.group_keeper.join(group, patterns, principal, update)
+                await relay.group_keeper.join(group, patterns, principal, update, probe)
             except GroupConflict as exc:
                 await deny(ws, _error(exc.status, str(exc), rule=exc.rule))
                 return

@@ -6,13 +6,16 @@ HELLO, EVENTS, PING and GOVPROP, the accepting relay answers HELLO, INTEREST,
 ROUTES, ACK, PONG and GOVRES; GOV goes both ways::
 
     HELLO     {"region", "relay", "provider", "lat", "lon", "city", "gov",
-               "gov_home", "gov_cut_off"}      (the last two optional: the governance authority the
-                                               sender follows, and whether it is cut off from it now)
+               "gov_home", "gov_cut_off",      (optional: the governance authority the sender
+                                               follows, and whether it is cut off from it now)
+               "ts", "skew_s", "clock_ok"}     (optional: the sender's clock in µs, the skew it
+                                               accepts, whether its peers accept its clock)
     INTEREST  {"lsa": LSA}                     the sender's own link state, pushed on change
     ROUTES    {"lsas": [LSA, ...]}             link states the sender knows of other regions
     EVENTS    {"b": [ITEM, ...]}
     ACK       {"a": [[origin, epoch, first, last], ...]}   applied (or refused) at the destination
-    PING/PONG {"ts": µs}                       liveness and RTT, echoed
+    PING/PONG {"ts": µs}                       liveness and RTT, echoed; a PONG adds "now": the
+                                               answering relay's clock (µs), for the clock offset
     GOV       {"version", "digest", "doc"}     a governance document (its registry JSON, as text)
     GOVPROP   {"id", "base", "author", "content"}   a change for the authority, made on version ``base``
     GOVRES    {"id", "status", "version", "doc", "error", "path", "reasons"}   the authority's answer
@@ -26,6 +29,10 @@ in the origin's sequence for that destination (``epoch`` names that sequence;
 ``floor`` is the lowest number the origin still holds, ``high`` the highest it
 assigned), ``path`` lists the relays it went through (origin first; the last
 one is the relay that sent this frame), ``span_id`` is the sender's hop span.
+
+A HELLO's ``ts`` is the sender's clock when it sent it, ``skew_s`` the largest clock
+difference it accepts in what it receives, and ``clock_ok`` false when the sender found
+its own clock too far from most of its peers' (each optional, for older relays).
 
 Everything a peer sends is untrusted input, checked as strictly as a publish:
 ``decode`` refuses anything that is not a known v2 frame (the connection is
@@ -107,11 +114,17 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class BadItem:
-    """An ITEM that failed validation; ``key`` (origin, epoch, seq) when those parsed, to acknowledge it."""
+    """An ITEM that failed validation; ``key`` (origin, epoch, seq) when those parsed, to acknowledge it.
+
+    ``event`` is the item's event object and ``span_id`` the sender's hop span, when they are
+    there to read (still untrusted), so a refusal record can name the event and its trace.
+    """
 
     index: int
     reason: str
     key: tuple[str, str, int] | None
+    event: dict[str, Any] | None = None
+    span_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +204,11 @@ def _number(value: object, low: float, high: float, what: str) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+MAX_SKEW_S = 86_400.0 * 365
+
+
 def hello_of(frame: dict[str, Any]) -> dict[str, Any]:
-    """The checked fields of a HELLO.
+    """The checked fields of a HELLO (``ts`` None, ``skew_s`` 0 and ``clock_ok`` true when not sent).
 
     ``replicates`` says whether the sender takes GOV frames (its HELLO names a governance home field).
     """
@@ -202,6 +218,10 @@ def hello_of(frame: dict[str, Any]) -> dict[str, Any]:
     cut_off = frame.get("gov_cut_off", False)
     if not isinstance(cut_off, bool):
         raise FrameError("HELLO gov_cut_off must be true or false")
+    ts = frame.get("ts")
+    clock_ok = frame.get("clock_ok", True)
+    if not isinstance(clock_ok, bool):
+        raise FrameError("HELLO clock_ok must be true or false")
     return {
         "region": _region(frame.get("region"), "HELLO region"),
         "relay": _str(frame.get("relay"), 128, "HELLO relay"),
@@ -213,6 +233,9 @@ def hello_of(frame: dict[str, Any]) -> dict[str, Any]:
         "gov_home": str(home),
         "gov_cut_off": cut_off,
         "replicates": "gov_home" in frame,
+        "ts": None if ts is None else _int(ts, 0, MAX_SEQ, "HELLO ts"),
+        "skew_s": _number(frame.get("skew_s", 0), 0, MAX_SKEW_S, "HELLO skew_s"),
+        "clock_ok": clock_ok,
     }
 
 
@@ -351,6 +374,12 @@ def ts_of(frame: dict[str, Any]) -> int:
     return _int(frame.get("ts"), 0, MAX_SEQ, f"{frame['t']} ts")
 
 
+def pong_of(frame: dict[str, Any]) -> tuple[int, int | None]:
+    """A PONG's echoed ``ts`` and the answering relay's clock ``now`` (None from a relay that sends none)."""
+    now = frame.get("now")
+    return ts_of(frame), None if now is None else _int(now, 0, MAX_SEQ, "PONG now")
+
+
 def _epoch(value: object) -> str:
     if not isinstance(value, str) or len(value) != EPOCH_LENGTH or not set(value) <= _HEX:
         raise FrameError(f"epoch must be {EPOCH_LENGTH} lower-case hex digits")
@@ -419,5 +448,8 @@ def items_of(
                 )
             )
         except FrameError as exc:
-            bad.append(BadItem(i, str(exc), key))
+            readable = isinstance(row, list) and len(row) == 13
+            body = row[12] if readable and isinstance(row[12], dict) else None
+            span = row[7] if readable and isinstance(row[7], str) and SPAN_ID.fullmatch(row[7]) else ""
+            bad.append(BadItem(i, str(exc), key, body, span))
     return good, bad

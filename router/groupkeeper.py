@@ -32,7 +32,7 @@ class GroupKeeper:
         self.relay = relay
 
     async def join(
-        self, group: str, patterns: list[str], principal: Principal, update: bool
+        self, group: str, patterns: list[str], principal: Principal, update: bool, probe: bool = False
     ) -> tuple[GroupInfo | None, GroupInfo]:
         r = self.relay
         decision = r.gate.authorize(principal, Action.JOIN, group)
@@ -42,7 +42,7 @@ class GroupKeeper:
             decision = r.gate.may_subscribe(principal, pattern)
             if not decision.allowed:
                 raise GroupConflict(decision.reason, 403, decision.rule)
-        old, new = await r.groups.join(group, patterns, principal, update, principal.has_role("admin"), now_us())
+        old, new = await r.groups.join(group, patterns, principal, update, principal.has_role("admin"), now_us(), probe)
         r.gate.group_changed(group)
         if old is None or old.patterns != new.patterns:
             changed = r.local.add(sorted(new.patterns.patterns))

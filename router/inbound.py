@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from router import frame as fr
 from router.committer import Unavailable
+from router.envelope import now_us
 from router.errors import FrameError
 from router.meshstate import Inbound
 from router.relay import Relay
@@ -99,7 +100,7 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
             elif kind == fr.EVENTS:
                 await relay.receiver.receive(region, msg, send)
             elif kind == fr.PING:
-                send(fr.encode(fr.PONG, ts=fr.ts_of(msg)))
+                send(fr.encode(fr.PONG, ts=fr.ts_of(msg), now=now_us()))
             elif kind == fr.GOV:
                 relay.authority.on_document(region, msg, send)
             elif kind == fr.GOVPROP:

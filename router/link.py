@@ -11,6 +11,13 @@ Liveness: a PING every ``ping_interval_s``; a link that receives nothing for
 ``3 x ping_interval_s`` is declared down at once (the transport is aborted, so
 a black-holed TCP connection cannot hold it up), its RTT stops being reported,
 and it is redialled with exponential backoff and jitter.
+
+Clocks: the peer's HELLO carries its clock and the skew it accepts, so the
+offset between the two clocks is known before the link is up; every PONG
+carries the peer's clock again and refines it (the midpoint of the round
+trip, as NTP does). While the offset is beyond what the peer accepts
+(``clock_refusal``), the peer would refuse whatever this relay sends it: the
+owner holds events instead of sending them, and refuses publishes for it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from meshcore.backoff import backoff_s
+from meshcore.freshness import clock_refusal
 from meshcore.tls import identity_of
 from router import frame as fr
 from router.envelope import now_us
@@ -68,6 +76,8 @@ class LinkCallbacks:
     on_state: Callable[[MeshLink, str], None]
     on_governance: Callable[[MeshLink, dict[str, Any]], None]
     """A HELLO after the handshake, a GOV or a GOVRES (``router.authority``)."""
+    on_clock: Callable[[MeshLink, str], None] = lambda link, reason: None
+    """The link's clock refusal changed (``MeshLink.clock_refusal``; '' once the peer accepts our clock)."""
 
 
 class MeshLink:
@@ -108,6 +118,14 @@ class MeshLink:
         self.peer_hello: dict[str, Any] = {}
         self.peer_gov = ""
         self.peer_replicates = False  # the peer takes GOV frames (its HELLO says which governance home it follows)
+        self.clock_offset_ms: float | None = None
+        """The peer's clock minus ours, as last measured (None until its first HELLO)."""
+        self.peer_skew_s = 0.0
+        """The clock difference the peer accepts (0: it did not say)."""
+        self.peer_clock_ok = True
+        """False when the peer says its own clock is off from most of its peers'."""
+        self.clock_refusal = ""
+        """Why the peer refuses what we send for our clocks ('' when it accepts)."""
         self.state = DOWN
         self.security = PLAIN
         self.rtt_ms: float | None = None
@@ -229,8 +247,21 @@ class MeshLink:
         # mutual when we presented our certificate too (the server asked for it and verified it)
         return MTLS if self.client_cert and ident is not None else TLS
 
+    def _clock(self, offset_ms: float | None, hello: dict[str, Any] | None = None) -> None:
+        """A new measure of the peer's clock (and what it accepts): judge it, and say so when it changes."""
+        if hello is not None:
+            self.peer_skew_s = float(hello["skew_s"])
+            self.peer_clock_ok = bool(hello["clock_ok"])
+        first = self.clock_offset_ms is None and offset_ms is not None
+        if offset_ms is not None:
+            self.clock_offset_ms = offset_ms
+        reason = clock_refusal(self.clock_offset_ms, self.peer_skew_s, self.name)
+        if reason != self.clock_refusal or first:  # a first measure counts in the relay's own verdict
+            self.clock_refusal = reason
+            self.cb.on_clock(self, reason)
+
     async def _handshake(self, ws: ClientConnection) -> None:
-        await ws.send(fr.encode(fr.HELLO, **self.hello))
+        await ws.send(fr.encode(fr.HELLO, **{**self.hello, "ts": now_us()}))
         got_hello = got_interest = False
         deadline = time.monotonic() + 5
         while not (got_hello and got_interest):
@@ -248,6 +279,7 @@ class MeshLink:
                 self.peer_hello = hello
                 self.peer_gov = hello["gov"]
                 self.peer_replicates = hello["replicates"]
+                self._clock(None if hello["ts"] is None else (hello["ts"] - now_us()) / 1000, hello)
                 got_hello = True
             elif msg["t"] in (fr.INTEREST, fr.ROUTES) and got_hello:
                 self.cb.on_lsas(self, fr.lsas_of(msg))
@@ -324,7 +356,11 @@ class MeshLink:
             if kind == fr.ACK:
                 self.cb.on_acks(self, fr.acks_of(msg))
             elif kind == fr.PONG:
-                self.rtt_ms = max(0.0, (now_us() - fr.ts_of(msg)) / 1000)
+                sent, peer_now = fr.pong_of(msg)
+                back = now_us()
+                self.rtt_ms = max(0.0, (back - sent) / 1000)
+                if peer_now is not None:  # the peer read its clock half a round trip after we sent
+                    self._clock((peer_now - (sent + back) / 2) / 1000)
             elif kind in (fr.INTEREST, fr.ROUTES):
                 self.cb.on_lsas(self, fr.lsas_of(msg))
             elif kind == fr.HELLO:
@@ -332,6 +368,7 @@ class MeshLink:
                 self.peer_hello = hello
                 self.peer_gov = hello["gov"]
                 self.peer_replicates = hello["replicates"]
+                self._clock(None, hello)
                 self.cb.on_governance(self, msg)
             elif kind in (fr.GOV, fr.GOVRES):
                 self.cb.on_governance(self, msg)

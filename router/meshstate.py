@@ -58,7 +58,7 @@ class MeshState:
         r = self.relay
         key = id(conn)
         self.inbound[key] = conn
-        conn.send(fr.encode(fr.HELLO, **r.hello))
+        conn.send(fr.encode(fr.HELLO, **r.hello, ts=now_us()))
         conn.send(fr.encode(fr.INTEREST, lsa=self.own_lsa().to_json()))
         conn.send(fr.encode(fr.ROUTES, lsas=[ad.to_json() for ad in r.routes.fresh()]))
         r.authority.peer_version(conn.gov, conn.replicates, conn.send)
@@ -153,6 +153,23 @@ class MeshState:
         if newer:
             self.broadcast(fr.encode(fr.ROUTES, lsas=[ad.to_json() for ad in newer]))
             r.wake()
+
+    def link_clock(self, link: MeshLink, reason: str) -> None:
+        """A link's clock check changed: refuse publishes for its peer (or stop), and say so in HELLO."""
+        r = self.relay
+        peer = link.peer_region or link.name
+        if reason and r.clock_refused.get(peer) != reason:
+            log.warning("peer refuses this relay's clock; events for it are held", extra={"peer": peer, "why": reason})
+            r.clock_refused[peer] = reason
+        elif not reason and r.clock_refused.pop(peer, None) is not None:
+            log.info("peer accepts this relay's clock again", extra={"peer": peer})
+        measured = [x for x in r.links if x.clock_offset_ms is not None]
+        ok = not measured or 2 * sum(1 for x in measured if x.clock_refusal) <= len(measured)
+        if ok != r.hello["clock_ok"]:
+            r.hello["clock_ok"] = ok
+            r.send_hello()
+        if not reason:
+            r.wake()  # held events may go now
 
     def link_state(self, link: MeshLink, state: str) -> None:
         m = self.relay.metrics

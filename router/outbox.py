@@ -12,7 +12,9 @@ stream holds exactly the entries not yet wholly acknowledged) once the floor
 passes its last number.
 
 ``dispatch`` sends what is waiting over the route of each destination: the
-direct link when it is up, else the next hop of a detour. An item stays held
+direct link when it is up, else the next hop of a detour; never over a link
+whose peer refuses this relay's clock (``MeshLink.clock_refusal``), where
+everything would be refused: it waits until the clocks agree. An item stays held
 until the destination acknowledges it; a link that goes down, a route that
 changes or an acknowledgement that is late sends the unacknowledged items
 again (the destination's applied state makes that idempotent).
@@ -257,7 +259,7 @@ class Outbox:
                 continue
             assert route.next_hop is not None
             link = self.links.get(route.next_hop)
-            if link is None:
+            if link is None or link.clock_refusal:  # the peer would refuse them for our clocks: held
                 continue
             if ch.held and any(item.via and item.via != route.next_hop for item in self._sent(ch, 1)):
                 ch.rewind()  # the route changed: what went the old way is sent again this way
@@ -386,6 +388,7 @@ class Outbox:
             if (
                 not self.config.transit
                 or link is None
+                or link.clock_refusal
                 or route.next_hop in item.path
                 or len(item.path) + 1 > self.config.hop_limit
                 or link.room <= len(by_link.get(link.name, ()))

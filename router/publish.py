@@ -13,6 +13,7 @@ come before, in the HTTP and stream handlers and ``router.gate``.)
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,13 @@ if TYPE_CHECKING:
 
 class InDoubt(Exception):
     """An earlier attempt of this event is still being made durable; the publisher retries later."""
+
+
+CLOCK_RETRY_AFTER_S = 30.0
+
+
+class ClockRefused(Unavailable):
+    """The next hop to a destination refuses this relay's clock: its events would be refused there (503)."""
 
 
 @dataclass
@@ -80,6 +88,8 @@ class Publisher:
                 topics[("producer", ev.topic)] += 1
                 local = r.local.patterns.matches(ev.topic)
                 remote = r.routes.interested(ev.topic)
+                if r.clock_refused:
+                    self._check_clocks(remote)
                 if not local and not remote:
                     hop = Hop(subject, fk.DROP, span, parent, region, region, start, 0.0, fk.NO_ROUTE, 1, 0, who)
                     r.record(hop, into=records)
@@ -100,7 +110,7 @@ class Publisher:
                     held.append((dst, item))
                     for old in overflow:
                         r.record(dropped(old, region, dst, fk.EXPIRED, ts), into=records)
-        except (InDoubt, StoreFull):
+        except (InDoubt, StoreFull, ClockRefused):
             for reserved_key in reserved:
                 r.dedup.release(reserved_key)
             for dst, n in appended.items():
@@ -126,3 +136,14 @@ class Publisher:
         await r.committer.commit(ops, r.config.publish_timeout_s)
         r.record.flush_counts()
         return result
+
+    def _check_clocks(self, remote: Sequence[str]) -> None:
+        """Raise ClockRefused when the next hop to one of ``remote`` refuses this relay's clock."""
+        r = self.relay
+        for dst in remote:
+            reason = r.clock_refused.get(r.routes.route(dst).next_hop or dst) or r.clock_refused.get(dst)
+            if reason:
+                raise ClockRefused(
+                    f"events for {dst} would be refused there: {reason}; fix this relay's clock (or its peer's)",
+                    CLOCK_RETRY_AFTER_S,
+                )

@@ -63,7 +63,7 @@ class MeshReceiver:
         acks: list[Key] = []
         records: list[FlowRecord] = []
         for b in bad:
-            self._refuse(peer, b.reason, b.key, acks, records)
+            self._refuse(peer, b.reason, b.key, acks, records, bad=b)
         ops = Ops()
         lives: list[tuple[Arrival, list[Subscriber]]] = []
         onward: list[fr.Item] = []
@@ -136,14 +136,22 @@ class MeshReceiver:
         acks: list[Key],
         records: list[FlowRecord],
         item: fr.Item | None = None,
+        bad: fr.BadItem | None = None,
     ) -> None:
         """Refuse one mesh item for good: logged, counted, and, when it can be named, a drop record.
 
         The record names the item by origin and sequence number (the origin's ``forward``
-        record carries the same pair), and by event id, topic and trace when the item parsed that far.
+        record carries the same pair), and by what can still be read of its event (id, topic,
+        trace id), whether the item failed its own checks or only its event did, so search
+        and the trace view show where the event ended.
         """
         r = self.relay
-        subject = Subject.of_body(item.event, item.published_us) if item else NOTHING
+        if item is not None:
+            subject, parent = Subject.of_body(item.event, item.published_us), item.span_id
+        elif bad is not None:
+            subject, parent = Subject.of_body(bad.event), bad.span_id
+        else:
+            subject, parent = NOTHING, ""
         log.warning(
             "peer sent a malformed mesh item; refused",
             extra={"peer": peer, "reason": reason[:200], "event_id": subject.event_id, "trace_id": subject.trace_id},
@@ -159,7 +167,7 @@ class MeshReceiver:
                 subject,
                 fk.DROP,
                 new_span_id(),
-                item.span_id if item else "",
+                parent,
                 origin,
                 r.region,
                 now_us(),

@@ -136,7 +136,11 @@ class Relay:
             "gov": self.gov_version,
             "gov_home": config.governance_home or "",
             "gov_cut_off": False,
+            "skew_s": config.clock_skew_s,
+            "clock_ok": True,
         }
+        self.clock_refused: dict[str, str] = {}
+        """Peer region -> why it refuses this relay's clock: publishes for it are answered 503."""
         self.authority = Authority(self)
         # the paths an event takes, each in its own module
         self.mesh = MeshState(self)
@@ -148,7 +152,13 @@ class Relay:
         ssl_ctx = client_context(tls, tls.ca) if tls is not None and tls.ca else None
         mesh = self.mesh
         callbacks = LinkCallbacks(
-            mesh.link_up, mesh.link_down, mesh.link_acks, mesh.link_lsas, mesh.link_state, mesh.link_governance
+            mesh.link_up,
+            mesh.link_down,
+            mesh.link_acks,
+            mesh.link_lsas,
+            mesh.link_state,
+            mesh.link_governance,
+            mesh.link_clock,
         )
         self.links: list[MeshLink] = []
         for text in config.peers:
@@ -287,8 +297,9 @@ class Relay:
             self.authority.flood(gov.document)
 
     def send_hello(self) -> None:
-        """Our HELLO again to every peer, over every connection: what we enforce changed, or our contact."""
-        hello = fr.encode(fr.HELLO, **self.hello)
+        """Our HELLO again to every peer, over every connection: what we enforce changed, our contact, or
+        whether peers accept our clock; it carries our clock now."""
+        hello = fr.encode(fr.HELLO, **self.hello, ts=now_us())
         self.mesh.broadcast(hello)
         for link in self.links:
             link.control(hello)

@@ -4,18 +4,26 @@ Samples go into the history the collector keeps (``meshscope:links``,
 ``meshscope:groups:lag``); the relay's state (routes, subscriptions, groups,
 links) goes to ``meshscope:relaystate`` every two seconds, for the dashboard's
 "why this flows here".
+
+/healthz says whether the relay can do its work now, not only whether it runs:
+writing its state every two seconds is also a write probe (an idle relay learns
+that Valkey refuses writes, out of memory say, before a producer does: the probe
+feeds the circuit breaker that answers publishes 503), and every link whose peer
+refuses this relay's clock is a reason of its own, with the offset and the skew
+the peer accepts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from meshcore import flowrecord as fk
 from meshcore.errors import StreamUnavailable
@@ -88,11 +96,18 @@ def describe_metrics(m: Registry, peers: Iterable[str] = ()) -> None:
         m.zero("mesh_refused_items_total", peer=peer)
 
 
+STATE_INTERVAL_S = 2.0
+
+
 class Status:
-    """Reads a relay's parts; changes nothing but metrics and what it writes to Redis."""
+    """Reads a relay's parts; changes nothing but metrics, what it writes to Redis and what its write probe finds."""
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+        self.write_error = ""
+        """Why the last write probe failed ('' when it landed)."""
+        self.write_refused = False
+        """Whether Valkey answered that probe with a refusal (rather than not answering)."""
 
     def link_rows(self) -> list[dict[str, Any]]:
         """Every outbound link with its state, security, RTT (while up) and what is held for its region."""
@@ -116,6 +131,10 @@ class Status:
                         link.state == UP and link.peer_gov and r.gov_version and link.peer_gov != r.gov_version
                     ),
                     "last_error": link.last_error if link.state != UP else "",
+                    "clock_offset_ms": None if link.clock_offset_ms is None else round(link.clock_offset_ms, 1),
+                    "peer_skew_s": link.peer_skew_s,
+                    "clock_refusal": link.clock_refusal,
+                    "peer_clock_ok": link.peer_clock_ok,
                 }
             )
         return rows
@@ -133,7 +152,8 @@ class Status:
                     r.metrics.set("link_rtt_ms", row["rtt_ms"], peer=peer)
                 samples.append(
                     [ts, r.name, r.region, peer, row["state"], row["rtt_ms"] or 0.0, row["queue_depth"],
-                     row["reconnects"], row["security"], row["via"], row["gov"], r.gov_version]
+                     row["reconnects"], row["security"], row["via"], row["gov"], r.gov_version,
+                     row["clock_offset_ms"] or 0.0, row["peer_skew_s"]]
                 )  # fmt: skip
             r.metrics.set("subscriber_queue_depth", sum(s.queue.qsize() for s in r.subscribers.values()))
             r.metrics.set("redis_up", 1 if r.breaker.healthy else 0)
@@ -173,7 +193,7 @@ class Status:
                 r.metrics.set("group_consumers", members, group=group)
                 rows.append(
                     [ts, r.region, group, info.owner, sorted(info.patterns.patterns), lag["added"], lag["acked"],
-                     lag["pending"], lag["lag"], round(max(0.0, oldest_s), 3), members]
+                     lag["pending"], lag["lag"], round(max(0.0, oldest_s), 3), members, info.probe]
                 )  # fmt: skip
             if rows:
                 try:
@@ -214,28 +234,44 @@ class Status:
                     "owner": info.owner,
                     "patterns": sorted(info.patterns.patterns),
                     "members": r.group_members.get(g, 0),
+                    "probe": info.probe,
                 }
                 for g, info in sorted(r.groups.groups.items())
             ],
             "interest": sorted(r.local.patterns.patterns),
             "links": self.link_rows(),
+            "clock_ok": r.hello["clock_ok"],
         }
 
     async def publish_state(self) -> None:
+        """Write this relay's state every two seconds, whatever the circuit says: the write is the probe
+        that tells whether Valkey takes writes now; its outcome feeds the breaker and /healthz."""
         r = self.relay
         await r.ready.wait()
         while True:
-            await asyncio.sleep(2.0)
-            if r.breaker.healthy:
-                try:
-                    await r.redis.hset(STATE_KEY, r.region, orjson.dumps(self.state()))
-                except RedisError as exc:
-                    log.warning("cannot publish relay state", extra={"error": str(exc)[:200]})
+            await asyncio.sleep(STATE_INTERVAL_S)
+            try:
+                await r.redis.hset(STATE_KEY, r.region, orjson.dumps(self.state()))
+            except (RedisError, OSError) as exc:
+                if not self.write_error:
+                    log.warning("this relay cannot write to Valkey", extra={"error": str(exc)[:200]})
+                self.write_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.write_refused = isinstance(exc, ResponseError)  # it answered no (OOM, read-only), not silence
+                r.breaker.failure(time.monotonic(), self.write_error)
+                continue
+            if self.write_error:
+                log.info("Valkey takes this relay's writes again")
+                self.write_error = ""
+                r.breaker.success()
 
     def health(self) -> dict[str, Any]:
         r = self.relay
         reasons = []
-        if not r.breaker.healthy:
+        if self.write_error and self.write_refused:
+            reasons.append(f"Valkey refuses this relay's writes: {self.write_error}")
+        elif self.write_error:
+            reasons.append(f"redis unavailable: {self.write_error}")
+        elif not r.breaker.healthy:
             reasons.append(f"redis unavailable: {r.breaker.last_error or 'circuit ' + r.breaker.state}")
         if not r.ready.is_set():
             reasons.append("state not loaded from Redis yet")
@@ -261,7 +297,13 @@ class Status:
                 "has not been reached; publishes and subscriptions wait (503)"
             )
         reasons += r.supervisor.problems()
-        links = {row["peer"]: row["state"] for row in self.link_rows()}
+        rows = self.link_rows()
+        reasons += [
+            f"{row['clock_refusal']}: events for {row['peer']} are held and publishes for it answered 503"
+            for row in rows
+            if row["clock_refusal"]
+        ]
+        links = {row["peer"]: row["state"] for row in rows}
         return {
             "status": "degraded" if reasons else "ok",
             "reasons": reasons,
@@ -277,6 +319,12 @@ class Status:
             },
             "links": links,
             "links_up": sum(1 for s in links.values() if s == UP),
+            "clock": {
+                "ok": r.hello["clock_ok"],
+                "accepted_skew_s": r.config.clock_skew_s,
+                "offsets_ms": {row["peer"]: row["clock_offset_ms"] for row in rows},
+                "refused_by": {row["peer"]: row["clock_refusal"] for row in rows if row["clock_refusal"]},
+            },
             "held": r.outbox.depth,
             "inbound": sorted({c.region for c in r.inbound.values()}),
         }

@@ -119,17 +119,24 @@ class GroupInfo:
     patterns: PatternSet
     owner: str
     created_us: int
+    probe: bool = False
+    """A probe (``meshscope chaos`` makes them): sampled and shown like any group, never alerted on."""
 
     def to_json(self) -> bytes:
         patterns = sorted(self.patterns.patterns)
-        return orjson.dumps({"patterns": patterns, "owner": self.owner, "created": self.created_us})
+        out: dict[str, object] = {"patterns": patterns, "owner": self.owner, "created": self.created_us}
+        if self.probe:
+            out["probe"] = True
+        return orjson.dumps(out)
 
     @classmethod
     def from_json(cls, raw: bytes) -> GroupInfo:
         obj = orjson.loads(raw)
         if isinstance(obj, list):  # stored by an earlier release: patterns only
             return cls(PatternSet(obj), "", 0)
-        return cls(PatternSet(obj["patterns"]), str(obj.get("owner", "")), int(obj.get("created", 0)))
+        return cls(
+            PatternSet(obj["patterns"]), str(obj.get("owner", "")), int(obj.get("created", 0)), obj.get("probe") is True
+        )
 
 
 class GroupStore:
@@ -168,9 +175,17 @@ class GroupStore:
         return new
 
     async def join(
-        self, group: str, patterns: list[str], principal: Principal, update: bool, may_update: bool, now_us: int
+        self,
+        group: str,
+        patterns: list[str],
+        principal: Principal,
+        update: bool,
+        may_update: bool,
+        now_us: int,
+        probe: bool = False,
     ) -> tuple[GroupInfo | None, GroupInfo]:
-        """Create the group, or join it; returns (old info or None, current info).
+        """Create the group, or join it; returns (old info or None, current info). ``probe``: a group
+        created now is a probe (whether a group is one is decided when it is created).
 
         Raises GroupConflict: 409 when it exists with other patterns and ``update`` was not asked,
         403 when an update was asked by someone who may not change it.
@@ -185,7 +200,7 @@ class GroupStore:
             old = GroupInfo.from_json(raw) if raw else None
         new = old
         if old is None:
-            new = GroupInfo(wanted, principal.name, now_us)
+            new = GroupInfo(wanted, principal.name, now_us, probe)
         elif old.patterns != wanted:
             if not update:
                 raise GroupConflict(
@@ -195,7 +210,7 @@ class GroupStore:
                 )
             if not may_update and principal.name != old.owner:
                 raise GroupConflict(f"only the owner of group {group!r} ({old.owner}) or an admin may change it", 403)
-            new = GroupInfo(wanted, old.owner, old.created_us)
+            new = GroupInfo(wanted, old.owner, old.created_us, old.probe)
         assert new is not None
         try:
             if new is not old:

@@ -1,5 +1,5 @@
 // meshscope dashboard: start-up and wiring. Loaded last; the other scripts (util, state, geo, map,
-// live, timeline, drill, alerts, views, search, sql) only define functions. Everything is fetched
+// freshness, live, timeline, drill, alerts, views, search, sql) only define functions. Everything is fetched
 // from this origin; plotly and the world topojson are served locally.
 "use strict";
 
@@ -38,7 +38,7 @@ async function refreshTopology() {
       state.diff = null;
       state.topology = topology;
     }
-    mapStatus(list(state.topology.edges).length ? "" : "no traffic between regions in this window", "info");
+    mapStatus(emptyMapText(), "info");
   } catch (err) {
     if (seq !== topologySeq) return;
     mapStatus(`${ce !== null ? "compare" : "topology"}: ${err.message || err}`);
@@ -48,10 +48,19 @@ async function refreshTopology() {
   $("map").dataset.at = String(t.at ?? t.to ?? "");
   if (t.thresholds) {
     const h = t.thresholds;
-    $("thresholds").textContent = `amber: errors ≥ ${h.error_amber_pct} % or p99 ≥ ${h.lag_amber_ms} ms · red: ≥ ${h.error_red_pct} % or ≥ ${h.lag_red_ms} ms`;
+    $("thresholds").textContent = `degraded: lost ≥ ${h.loss_degraded_pct} % or p99 ≥ ${h.lag_degraded_ms} ms · ` +
+      `failing: ≥ ${h.loss_failing_pct} % or ≥ ${h.lag_failing_ms} ms, or its link down`;
   }
   drawLegend();
   showFilters();
+}
+
+/** What an empty map means: no traffic, or no traffic known, because the history is not fresh. */
+function emptyMapText() {
+  if (list(state.topology.edges).length) return "";
+  const flows = ((state.topology.freshness || {}).sources || {}).flows || {};
+  if (flows.level === "live" || flows.level === "behind") return "no traffic between regions in this window";
+  return `no traffic known in this window — ${flows.says || "the flow history cannot be vouched for"}`;
 }
 
 function mapStatus(text, kind = "error") {
@@ -175,6 +184,7 @@ async function main() {
   connectLive();
   refreshTimeline();
   setInterval(() => {
+    showFreshness();
     if (view.end === null) drawMap();
     drawLiveEdges();
     drawTail();

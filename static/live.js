@@ -1,7 +1,8 @@
 // meshscope dashboard: the live feed (/ws/live). Edge messages ("type": "edges", or none from an
 // older server) feed the live edges table and the tail; link messages ("type": "links") update the
-// map's links at once, so a link that goes down shows within a second; region messages ("type":
-// "regions", each second) say which regions the dashboard cannot vouch for, drawn grey at once.
+// map's links at once, so a link that goes down shows within a second; the hub's heartbeat
+// ("type": "heartbeat", every second) says how fresh every source of every region is (freshness.js
+// shows it), and which regions the dashboard cannot vouch for: drawn grey at once.
 "use strict";
 
 const LIVE_SECONDS = 5;
@@ -9,6 +10,8 @@ const LIVE_SECONDS = 5;
 function takeEdges(message) {
   const ts = message.ts;
   if (typeof ts !== "number") return;
+  if (list(message.edges).length) state.liveTs = Math.max(state.liveTs || 0, ts);
+  if (typeof message.as_of === "number") state.liveAsOf = Math.max(state.liveAsOf || 0, message.as_of);
   for (const e of list(message.edges)) {
     if (e.src === e.dst) continue;
     const k = key(e.src, e.dst);
@@ -26,7 +29,9 @@ function takeEdges(message) {
   if (state.samples.length > 500) state.samples.splice(0, state.samples.length - 500);
 }
 
-const LINK_FIELDS = ["state", "rtt_ms", "security", "via", "governance_mismatch", "queue_depth", "reconnects"];
+const LINK_FIELDS = ["state", "cause", "reported_state", "edge_state", "last_sample", "rtt_ms", "security", "via",
+  "governance_mismatch", "gov", "local_gov", "queue_depth", "reconnects", "clock_offset_ms", "peer_skew_s"];
+const QUIET_FIELDS = ["rtt_ms", "last_sample", "clock_offset_ms"]; // they change often and redraw nothing
 
 /** Merge a relay's link report into the map's links; true when something the map shows changed. */
 function takeLinks(message) {
@@ -43,7 +48,7 @@ function takeLinks(message) {
     }
     for (const field of LINK_FIELDS) {
       if (!(field in report) || link[field] === report[field]) continue;
-      if (field !== "rtt_ms" && field !== "queue_depth") changed = true;
+      if (!QUIET_FIELDS.includes(field)) changed = true;
       link[field] = report[field];
     }
     link.stale = false;
@@ -52,28 +57,12 @@ function takeLinks(message) {
   return changed;
 }
 
-/** Each region's freshness into the map's regions; true when a region turned stale or fresh. */
-function takeRegions(message) {
-  if (view.end !== null) return false; // a past window keeps what it was drawn with
-  const byId = new Map(list(state.topology.regions).map((r) => [r.id, r]));
-  let changed = false;
-  for (const f of list(message.regions)) {
-    const region = f && typeof f.id === "string" ? byId.get(f.id) : undefined;
-    if (!region) continue;
-    const stale = f.stale === true;
-    const label = stale && typeof f.no_data_s === "number" ? Math.round(f.no_data_s / 5) : null;
-    const before = region.stale === true && region.freshness ? Math.round(num(region.freshness.no_data_s) / 5) : null;
-    if (region.stale !== stale || label !== before) changed = true;
-    region.stale = stale;
-    region.freshness = { no_data_s: f.no_data_s, cause: typeof f.cause === "string" ? f.cause : "", heard_at: f.heard_at };
-  }
-  return changed;
-}
-
 function takeLive(message) {
   state.messages += 1;
-  if (message.type === "regions") {
-    if (takeRegions(message)) drawMap();
+  state.lastMessageAt = Date.now() / 1000;
+  if (message.type === "heartbeat") {
+    state.heartbeat = message;
+    if (takeVerdicts(message.freshness)) drawMap();
   } else if (message.type === "links") {
     if (takeLinks(message)) drawMap();
   } else if (message.type === undefined || message.type === "edges") {
@@ -81,14 +70,14 @@ function takeLive(message) {
   }
 }
 
-function liveStats(src, dst) {
+/** One edge's figures over the LIVE_SECONDS ending at `end` (now, or the last second with data). */
+function liveStats(src, dst, end = nowS()) {
   const perSecond = state.live.get(key(src, dst));
   if (!perSecond) return null;
-  const now = nowS();
   let count = 0, errors = 0, p99 = null;
   for (const [ts, v] of perSecond) {
-    if (ts < now - 60) { perSecond.delete(ts); continue; }
-    if (ts <= now - LIVE_SECONDS - 1) continue;
+    if (ts < end - 60) { perSecond.delete(ts); continue; }
+    if (ts <= end - LIVE_SECONDS - 1 || ts > end) continue;
     count += v.count;
     errors += v.errors;
     if (v.e2e_p99 !== null) p99 = Math.max(p99 || 0, v.e2e_p99);
@@ -98,8 +87,7 @@ function liveStats(src, dst) {
 
 function connectLive() {
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/live`);
-  const status = $("live-status");
-  ws.onopen = () => { status.className = "live-status on"; };
+  ws.onopen = () => { state.feedLost = false; };
   ws.onmessage = (ev) => {
     let message;
     try {
@@ -108,11 +96,10 @@ function connectLive() {
       return;
     }
     takeLive(message);
-    $("live-text").textContent = `live · ${state.messages} updates`;
   };
   ws.onclose = async () => {
-    status.className = "live-status off";
-    $("live-text").textContent = "live feed lost, reconnecting…";
+    state.feedLost = true;
+    showFreshness();
     // a refused upgrade shows no status to scripts: ask the API whether the session ended
     const reply = await fetch("/api/session").catch(() => null);
     if (reply && reply.status === 401) return signIn();
@@ -120,11 +107,15 @@ function connectLive() {
   };
 }
 
+/** The live edges table: live figures while they are live; else the last known ones, greyed, with their time. */
 function drawLiveEdges() {
+  const fresh = sourceFreshness("flows").level === "live" && liveIndicator().kind === "on";
+  const end = fresh || !state.liveTs ? nowS() : state.liveTs;
+  $("live-caption").textContent = liveCaption(state.liveAsOf, fresh);
   const rows = [];
   for (const k of state.live.keys()) {
     const [src, dst] = JSON.parse(k);
-    const s = liveStats(src, dst);
+    const s = liveStats(src, dst, end);
     if (s && (s.rate > 0 || s.errors > 0)) rows.push({ src, dst, ...s });
   }
   rows.sort((a, b) => b.rate - a.rate);

@@ -1,10 +1,15 @@
 // meshscope dashboard: the world map as plotly traces, bottom to top: mesh links, detours, traffic
 // edges, flags on links, alert badges, consumer-group rings, direction arrows, regions.
-// Every trace has a name (tests and clicks find them by it); edge traces carry meta {src, dst, change}.
+// Every trace has a name (tests and clicks find them by it); edge traces carry meta {src, dst, change, state}.
 "use strict";
 
 const PROVIDER_COLORS = { aws: "#ff9900", gcp: "#4285f4", azure: "#00a2ed", onprem: "#9aa0a6" };
-const HEALTH_COLORS = { green: "#2ecc71", amber: "#f5a623", red: "#e74c3c", idle: "#5f6b7a" };
+// what the view cannot vouch for (an edge in state unknown, a stale region and its edges): never a health colour
+const STALE_COLOR = "#6b7280";
+// one colour per view state (meshcore.freshness.STATES; the server decides which applies)
+const STATE_COLORS = {
+  healthy: "#2ecc71", idle: "#5f6b7a", degraded: "#f5a623", failing: "#e74c3c", down: "#e74c3c", unknown: STALE_COLOR,
+};
 const CHANGE_COLORS = {
   new: "#22d3ee", gone: "#8b93a7", errors_up: "#e74c3c", errors_down: "#2ecc71",
   lag_up: "#fb923c", lag_down: "#a3e635", same: "#4b5567",
@@ -20,11 +25,12 @@ const SEVERITY_RANK = { info: 0, warning: 1, critical: 2 };
 const LINK_STYLES = {
   up: { width: 0.6, color: "rgba(140,160,200,0.35)", dash: "dot" },
   down: { width: 2, color: "#e74c3c", dash: "dash" },
+  degraded: { width: 1.6, color: "#f5a623", dash: "dash" },
+  unknown: { width: 1.4, color: "rgba(150,160,180,0.6)", dash: "dot" },
   plain: { width: 1.6, color: "#f5a623", dash: "dashdot" },
   mismatch: { width: 1.8, color: "#c084fc", dash: "longdash" },
 };
 const REFUSAL_STATUSES = ["policy_denied", "schema_rejected"];
-const STALE_COLOR = "#6b7280"; // a region the dashboard cannot vouch for, and its edges: never a health colour
 const DETOUR_COLOR = "#e8ecf7";
 
 function regionIndex(topology) {
@@ -38,15 +44,20 @@ function regionIndex(topology) {
 // ---- what is wrong where ------------------------------------------------------------------------
 
 function linkStyleName(l) {
-  if (l.state !== "up") return "down";
+  if (l.state === "down" || l.state === "failing") return "down";
+  if (l.state === "unknown") return "unknown";
+  if (l.state === "degraded") return "degraded";
   if (l.governance_mismatch) return "mismatch";
   if (l.security === "plain") return "plain";
   return "up";
 }
 
 function linkHover(l) {
-  const lines = [`link ${plain(l.src)} → ${plain(l.dst)}: ${plain(l.state)}${l.stale ? " (no report)" : ""}`,
-    `RTT ${fmt(l.rtt_ms)} ms · queue ${num(l.queue_depth)} · reconnects ${num(l.reconnects)}`];
+  const said = l.reported_state && l.reported_state !== "up" ? ` (the relay says ${plain(l.reported_state)})` : "";
+  const lines = [`link ${plain(l.src)} → ${plain(l.dst)}: <b>${plain(l.state)}</b>${said}`];
+  if (l.cause) lines.push(plain(l.cause));
+  if (l.last_sample) lines.push(`last report ${ago(l.last_sample)}`);
+  lines.push(`RTT ${fmt(l.rtt_ms)} ms · queue ${num(l.queue_depth)} · reconnects ${num(l.reconnects)}`);
   if (l.security) lines.push(l.security === "plain" ? "<b>unencrypted (plain) link</b>" : `security ${plain(l.security)}`);
   if (l.via) lines.push(`route detours via ${plain(l.via)}`);
   if (l.governance_mismatch) lines.push(`<b>governance mismatch</b>: here ${plain(l.local_gov)} · peer ${plain(l.gov)}`);
@@ -89,12 +100,25 @@ function errorClasses(e) {
   return { other, denied: num(denied), rejected: num(rejected), lost: num(e.lost) };
 }
 
+/** The state an edge is drawn in: its own, unless its link says the edge is failing now (live feed), or
+ * an end of it is a region the heartbeat says is stale now. */
+function edgeState(e, ctx) {
+  if (ctx.link && ctx.link.edge_state) return ctx.link.edge_state;
+  if (ctx.silent) return "unknown";
+  return e.state || "unknown";
+}
+
 function edgeHover(e, ctx) {
   const live = ctx.live;
   const c = errorClasses(e);
   const errs = c.other.map(([s, n]) => `${plain(s)} ${num(n)}`).join(", ") || "none";
+  const shown = edgeState(e, ctx);
+  let cause = e.cause;
+  if (ctx.link && ctx.link.edge_state) cause = ctx.link.cause;
+  else if (ctx.silent) cause = `${staleLabel(ctx.silent)} from ${ctx.silent.id}: ${staleCause(ctx.silent)}`;
   const lines = [
     `<b>${plain(e.src)} → ${plain(e.dst)}</b> (this direction)`,
+    `<b>${plain(shown)}</b>${cause ? `: ${plain(cause)}` : ""}`,
     `${fmt(e.events_per_s, 2)} ev/s over ${plain(view.window)}` + (live ? ` · live ${fmt(live.rate, 1)} ev/s` : ""),
     `hop p50/p99 ${fmt(e.hop_p50)} / ${fmt(e.hop_p99)} ms`,
     `e2e p50/p99 ${fmt(e.e2e_p50)} / ${fmt(e.e2e_p99)} ms`,
@@ -107,15 +131,29 @@ function edgeHover(e, ctx) {
   if (ctx.change) lines.push(`<b>${plain(pick(CHANGE_LABELS, ctx.change.change, ctx.change.change))}</b> against the earlier window` +
     (ctx.change.before ? ` (then ${fmt(ctx.change.before.error_pct, 2)} % errors, p99 ${fmt(ctx.change.before.e2e_p99)} ms)` : ""));
   if (ctx.alerts) lines.push(`<b>${ctx.alerts} alert${ctx.alerts === 1 ? "" : "s"} firing</b>`);
-  if (ctx.link && ctx.link.state !== "up") lines.push("<b>link down</b>");
+  if (ctx.link && ctx.link.state !== "healthy") lines.push(`<b>link ${plain(ctx.link.state)}</b>`);
   if (ctx.link && ctx.link.security === "plain") lines.push("<b>unencrypted link</b>");
   return lines.join("<br>");
 }
 
 function edgeColor(e, ctx) {
+  const shown = edgeState(e, ctx);
+  if (shown === "unknown") return STALE_COLOR; // in a comparison too: what cannot be vouched for has no change colour
   if (ctx.change) return pick(CHANGE_COLORS, ctx.change.change, CHANGE_COLORS.same);
-  if (ctx.link && ctx.link.state !== "up") return HEALTH_COLORS.red;
-  return pick(HEALTH_COLORS, e.health, HEALTH_COLORS.idle);
+  return pick(STATE_COLORS, shown, STALE_COLOR);
+}
+
+/** Edges the topology answer has, plus one for every link the live feed says is failing with events held. */
+function mapEdges(topology, linkOf) {
+  const edges = list(topology.edges);
+  const have = new Set(edges.map((e) => key(e.src, e.dst)));
+  const extra = [];
+  for (const [k, l] of linkOf) {
+    if (have.has(k) || l.edge_state !== "failing" || num(l.queue_depth) <= 0) continue;
+    extra.push({ src: l.src, dst: l.dst, events: 0, events_per_s: 0, state: "failing", cause: l.cause,
+      held: num(l.queue_depth), via: {} });
+  }
+  return edges.concat(extra);
 }
 
 /** One line trace along an arc, its hover on every point, clickable through customdata. */
@@ -151,7 +189,7 @@ function buildTraces() {
   const linkOf = new Map(list(topology.links).map((l) => [key(l.src, l.dst), l]));
   for (const l of list(topology.links)) traces.push(...linkTraces(l, regions, flags));
   traces.push(...goneEdgeTraces(regions));
-  const edges = list(topology.edges);
+  const edges = live ? mapEdges(topology, linkOf) : list(topology.edges);
   const byKey = new Map(edges.map((e) => [key(e.src, e.dst), e]));
   const changes = new Map(list(state.diff && state.diff.changes).map((c) => [key(c.src, c.dst), c]));
   const maxRate = Math.max(1, ...edges.map((e) => num(e.events_per_s)));
@@ -162,14 +200,14 @@ function buildTraces() {
     const ctx = {
       live: live ? liveStats(e.src, e.dst) : null, link: linkOf.get(key(e.src, e.dst)),
       reverse: byKey.get(key(e.dst, e.src)), change: changes.get(key(e.src, e.dst)),
-      alerts: alertCount(e.alerts, found),
+      alerts: alertCount(e.alerts, found), silent: [a, b].find((r) => r.stale),
     };
     const rate = ctx.live && view.window === "1m" ? ctx.live.rate : num(e.events_per_s);
     const width = 1 + 7 * Math.sqrt(Math.min(1, rate / maxRate));
-    const silent = [a, b].find((r) => r.stale);
-    const color = silent || e.stale ? STALE_COLOR : edgeColor(e, ctx);
-    const hover = (silent ? `<b>${plain(staleLabel(silent))}</b>: ${plain(staleCause(silent))}<br>` : "") + edgeHover(e, ctx);
-    const meta = { src: e.src, dst: e.dst, change: ctx.change ? ctx.change.change : null };
+    const color = edgeColor(e, ctx);
+    const hover = edgeHover(e, ctx);
+    const vouched = edgeState(e, ctx) !== "unknown";
+    const meta = { src: e.src, dst: e.dst, change: ctx.change ? ctx.change.change : null, state: edgeState(e, ctx) };
     const g = arc(a, b);
     // a detour is drawn when it carried a real share of the edge's traffic in the window
     // (a link that flapped for a second leaves a few forwards via C: those are in the hover only);
@@ -179,7 +217,9 @@ function buildTraces() {
     const vias = detours.map(([r]) => r);
     const detoured = detours.reduce((sum, [, n]) => sum + num(n), 0) >= 0.5 * events;
     traces.push(...detourTraces(a, b, vias, regions, DETOUR_COLOR, hover, meta));
-    traces.push(lineTrace(g, "edge", hover, { width, color }, meta, { opacity: detoured ? 0.35 : 0.9 }));
+    // figures the view cannot vouch for are greyed: drawn thin and dotted, never as live
+    const line = vouched ? { width, color } : { width: Math.min(width, 2), color, dash: "dot" };
+    traces.push(lineTrace(g, "edge", hover, line, meta, { opacity: detoured ? 0.35 : vouched ? 0.9 : 0.5 }));
     const head = along(g.raw, 0.72);
     addPoint(arrows, head, hover, [e.src, e.dst], color, head.angle);
     if (vias.length) addPoint(flags, along(g.raw, 0.5), hover, [e.src, e.dst], color, 0, `via ${plain(vias.join(", "))}`);

@@ -24,6 +24,11 @@ const state = {
   live: new Map(), // "src|dst" -> Map(ts -> {count, delivered, errors, e2e_p99, hop_p99})
   samples: [], // newest last
   messages: 0,
+  lastMessageAt: 0, // when /ws/live last said anything (unix seconds, the browser's clock)
+  feedLost: false, // the /ws/live socket closed
+  heartbeat: null, // the hub's last heartbeat: {feed, freshness}
+  liveTs: 0, // the newest second with live figures
+  liveAsOf: 0, // the newest record those figures counted
   mapReady: false,
   alerts: { alerts: [], available: true },
   groups: null, // /api/groups, when loaded

@@ -51,7 +51,7 @@ async function refreshGroups() {
 function drawGroups() {
   const groups = list(state.groups && state.groups.groups);
   fillRows($("groups-body"), groups.map((g) => row([
-    g.region, g.group, { text: g.status, class: `group-${pick(GROUP_COLORS, g.status, null) ? g.status : "OK"}` },
+    g.region, g.probe ? `${g.group} (probe: never alerts)` : g.group, { text: g.status, class: `group-${pick(GROUP_COLORS, g.status, null) ? g.status : "OK"}` },
     sparkline(list(g.series).map((p) => p.backlog), 90, 20, pick(GROUP_COLORS, g.status, GROUP_COLORS.OK)),
     num(g.backlog), fmt(g.arrival_per_s, 2), fmt(g.ack_per_s, 2), num(g.consumers), `${fmt(g.oldest_age_s, 0)} s`,
   ])), 9, "no durable groups reported");

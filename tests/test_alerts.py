@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import shutil
+import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -25,11 +29,13 @@ from collector.alertrules import parse_rules
 from collector.clickhouse import make_client, migrate
 from collector.config import AlertConfig, CollectorConfig
 from collector.notify import ZERO_TIME, WebhookNotifier
+from collector.position import publish as publish_positions
 from collector.schema import SchemaOptions
 from collector.service import Collector
+from meshcore.freshness import LagReport
 from meshcore.metrics import Registry
 from meshcore.server import Server
-from tests.conftest import eventually, scaled
+from tests.conftest import eventually, free_port, scaled
 from tests.netfault import TcpProxy
 
 A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
@@ -83,7 +89,10 @@ async def receiver() -> AsyncIterator[Receiver]:
     holder.append(Receiver(server))
     await server.start()
     yield holder[0]
-    await server.stop()
+    try:
+        await asyncio.wait_for(server.stop(), scaled(10))
+    except TimeoutError:
+        raise AssertionError("the receiver did not stop") from None
 
 
 # ---- evaluators on a fresh database ------------------------------------------------------------------
@@ -97,11 +106,13 @@ async def evaluators(
 ) -> AsyncIterator[Start]:
     migrate(ch_admin, SchemaOptions(database))
     running: list[tuple[AlertEvaluator, asyncio.Task[None], aioredis.Redis]] = []
+    reporter = asyncio.create_task(caught_up_collector(redis_url))
 
     async def start(
         rules: str,
         redis_client: aioredis.Redis | None = None,
         client_factory: Callable[[], Any] | None = None,
+        region_stores: tuple[tuple[str, str], ...] = (),
         **alerts: Any,
     ) -> AlertEvaluator:
         client = redis_client or aioredis.Redis.from_url(redis_url)
@@ -112,6 +123,7 @@ async def evaluators(
             database=database,
             consumer="test",
             metrics_port=-1,
+            region_stores=region_stores,
             alerts=AlertConfig(**{**settings, **alerts}),
         )
         evaluator = AlertEvaluator(config, client, rules=parse_rules(rules), client_factory=client_factory)
@@ -119,18 +131,32 @@ async def evaluators(
         return evaluator
 
     yield start
+    reporter.cancel()
     for _, task, client in running:
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
         await client.aclose()
+    with contextlib.suppress(BaseException):
+        await reporter
+
+
+async def caught_up_collector(redis_url: str, lag_s: float = 0.2) -> None:
+    """What a collector that is caught up publishes every second: its position in the flow stream."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        while True:
+            await publish_positions(client, [LagReport("meshscope:flows", ("*",), time.time(), lag_s)])
+            await asyncio.sleep(0.3)
+    finally:
+        await client.aclose()
 
 
 def insert_edges(ch: Any, db: str, rows: list[list[Any]]) -> None:
-    """Rows of edge_second: (bucket s, src, dst, topic, entered, errors)."""
-    ch.insert(
-        f"`{db}`.`edge_second`", rows, column_names=["bucket", "src_region", "dst_region", "topic", "entered", "errors"]
-    )
+    """Rows of edge_second: (bucket s, src, dst, topic, entered, lost): the losses are failed deliveries."""
+    full = [[*r[:5], r[5], {"delivery_failed": r[5]} if r[5] else {}] for r in rows]
+    columns = ["bucket", "src_region", "dst_region", "topic", "entered", "errors", "status_counts"]
+    ch.insert(f"`{db}`.`edge_second`", full, column_names=columns)
 
 
 def history(ch: Any, db: str, **filters: Any) -> list[dict[str, Any]]:
@@ -192,6 +218,51 @@ async def test_edge_error_alert_fires_notifies_and_resolves(
     assert len(receiver.requests) == 2 and len(history(ch_admin, database, src=A, dst=B)) == 3
     assert evaluator.metrics.get("alerts_notifications_sent_total") == 2
     assert evaluator.metrics.get("alerts_evaluations_total") > 3 and evaluator.problems() == []
+
+
+STALE_RULE = """
+[[rule]]
+id = "TelemetryStale"
+kind = "telemetry_stale"
+severity = "warning"
+sources = ["flows"]
+for = "300ms"
+window = "1h"
+summary = "The {source} of {region} are stale: {cause}"
+description = "{cause}"
+"""
+
+
+async def test_every_regions_input_is_judged_from_that_regions_own_store(
+    evaluators: Start, region_stores: Any, ch_admin: Any, database: str, redis_async: aioredis.Redis
+) -> None:
+    """A's store (A and C) says its collector is caught up, B's that its collector is 15 min behind:
+    A -> C fires, B -> C is held back, and one TelemetryStale names B; B's store gone: B unknown, held."""
+    urls = region_stores([A, B])
+    now = int(time.time())
+    for region_store, regions, lag_s in ((A, (A, C), 0.2), (B, (B,), 900.0)):
+        async with aioredis.Redis.from_url(urls[region_store]) as client:
+            await publish_positions(client, [LagReport("meshscope:flows", regions, time.time(), lag_s)])
+    insert_edges(ch_admin, database, [[now - 40 + i, src, C, "t", 100, 10] for i in range(30) for src in (A, B)])
+    stores = ((A, urls[A]), (C, urls[A]), (B, urls[B]))
+    evaluator = await evaluators(EDGE_RULES + STALE_RULE, region_stores=stores)
+
+    async def states() -> dict[tuple[str, str], str]:
+        return {(a["labels"]["alertname"], a["labels"].get("src") or a["labels"]["region"]): a["state"]
+                for a in await firing(redis_async)}  # fmt: skip
+
+    got = await eventually(lambda: _both(states, ("EdgeErrorRateHigh", A), ("TelemetryStale", B)), 10)
+    assert ("EdgeErrorRateHigh", B) not in got  # its input is 15 min behind: held back, never fired
+    (stale,) = [a for a in await firing(redis_async) if a["labels"]["alertname"] == "TelemetryStale"]
+    assert stale["labels"]["source"] == "flows" and "collector lag" in stale["summary"], stale
+    region_stores.servers[B].stop()
+    await asyncio.sleep(scaled(1))  # evaluations with B's store gone: B is unknown, so still nothing fires for it
+    assert ("EdgeErrorRateHigh", B) not in await states() and evaluator.problems() == []
+
+
+async def _both(states: Callable[[], Awaitable[dict[tuple[str, str], str]]], *keys: tuple[str, str]) -> Any:
+    got = await states()
+    return got if all(got.get(k) == "firing" for k in keys) else None
 
 
 async def test_webhook_retries_until_it_answers(
@@ -283,20 +354,24 @@ async def test_link_down_from_link_samples(
 [[rule]]
 id = "LinkDown"
 kind = "link_down"
+for = "0s"
 severity = "critical"
 stale = "5s"
 window = "1h"
 summary = "Link {src} -> {dst} is {state}"
 """
     await evaluators(rules)
-    alerts = await eventually(lambda: _firing(redis_async, 2), 10)
-    assert sorted((a["labels"]["src"], a["labels"]["dst"], a["summary"]) for a in alerts) == [
-        (A, B, f"Link {A} -> {B} is silent"),
-        (B, A, f"Link {B} -> {A} is down"),
+    alerts = await eventually(lambda: _firing(redis_async, 1), 10)
+    await asyncio.sleep(scaled(0.5))  # several evaluations: A -> B, which no sample told of for 20 s, stays out
+    alerts = await _firing(redis_async, 1)
+    assert alerts is not None
+    # A -> B: its relay has not reported for 20 s: unknown, not down (TelemetryStale tells that)
+    assert [(a["labels"]["src"], a["labels"]["dst"], a["summary"]) for a in alerts] == [
+        (B, A, f"Link {B} -> {A} is down")
     ]
     assert history(ch_admin, database, region=C) == []  # A -> C is up
-    touching = history(ch_admin, database, region=A)  # both directions of A <-> B
-    assert sorted((r["labels"]["src"], r["labels"]["dst"]) for r in touching) == [(A, B), (B, A)]
+    touching = history(ch_admin, database, region=A)
+    assert sorted((r["labels"]["src"], r["labels"]["dst"]) for r in touching) == [(B, A)]
 
 
 async def test_group_stall_and_stop_from_lag_samples(
@@ -315,15 +390,17 @@ async def test_group_stall_and_stop_from_lag_samples(
     rows += samples("r1", "fine", (100, 0, 1), (110, 0, 1), (120, 0, 1), (130, 0, 1), (140, 0, 1))
     rows += samples("r2", "orphan", (100, 5, 1), (100, 5, 0))
     rows += samples("r2", "behind", (100, 10, 1), (110, 20, 1), (120, 30, 1), (130, 40, 1), (140, 50, 1))  # WARN
+    probes = samples("r2", "chaos1", (100, 5, 1), (100, 5, 0))  # stopped too, but a probe: never pages
     ch_admin.insert(
         f"`{database}`.`group_lag`",
-        rows,
-        column_names=["ts", "region", "group", "acked", "pending", "lag", "consumers"],
+        [[*row, 0] for row in rows] + [[*row, 1] for row in probes],
+        column_names=["ts", "region", "group", "acked", "pending", "lag", "consumers", "probe"],
     )
     rules = """
 [[rule]]
 id = "ConsumerGroupStalled"
 kind = "group_lag"
+for = "0s"
 severity = "critical"
 statuses = ["STALL"]
 samples = 5
@@ -333,6 +410,7 @@ summary = "{group} in {region} is {status}"
 [[rule]]
 id = "ConsumerGroupStopped"
 kind = "group_lag"
+for = "0s"
 severity = "critical"
 statuses = ["STOP"]
 window = "10m"
@@ -364,6 +442,7 @@ async def test_rejections_from_refusal_minutes(
 [[rule]]
 id = "PolicyOrSchemaRejections"
 kind = "rejections"
+for = "0s"
 severity = "warning"
 threshold = 2.0
 window = "1m"
@@ -452,3 +531,94 @@ def test_alerts_can_be_turned_off() -> None:
     config = CollectorConfig.from_env({"MESHSCOPE_ALERTS": "false", "MESHSCOPE_COLLECTOR_METRICS_PORT": "-1"})
     collector = Collector(config, aioredis.Redis())
     assert collector.alerts is None and "alerts" not in collector.health()
+
+
+# ---- a real Alertmanager -----------------------------------------------------------------------------------
+
+ALERTMANAGER = os.environ.get("MESHSCOPE_ALERTMANAGER", "prometheus-alertmanager")
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, receiver: Receiver) -> Iterator[str]:
+    """Alertmanager (Debian's prometheus-alertmanager) on a free port, routing to the test receiver: its base URL."""
+    binary = shutil.which(ALERTMANAGER)
+    if binary is None:
+        advice = "Alertmanager is missing: apt-get install -y prometheus-alertmanager (or set MESHSCOPE_ALERTMANAGER)"
+        if os.environ.get("CI"):
+            pytest.fail(advice + "; in CI the Alertmanager test must run")
+        pytest.skip(advice)
+    port = free_port()
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(
+        "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n"
+        "  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n"
+        f"      - url: {receiver.url('am')}\n        send_resolved: true\n"
+    )
+    proc = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + scaled(20)
+        while True:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "Alertmanager did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.kill()  # nothing of it is kept: no need to let it flush
+        proc.wait()
+
+
+async def am_alerts(url: str) -> list[dict[str, Any]]:
+    """What Alertmanager holds as active now (its API v2), without blocking the loop the receiver runs on."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        alerts: list[dict[str, Any]] = (await http.get(f"{url}/api/v2/alerts")).json()
+    return alerts
+
+
+async def test_alertmanager_receives_groups_keeps_and_resolves_our_alerts(
+    evaluators: Start, alertmanager: str, receiver: Receiver, ch_admin: Any, database: str
+) -> None:
+    now = int(time.time())
+    insert_edges(ch_admin, database, [[now - 40 + i, A, B, "orders.created", 100, 10] for i in range(30)])
+    insert_edges(ch_admin, database, [[now - 40 + i, A, C, "orders.created", 100, 20] for i in range(30)])
+    evaluator = await evaluators(EDGE_RULES, alertmanagers=(alertmanager,), resend_s=0.5, external_url="http://dash")
+
+    async def active() -> list[dict[str, Any]] | None:
+        got = [a for a in await am_alerts(alertmanager) if a["labels"].get("alertname") == "EdgeErrorRateHigh"]
+        return got if len(got) == 2 and all(a["status"]["state"] == "active" for a in got) else None
+
+    got = await eventually(active, 15)
+    assert sorted(a["labels"]["dst"] for a in got) == sorted([B, C])
+    assert all(a["annotations"]["summary"].startswith(f"Edge {A} -> ") for a in got)
+    assert all(a["generatorURL"].startswith("http://dash/?alert=") for a in got)
+    # Alertmanager grouped them (by alertname) into one notification to its receiver
+    (grouped,) = await eventually(lambda: receiver.bodies("am", "firing"), 15)
+    assert grouped["groupLabels"] == {"alertname": "EdgeErrorRateHigh"} and len(grouped["alerts"]) == 2
+    # each ends two seconds ahead unless sent again: still active well after that, because it is
+    first_ends = {a["fingerprint"]: a["endsAt"] for a in got}
+    await asyncio.sleep(scaled(4))
+    again = await active()
+    assert again is not None and all(a["endsAt"] > first_ends[a["fingerprint"]] for a in again)
+    sent = evaluator.metrics.get("alerts_notifications_sent_total")
+    assert sent >= 4 and evaluator.metrics.get("alerts_notifications_failed_total") == 0
+    # A -> B recovers: Alertmanager resolves it (and says so to its receiver), A -> C stays
+    insert_edges(ch_admin, database, [[now - 35 + i, A, B, "orders.created", 100_000, 0] for i in range(30)])
+
+    async def resolved() -> list[dict[str, Any]] | None:
+        left = [a for a in await am_alerts(alertmanager) if a["labels"].get("alertname") == "EdgeErrorRateHigh"]
+        return left if [a["labels"]["dst"] for a in left] == [C] else None
+
+    await eventually(resolved, 15)
+
+    def told_resolved() -> set[str]:  # in a group still firing (A -> C), the resolved alert is listed as such
+        return {a["labels"]["dst"] for m in receiver.bodies("am") for a in m["alerts"] if a["status"] == "resolved"}
+
+    assert await eventually(told_resolved, 15) == {B}

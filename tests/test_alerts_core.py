@@ -31,6 +31,7 @@ from collector.alerts import (
 from collector.config import AlertConfig, CollectorConfig
 from collector.histogram import histogram
 from collector.notify import ZERO_TIME, payloads, redact, retryable
+from meshcore.freshness import FLOWS, LIMITS
 from meshcore.settings import SettingError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,14 +81,15 @@ def test_defaults_match_the_prometheus_rules_where_both_exist() -> None:
     assert ours["EdgeLagP99High"].threshold == 2000.0 and "2000" in prom["EdgeLagP99High"]["expr"]
     assert ours["EventRateDrop"].threshold == 50.0 and "0.5 *" in prom["EventRateDrop"]["expr"]
     for name in (
-        "EdgeErrorRateHigh",
-        "EdgeLagP99High",
-        "LinkDown",
-        "PolicyOrSchemaRejections",
-        "ConsumerLagGrowing",
+        "EdgeErrorRateHigh", "EdgeLagP99High", "LinkDown", "PolicyOrSchemaRejections", "ConsumerLagGrowing",
         "ConsumerGroupStopped",
-    ):
+    ):  # fmt: skip
         assert ours[name].for_text == prom[name]["for"], name
+    # Prometheus says "collector lag" where the dashboard holds its alerts back for stale input: past the
+    # freshness table's limit for flow records, for as long as TelemetryStale waits
+    stale_s = LIMITS[FLOWS].stale_s
+    assert prom["CollectorLagHigh"]["expr"] == f"meshscope_collector_lag_seconds > {stale_s:g}"
+    assert ours["TelemetryStale"].for_text == prom["CollectorLagHigh"]["for"]
     assert ours["EdgeErrorRateElevated"].threshold == 1.0 and ours["EdgeErrorRateElevated"].severity == "warning"
     groups = {r.statuses[0]: r.severity for r in ours.values() if r.kind == ar.GROUP_LAG}
     assert groups == {"WARN": "warning", "STALL": "critical", "STOP": "critical"}
@@ -96,27 +98,54 @@ def test_defaults_match_the_prometheus_rules_where_both_exist() -> None:
 @pytest.mark.parametrize(
     ("text", "error"),
     [
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nfitler = {src = 'x'}", r"rule\[0\] \(A\)\.fitler: unknown key"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nfilter = {topic = 'x'}", r"rule\[0\] \(A\)\.filter\.topic: unknown"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nthreshold = 3", r"\(A\)\.threshold: unknown key for a link_down"),
-        ("[[rule]]\nid = 'A'\nkind = 'edge_error_pct'", r"\(A\)\.threshold: required"),
+        (
+            "[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nfitler = {src = 'x'}",
+            r"rule\[0\] \(A\)\.fitler: unknown key",
+        ),
+        (
+            "[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nfilter = {topic = 'x'}",
+            r"rule\[0\] \(A\)\.filter\.topic: unknown",
+        ),
+        (
+            "[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nthreshold = 3",
+            r"\(A\)\.threshold: unknown key for a link_down",
+        ),
+        ("[[rule]]\nid = 'A'\nkind = 'edge_error_pct'\nfor = '1m'", r"\(A\)\.threshold: required"),
         ("[[rule]]\nid = 'A'\nkind = 'nope'", r"\(A\)\.kind: required, one of"),
         ("[[rule]]\nid = '1x'\nkind = 'link_down'", r"rule\[0\]\.id"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nseverity = 'page'", r"\(A\)\.severity"),
+        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nseverity = 'page'", r"\(A\)\.severity"),
         ("[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '2 minutes'", r"\(A\)\.for: '2 minutes' is not a duration"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nsummary = '{value.__class__}'", r"\(A\)\.summary: \{value\.__class"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nsummary = '{src[0]}'", r"summary: \{src\[0\]\} is not a template"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nsummary = '{secret}'", r"\{secret\} is not a template field"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nsummary = '{src:.1f}'", r"summary: the template does not render"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nsummary = '{src!r}'", r"no conversions"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nsummary = '{value:999999999}'", r"widths over 999"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nsummary = '{value:{threshold}}'", r"nested fields"),
-        ("[[rule]]\nid = 'A'\nkind = 'group_lag'", r"\(A\)\.statuses: required"),
-        ("[[rule]]\nid = 'A'\nkind = 'group_lag'\nstatuses = ['LATE']", r"statuses: LATE not one of"),
-        ("[[rule]]\nid = 'A'\nkind = 'rejections'\nby = ['host']", r"\(A\)\.by: host not one of"),
-        ("[[rule]]\nid = 'A'\nkind = 'rejections'\nfilter = {topic = 'a.>.b'}", r"filter\.topic: pattern"),
-        ("[[rule]]\nid = 'A'\nkind = 'edge_rate_drop'\nthreshold = 150", r"threshold: out of range"),
-        ("[[rule]]\nid = 'A'\nkind = 'link_down'\n[[rule]]\nid = 'A'\nkind = 'link_down'", r"A is used twice"),
+        (
+            "[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nsummary = '{value.__class__}'",
+            r"\(A\)\.summary: \{value\.__class",
+        ),
+        (
+            "[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nsummary = '{src[0]}'",
+            r"summary: \{src\[0\]\} is not a template",
+        ),
+        (
+            "[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nsummary = '{secret}'",
+            r"\{secret\} is not a template field",
+        ),
+        (
+            "[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nsummary = '{src:.1f}'",
+            r"summary: the template does not render",
+        ),
+        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nsummary = '{src!r}'", r"no conversions"),
+        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nsummary = '{value:999999999}'", r"widths over 999"),
+        ("[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\nsummary = '{value:{threshold}}'", r"nested fields"),
+        ("[[rule]]\nid = 'A'\nkind = 'group_lag'\nfor = '1m'", r"\(A\)\.statuses: required"),
+        ("[[rule]]\nid = 'A'\nkind = 'group_lag'\nfor = '1m'\nstatuses = ['LATE']", r"statuses: LATE not one of"),
+        ("[[rule]]\nid = 'A'\nkind = 'rejections'\nfor = '1m'\nby = ['host']", r"\(A\)\.by: host not one of"),
+        ("[[rule]]\nid = 'A'\nkind = 'rejections'\nfor = '1m'\nfilter = {topic = 'a.>.b'}", r"filter\.topic: pattern"),
+        ("[[rule]]\nid = 'A'\nkind = 'edge_rate_drop'\nfor = '1m'\nthreshold = 150", r"threshold: out of range"),
+        (
+            "[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'\n[[rule]]\nid = 'A'\nkind = 'link_down'\nfor = '1m'",
+            r"A is used twice",
+        ),
+        ("[[rule]]\nid = 'A'\nkind = 'link_down'", r"\(A\)\.for: required: how long the condition must hold"),
+        ("[[rule]]\nid = 'A'\nkind = 'edge_error_pct'\nfor = '1m'\nthreshold = 1\nstatuses = ['ok']", r"ok not one of"),
+        ("[[rule]]\nid = 'A'\nkind = 'telemetry_stale'\nfor = '1m'\nsources = ['logs']", r"logs not one of"),
         ("[rules]\nx = 1", r"rules: unknown key; a rules file holds \[\[rule\]\] tables only"),
         ("[[rule]\n", r"not valid TOML"),
     ],
@@ -150,7 +179,9 @@ def test_templates_render_a_fixed_set_of_fields() -> None:
 
 
 def edge_row(src: str, dst: str, entered: int, errors: int, hist: dict[int, int] | None = None, **kw: Any) -> tuple:
-    return (src, dst, kw.get("topic", ""), entered, kw.get("before", 0), errors, hist or {})
+    """A row of an edge rule's query: ``errors`` lost (delivery_failed), and ``refused`` policy denials."""
+    statuses = {"delivery_failed": errors, "policy_denied": kw.get("refused", 0)}
+    return (src, dst, kw.get("topic", ""), entered, kw.get("before", 0), statuses, hist or {})
 
 
 @pytest.mark.parametrize(
@@ -167,6 +198,14 @@ def test_edge_error_pct(entered: int, errors: int, threshold: float, min_events:
     r = rule(threshold=threshold, min_events=min_events)
     (obs,) = observe(r, [edge_row("a", "b", entered, errors)], NOW)
     assert obs.active is active and obs.labels == {"src": "a", "dst": "b"}
+
+
+def test_edge_errors_count_what_the_rule_says_failed_by_default_the_losses() -> None:
+    rows = [edge_row("a", "b", 100, 1, refused=40)]
+    (losses,) = observe(rule(threshold=5.0), rows, NOW)
+    assert (losses.value, losses.active) == (1.0, False)  # the producers' refusals are not the edge's
+    (refusals,) = observe(rule(threshold=5.0, statuses=["policy_denied", "delivery_failed"]), rows, NOW)
+    assert (refusals.value, refusals.active) == (41.0, True)
 
 
 def test_edge_filters_and_topics() -> None:
@@ -218,19 +257,22 @@ def test_edge_windows_pick_their_table() -> None:
 
 def test_link_down() -> None:
     rows = [
-        ("a", "b", "up", (NOW - 2) * 1000),
-        ("a", "c", "up", (NOW - 60) * 1000),
-        ("b", "a", "down", (NOW - 1) * 1000),
-        ("c", "a", "connecting", (NOW - 1) * 1000),
+        ("a", "b", "up", (NOW - 2) * 1000, 0.0, 0.0),
+        ("a", "c", "up", (NOW - 60) * 1000, 0.0, 0.0),
+        ("b", "a", "down", (NOW - 1) * 1000, 0.0, 0.0),
+        ("c", "a", "connecting", (NOW - 1) * 1000, 0.0, 0.0),
+        ("d", "a", "up", (NOW - 1) * 1000, -400_000.0, 300.0),  # d's clock is 400 s ahead: refused
     ]
     obs = observe(rule(ar.LINK_DOWN, stale="30s"), rows, NOW)
-    assert [(o.labels["src"], o.labels["dst"], o.active, o.fields["state"]) for o in obs] == [
-        ("a", "b", False, "up"),
-        ("a", "c", True, "silent"),
-        ("b", "a", True, "down"),
-        ("c", "a", True, "connecting"),
+    assert [(o.labels["src"], o.labels["dst"], o.active, o.fields["state"], bool(o.held)) for o in obs] == [
+        ("a", "b", False, "healthy", False),
+        ("a", "c", False, "unknown", True),  # its relay cannot report: not down, held back
+        ("b", "a", True, "down", False),
+        ("c", "a", True, "down", False),
+        ("d", "a", True, "failing", False),
     ]
-    assert obs[1].value == pytest.approx(60)
+    assert obs[1].value == pytest.approx(60) and obs[1].held.startswith("link samples 60 s behind")
+    assert obs[4].fields["cause"] == "clock 400 s ahead of a's, which accepts 300 s"
 
 
 def test_rejections_by_labels() -> None:
@@ -255,9 +297,12 @@ def test_rejections_by_labels() -> None:
     assert "refusal_minute" in rule_sql(r, "db", NOW)
 
 
-def group_rows(group: str, *samples: tuple[int, int, int], region: str = "r") -> list[tuple]:
+def group_rows(
+    group: str, *samples: tuple[int, int, int], region: str = "r", probe: int = 0, age: float = 0.0
+) -> list[tuple]:
     """(acked, backlog, consumers) every 5 s, newest last, as the query returns them (newest first)."""
-    rows = [(region, group, (NOW - 5 * (len(samples) - i)) * 1000, a, b, 0.0, c) for i, (a, b, c) in enumerate(samples)]
+    rows = [(region, group, (NOW - age - 5 * (len(samples) - i)) * 1000, a, b, 0.0, c, probe)
+            for i, (a, b, c) in enumerate(samples)]  # fmt: skip
     return rows[::-1]
 
 
@@ -279,6 +324,14 @@ def test_group_lag_burrow_statuses(
     (obs,) = observe(r, group_rows("g", *samples), NOW)
     assert (obs.active, obs.fields["status"], obs.labels) == (active, status, {"region": "r", "group": "g"})
     assert obs.value == samples[-1][1]
+
+
+def test_probe_groups_never_alert_and_stale_samples_are_held_back() -> None:
+    stopped = [(10, 5, 1), (10, 8, 0)]
+    r = rule(ar.GROUP_LAG, statuses=["STOP"], samples=2)
+    assert observe(r, group_rows("chaos1", *stopped, probe=1), NOW) == []  # meshscope chaos's own
+    (old,) = observe(r, group_rows("g", *stopped, age=120), NOW)
+    assert old.active and old.held.startswith("group samples 2 min behind")
 
 
 def test_group_lag_window_is_the_last_samples() -> None:
@@ -445,6 +498,27 @@ def test_alertmanager_payload() -> None:
     assert payloads(pending.transitions) == []  # nobody hears of a pending alert
 
 
+def test_alertmanager_api_v2_body() -> None:
+    """POST /api/v2/alerts takes a list of alerts: firing ones end four resends ahead, resolved ones when they did."""
+    from collector.notify import alertmanager_alerts
+
+    r = rule(**{"for": "0s"}, summary="{src}->{dst}", description="errors {value:.0f}%")
+    fired = evaluate([r], {"R": [active(src="a", dst="b"), active(src="a", dst="c")]}, {}, 1_700_000_000.25)
+    body = alertmanager_alerts(list(fired.alerts.values()), [], 1_700_000_010.0, 60.0, "https://ms.example")
+    assert len(body) == 2 and set(body[0]) == {"labels", "annotations", "startsAt", "endsAt", "generatorURL"}
+    first = next(a for a in body if a["labels"]["dst"] == "b")
+    assert first["labels"] == {"alertname": "R", "severity": "critical", "src": "a", "dst": "b"}
+    assert first["annotations"] == {"summary": "a->b", "description": "errors 10%"}
+    assert (first["startsAt"], first["endsAt"]) == ("2023-11-14T22:13:20.250Z", "2023-11-14T22:17:30.000Z")
+    assert first["generatorURL"].startswith("https://ms.example/?alert=")
+    done = evaluate([r], {"R": [active(src="a", dst="c")]}, fired.alerts, 1_700_000_060.0)
+    body = alertmanager_alerts(list(done.alerts.values()), done.transitions, 1_700_000_060.0, 60.0)
+    ended = next(a for a in body if a["labels"]["dst"] == "b")
+    assert ended["endsAt"] == "2023-11-14T22:14:20.000Z" and ended["generatorURL"] == ""
+    pending = evaluate([rule()], {"R": [active()]}, {}, 0)
+    assert alertmanager_alerts(list(pending.alerts.values()), [], 0, 60) == []  # pending is not told
+
+
 def test_webhook_helpers() -> None:
     assert redact("https://u:p@hooks.example:8443/x/y?token=s#f") == "https://hooks.example:8443/x/y"
     assert [retryable(s) for s in (0, 200, 400, 404, 408, 429, 500, 503)] == [
@@ -469,3 +543,64 @@ def test_alert_settings() -> None:
         AlertConfig.from_env({"MESHSCOPE_ALERT_WEBHOOKS": "http://a/", "MESHSCOPE_ALERT_WEBHOOK_TOKEN": "a,b"})
     with pytest.raises(SettingError, match="not an http"):
         AlertConfig.from_env({"MESHSCOPE_ALERT_WEBHOOKS": "ftp://a/"})
+    am = AlertConfig.from_env(
+        {"MESHSCOPE_ALERTMANAGERS": "http://am1:9093/, http://am2:9093", "MESHSCOPE_ALERT_RESEND_S": "30"}
+    )
+    assert am.alertmanagers == ("http://am1:9093", "http://am2:9093") and am.resend_s == 30
+    assert am.alertmanager_tokens == ("", "") and AlertConfig().resend_s == 60
+    with pytest.raises(SettingError, match="MESHSCOPE_ALERTMANAGER_TOKEN holds 3 tokens for 1 Alertmanagers"):
+        AlertConfig.from_env({"MESHSCOPE_ALERTMANAGERS": "http://am/", "MESHSCOPE_ALERTMANAGER_TOKEN": "a,b,c"})
+
+
+# ---- stale input: held back, and one alert that says so ---------------------------------------------
+
+
+def test_an_alert_whose_input_is_stale_neither_fires_nor_resolves() -> None:
+    r = rule(**{"for": "0s"})
+    held = Observation({"src": "a", "dst": "b"}, 100.0, True, held="flow records 15 min behind — collector lag")
+    steps: list[tuple[float, list[Observation] | None]] = [
+        (NOW, [held]),  # nothing starts on stale input, however bad it looks
+        (NOW + 15, [active()]),  # fresh: fires
+        (NOW + 30, [replace_held(quiet())]),  # stale again: "rate fell" or "all good", it stays as it was
+        (NOW + 45, [quiet()]),  # fresh and quiet: resolves
+    ]
+    assert run(r, steps) == [[], [(FIRING, NOW + 15)], [], [(RESOLVED, NOW + 45)]]
+
+
+def replace_held(obs: Observation) -> Observation:
+    from dataclasses import replace
+
+    return replace(obs, held="flow records 15 min behind — collector lag")
+
+
+def test_rules_read_their_regions_input_and_a_stale_one_holds_them_back() -> None:
+    from collector.alertinputs import inputs
+    from meshcore.freshness import LagReport
+
+    behind = [LagReport("meshscope:flows", ("*",), NOW, 900.0)]
+    fresh = inputs(behind, [("links", "a", (NOW - 1) * 1000)], NOW)
+    (obs,) = observe(rule(threshold=5.0), [edge_row("a", "b", 0, 0, before=600)], NOW, fresh)
+    assert obs.held == "flow records 15 min behind — collector lag"
+    caught_up = inputs([LagReport("meshscope:flows", ("*",), NOW, 0.5)], [], NOW)
+    (obs,) = observe(rule(ar.EDGE_RATE_DROP, threshold=50.0), [edge_row("a", "b", 0, 0, before=600)], NOW, caught_up)
+    assert obs.active and obs.held == ""
+
+
+def test_telemetry_stale_is_one_alert_per_cause_not_one_per_region_and_rule() -> None:
+    from collector.alertinputs import inputs
+    from meshcore.freshness import LagReport
+
+    r = rule(ar.TELEMETRY_STALE)
+    rows = [("links", "a", (NOW - 1) * 1000), ("links", "b", (NOW - 120) * 1000), ("groups", "b", (NOW - 999) * 1000)]
+    one_stream = inputs([LagReport("meshscope:flows", ("*",), NOW, 900.0)], rows, NOW)
+    obs = observe(r, [], NOW, one_stream)
+    assert [(dict(o.labels), o.fields["cause"]) for o in obs] == [
+        ({"source": "flows", "region": "*"}, "collector lag"),
+        ({"source": "links", "region": "b"}, "no newer sample"),
+    ]  # group samples are not among the rule's default sources
+    assert [o.value for o in obs] == [900.0, 120.0] and all(o.active for o in obs)
+    summary = ar.render(r.summary, {**obs[0].labels, **obs[0].fields})
+    assert summary == "The flow records of every region are stale: collector lag"
+    per_region = inputs([LagReport("f", ("a",), NOW, 0.5), LagReport("f2", ("b",), NOW, 600.0)], rows[:1], NOW)
+    assert [dict(o.labels) for o in observe(r, [], NOW, per_region)] == [{"source": "flows", "region": "b"}]
+    assert observe(r, [], NOW, inputs([LagReport("f", ("*",), NOW, 0.5)], rows[:1], NOW)) == []

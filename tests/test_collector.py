@@ -219,8 +219,9 @@ async def test_crash_between_insert_and_ack_leaves_every_record_once(
 
     first.after_insert = crash
     await eventually(lambda: count(ch_admin, database) > 0, 10)
-    pending, _ = await first.stream.lag()
-    assert pending > 0  # inserted, never acked
+    from collector.position import position
+
+    assert (await position(first.redis, "meshscope:flows", "meshscope-collectors")).pending > 0  # inserted, never acked
     assert redis_sync.hlen("meshscope:collector:inflight") == 1
     await run_collector(consumer="c1" if restart_as == "same consumer" else "c2", batch_rows=300)
     await eventually(lambda: count(ch_admin, database) >= 1000, 15)
@@ -301,50 +302,129 @@ async def test_two_collectors_split_the_work_without_duplicates(
     assert all(n > 0 for n in inserted)
 
 
-async def test_live_stats_are_published_every_second(
+async def test_live_stats_are_published_every_second_with_how_old_they_are(
     redis_url: str, redis_sync: redis.Redis, run_collector: Any
 ) -> None:
+    """Live figures count only records of the last seconds; older ones are history, counted as late."""
     client = aioredis.Redis.from_url(redis_url)
     pubsub = client.pubsub()
     await pubsub.subscribe("meshscope:live")
     await run_collector()
-    recs = [
-        FlowRecord(
-            1,
-            f"e{i}",
-            "t" * 32,
-            "s" * 16,
-            "p" * 16,
-            "orders.x",
-            "deliver",
-            A,
-            C,
-            "r",
-            5.0,
-            float(i + 1),
-            "ok",
-            10,
-            1,
-            i,
-        )
-        for i in range(100)
-    ]
+    now_us = time.time_ns() // 1000
+
+    def deliver(i: int, ts: int) -> FlowRecord:
+        return FlowRecord(ts, f"e{i}", "t" * 32, "s" * 16, "p" * 16, "orders.x", "deliver", A, C, "r", 5.0,
+                          float(i + 1), "ok", 10, 1, i)  # fmt: skip
+
+    recs = [deliver(i, now_us) for i in range(100)]
     recs.append(
-        FlowRecord(1, "f", "t" * 32, "s" * 16, "p" * 16, "orders.x", "forward", A, C, "r", 1, 1, "ok", 10, 1, 0)
+        FlowRecord(now_us, "f", "t" * 32, "s" * 16, "p" * 16, "orders.x", "forward", A, C, "r", 1, 1, "ok", 10, 1, 0)
     )
+    recs += [deliver(1000 + i, now_us - 900_000_000) for i in range(7)]  # a quarter of an hour old
     add_records(redis_sync, recs)
 
     async def message() -> Any:
         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        return orjson.loads(msg["data"]) if msg else None
+        data = orjson.loads(msg["data"]) if msg else None
+        return data if data and data["edges"] else None
 
     live = await eventually(message, 5)
     edge = next(e for e in live["edges"] if (e["src"], e["dst"]) == (A, C))
     assert (edge["count"], edge["delivered"], edge["errors"]) == (1, 100, 0)
     assert (edge["e2e_p50"], edge["e2e_p99"]) == (50.0, 99.0)
     assert live["samples"] and live["samples"][0]["trace_id"] == "t" * 32
+    assert live["late"] == 7 and live["as_of"] == pytest.approx(now_us / 1e6)
+    streams = {r["stream"]: r for r in live["lag"]}
+    assert set(streams) == {"meshscope:flows", "meshscope:links", "meshscope:groups:lag"}
+    assert all(r["regions"] == ["*"] for r in streams.values())
+
+    async def idle() -> Any:  # a second with nothing to count still says where the collector stands
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        data = orjson.loads(msg["data"]) if msg else None
+        return data if data and not data["edges"] else None
+
+    quiet = await eventually(idle, 5)
+    assert quiet["as_of"] is None and quiet["late"] == 0 and len(quiet["lag"]) == 3
     await pubsub.aclose()
     await client.aclose()
+
+
+async def test_the_position_is_the_age_of_the_oldest_record_not_in_clickhouse(
+    redis_url: str, redis_sync: redis.Redis
+) -> None:
+    from collector.position import position
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        stream, group = "meshscope:flows", "pos"
+        redis_sync.xgroup_create(stream, group, id="0", mkstream=True)
+        assert (await position(client, stream, group)).lag_s == 0.0  # nothing waits
+        assert (await position(client, "no-such-stream", group)).oldest_ms is None
+        old_ms = time.time_ns() // 1_000_000 - 900_000  # entries written 15 minutes ago
+        for i in range(5):
+            redis_sync.xadd(stream, {"r": "[]"}, id=f"{old_ms + i}-0")
+        at = await position(client, stream, group)
+        assert at.unread == 5 and at.pending == 0 and at.lag_s == pytest.approx(900, abs=2)
+        redis_sync.xreadgroup(group, "c", {stream: ">"}, count=2)  # read, not yet acknowledged
+        at = await position(client, stream, group)
+        assert (at.unread, at.pending) == (3, 2) and at.lag_s == pytest.approx(900, abs=2)
+        redis_sync.xack(stream, group, f"{old_ms}-0", f"{old_ms + 1}-0")
+        assert (await position(client, stream, group)).oldest_ms == old_ms + 2
+        redis_sync.xreadgroup(group, "c", {stream: ">"})
+        redis_sync.xack(stream, group, *[f"{old_ms + i}-0" for i in range(2, 5)])
+        assert (await position(client, stream, group)).lag_s == 0.0
+    finally:
+        await client.aclose()
+
+
+async def test_a_collector_publishes_its_position_per_stream_with_its_regions(
+    redis_url: str, redis_sync: redis.Redis, run_collector: Any
+) -> None:
+    from collector.position import reports
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        collector = await run_collector(region_stores=((A, redis_url), (C, redis_url)))  # one store holds both
+        await collector.wait_ready(scaled(10))
+        add_records(redis_sync, make_records(50))
+        got = await eventually(lambda: reports(client), 5)
+        assert {r.stream for r in got} == {"meshscope:flows", "meshscope:links", "meshscope:groups:lag"}
+        assert all(r.regions == (A, C) and r.collector == "c1" and r.lag_s < 5 for r in got)
+        assert (
+            collector.health()["streams"]
+            and collector.metrics.get("collector_lag_seconds", stream="meshscope:flows") is not None
+        )
+    finally:
+        await client.aclose()
+
+
+async def test_link_samples_left_unacknowledged_by_an_outage_or_a_dead_collector_are_stored(
+    redis_url: str, redis_sync: redis.Redis, run_collector: Any, ch_admin: Any, database: str
+) -> None:
+    """A sync cut short leaves entries pending: they are read again, never left behind for good."""
+    from collector.position import position
+
+    now_us = time.time_ns() // 1000
+    group = "meshscope-collectors-links"
+    redis_sync.xgroup_create("meshscope:links", group, id="0", mkstream=True)
+    for relay, consumer in (("own", "c1"), ("dead", "gone-collector")):
+        sample = [now_us, relay, A, C, "up", 1.0, 0, 0, "mtls", "", "", ""]
+        redis_sync.xadd("meshscope:links", {"v": "2", "r": orjson.dumps([sample])})
+        redis_sync.xreadgroup(group, consumer, {"meshscope:links": ">"}, count=1)  # read, never acknowledged
+    await run_collector()
+
+    def stored() -> set[str]:
+        try:
+            return {r[0] for r in ch_admin.query(f"SELECT relay FROM `{database}`.links").result_rows}
+        except Exception:  # the schema is still being made
+            return set()
+
+    await eventually(lambda: stored() >= {"own", "dead"}, 10)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert (await position(client, "meshscope:links", group)).lag_s == 0.0
+    finally:
+        await client.aclose()
 
 
 async def test_links_and_regions_reach_clickhouse(mesh: Mesh, run_collector: Any, ch_admin: Any, database: str) -> None:
@@ -373,7 +453,7 @@ async def test_links_and_regions_reach_clickhouse(mesh: Mesh, run_collector: Any
 def test_migrations_are_idempotent(clickhouse_url: str, database: str) -> None:
     client = make_client(clickhouse_url)
     cfg = config("redis://unused", clickhouse_url, database)
-    assert migrate(client, cfg.schema) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert migrate(client, cfg.schema) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert migrate(client, cfg.schema) == []
     tables = {
         r[0]
@@ -410,10 +490,10 @@ async def test_collector_metrics_and_health(
         text = (await http.get(server.url + "/metrics")).text
         assert "meshscope_collector_rows_inserted_total 300" in text
         assert "meshscope_collector_clickhouse_up 1" in text
-        assert "meshscope_collector_lag_seconds 0.0" in text  # caught up
+        assert 'meshscope_collector_lag_seconds{stream="meshscope:flows"} 0.0' in text  # caught up
         # counters that never moved are there at 0, so rate() sees their first increment
         assert "meshscope_collector_redis_errors_total 0.0" in text
-        assert 'meshscope_task_restarts_total{task="lag"} 0.0' in text
+        assert 'meshscope_task_restarts_total{task="report"} 0.0' in text
         for name in (
             "collector_batch_rows",
             "collector_insert_seconds",
@@ -426,31 +506,6 @@ async def test_collector_metrics_and_health(
         assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["reasons"] == []
     finally:
         await server.stop()
-
-
-async def test_backlog_says_how_old_the_oldest_record_not_yet_stored_is(redis_url: str) -> None:
-    """The collector's lag in seconds: the oldest pending entry, else the first one not yet read."""
-    import redis.asyncio as aioredis
-
-    from collector.stream import FlowStream
-
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        stream = FlowStream(client, "meshscope:flows:backlog-test", "collectors", "c1", "meshscope:dead:backlog-test")
-        await stream.ensure_group()
-        assert await stream.backlog() == (0, 0, 0)
-        now_ms = int(time.time() * 1000)
-        for age_ms in (30_000, 20_000):
-            await client.xadd(stream.stream, {b"r": b"[]"}, id=f"{now_ms - age_ms}-0")
-        assert await stream.backlog() == (0, 2, now_ms - 30_000)  # nothing read yet
-        [(eid, _)] = await stream.read(1, 10)
-        assert await stream.backlog() == (1, 1, now_ms - 30_000)  # read, not yet stored
-        await stream.ack([eid])
-        assert await stream.backlog() == (0, 1, now_ms - 20_000)
-        await stream.ack([e for e, _ in await stream.read(10, 10)])
-        assert await stream.backlog() == (0, 0, 0)
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.parametrize(

@@ -45,13 +45,16 @@ async def test_topology_edges_and_traces_match_what_was_published(stack_factory:
     ac = edges[(A, C)]
     assert (ac["events"], ac["delivered"], ac["errors"]) == (40, 40, 0)
     assert ac["events_per_s"] == pytest.approx(40 / 300, rel=0.01)
-    assert ac["health"] == "green" and ac["e2e_p99"] is not None and ac["e2e_p50"] <= ac["e2e_p99"]
+    assert ac["traffic"] == "healthy" and ac["e2e_p99"] is not None and ac["e2e_p50"] <= ac["e2e_p99"]
+    # every answer says how old its data is: the collector is caught up, so the flow history is live
+    fresh = await eventually(lambda: _fresh_flows(http, stack), 10)
+    assert set(fresh["regions"]) >= {A, C} and fresh["regions"][A]["flows"]["as_of"] > time.time() - 10
     assert (A, B) not in edges  # B had no interest: nothing crossed that way
     regions = await eventually(lambda: _regions(http, stack), 10)
     assert regions[A]["events"] == 40 and regions[A]["provider"] == "aws"
     assert regions[C]["lat"] == pytest.approx(52.37)
     links = await eventually(lambda: _links(http, stack), 10)
-    assert links[(A, C)]["state"] == "up" and links[(A, C)]["rtt_ms"] >= 0
+    assert links[(A, C)]["reported_state"] == "up" and links[(A, C)]["rtt_ms"] >= 0
 
     edge = (await http.get(f"{stack.url}/api/edges/{A}/{C}?window=5m")).json()
     assert (edge["src"], edge["dst"], edge["events"]) == (A, C, 40)
@@ -59,6 +62,7 @@ async def test_topology_edges_and_traces_match_what_was_published(stack_factory:
     assert edge["series"][-1]["t"] - edge["series"][0]["t"] <= 300
     assert [t["topic"] for t in edge["topics"]] == ["orders.x"]
     assert {s["trace_id"] for s in edge["samples"]} <= set(traces) and edge["samples"]
+    assert set(edge["freshness"]["regions"]) >= {A, C}
 
     trace = (await http.get(f"{stack.url}/api/traces/{traces[0]}")).json()
     hops = trace["hops"]
@@ -66,6 +70,17 @@ async def test_topology_edges_and_traces_match_what_was_published(stack_factory:
     assert hops[1]["parent_span_id"] == hops[0]["span_id"] and hops[2]["parent_span_id"] == hops[1]["span_id"]
     assert [(h["src_region"], h["dst_region"]) for h in hops] == [(A, A), (A, C), (A, C)]
     assert all(h["status"] == "ok" for h in hops)
+    assert "freshness" in trace
+    for path in ("/api/timeline?window=1h", "/api/routes", "/api/groups", "/api/search?q=o-1", "/api/governance",
+                 "/api/alerts", "/api/alerts/history", "/api/topology/diff?window=5m"):  # fmt: skip
+        reply = (await http.get(f"{stack.url}{path}")).json()
+        fresh = reply.get("freshness") or reply["now"]["freshness"]
+        assert {"checked_at", "sources", "regions", "banner"} <= set(fresh), path
+
+
+async def _fresh_flows(http: httpx.AsyncClient, stack: Stack) -> dict[str, Any] | None:
+    fresh: dict[str, Any] = (await http.get(f"{stack.url}/api/topology?window=1m")).json()["freshness"]
+    return fresh if fresh["sources"]["flows"]["level"] == "live" else None
 
 
 async def _regions(http: httpx.AsyncClient, stack: Stack) -> dict[str, Any] | None:
@@ -78,7 +93,7 @@ async def _links(http: httpx.AsyncClient, stack: Stack) -> dict[tuple[str, str],
     topo = (await http.get(f"{stack.url}/api/topology?window=1m")).json()
     links = {(x["src"], x["dst"]): x for x in topo["links"]}
     # the first samples synced may be from before the links came up; the latest must say up
-    return links if (A, C) in links and links[(A, C)]["state"] == "up" else None
+    return links if (A, C) in links and links[(A, C)]["state"] == "healthy" else None
 
 
 @pytest.mark.parametrize(
@@ -430,19 +445,22 @@ async def test_routes_why_and_search_reflect_the_relays(stack_factory: Any, http
     (trace,) = found["traces"]
     assert trace["trace_id"] in traces and (trace["topic"], trace["src"]) == ("orders.x", A)
     by_trace = await get_json(http, f"{url}/api/search?q={trace['trace_id']}")
+    assert by_trace.pop("freshness")["sources"]["flows"]["level"] in ("live", "behind")
     assert by_trace == {"kind": "trace", "trace_id": trace["trace_id"], "found": True}
     hops = (await get_json(http, f"{url}/api/traces/{trace['trace_id']}"))["hops"]
     assert [h["kind"] for h in hops] == ["publish", "forward", "deliver"]
-    assert (await get_json(http, f"{url}/api/search?q=orders.>")) == {"kind": "topic", "pattern": "orders.>"}
-    assert (await get_json(http, f"{url}/api/search?q=orders.x")) == {"kind": "topic", "pattern": "orders.x"}
+    for q in ("orders.>", "orders.x"):
+        found = await get_json(http, f"{url}/api/search?q={q}")
+        assert found.pop("freshness") and found == {"kind": "topic", "pattern": q}
     missing = await http.get(f"{url}/api/search?q=no-such-event")
     assert missing.status_code == 404 and "nothing found" in missing.json()["error"]
 
     gov = await get_json(http, f"{url}/api/governance?window=1h")
     assert {r["region"] for r in gov["relays"]} == {A, C} and gov["mismatch"] is False
     assert gov["document"] is None and gov["refusals"] == []
-    assert await get_json(http, f"{url}/api/alerts") == {"alerts": [], "available": True, "badges": {"edges": [],
-                                                          "regions": []}}  # fmt: skip
+    alerts = await get_json(http, f"{url}/api/alerts")
+    assert alerts.pop("freshness")["banner"] == []
+    assert alerts == {"alerts": [], "available": True, "badges": {"edges": [], "regions": []}}
     assert (await get_json(http, f"{url}/api/alerts/history?src={A}&dst={C}"))["history"] == []
 
 
@@ -539,15 +557,17 @@ async def test_a_link_going_down_reaches_live_clients_within_a_second(
 
         listener = asyncio.create_task(listen())
         try:
-            await eventually(lambda: seen and state_of(seen[-1][1]) == "up", 10)
+            await eventually(lambda: seen and state_of(seen[-1][1]) == "healthy", 10)
             (link,) = seen[-1][1]["links"]
             assert (link["src"], link["security"], link["governance_mismatch"]) == (A, "plain", False)
             link = stack.mesh[A].link_to(C)
             link.black_hole(scaled(10))  # the link drops, and dialing again times out: it stays down a while
             killed = time.monotonic()
             link.kill()
-            down = await eventually(lambda: next((t for t, m in seen if t > killed and state_of(m) != "up"), None), 5)
+            down = await eventually(lambda: next((t for t, m in seen if t > killed and state_of(m) == "down"), None), 5)
             assert down - killed <= scaled(1.0)
+            (link,) = next(m for t, m in seen if t == down)["links"]
+            assert (link["reported_state"], link["edge_state"]) in (("down", "failing"), ("connecting", "failing"))
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)

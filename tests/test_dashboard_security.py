@@ -351,7 +351,14 @@ API = [
 ]
 
 
-async def test_without_credentials_only_health_and_sign_in_answer(dash: DashboardRuntime) -> None:
+# a dashboard with no collector and no relays vouches for nothing it could show: /healthz says so
+NOTHING_REPORTS = [
+    "flow records unknown — no collector reports its position",
+    "live feed unknown — no message from the collectors on the live channel",
+]
+
+
+async def test_without_credentials_only_health_and_sign_in_answer(redis_sync: Any, dash: DashboardRuntime) -> None:
     async with client(dash) as anon:
         for method, path in API:
             reply = await anon.request(method, path, json={"sql": "SELECT 1"} if method == "POST" else None)
@@ -361,8 +368,8 @@ async def test_without_credentials_only_health_and_sign_in_answer(dash: Dashboar
         page = await anon.get("/")
         assert page.status_code == 303 and page.headers["location"] == "/login"
         health = await anon.get("/healthz")
-        assert health.status_code == 200
-        assert health.json() == {"status": "ok", "reasons": [], "anonymous_allowed": False}
+        assert health.status_code == 503
+        assert health.json() == {"status": "degraded", "reasons": NOTHING_REPORTS, "anonymous_allowed": False}
         login = await anon.get("/login")
         assert login.status_code == 200 and '<form method="post" action="/login">' in login.text
         assert (await anon.get("/static/app.js")).status_code == 200
@@ -532,7 +539,12 @@ async def test_the_csv_download_neutralizes_formulas(dash: DashboardRuntime) -> 
 
 
 async def test_anonymous_mode_lets_requests_without_credentials_in_and_says_so(
-    redis_url: str, clickhouse_url: str, database: str, principals: str, caplog: pytest.LogCaptureFixture
+    redis_sync: Any,
+    redis_url: str,
+    clickhouse_url: str,
+    database: str,
+    principals: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="dashboard.serve")
     async with (
@@ -540,7 +552,8 @@ async def test_anonymous_mode_lets_requests_without_credentials_in_and_says_so(
         client(runtime) as anon,
     ):
         assert any("MESHSCOPE_ALLOW_ANONYMOUS" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
-        assert (await anon.get("/healthz")).json() == {"status": "ok", "reasons": [], "anonymous_allowed": True}
+        health = (await anon.get("/healthz")).json()
+        assert health == {"status": "degraded", "reasons": NOTHING_REPORTS, "anonymous_allowed": True}
         assert (await anon.get("/")).status_code == 200
         assert (await anon.get("/api/topology")).status_code == 200
         assert (await anon.post("/api/sql", json={"sql": "SELECT 1"})).status_code == 200

@@ -14,10 +14,10 @@ from dashboard import params as p
 from dashboard import queries as q
 from dashboard import views
 from dashboard.diff import changes, classify
-from dashboard.health import Thresholds
 from dashboard.livemessage import LinkChanges, edges_message, links_message
 from dashboard.relaystate import document_view, governance_view, parse_states, routes_view, why
 from dashboard.timerange import choose_table, rollup_span, span
+from meshcore.freshness import ALL, FLOWS, LINKS, Assessment, Reading, StoreCheck, Thresholds, assess
 from meshcore.topic import matches, validate_pattern
 
 NOW = 1_764_000_000.0  # a fixed "now" (2025-11-24), divisible by the cache interval
@@ -190,30 +190,106 @@ def test_combined_queries_share_parameters_and_refuse_conflicts() -> None:
 A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
 
 
-def agg(entered: int, errors: int = 0, status: str = "backpressure", lost: int = 0, via: Any = None) -> list[Any]:
-    return [entered, entered - errors, errors, {status: errors} if errors else {}, entered * 100, {800: entered},
-            {800: entered}, lost, via or {}]  # fmt: skip
+def agg(
+    entered: int, errors: int = 0, status: str = "backpressure", lost: int = 0, via: Any = None, hist: int = 800
+) -> list[Any]:
+    return [entered, entered - errors, errors, {status: errors} if errors else {}, entered * 100, {hist: entered},
+            {hist: entered}, lost, via or {}]  # fmt: skip
+
+
+MS_50 = 98  # the histogram bucket of ~50 ms
+
+
+def fresh(flows_age: float = 1.0, links: dict[str, float] | None = None, store_error: str = "") -> Assessment:
+    readings = [Reading(FLOWS, r, NOW - flows_age, "collector lag") for r in (A, B, C)]
+    readings += [Reading(LINKS, r, NOW - age) for r, age in (links or {}).items()]
+    return assess(readings, NOW, [StoreCheck((ALL,), store_error)])
+
+
+def link_row(src: str, dst: str, state: str, age: float, depth: int = 0, **kw: Any) -> list[Any]:
+    return [src, dst, state, 10.0, depth, 0, NOW - age, kw.get("security", "mtls"), "", kw.get("peer_gov", ""),
+            kw.get("gov", ""), kw.get("offset", 0.0), kw.get("skew", 0.0)]  # fmt: skip
 
 
 def test_topology_filters_edges_regions_and_links() -> None:
     edges = [[A, A, *agg(10)], [A, B, *agg(8, 1, lost=1, via={C: 2})], [A, C, *agg(5)], [B, C, *agg(3)]]
     regions = [[r, r.split(":")[0], 1.0, 2.0, r, 0, 0] for r in (A, B, C)]
-    links = [[A, B, "up", 10.0, 0, 0, NOW - 1, "mtls", "", "2-b", "1-a"], [B, C, "up", 5.0, 0, 0, NOW - 30, "", "",
-             "", ""]]  # fmt: skip
+    links = [link_row(A, B, "up", 1, peer_gov="2-b", gov="1-a"), link_row(B, C, "up", 30, security="")]
     groups = [[B, "billing", 1000 * (NOW - i), 5, 7 + i, 0.5, 1, "svc", ["orders.>"], 3, 4] for i in range(5)]
     sp = span(300, int(NOW), True, NOW)
-    out = views.shape_topology(edges, regions, links, groups, sp, p.Filters(regions=(B,)), T, 10.0, NOW)
+    rows = views.MapRows(edges, regions, links, groups)
+    out = views.shape_topology(rows, sp, p.Filters(regions=(B,)), T, fresh())
     assert [(e["src"], e["dst"]) for e in out["edges"]] == [(A, B), (B, C)]
     ab = out["edges"][0]
     assert (ab["lost"], ab["via"], ab["errors_by_status"], ab["alerts"]) == (1, {C: 2}, {"backpressure": 1}, 0)
+    assert (ab["traffic"], ab["state"]) == ("failing", "failing")  # 1 of 8 lost
     regions_shown = {r["id"]: r for r in out["regions"]}
     assert list(regions_shown) == [A, C, B]  # B, and the other ends of its edges
     assert regions_shown[B]["groups"] == [{"group": "billing", "status": "STALL", "backlog": 7}]
     link = {(x["src"], x["dst"]): x for x in out["links"]}
     assert link[(A, B)]["governance_mismatch"] is True and link[(A, B)]["security"] == "mtls"
-    assert link[(B, C)]["state"] == "down" and link[(B, C)]["stale"] is True  # no sample for 30 s
-    aws = views.shape_topology(edges, regions, links, [], sp, p.Filters(providers=("azure",)), T, 10.0, NOW)
+    assert link[(A, B)]["state"] == "healthy"
+    # no sample for 30 s: its relay cannot report, so the link is unknown, never down
+    assert (link[(B, C)]["state"], link[(B, C)]["reported_state"]) == ("unknown", "up")
+    assert link[(B, C)]["cause"] == "link samples 30 s behind — no newer report"
+    assert [s["state"] for s in out["states"]] == ["healthy", "idle", "degraded", "failing", "down", "unknown"]
+    aws = views.shape_topology(rows, sp, p.Filters(providers=("azure",)), T, fresh())
     assert [(e["src"], e["dst"]) for e in aws["edges"]] == [(A, C), (B, C)]
+
+
+def test_an_edge_whose_link_is_down_is_failing_at_once_with_what_waits_even_without_traffic() -> None:
+    edges = [[A, B, *agg(100, hist=MS_50)], [B, A, *agg(100, hist=MS_50)]]
+    regions = [[r, r.split(":")[0], 1.0, 2.0, r, 0, 0] for r in (A, B, C)]
+    links = [link_row(A, B, "connecting", 0.5, depth=120), link_row(B, A, "up", 0.5), link_row(A, C, "down", 0.5, 40),
+             link_row(C, A, "down", 0.5)]  # fmt: skip
+    sp = span(300, int(NOW), True, NOW)
+    out = views.shape_topology(views.MapRows(edges, regions, links, []), sp, p.Filters(), T, fresh())
+    by = {(e["src"], e["dst"]): e for e in out["edges"]}
+    assert (by[(A, B)]["traffic"], by[(A, B)]["state"]) == ("healthy", "failing")
+    assert by[(A, B)]["cause"] == "link down; 120 events held for it" and by[(A, B)]["held"] == 120
+    assert by[(B, A)]["state"] == "healthy"
+    # no traffic in the window, but 40 events wait for a link that is down: the edge is drawn, failing
+    assert by[(A, C)]["state"] == "failing" and by[(A, C)]["events"] == 0
+    assert (C, A) not in by  # down, but nothing waits: no edge to draw
+
+
+def test_figures_the_view_cannot_vouch_for_are_unknown_with_why() -> None:
+    edges = [[A, B, *agg(100, hist=MS_50)]]
+    regions = [[r, r.split(":")[0], 1.0, 2.0, r, 0, 0] for r in (A, B)]
+    links = [link_row(A, B, "up", 0.5)]
+    sp = span(300, int(NOW), True, NOW)
+    rows = views.MapRows(edges, regions, links, [])
+    behind = views.shape_topology(rows, sp, p.Filters(), T, fresh(flows_age=900))
+    (ab,) = behind["edges"]
+    assert (ab["traffic"], ab["state"], ab["cause"]) == (
+        "healthy",
+        "unknown",
+        "flow records 15 min behind — collector lag",
+    )
+    assert ab["events"] == 100  # the last known figures, as they are
+    assert behind["freshness"]["banner"] == ["flow records 15 min behind — collector lag"]
+    assert {(r["stale"], r["freshness"]["level"]) for r in behind["regions"]} == {(True, "stale")}
+    # Valkey unreachable: one banner; the link is unknown, not down, and says why
+    gone = views.shape_topology(rows, sp, p.Filters(), T, fresh(links={A: 0.5}, store_error="refused"))
+    (link,) = gone["links"]
+    assert (link["state"], link["cause"]) == ("unknown", "Valkey unreachable from the dashboard: refused")
+    assert gone["freshness"]["banner"] == ["Valkey unreachable from the dashboard: refused"]
+
+
+def test_the_live_feed_overrides_an_older_sample_of_the_history() -> None:
+    regions = [[r, r.split(":")[0], 1.0, 2.0, r, 0, 0] for r in (A, B)]
+    links = [link_row(A, B, "up", 20)]
+    live = links_message(orjson.dumps({"region": A, "links": [[int((NOW - 0.3) * 1e6), "r", A, B, "connecting", 0,
+                                                                 7, 2, "", "", "", "", 0.0, 0.0]]}), NOW)  # fmt: skip
+    assert live is not None
+    sp = span(300, int(NOW), True, NOW)
+    rows = views.MapRows([], regions, links, [], {(A, B): live["links"][0]})
+    (link,) = views.shape_topology(rows, sp, p.Filters(), T, fresh())["links"]
+    assert (link["state"], link["queue_depth"]) == ("down", 7)
+    # a past window keeps the history's sample
+    past = span(300, int(NOW) - 600, False, NOW)
+    (old,) = views.shape_topology(rows, past, p.Filters(), T, fresh())["links"]
+    assert old["reported_state"] == "up"
 
 
 @pytest.mark.parametrize(
@@ -265,7 +341,7 @@ def e(events: int, error_pct: float = 0.0, p99: float | None = 50.0) -> dict[str
         (e(10, 0.9), e(10, 1.0), "errors_up"),  # only 11 % more, but crosses amber (1 %)
         (e(10, 0.0, 100.0), e(10, 0.0, 130.0), "lag_up"),
         (e(10, 0.0, 100.0), e(10, 0.0, 110.0), "same"),
-        (e(10, 0.0, 480.0), e(10, 0.0, 520.0), "lag_up"),  # crosses the 500 ms amber threshold
+        (e(10, 0.0, 960.0), e(10, 0.0, 1040.0), "lag_up"),  # crosses the 1000 ms degraded threshold
         (e(10, 0.0, 3000.0), e(10, 0.0, 100.0), "lag_down"),
         (e(10, 2.0, 100.0), e(10, 4.0, 300.0), "errors_up"),  # errors first
         (e(10, 0.0, None), e(10, 0.0, 900.0), "same"),  # no lag measured before
@@ -338,11 +414,18 @@ def test_live_messages_are_typed_and_links_forwarded_on_change() -> None:
         return orjson.dumps({"region": A, "links": [[1, "r", A, B, state, rtt, 0, 1, "tls", "", "2-x", "1-y"],
                                                     ["too", "short"]]})  # fmt: skip
 
-    up = links_message(sample("up"))
+    up = links_message(sample("up"), 1.0)
     assert up == {"type": "links", "region": A, "links": [
-        {"src": A, "dst": B, "state": "up", "rtt_ms": 10.0, "queue_depth": 0, "reconnects": 1, "security": "tls",
-         "via": "", "governance_mismatch": True}
+        {"src": A, "dst": B, "state": "healthy", "cause": "", "reported_state": "up", "edge_state": None,
+         "last_sample": 1e-6, "clock_offset_ms": 0.0, "peer_skew_s": 0.0, "rtt_ms": 10.0, "queue_depth": 0,
+         "reconnects": 1, "security": "tls", "via": "", "gov": "2-x", "local_gov": "1-y", "governance_mismatch": True}
     ]}  # fmt: skip
+    # a relay 400 s ahead of its peer, which accepts 300 s: the link is failing, and so is its edge
+    skewed = orjson.dumps({"region": A, "links": [[1, "r", A, B, "up", 1.0, 0, 0, "mtls", "", "", "", 400_000.0,
+                                                   300.0]]})  # fmt: skip
+    (link,) = (links_message(skewed, 1.0) or {})["links"]
+    assert (link["state"], link["edge_state"]) == ("failing", "failing")
+    assert link["cause"] == f"clock 400 s behind {B}'s, which accepts 300 s"
     changed = LinkChanges(refresh_s=5.0)
     steps = [
         (0.0, "up", 10.0),
@@ -351,7 +434,7 @@ def test_live_messages_are_typed_and_links_forwarded_on_change() -> None:
         (0.6, "connecting", 0.0),
         (5.7, "connecting", 0.0),
     ]
-    forwarded = [changed.forward(links_message(sample(s, rtt)) or {}, t) for t, s, rtt in steps]
+    forwarded = [changed.forward(links_message(sample(s, rtt), t) or {}, t) for t, s, rtt in steps]
     assert forwarded == [True, False, True, False, True]  # first, a change, and a refresh
 
 

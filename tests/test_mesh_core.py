@@ -182,6 +182,49 @@ def test_bad_items_are_refused_with_the_reason(row: list[Any], says: str) -> Non
     assert len(bad) == 1 and says in bad[0].reason
 
 
+def test_a_refused_item_keeps_what_can_be_read_of_its_event_for_the_refusal_record() -> None:
+    """A clock 400 s ahead fails the item's own checks: its event still names the refusal record."""
+    _, (bad,) = items(good_row(sent=NOW + 400_000_000))
+    assert bad.key == (A, "0123456789abcdef", 5) and bad.event is not None and bad.event["id"] == "x"
+    assert bad.span_id == "00f067aa0ba902b7"
+    _, (broken,) = items(good_row(span="XYZ", event="not an object"))
+    assert (broken.event, broken.span_id) == (None, "")
+    _, (short,) = items(good_row()[:12])
+    assert (short.key, short.event) == (None, None)
+
+
+HELLO = {"t": "HELLO", "region": A, "relay": "r", "provider": "aws", "lat": 1.0, "lon": 2.0, "city": "x"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "ts", "skew_s", "clock_ok"),
+    [
+        ({}, None, 0.0, True),  # a relay that says nothing of its clock
+        ({"ts": NOW, "skew_s": 300, "clock_ok": False}, NOW, 300.0, False),
+    ],
+)
+def test_hello_says_the_senders_clock_and_the_skew_it_accepts(
+    extra: dict[str, Any], ts: int | None, skew_s: float, clock_ok: bool
+) -> None:
+    hello = fr.hello_of({**HELLO, **extra})
+    assert (hello["ts"], hello["skew_s"], hello["clock_ok"]) == (ts, skew_s, clock_ok)
+
+
+@pytest.mark.parametrize(
+    "extra", [{"ts": -1}, {"ts": "now"}, {"ts": 1.5}, {"skew_s": -1}, {"skew_s": 1e12}, {"clock_ok": "yes"}]
+)
+def test_a_hello_with_a_bad_clock_field_is_refused(extra: dict[str, Any]) -> None:
+    with pytest.raises(FrameError):
+        fr.hello_of({**HELLO, **extra})
+
+
+def test_a_pong_carries_the_answering_relays_clock() -> None:
+    assert fr.pong_of({"t": "PONG", "ts": 5, "now": 9}) == (5, 9)
+    assert fr.pong_of({"t": "PONG", "ts": 5}) == (5, None)
+    with pytest.raises(FrameError):
+        fr.pong_of({"t": "PONG", "ts": 5, "now": "later"})
+
+
 def test_an_item_that_passed_through_the_receiver_is_refused() -> None:
     good, bad = items(good_row(path=[A, B]), sender=B, receiver=B)
     assert not good and "already passed" in bad[0].reason

@@ -362,7 +362,9 @@ async def test_relays_publish_routes_and_interest_for_the_dashboard(mesh: Mesh, 
 
     state = await eventually(lambda: (s := state_of(C)) and s["groups"] and s["subscriptions"] and s, 6)
     assert state["subscriptions"] == [{"principal": "tester", "patterns": ["orders.>"], "subscribers": 1}]
-    assert state["groups"] == [{"group": "billing", "owner": "tester", "patterns": ["payments.*"], "members": 1}]
+    assert state["groups"] == [
+        {"group": "billing", "owner": "tester", "patterns": ["payments.*"], "members": 1, "probe": False}
+    ]
     routes = {r["dst"]: r for r in (await eventually(lambda: state_of(A), 6))["routes"]}
     assert routes[C]["direct"] and routes[C]["path"] == [C]
     await sub.close()

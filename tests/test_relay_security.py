@@ -199,13 +199,16 @@ async def test_hostile_mesh_frames_leave_the_relay_healthy_and_the_link_working(
 async def test_a_malformed_item_is_refused_and_acknowledged_not_resent_forever(
     mesh: Mesh, redis_sync: redis.Redis
 ) -> None:
-    """Refused for good, and the loss is on the record: a drop/malformed naming the origin and number."""
+    """Refused for good, and the loss is on the record: a drop/malformed naming the origin and number, and
+    what can still be read of the event (id, topic, trace), though the item failed its own checks (its
+    clock is far off), so search and the trace view show where it ended."""
     mesh.regions = [A]  # A's relay token is known to C, but A does not run: this test speaks for it
     await mesh.start_one(C)
     token_of_a = {"Authorization": f"Bearer {relay_token(A)}"}
     async with connect(f"{mesh[C].ws_url}/v1/mesh", additional_headers=token_of_a) as ws:
         await ws.send(hello(A))
-        bad = [A, "0123456789abcdef", 1, 1, 1, C, [A], "00f067aa0ba902b7", 0, 0, 1, "", {"type": "x"}]
+        event = {"id": "lost-1", "type": "orders.x", "traceparent": f"00-{'4b' * 16}-00f067aa0ba902b7-01"}
+        bad = [A, "0123456789abcdef", 1, 1, 1, C, [A], "00f067aa0ba902b7", 0, 0, 1, "", event]
         await ws.send(orjson.dumps({"v": 2, "t": "EVENTS", "b": [bad]}))
         while True:
             frame = orjson.loads(await asyncio.wait_for(ws.recv(), scaled(3)))
@@ -215,6 +218,8 @@ async def test_a_malformed_item_is_refused_and_acknowledged_not_resent_forever(
     assert mesh[C].relay.metrics.get("mesh_refused_items_total", peer=A) == 1
     (drop,) = await eventually(lambda: [r for r in flow_records(redis_sync) if r.status == "malformed"], 5)
     assert (drop.kind, drop.src_region, drop.dst_region, drop.seq) == ("drop", A, C, 1)
+    assert (drop.event_id, drop.topic, drop.trace_id) == ("lost-1", "orders.x", "4b" * 16)
+    assert drop.parent_span_id == "00f067aa0ba902b7"  # under the sender's forward, in the trace view
 
 
 # ---- principals -------------------------------------------------------------------------------

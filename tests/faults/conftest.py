@@ -73,11 +73,13 @@ class RelayProcess:
     env: dict[str, str]
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    wrap: tuple[str, ...] = ()
+    """A command the relay runs under (``faketime -f +400s``)."""
 
     def start(self) -> None:
         with open(self.log, "ab") as logfile:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "meshscope", "relay"],
+                [*self.wrap, sys.executable, "-m", "meshscope", "relay"],
                 env={**os.environ, **self.env},
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
@@ -140,10 +142,13 @@ class FaultMesh:
         regions: list[str],
         proxied: list[tuple[str, str]] = (),  # type: ignore[assignment]
         stores: dict[str, ValkeyProcess] | None = None,
+        wrap: dict[str, tuple[str, ...]] | None = None,
+        healthy: bool = True,
         **env: str,
     ) -> None:
         """Start relays in a full mesh; links in ``proxied`` (dialer, peer) go through a TcpProxy; each region on
-        its own store when ``stores`` names them."""
+        its own store when ``stores`` names them; a region in ``wrap`` runs under that command; ``healthy``: wait
+        until each is healthy with every link up."""
         self.stores.update(stores or {})
         auth = write_principals(self.workdir / "principals.toml", regions)
         ports = {r: free_port() for r in regions}
@@ -174,11 +179,15 @@ class FaultMesh:
                 **env,
             }
             relay = RelayProcess(
-                region, ports[region], relay_env, self.workdir / f"relay-{region.replace(':', '_')}.log"
+                region,
+                ports[region],
+                relay_env,
+                self.workdir / f"relay-{region.replace(':', '_')}.log",
+                wrap=(wrap or {}).get(region, ()),
             )
             relay.start()
             self.relays[region] = relay
-        for region in regions:
+        for region in regions if healthy else ():
             await self.wait_healthy(region)
 
     async def wait_healthy(self, region: str, links_up: int | None = None, timeout_s: float = 20) -> dict[str, Any]:
