@@ -461,17 +461,18 @@ def link_view(reported: str, fresh: Freshness, clock: str = "", error: str = "")
     return Verdict(HEALTHY)
 
 
-def edge_view(traffic: str, link: Verdict | None, flows: Freshness, held: int = 0) -> Verdict:
+def edge_view(traffic: str, link: Verdict | None, figures: Freshness, held: int = 0) -> Verdict:
     """An edge's state: ``traffic`` (its figures' verdict), overruled by its link, then by stale figures.
 
+    ``figures``: the least fresh of what the figures of both its ends rest on (``Assessment.vouch``).
     A link down or refused makes the edge failing at once, with what waits for it; figures that
-    are not fresh make it unknown, whatever they say.
+    are not fresh (an end that is a stale region) make it unknown, whatever they say.
     """
     if link is not None and link.state in (DOWN, FAILING):
         waiting = f"; {held} events held for it" if held else ""
         return Verdict(FAILING, f"{link.cause}{waiting}")
-    if not flows.trusted:
-        return Verdict(UNKNOWN, flows.says)
+    if not figures.trusted:
+        return Verdict(UNKNOWN, figures.says)
     if traffic not in STATES:
         return Verdict(UNKNOWN, f"no verdict for {traffic[:16]!r}")
     return Verdict(traffic)
