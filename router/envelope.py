@@ -65,6 +65,7 @@ import orjson
 
 from meshcore.topic import validate_topic
 from router.errors import EventTooLarge, InvalidTopic, MalformedEvent, UnsupportedMediaType
+from router.grammar import is_media_type, is_timestamp, is_uri, is_uri_reference, media_type
 from router.tracecontext import (
     TraceContext,
     TraceParent,
@@ -90,16 +91,19 @@ _OPTIONAL_LIMIT = {
     "datacontenttype": "max_datacontenttype_chars",
     "dataschema": "max_dataschema_chars",
 }
+_GRAMMAR = {"datacontenttype": is_media_type, "dataschema": is_uri}
+_NOT_GRAMMAR = {
+    "source": "attribute 'source' must be a URI-reference (RFC 3986; percent-encode spaces and non-ASCII)",
+    "dataschema": "attribute 'dataschema' must be an absolute URI (RFC 3986)",
+    "datacontenttype": "attribute 'datacontenttype' must be a media type, type/subtype[; name=value] (RFC 2045)",
+    "time": "attribute 'time' must be an RFC 3339 timestamp with valid fields, in ASCII: 2026-11-26T10:00:00Z",
+}
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _NONCHARACTERS = "".join(f"\\U{plane:04x}fffe\\U{plane:04x}ffff" for plane in range(1, 17))
 _NOT_CE_STRING = re.compile(rf"[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff\ud800-\udfff{_NONCHARACTERS}]")
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED_STRING = r'"(?:[^"\\]|\\.)*"'
-_MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})(.*)", re.S)
-_MEDIA_PARAM = re.compile(rf"[ \t]*;[ \t]*(?:({_TOKEN})=({_TOKEN}|{_QUOTED_STRING}))?")
 _UTF8_CHARSETS = frozenset(("utf-8", "utf8", "us-ascii"))
 _HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*")
 _QUOTED = re.compile(_QUOTED_STRING)
@@ -247,6 +251,8 @@ def _validate(obj: object, limits: EventLimits, context: TraceContext | None) ->
         raise MalformedEvent("attribute 'specversion' must be \"1.0\"", "specversion")
     _check_string("id", obj["id"], limits.max_id_chars)
     _check_string("source", obj["source"], limits.max_source_chars)
+    if not is_uri_reference(obj["source"]):
+        raise MalformedEvent(_NOT_GRAMMAR["source"], "source")
     try:
         validate_topic(obj["type"])
     except InvalidTopic as exc:
@@ -262,9 +268,11 @@ def _validate(obj: object, limits: EventLimits, context: TraceContext | None) ->
             if not isinstance(value, str) or not value:
                 raise MalformedEvent(f"attribute '{name}' must be a non-empty string", name)
             _check_string(name, value, getattr(limits, _OPTIONAL_LIMIT[name]))
+            if name in _GRAMMAR and not _GRAMMAR[name](value):
+                raise MalformedEvent(_NOT_GRAMMAR[name], name)
         elif name == "time":
-            if not isinstance(value, str) or len(value) > MAX_TIME_CHARS or not _RFC3339.fullmatch(value):
-                raise MalformedEvent("attribute 'time' must be an RFC 3339 timestamp", "time")
+            if not isinstance(value, str) or len(value) > MAX_TIME_CHARS or not is_timestamp(value):
+                raise MalformedEvent(_NOT_GRAMMAR["time"], "time")
         elif name == "data_base64":
             if not isinstance(value, str) or not _BASE64.fullmatch(value):
                 raise MalformedEvent("'data_base64' must be a base64 string", name)
@@ -499,20 +507,10 @@ def _media_type(header: str | None) -> tuple[str, dict[str, str]] | None:
     """(lower-case ``type/subtype``, parameters) of a content type; None when absent; 415 when unreadable."""
     if header is None or not header.strip(_OWS):
         return None
-    text = header.strip(_OWS)
-    m = _MEDIA_TYPE.fullmatch(text)
-    if m is None:
-        raise UnsupportedMediaType(f"content type {header[:100]!r} is not a media type")
-    params: dict[str, str] = {}
-    rest, at = m.group(3), 0
-    while at < len(rest):
-        p = _MEDIA_PARAM.match(rest, at)
-        if p is None or p.end() == at:
-            raise UnsupportedMediaType(f"content type {header[:100]!r} has malformed parameters")
-        if p.group(1):
-            params[p.group(1).lower()] = p.group(2).strip('"')
-        at = p.end()
-    return f"{m.group(1)}/{m.group(2)}".lower(), params
+    try:
+        return media_type(header.strip(_OWS))
+    except ValueError as exc:
+        raise UnsupportedMediaType(f"content type {header[:100]!r} {exc}") from None
 
 
 def _require_utf8(media: tuple[str, dict[str, str]] | None) -> None:
