@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -39,7 +37,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from meshcore import flowrecord as fk
 from meshcore.auth import ANONYMOUS, Principal, bearer_of
-from meshcore.backoff import backoff_s
 from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 from meshcore.metrics import content_type_for
 from meshcore.names import InvalidName, group_name
@@ -57,13 +54,14 @@ from router.errors import (
     UnsupportedMediaType,
 )
 from router.faults import fault_routes
+from router.groupsession import GroupSession
 from router.hop import Subject
 from router.inbound import serve_peer
 from router.outbox import StoreFull
 from router.publish import InDoubt
 from router.relay import Relay
 from router.routing import MTLS, PLAIN, TLS
-from router.subscription import ENTRY_ID, MAX_ACK_IDS, GroupConflict, GroupStore
+from router.subscription import GroupConflict, GroupStore
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +164,28 @@ def build_app(relay: Relay) -> Starlette:
         except RuntimeError:
             await ws.close(CLOSE_POLICY)
 
-    async def stream(ws: WebSocket) -> None:
-        """High-rate publishing: each frame is one event or an array; each frame gets an ack."""
+    async def within_quota(ws: WebSocket, serve: Callable[[WebSocket, Principal], Awaitable[None]]) -> None:
+        """Authenticate a WebSocket session and count it against its principal's open sessions (429 past them)."""
         principal = principal_of(ws, allow_query_token=True)
         if principal is None:
             await deny(ws, unauthorized())
             return
+        if not relay.sessions.acquire(principal.name):
+            relay.metrics.inc("sessions_refused_total")
+            limit = relay.sessions.max_per_principal
+            message = f"principal {principal.name!r} has {limit} sessions open here, the most allowed; close one"
+            await deny(ws, _error(429, message, headers={"Retry-After": "5"}))
+            return
+        try:
+            await serve(ws, principal)
+        finally:
+            relay.sessions.release(principal.name)
+
+    async def stream(ws: WebSocket) -> None:
+        await within_quota(ws, stream_session)
+
+    async def stream_session(ws: WebSocket, principal: Principal) -> None:
+        """High-rate publishing: each frame is one event or an array; each frame gets an ack."""
         await ws.accept()
         frames = 0
         try:
@@ -236,10 +250,9 @@ def build_app(relay: Relay) -> Starlette:
             await ws.close(CLOSE_UNAVAILABLE, str(exc)[:120])
 
     async def subscribe(ws: WebSocket) -> None:
-        principal = principal_of(ws, allow_query_token=True)
-        if principal is None:
-            await deny(ws, unauthorized())
-            return
+        await within_quota(ws, subscribe_session)
+
+    async def subscribe_session(ws: WebSocket, principal: Principal) -> None:
         patterns = ws.query_params.getlist("topic")
         group = ws.query_params.get("group")
         batch_text = ws.query_params.get("batch", "1")
@@ -276,7 +289,7 @@ def build_app(relay: Relay) -> Starlette:
                 await deny(ws, _error(503, str(exc)[:300], headers={"Retry-After": "1"}))
                 return
             await ws.accept()
-            await _serve_group(ws, relay, group, GroupStore.consumer(principal, consumer), principal)
+            await GroupSession(ws, relay, group, GroupStore.consumer(principal, consumer), principal).serve()
             return
         await ws.accept()
         sub = relay.subscribe(patterns, principal)
@@ -378,96 +391,6 @@ async def _pump(ws: WebSocket, queue: asyncio.Queue[bytes], batch: int) -> None:
             while len(items) < batch and not queue.empty():
                 items.append(queue.get_nowait())
             await ws.send_text((b"[" + b",".join(items) + b"]").decode())
-
-
-async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, principal: Principal) -> None:
-    """A group member: its un-acked entries first, then new ones; acks as they come. Survives Redis outages.
-
-    An entry the member's policy does not let it read is not sent: it is acknowledged for the
-    group with a ``drop``/``policy_denied`` record naming the member, so the refusal is visible.
-    """
-
-    async def reader() -> None:
-        pending = True  # first the member's own un-acknowledged entries, all of them, then new ones
-        after = "0"
-        failures = 0
-        next_claim = 0.0
-        while True:
-            try:
-                if time.monotonic() >= next_claim:
-                    # entries left un-acknowledged by a member of the same principal that went away
-                    next_claim = time.monotonic() + relay.config.group_claim_idle_s / 2
-                    if await relay.groups.claim_idle(group, consumer, int(relay.config.group_claim_idle_s * 1000)):
-                        pending, after = True, "0"
-                entries = await relay.groups.read(group, consumer, pending, 100, 500, after)
-            except StreamUnavailable as exc:
-                failures += 1
-                relay.metrics.inc("task_restarts_total", task="group-reader")
-                delay = backoff_s(failures - 1, 0.1, 5.0, random.random())
-                if failures == 1:
-                    log.warning("group reader lost Redis; retrying", extra={"group": group, "error": str(exc)[:200]})
-                await asyncio.sleep(delay)
-                pending, after = True, "0"  # read our un-acked entries again: nothing is lost across the outage
-                continue
-            failures = 0
-            if pending and not entries:
-                pending = False
-                continue
-            if pending:
-                after = entries[-1][0]
-            gate = relay.gate.read_gate(principal)
-            refused = []
-            for entry_id, event in entries:
-                topic = event.get("type") if isinstance(event, dict) else None
-                if gate is not None and (not isinstance(topic, str) or not gate(topic)):
-                    refused.append(entry_id)
-                    relay.record.refused(Subject.of_body(event), fk.POLICY_DENIED, principal.name)
-                    continue
-                await ws.send_text(orjson.dumps({"ack": entry_id, "event": event}).decode())
-            if refused:
-                await relay.groups.ack(group, refused)
-
-    task = asyncio.create_task(reader())
-    relay.group_members[group] += 1
-    try:
-        while True:
-            receive = asyncio.create_task(ws.receive())
-            done, _ = await asyncio.wait({receive, task}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                receive.cancel()
-                exc = task.exception()
-                log.error("group reader stopped", extra={"group": group, "error": repr(exc)})
-                await ws.close(CLOSE_UNAVAILABLE, "group reader stopped; reconnect")
-                return
-            message = receive.result()
-            if message["type"] == "websocket.disconnect":
-                break
-            try:
-                ids = orjson.loads(message.get("text") or message.get("bytes") or b"").get("ack")
-            except (orjson.JSONDecodeError, AttributeError):
-                ids = None
-            if isinstance(ids, str):
-                ids = [ids]
-            if (
-                not isinstance(ids, list)
-                or len(ids) > MAX_ACK_IDS
-                or not all(isinstance(i, str) and ENTRY_ID.fullmatch(i) for i in ids)
-            ):
-                await ws.close(CLOSE_INVALID_PAYLOAD, 'expected {"ack": [entry ids]}')
-                break
-            for attempt in range(50):
-                try:
-                    await relay.groups.ack(group, ids)
-                    break
-                except StreamUnavailable:
-                    await asyncio.sleep(backoff_s(attempt, 0.1, 2.0, random.random()))
-    except WebSocketDisconnect:
-        pass
-    finally:
-        relay.group_members[group] -= 1
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
 
 def _record_rejection(relay: Relay, obj: object, principal: Principal) -> None:

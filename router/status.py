@@ -58,6 +58,7 @@ METRICS = (
     ("group_lag", "gauge", "Entries of a durable group not yet delivered to any member"),
     ("group_oldest_age_seconds", "gauge", "Age of a durable group's oldest unacknowledged entry"),
     ("group_consumers", "gauge", "Members of a durable group connected to this relay"),
+    ("sessions_refused_total", "counter", "WebSocket sessions refused: the principal had its most open here"),
 )
 """Every metric family a relay exports: name, type, help."""
 

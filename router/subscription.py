@@ -13,6 +13,12 @@ periods with no member connected. Joining with other patterns is refused
 admin may delete it. Consumer names are kept per principal
 (``<principal>/<consumer>``), so nobody can take another principal's
 un-acknowledged entries by naming its consumer.
+
+What clients' requests do here (joining, deleting, and a member's reads,
+acknowledgements and claims) runs on ``session_client``, the relay's bounded
+pool for sessions, waited for when busy, so a storm of members or joins never
+takes a connection a publish or the relay's own work needs; none of it blocks
+in Redis.
 """
 
 from __future__ import annotations
@@ -135,10 +141,19 @@ class GroupInfo:
 class GroupStore:
     """Durable consumer groups of one region, kept in Redis."""
 
-    def __init__(self, client: aioredis.Redis, region: str, max_entries: int = 1_000_000):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        region: str,
+        max_entries: int = 1_000_000,
+        session_client: aioredis.Redis | None = None,
+        max_owned: int = 100,
+    ):
         self.client = client
+        self.session_client = session_client or client
         self.region = region
         self.max_entries = max_entries
+        self.max_owned = max_owned
         self._trim = client.register_script(_TRIM)
         self.registry_key = f"meshscope:groups:{region}"
         self.groups: dict[str, GroupInfo] = {}
@@ -179,12 +194,19 @@ class GroupStore:
         old = self.groups.get(group)
         if old is None:
             try:
-                raw: Any = await self.client.hget(self.registry_key, group)
+                raw: Any = await self.session_client.hget(self.registry_key, group)
             except RedisError as exc:
                 raise StreamUnavailable(f"cannot read consumer group {group!r}: {exc}") from exc
             old = GroupInfo.from_json(raw) if raw else None
         new = old
         if old is None:
+            owned = sum(1 for info in self.groups.values() if info.owner == principal.name)
+            if owned >= self.max_owned:
+                raise GroupConflict(
+                    f"principal {principal.name!r} owns {owned} groups in {self.region}, the most allowed "
+                    "(MESHSCOPE_MAX_GROUPS_PER_PRINCIPAL); delete one (DELETE /v1/groups/NAME) first",
+                    403,
+                )
             new = GroupInfo(wanted, principal.name, now_us)
         elif old.patterns != wanted:
             if not update:
@@ -199,7 +221,7 @@ class GroupStore:
         assert new is not None
         try:
             if new is not old:
-                await self.client.hset(self.registry_key, group, new.to_json())
+                await self.session_client.hset(self.registry_key, group, new.to_json())
             await self._create_stream(group)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot create consumer group {group!r}: {exc}") from exc
@@ -208,7 +230,7 @@ class GroupStore:
 
     async def _create_stream(self, group: str) -> None:
         try:
-            await self.client.xgroup_create(self.stream(group), group, id="0", mkstream=True)
+            await self.session_client.xgroup_create(self.stream(group), group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -216,12 +238,12 @@ class GroupStore:
     async def remove(self, group: str) -> GroupInfo | None:
         """Forget a group that exists; an unknown name deletes nothing."""
         try:
-            raw: Any = await self.client.hget(self.registry_key, group)
+            raw: Any = await self.session_client.hget(self.registry_key, group)
             if raw is None:
                 self.groups.pop(group, None)
                 return None
-            await self.client.hdel(self.registry_key, group)
-            await self.client.delete(self.stream(group))
+            await self.session_client.hdel(self.registry_key, group)
+            await self.session_client.delete(self.stream(group))
         except RedisError as exc:
             raise StreamUnavailable(f"cannot remove consumer group {group!r}: {exc}") from exc
         info = self.groups.pop(group, None)
@@ -259,17 +281,16 @@ class GroupStore:
         return [g for g, info in self.groups.items() if info.patterns.matches(topic)]
 
     async def read(
-        self, group: str, consumer: str, pending: bool, count: int, block_ms: int, after: str = "0"
+        self, group: str, consumer: str, pending: bool, count: int, after: str = "0"
     ) -> list[tuple[str, Any]]:
-        """Entries for ``consumer``: its own un-acked ones after ``after`` when ``pending``, else new ones."""
+        """Entries for ``consumer``: its own un-acked ones after ``after`` when ``pending``, else new ones.
+
+        It never blocks: a member waits for new entries in the relay (``router.groupsession``), not in Redis.
+        """
         for attempt in range(2):
             try:
-                reply: Any = await self.client.xreadgroup(
-                    group,
-                    consumer,
-                    {self.stream(group): after if pending else ">"},
-                    count=count,
-                    block=None if pending else block_ms,
+                reply: Any = await self.session_client.xreadgroup(
+                    group, consumer, {self.stream(group): after if pending else ">"}, count=count
                 )
                 break
             except ResponseError as exc:
@@ -284,7 +305,7 @@ class GroupStore:
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 if fields and b"e" in fields:
-                    out.append((entry_id.decode(), orjson.loads(fields[b"e"])))
+                    out.append((entry_id.decode(), _event(fields[b"e"])))
         return out
 
     async def claim_idle(self, group: str, consumer: str, min_idle_ms: int) -> int:
@@ -296,18 +317,19 @@ class GroupStore:
         prefix = consumer.split("/", 1)[0] + "/"
         stream = self.stream(group)
         claimed = 0
+        client = self.session_client
         try:
-            summary: Any = await self.client.xpending(stream, group)
+            summary: Any = await client.xpending(stream, group)
             for entry in summary.get("consumers") or []:
                 name = _text(entry.get("name"))
                 if name == consumer or not name.startswith(prefix):
                     continue
-                rows: Any = await self.client.xpending_range(
+                rows: Any = await client.xpending_range(
                     stream, group, "-", "+", 1000, consumername=name, idle=min_idle_ms
                 )
                 ids: list[Any] = [_text(r["message_id"]) for r in rows]
                 if ids:
-                    await self.client.xclaim(stream, group, consumer, min_idle_ms, ids, justid=True)
+                    await client.xclaim(stream, group, consumer, min_idle_ms, ids, justid=True)
                     claimed += len(ids)
         except ResponseError:
             return claimed
@@ -317,7 +339,7 @@ class GroupStore:
 
     async def ack(self, group: str, ids: list[str]) -> int:
         try:
-            return int(await self.client.xack(self.stream(group), group, *ids))
+            return int(await self.session_client.xack(self.stream(group), group, *ids))
         except RedisError as exc:
             raise StreamUnavailable(f"cannot ack in consumer group {group!r}: {exc}") from exc
 
@@ -360,6 +382,13 @@ class GroupStore:
             "oldest_pending_ms": oldest_ms,
             "length": int(info.get("length") or 0),
         }
+
+
+def _event(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _text(value: Any) -> str:
