@@ -18,11 +18,13 @@ Why a member never blocks in Redis, and is never cancelled:
 - Its commands run on the relay's session pool (``session_client``): bounded,
   waited for when busy, and separate from the pool publishes use.
 
-What a member gets: first its own un-acknowledged entries, then new ones, and
+What a member gets: first its own un-acknowledged entries, then new ones, then
 now and then entries idle on another consumer of its principal (one that went
-away). An entry its policy does not let it read is not sent: it is
-acknowledged for the group with a ``drop``/``policy_denied`` record naming the
-member, so the refusal is visible.
+away), and entries parked for members that may read them. An entry its policy
+does not let it read is not sent: it is parked (``GroupStore.park``) for a
+member that may, never acknowledged for it. An acknowledgement counts only for
+entries this member was given (``GroupStore.ack_own``); the rest are ignored
+and counted (``group_acks_refused_total``).
 """
 
 from __future__ import annotations
@@ -40,12 +42,10 @@ import orjson
 import redis.asyncio as aioredis
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from meshcore import flowrecord as fk
 from meshcore.auth import Principal
 from meshcore.backoff import backoff_s
 from meshcore.errors import StreamUnavailable
-from router.hop import Subject
-from router.subscription import ENTRY_ID, MAX_ACK_IDS
+from router.subscription import MAX_ACK_IDS, is_entry_id
 
 if TYPE_CHECKING:
     from router.relay import Relay
@@ -121,6 +121,8 @@ class GroupSession:
         self._pending = True  # first the member's own un-acknowledged entries, all of them, then new ones
         self._after = "0"
         self._next_claim = 0.0
+        self._next_parked = 0.0
+        self._parked_after = "-"
 
     def stop(self) -> None:
         """The session ended: the worker stops after its current command."""
@@ -227,31 +229,55 @@ class GroupSession:
                 return
             self._after = entries[-1][0]
         await self._send(entries)
+        if not self._pending and now >= self._next_parked:
+            # after the member's own pending entries, which would otherwise include these a second time
+            self._next_parked = now + r.config.group_poll_interval_s * 4
+            await self._take_parked()
         if not entries and not self.stopping and not self.acks:
             await self._pause(r.config.group_poll_interval_s)
 
     async def _send(self, entries: list[tuple[str, Any]]) -> None:
-        """Send what the member may read; the rest is acknowledged with a refusal record."""
+        """Send what the member may read; park the rest for a member that may."""
         r = self.relay
         gate = r.gate.read_gate(self.principal)
-        refused = []
+        withheld = []
         for entry_id, event in entries:
             topic = event.get("type") if isinstance(event, dict) else None
             if gate is not None and (not isinstance(topic, str) or not gate(topic)):
-                refused.append(entry_id)
-                r.record.refused(Subject.of_body(event), fk.POLICY_DENIED, self.principal.name)
+                withheld.append(entry_id)
                 continue
             await self.ws.send_text(orjson.dumps({"ack": entry_id, "event": event}).decode())
-        if refused:
-            await r.groups.ack(self.group, refused)
+        if withheld:
+            await r.groups.park(self.group, withheld)
+            r.metrics.inc("group_entries_withheld_total", len(withheld), group=self.group)
+
+    async def _take_parked(self) -> None:
+        """Entries parked by members that may not read them: take those this member may read, and send them."""
+        r, groups = self.relay, self.relay.groups
+        if not await groups.has_parked(self.group):
+            return
+        gate = r.gate.read_gate(self.principal)
+        rows = await groups.parked(self.group, self._parked_after, READ_COUNT)
+        self._parked_after = rows[-1][0] if len(rows) == READ_COUNT else "-"  # go round when at the end
+        readable = {}
+        for entry_id, event in rows:
+            topic = event.get("type") if isinstance(event, dict) else None
+            if isinstance(topic, str) and (gate is None or gate(topic)):
+                readable[entry_id] = event
+        if readable:
+            taken = await groups.take(self.group, self.consumer, list(readable))
+            for entry_id in taken:
+                await self.ws.send_text(orjson.dumps({"ack": entry_id, "event": readable[entry_id]}).decode())
 
     async def _land_acks(self) -> None:
         ids, self.acks = self.acks, []
         try:
-            await self.relay.groups.ack(self.group, ids)
+            acked = await self.relay.groups.ack_own(self.group, self.consumer, ids)
         except StreamUnavailable:
             self.acks[:0] = ids  # kept, in order, for the next attempt
             raise
+        if acked < len(ids):
+            self.relay.metrics.inc("group_acks_refused_total", len(ids) - acked, group=self.group)
         if not self.acks:
             self.acks_landed.set()
 
@@ -281,10 +307,6 @@ def _ack_ids(message: Any) -> list[str] | None:
         return None
     if isinstance(ids, str):
         ids = [ids]
-    if (
-        not isinstance(ids, list)
-        or len(ids) > MAX_ACK_IDS
-        or not all(isinstance(i, str) and ENTRY_ID.fullmatch(i) for i in ids)
-    ):
+    if not isinstance(ids, list) or len(ids) > MAX_ACK_IDS or not all(is_entry_id(i) for i in ids):
         return None
     return ids

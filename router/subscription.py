@@ -14,6 +14,13 @@ admin may delete it. Consumer names are kept per principal
 (``<principal>/<consumer>``), so nobody can take another principal's
 un-acknowledged entries by naming its consumer.
 
+A member acknowledges only what it was given: an id pending on another
+consumer is left alone (``ack_own``, one script: check and XACK together). An
+entry a member may not read is neither sent nor acknowledged: it is moved to
+the consumer ``PARKED`` (``park``), a name no principal can have, and a member
+that may read it takes it from there (``parked``, then ``take``, which moves
+only what is still parked, so two members never both get it).
+
 What clients' requests do here (joining, deleting, and a member's reads,
 acknowledgements and claims) runs on ``session_client``, the relay's bounded
 pool for sessions, waited for when busy, so a storm of members or joins never
@@ -39,9 +46,53 @@ from meshcore.errors import StreamUnavailable
 from meshcore.topic import PatternSet
 
 _ids = itertools.count(1)
-ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+"""A stream entry id as a member sends it back: two ASCII numbers that each fit 64 bits (``is_entry_id``)."""
 MAX_ACK_IDS = 10_000
 TRIM_BATCH = 1000
+PARKED = "!parked"
+"""The consumer that holds entries the member that read them may not read (no principal name starts with ``!``)."""
+_U64 = 2**64 - 1
+
+# Acknowledge only entries pending on ARGV[2]; returns how many. {group, consumer, id...}
+_ACK_OWN = """
+local n = 0
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    n = n + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  end
+end
+return n
+"""
+# Move the entries still pending on ARGV[2] to ARGV[3]; returns the ids moved. {group, from, to, id...}
+_TAKE = """
+local moved = {}
+for i = 4, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[i], 'JUSTID')
+    moved[#moved + 1] = ARGV[i]
+  end
+end
+return moved
+"""
+# The entries pending on ARGV[2] after ARGV[3] (exclusive; '-' from the start), at most ARGV[4], with their fields.
+_PENDING_ENTRIES = """
+local out = {}
+for _, row in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], '+', ARGV[4], ARGV[2])) do
+  local e = redis.call('XRANGE', KEYS[1], row[1], row[1])
+  out[#out + 1] = {row[1], e[1] and e[1][2] or {}}
+end
+return out
+"""
+
+
+def is_entry_id(text: object) -> bool:
+    """Whether ``text`` is a stream entry id Redis takes: ``ms-seq`` in ASCII digits, each within 64 bits."""
+    if not isinstance(text, str):
+        return False
+    m = ENTRY_ID.fullmatch(text)
+    return m is not None and int(m.group(1)) <= _U64 and int(m.group(2)) <= _U64
+
 
 # One group's stream, atomically: remove the entries every member is done with (delivered and
 # acknowledged: older than the oldest pending entry, and not after the last delivered one), then,
@@ -155,6 +206,9 @@ class GroupStore:
         self.max_entries = max_entries
         self.max_owned = max_owned
         self._trim = client.register_script(_TRIM)
+        self._ack_own = self.session_client.register_script(_ACK_OWN)
+        self._take = self.session_client.register_script(_TAKE)
+        self._pending_entries = self.session_client.register_script(_PENDING_ENTRIES)
         self.registry_key = f"meshscope:groups:{region}"
         self.groups: dict[str, GroupInfo] = {}
 
@@ -308,6 +362,50 @@ class GroupStore:
                     out.append((entry_id.decode(), _event(fields[b"e"])))
         return out
 
+    async def ack_own(self, group: str, consumer: str, ids: list[str]) -> int:
+        """Acknowledge those of ``ids`` pending on ``consumer`` (what it was given); returns how many."""
+        try:
+            return int(await self._ack_own(keys=[self.stream(group)], args=[group, consumer, *ids]))
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return 0  # the group or its stream is gone, and its entries with it
+            raise StreamUnavailable(f"cannot ack in consumer group {group!r}: {exc}") from exc
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot ack in consumer group {group!r}: {exc}") from exc
+
+    async def park(self, group: str, ids: list[str]) -> None:
+        """Move entries a member read but may not read to ``PARKED``, for a member that may."""
+        try:
+            claimed: list[Any] = list(ids)
+            await self.session_client.xclaim(self.stream(group), group, PARKED, 0, claimed, justid=True)
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot set aside entries of group {group!r}: {exc}") from exc
+
+    async def parked(self, group: str, after: str, count: int) -> list[tuple[str, Any]]:
+        """Up to ``count`` parked entries after ``after`` (``-``: from the first), with their events."""
+        start = after if after == "-" else f"({after}"
+        try:
+            reply: Any = await self._pending_entries(keys=[self.stream(group)], args=[group, PARKED, start, count])
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return []
+            raise StreamUnavailable(f"cannot read parked entries of group {group!r}: {exc}") from exc
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot read parked entries of group {group!r}: {exc}") from exc
+        out = []
+        for entry_id, fields in reply:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            out.append((_text(entry_id), _event(values[b"e"]) if b"e" in values else None))
+        return out
+
+    async def take(self, group: str, consumer: str, ids: list[str]) -> list[str]:
+        """Move those of ``ids`` still parked to ``consumer``; returns the ids it now has."""
+        try:
+            moved: Any = await self._take(keys=[self.stream(group)], args=[group, PARKED, consumer, *ids])
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot take parked entries of group {group!r}: {exc}") from exc
+        return [_text(i) for i in moved]
+
     async def claim_idle(self, group: str, consumer: str, min_idle_ms: int) -> int:
         """Take over entries idle on another consumer of the same principal (one that went away).
 
@@ -337,11 +435,15 @@ class GroupStore:
             raise StreamUnavailable(f"cannot claim idle entries of group {group!r}: {exc}") from exc
         return claimed
 
-    async def ack(self, group: str, ids: list[str]) -> int:
+    async def has_parked(self, group: str) -> bool:
+        """Whether any entry of the group waits for a member that may read it."""
         try:
-            return int(await self.session_client.xack(self.stream(group), group, *ids))
+            summary: Any = await self.session_client.xpending(self.stream(group), group)
+        except ResponseError:
+            return False
         except RedisError as exc:
-            raise StreamUnavailable(f"cannot ack in consumer group {group!r}: {exc}") from exc
+            raise StreamUnavailable(f"cannot inspect consumer group {group!r}: {exc}") from exc
+        return any(_text(c.get("name")) == PARKED for c in summary.get("consumers") or [])
 
     async def lag(self, group: str) -> dict[str, Any]:
         """One group's position in its stream: added, read and acknowledged entries, and the oldest pending age.
