@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 import orjson
@@ -45,7 +45,7 @@ from meshcore.tls import peer_identity
 from meshcore.topic import InvalidTopic, validate_pattern
 from router.admin import admin_routes
 from router.committer import Unavailable
-from router.envelope import Event, combine_headers, decode_http, validate_event
+from router.envelope import DECODE_STEP, Event, combine_headers, decode_http_steps, validate_event
 from router.errors import (
     Backpressure,
     EventTooLarge,
@@ -125,7 +125,8 @@ def build_app(relay: Relay) -> Starlette:
             return unauthorized()
         try:
             body = await read_body(request)
-            events = decode_http(combine_headers(request.headers.raw), body, relay.limits)
+            steps = decode_http_steps(combine_headers(request.headers.raw), body, relay.limits)
+            events = await _stepwise(steps)
             # policy and schema first: they need no Redis, so a relay cut off from it still refuses what it refused
             refusals = relay.gate.check(events, principal)
             for index, refusal in enumerate(refusals):
@@ -134,7 +135,7 @@ def build_app(relay: Relay) -> Starlette:
                     where: dict[str, Any] = {"index": index} if len(events) > 1 else {}
                     return _error(refusal.status, refusal.error, **refusal.details, **where)
             relay.check_capacity()
-            result = await relay.publisher.publish(events, principal)
+            result = await relay.publisher.publish_all(events, principal)
         except UnsupportedMediaType as exc:
             relay.metrics.inc("rejected_total", status="415")
             return _error(415, str(exc))
@@ -211,6 +212,8 @@ def build_app(relay: Relay) -> Starlette:
                 valid: list[tuple[int, Event]] = []
                 errors: list[dict[str, Any]] = []
                 for i, obj in enumerate(decoded):
+                    if i and i % DECODE_STEP == 0:
+                        await asyncio.sleep(0)  # a large frame does not hold the loop for its whole validation
                     try:
                         valid.append((i, validate_event(obj, relay.limits)))
                     except (MalformedEvent, EventTooLarge) as exc:
@@ -232,7 +235,7 @@ def build_app(relay: Relay) -> Starlette:
                 if relay.sink.full and not await relay.sink.wait_not_full(30.0):
                     await ws.close(CLOSE_UNAVAILABLE, "flow record queue full; try again later")
                     return
-                result = await relay.publisher.publish(events, principal) if events else None
+                result = await relay.publisher.publish_all(events, principal) if events else None
                 await ws.send_bytes(
                     orjson.dumps(
                         {
@@ -391,6 +394,17 @@ async def _pump(ws: WebSocket, queue: asyncio.Queue[bytes], batch: int) -> None:
             while len(items) < batch and not queue.empty():
                 items.append(queue.get_nowait())
             await ws.send_text((b"[" + b",".join(items) + b"]").decode())
+
+
+async def _stepwise(steps: Generator[None, None, list[Event]]) -> list[Event]:
+    """Run a stepwise decode, letting the loop serve other work at each step."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            events: list[Event] = done.value
+            return events
+        await asyncio.sleep(0)
 
 
 def _record_rejection(relay: Relay, obj: object, principal: Principal) -> None:

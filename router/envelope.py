@@ -56,7 +56,7 @@ import functools
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -82,6 +82,8 @@ FRAME_NESTING = 4
 """How many levels a mesh frame (or a group message) wraps around an event."""
 TRACEPARENT_CHARS = 55
 """A version-00 traceparent, which every accepted event carries."""
+DECODE_STEP = 500
+"""Events of a batch validated between two yields of ``decode_http_steps`` (about 10 ms of work)."""
 MAX_TIME_CHARS = 64
 """An RFC 3339 timestamp with nanoseconds and an offset takes 35."""
 
@@ -377,7 +379,12 @@ def decode_events(
     EventTooLarge; a batch with any bad event is refused whole. ``context``
     is the request's trace context, as for ``validate_event``.
     """
-    limits = _as_limits(limits)
+    return finish(_structured_steps(body, _as_limits(limits), context, 0))
+
+
+def _structured_steps(
+    body: bytes, limits: EventLimits, context: TraceContext | None, step: int
+) -> Generator[None, None, list[Event]]:
     try:
         decoded = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -388,6 +395,8 @@ def decode_events(
         raise MalformedEvent("an event batch must not be empty")
     events = []
     for i, obj in enumerate(decoded):
+        if step and i and i % step == 0:
+            yield
         try:
             events.append(validate_event(obj, limits, context))
         except MalformedEvent as exc:
@@ -395,6 +404,16 @@ def decode_events(
         except EventTooLarge as exc:
             raise EventTooLarge(exc.size, exc.limit, i) from None
     return events
+
+
+def finish(steps: Generator[None, None, list[Event]]) -> list[Event]:
+    """Run a stepwise decode (``decode_http_steps``) to its end at once."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            events: list[Event] = done.value
+            return events
 
 
 def content_mode(headers: Mapping[str, str]) -> str:
@@ -426,11 +445,22 @@ def decode_http(headers: Mapping[str, str], body: bytes, limits: EventLimits | i
     (``combine_headers``). Raises UnsupportedMediaType (415), MalformedEvent
     (400) or EventTooLarge (413).
     """
+    return finish(decode_http_steps(headers, body, limits, 0))
+
+
+def decode_http_steps(
+    headers: Mapping[str, str], body: bytes, limits: EventLimits | int = DEFAULT_LIMITS, step: int = DECODE_STEP
+) -> Generator[None, None, list[Event]]:
+    """``decode_http`` in steps: it yields after every ``step`` events of a batch, and returns the events.
+
+    A caller on an event loop lets other work run at each step, so a batch of
+    10,000 events does not hold the loop for the whole of its validation.
+    """
     limits = _as_limits(limits)
     mode = content_mode(headers)
     context = header_context(headers)
     if mode == STRUCTURED:
-        return decode_events(body, limits, context)
+        return (yield from _structured_steps(body, limits, context, step))
     return [validate_event(_binary_event(headers, body), limits, context)]
 
 

@@ -51,7 +51,7 @@ from router.groupsession import GroupSessions, session_client
 from router.hop import dropped
 from router.link import LinkCallbacks, MeshLink, PeerAddress
 from router.meshstate import LSA_KEY, MeshState
-from router.outbox import Dropped, Outbox
+from router.outbox import DISPATCH_MAX_ITEMS, Dropped, Outbox
 from router.publish import Publisher
 from router.quota import SessionQuota
 from router.receive import MeshReceiver
@@ -292,13 +292,14 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.1)
             self._wake.clear()
-            self.outbox.dispatch()
+            if self.outbox.dispatch() >= DISPATCH_MAX_ITEMS:
+                self._wake.set()  # more waits: sent on the next round, after the loop served the rest
             self.record.flush_counts()
             now = time.monotonic()
             if now - last_check >= 0.5:
                 last_check = now
-                if self.outbox.overdue():
-                    self.outbox.dispatch()
+                if self.outbox.overdue() and self.outbox.dispatch() >= DISPATCH_MAX_ITEMS:
+                    self._wake.set()
                 self._drop_records(self.outbox.expire(now_us()))
                 if self.outbox.dirty and self.breaker.healthy:
                     ops = Ops()

@@ -35,6 +35,8 @@ from router.envelope import (
     content_mode,
     decode_events,
     decode_http,
+    decode_http_steps,
+    finish,
     validate_event,
 )
 from router.errors import EventTooLarge, InvalidInput, MalformedEvent, UnsupportedMediaType
@@ -759,3 +761,23 @@ def test_any_text_percent_encoded_is_a_valid_source(text: str) -> None:
     source = "/" + urllib.parse.quote(text, safe="/")
     assume(len(source) <= DEFAULT_LIMITS.max_source_chars)
     assert validate_event(ce(source=source)).source == source
+
+
+def test_a_large_batch_is_validated_in_steps_with_the_same_result() -> None:
+    body = orjson.dumps([ce(id=f"s-{i}", traceparent=TP) for i in range(1234)])
+    headers = {"content-type": "application/cloudevents-batch+json"}
+    steps = decode_http_steps(headers, body, DEFAULT_LIMITS, 500)
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+            pauses += 1
+        except StopIteration as done:
+            events = done.value
+            break
+    assert pauses == 2  # after 500 and after 1000 events: the caller's loop serves others meanwhile
+    assert [e.body for e in events] == [e.body for e in decode_http(headers, body)]
+    bad = orjson.dumps([ce(id=f"s-{i}") for i in range(700)] + [ce(id="bad", type="a..b")])
+    with pytest.raises(MalformedEvent) as refused:
+        finish(decode_http_steps(headers, bad, DEFAULT_LIMITS, 500))
+    assert refused.value.index == 700  # all or nothing, as before
