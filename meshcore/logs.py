@@ -1,4 +1,8 @@
-"""JSON log lines that carry the service, region and (when known) trace ids."""
+"""JSON log lines that carry the service, region and (when known) trace ids, and never a credential.
+
+Every line, whoever logged it (uvicorn's WebSocket lines carry the query string,
+where browsers put ``?token=``), is passed through ``meshcore.redact`` last.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import sys
 import time
 
 import orjson
+
+from meshcore.redact import redact
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message"}
 
@@ -29,7 +35,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return redact(orjson.dumps(out, default=str).decode())
 
 
 def setup(level: str = "INFO", **static: str) -> None:

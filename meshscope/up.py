@@ -8,7 +8,8 @@ over mutual TLS with simulated one-way delays (half the regions' real RTT), a
 governance document (who may publish what, and the orders schema), the
 traffic simulator with a well-behaved producer and a legacy one that
 governance refuses, and the dashboard over HTTPS with the collector and
-embedded ClickHouse (chdb) in this process.
+embedded ClickHouse (chdb) in this process. Everything it writes is the
+user's alone (directories 0700, files 0600, also an earlier run's).
 
 ``--insecure`` turns TLS off (relays then authenticate each other with tokens);
 credentials are required either way.
@@ -29,6 +30,7 @@ import os
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -321,8 +323,21 @@ async def _serve(runtime: DashboardRuntime, stop: asyncio.Event) -> None:
     await runtime.stop()
 
 
+def private_tree(root: Path) -> None:
+    """Take every permission of group and others off ``root`` and everything under it (an earlier run's files)."""
+    for path in (root, *root.rglob("*")):
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode):
+                path.chmod(stat.S_IMODE(mode) & 0o700)
+
+
 def run(opts: UpOptions) -> int:
+    # everything the demo writes (logs, Valkey's data, embedded ClickHouse, tokens, certificates) is the
+    # user's alone: 0700 directories and 0600 files, in this process and every process it starts
+    os.umask(0o077)
     stack = Stack(opts)
+    private_tree(stack.data)
     logs.setup("INFO", service="up")
     log_handler = logging.FileHandler(stack.data / "logs" / "dashboard.log")
     log_handler.setFormatter(logs.JsonFormatter(service="dashboard"))
@@ -331,6 +346,7 @@ def run(opts: UpOptions) -> int:
     try:
         print(f"meshscope: data in {stack.data}", flush=True)
         stack.make_credentials()
+        private_tree(stack.data)  # certificates are written 0644 for deployments; here they stay the user's
         security = "plain HTTP, relays authenticated by tokens (--insecure)" if opts.insecure else "TLS, mesh over mTLS"
         print(f"meshscope: {security}; credentials in {stack.data / 'tokens'}", flush=True)
         redis_url = stack.start_valkey()
