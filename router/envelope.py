@@ -65,7 +65,7 @@ import orjson
 
 from meshcore.topic import validate_topic
 from router.errors import EventTooLarge, InvalidTopic, MalformedEvent, UnsupportedMediaType
-from router.grammar import is_media_type, is_timestamp, is_uri, is_uri_reference, media_type
+from router.grammar import is_base64, is_media_type, is_timestamp, is_uri, is_uri_reference, media_type
 from router.tracecontext import (
     TraceContext,
     TraceParent,
@@ -102,7 +102,6 @@ _NOT_GRAMMAR = {
 }
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _NONCHARACTERS = "".join(f"\\U{plane:04x}fffe\\U{plane:04x}ffff" for plane in range(1, 17))
 _NOT_CE_STRING = re.compile(rf"[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff\ud800-\udfff{_NONCHARACTERS}]")
 _QUOTED_STRING = r'"(?:[^"\\]|\\.)*"'
@@ -276,8 +275,8 @@ def _validate(obj: object, limits: EventLimits, context: TraceContext | None) ->
             if not isinstance(value, str) or len(value) > MAX_TIME_CHARS or not is_timestamp(value):
                 raise MalformedEvent(_NOT_GRAMMAR["time"], "time")
         elif name == "data_base64":
-            if not isinstance(value, str) or not _BASE64.fullmatch(value):
-                raise MalformedEvent("'data_base64' must be a base64 string", name)
+            if not isinstance(value, str) or not is_base64(value):
+                raise MalformedEvent("'data_base64' must be a base64 string (RFC 4648, canonical)", name)
         elif not isinstance(name, str) or not _EXTENSION_NAME.fullmatch(name):
             raise MalformedEvent(f"extension attribute '{name}' must be 1-20 lower-case letters or digits", str(name))
         else:

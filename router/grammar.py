@@ -2,7 +2,9 @@
 
 CloudEvents 1.0 types its attributes: ``time`` is an RFC 3339 timestamp,
 ``source`` a URI-reference and ``dataschema`` a URI (RFC 3986),
-``datacontenttype`` a media type (RFC 2045/2046). A check of the shape alone
+``datacontenttype`` a media type (RFC 2045/2046), ``data_base64`` base64 (RFC
+4648, canonical: the bits a final ``=`` or ``==`` pads are zero, so one value
+has one spelling). A check of the shape alone
 lets through what no consumer can read: ``2024-13-45T99:99:99Z`` has the shape
 of a timestamp, and Python's ``\\d`` also matches Arabic-Indic or fullwidth
 digits. So every grammar here is written over ASCII only (no ``\\d``, no
@@ -56,6 +58,21 @@ MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})(.*)", re.S)
 """``type/subtype`` and the rest (its parameters), for a reader that tells the two faults apart."""
 MEDIA_PARAM = re.compile(rf"[ \t]*;[ \t]*(?:({_TOKEN})=({_TOKEN}|{_QUOTED_STRING}))?")
 """One ``; name=value`` parameter (an empty one, ``;;``, is allowed as RFC 9110 allows it)."""
+
+
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def is_base64(text: str) -> bool:
+    """Whether ``text`` is canonical RFC 4648 base64: the alphabet, padding, and zero pad bits."""
+    if _BASE64.fullmatch(text) is None:
+        return False
+    if text.endswith("=="):
+        return _B64_ALPHABET.index(text[-3]) % 16 == 0
+    if text.endswith("="):
+        return _B64_ALPHABET.index(text[-2]) % 4 == 0
+    return True
 
 
 def is_timestamp(text: str) -> bool:

@@ -8,6 +8,7 @@ or returns an event within every limit that the mesh can forward.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import urllib.parse
 from collections.abc import Callable
@@ -183,6 +184,9 @@ DEVANAGARI_ONE = chr(0x967)
         ("datacontenttype", 'application/json;charset="utf-8'),
         ("datacontenttype", "application/jsön"),
         ("datacontenttype", "text/plain; a=b c"),
+        ("data_base64", "AB=="),  # pad bits set: AA== is the one spelling of that byte
+        ("data_base64", "AAB="),
+        ("data_base64", "AA=="[:3]),
     ],
 )
 def test_attributes_must_follow_their_grammar_not_only_its_shape(attribute: str, value: str) -> None:
@@ -753,6 +757,13 @@ def test_a_time_passes_exactly_when_its_fields_make_a_real_instant(text: str) ->
 def test_every_timestamp_python_writes_passes(when: datetime.datetime, spec: str) -> None:
     text = when.isoformat(timespec=spec)
     assert validate_event(ce(time=text)).body["time"] == text
+
+
+@PROPERTY
+@given(st.binary(max_size=40))
+def test_every_byte_string_base64_encodes_to_accepted_data(data: bytes) -> None:
+    text = base64.b64encode(data).decode()
+    assert validate_event(ce(data_base64=text)).body["data_base64"] == text
 
 
 @PROPERTY
