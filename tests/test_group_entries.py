@@ -17,6 +17,7 @@ import orjson
 import pytest
 import redis
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 from meshcore.flowrecord import FlowRecord
 from router.subscription import PARKED, is_entry_id
@@ -135,3 +136,23 @@ def test_entry_ids_are_ascii_numbers_within_64_bits() -> None:
     assert is_entry_id("1700000000000-0") and is_entry_id("18446744073709551615-18446744073709551615")
     assert not is_entry_id("18446744073709551616-0") and not is_entry_id(chr(0x661) + "-1")
     assert not is_entry_id("1-") and not is_entry_id(" 1-1") and not is_entry_id(12)
+
+
+async def test_a_principal_owns_a_bounded_number_of_groups(mesh: Mesh, http: httpx.AsyncClient) -> None:
+    await mesh.start([A], env={"MESHSCOPE_MAX_GROUPS_PER_PRINCIPAL": "2"})
+    base = f"{mesh[A].ws_url}/v1/subscribe?topic=o.>&consumer=c"
+    for group in ("g1", "g2"):
+        async with connect(f"{base}&group={group}", additional_headers=AUTH):
+            pass
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"{base}&group=g3", additional_headers=AUTH):
+            pass
+    assert refused.value.response.status_code == 403
+    assert b"MESHSCOPE_MAX_GROUPS_PER_PRINCIPAL" in refused.value.response.body
+    async with connect(f"{base}&group=g1", additional_headers=AUTH):
+        pass  # joining a group it owns is no new group
+    async with connect(f"{base}&group=theirs", additional_headers=OTHER_AUTH):
+        pass  # another principal counts its own
+    assert (await http.delete(f"{mesh[A].url}/v1/groups/g2")).status_code == 204
+    async with connect(f"{base}&group=g3", additional_headers=AUTH):
+        pass
