@@ -56,7 +56,8 @@ async def test_large_batches_leave_health_and_mesh_links_alive(fault_mesh: Fault
         done = asyncio.Event()
 
         async def probe() -> None:
-            async with httpx.AsyncClient(timeout=scaled(30)) as client:
+            # never reusing a connection the server may be closing as idle
+            async with httpx.AsyncClient(timeout=scaled(30), limits=httpx.Limits(keepalive_expiry=1.0)) as client:
                 while not done.is_set():
                     started = time.monotonic()
                     assert (await client.get(f"{relay.url}/healthz")).status_code == 200
