@@ -15,6 +15,8 @@ reading every region's stream beside chdb) reach each region's store through
 a TCP gate of their own, the WAN on one machine: ``meshscope chaos`` cuts a
 region off by writing ``faults.json`` (``{"isolated": {region: until}}``),
 which ``up`` applies within half a second.
+Everything it writes is the user's alone (directories 0700, files 0600, also an
+earlier run's).
 
 ``--insecure`` turns TLS off (relays then authenticate each other with tokens);
 credentials are required either way.
@@ -42,6 +44,7 @@ import os
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -457,8 +460,21 @@ async def _serve(runtime: DashboardRuntime, stop: asyncio.Event) -> None:
     await runtime.stop()
 
 
+def private_tree(root: Path) -> None:
+    """Take every permission of group and others off ``root`` and everything under it (an earlier run's files)."""
+    for path in (root, *root.rglob("*")):
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode):
+                path.chmod(stat.S_IMODE(mode) & 0o700)
+
+
 def run(opts: UpOptions) -> int:
+    # everything the demo writes (logs, Valkey's data, embedded ClickHouse, tokens, certificates) is the
+    # user's alone: 0700 directories and 0600 files, in this process and every process it starts
+    os.umask(0o077)
     stack = Stack(opts)
+    private_tree(stack.data)
     logs.setup("INFO", service="up")
     log_handler = logging.FileHandler(stack.data / "logs" / "dashboard.log")
     log_handler.setFormatter(logs.JsonFormatter(service="dashboard"))
@@ -467,6 +483,7 @@ def run(opts: UpOptions) -> int:
     try:
         print(f"meshscope: data in {stack.data}", flush=True)
         stack.make_credentials()
+        private_tree(stack.data)  # certificates are written 0644 for deployments; here they stay the user's
         security = "plain HTTP, relays authenticated by tokens (--insecure)" if opts.insecure else "TLS, mesh over mTLS"
         print(f"meshscope: {security}; credentials in {stack.data / 'tokens'}", flush=True)
         stores = stack.start_stores()

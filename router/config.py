@@ -69,6 +69,14 @@ MESHSCOPE_GROUP_CLAIM_IDLE_S = "MESHSCOPE_GROUP_CLAIM_IDLE_S"
 """A group entry un-acknowledged this long by a member that went away goes to another member of its principal."""
 MESHSCOPE_GROUP_MAX_ENTRIES = "MESHSCOPE_GROUP_MAX_ENTRIES"
 """Unacknowledged entries a durable group keeps; past it the oldest are given up, each with a drop record."""
+MESHSCOPE_GROUP_POLL_INTERVAL_S = "MESHSCOPE_GROUP_POLL_INTERVAL_S"
+"""Longest a group member waits before looking for entries other relays of the region appended."""
+MESHSCOPE_GROUP_CONNECTIONS = "MESHSCOPE_GROUP_CONNECTIONS"
+"""Redis connections group members share (a pool of their own, apart from the one publishes use)."""
+MESHSCOPE_MAX_SESSIONS_PER_PRINCIPAL = "MESHSCOPE_MAX_SESSIONS_PER_PRINCIPAL"
+"""WebSocket sessions (subscriptions, group members, publish streams) one principal may hold open here (429 past it)."""
+MESHSCOPE_MAX_GROUPS_PER_PRINCIPAL = "MESHSCOPE_MAX_GROUPS_PER_PRINCIPAL"
+"""Durable groups one principal may own in this region (403 for one more)."""
 MESHSCOPE_PUBLISH_TIMEOUT_S = "MESHSCOPE_PUBLISH_TIMEOUT_S"
 """Seconds a publish waits for its events to be made durable before answering 503."""
 MESHSCOPE_FLOW_STREAM_MAXLEN = "MESHSCOPE_FLOW_STREAM_MAXLEN"
@@ -171,6 +179,10 @@ class RelayConfig:
     publish_timeout_s: float = 2.0
     group_claim_idle_s: float = 60.0
     group_max_entries: int = 1_000_000
+    group_poll_interval_s: float = 0.25
+    group_connections: int = 32
+    max_sessions_per_principal: int = 100
+    max_groups_per_principal: int = 100
     fault_injection: bool = False
     governance_home: str | None = None
 
@@ -254,6 +266,16 @@ class RelayConfig:
             publish_timeout_s=s.get_float(env, MESHSCOPE_PUBLISH_TIMEOUT_S, d["publish_timeout_s"].default, 0.05),
             group_claim_idle_s=s.get_float(env, MESHSCOPE_GROUP_CLAIM_IDLE_S, d["group_claim_idle_s"].default, 0.1),
             group_max_entries=s.get_int(env, MESHSCOPE_GROUP_MAX_ENTRIES, d["group_max_entries"].default, 1),
+            group_poll_interval_s=s.get_float(
+                env, MESHSCOPE_GROUP_POLL_INTERVAL_S, d["group_poll_interval_s"].default, 0.01
+            ),
+            group_connections=s.get_int(env, MESHSCOPE_GROUP_CONNECTIONS, d["group_connections"].default, 1),
+            max_sessions_per_principal=s.get_int(
+                env, MESHSCOPE_MAX_SESSIONS_PER_PRINCIPAL, d["max_sessions_per_principal"].default, 1
+            ),
+            max_groups_per_principal=s.get_int(
+                env, MESHSCOPE_MAX_GROUPS_PER_PRINCIPAL, d["max_groups_per_principal"].default, 1
+            ),
             fault_injection=s.get_bool(env, MESHSCOPE_FAULT_INJECTION, False),
             governance_home=home,
         )

@@ -60,6 +60,10 @@ TRANSIT_MEMORY = 100_000  # transit items whose acknowledgement we can still rel
 AckSender = Callable[[list[list[Any]]], None]
 
 
+DISPATCH_MAX_ITEMS = 500
+"""Items one ``Outbox.dispatch`` sends at most (about 15 ms of work), so bulk sends never hold the loop long."""
+
+
 class StoreFull(Exception):
     """A destination's store is full and the overflow policy is ``reject``: publishers get 503."""
 
@@ -246,11 +250,15 @@ class Outbox:
     # ---- sending ------------------------------------------------------------------------------
 
     def dispatch(self) -> int:
-        """Send what waits, over each destination's current route; returns how many items went out."""
+        """Send what waits, over each destination's current route; returns how many items went out.
+
+        At most ``DISPATCH_MAX_ITEMS`` per call (each costs an encoding and a flow record, ~30 µs):
+        a caller that got that many calls again once the loop served everything else.
+        """
         sent = 0
         now = time.monotonic()
         for dst, ch in self.channels.items():
-            if not ch.held:
+            if not ch.held or sent >= DISPATCH_MAX_ITEMS:
                 continue
             route = self.routes.route(dst)
             if not route.reachable:
@@ -263,7 +271,7 @@ class Outbox:
                 ch.rewind()  # the route changed: what went the old way is sent again this way
             if not ch.has_unsent():
                 continue
-            room = min(link.room, self.config.link_window - ch.in_flight())
+            room = min(link.room, self.config.link_window - ch.in_flight(), DISPATCH_MAX_ITEMS - sent)
             if room <= 0:
                 continue
             items = ch.take(room, now, route.next_hop)

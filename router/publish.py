@@ -42,9 +42,32 @@ class PublishResult:
     duplicates: list[str] = field(default_factory=list)
 
 
+PUBLISH_CHUNK = 1000
+"""Events made durable by one commit of a large batch; between commits the relay serves everything else."""
+
+
 class Publisher:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+
+    async def publish_all(self, events: list[Event], principal: Principal) -> PublishResult:
+        """``publish`` a batch of any size as commits of at most ``PUBLISH_CHUNK`` events, in order.
+
+        Each chunk is routed, recorded and made durable as one ``publish``, and
+        the loop serves everything else between them (health checks, mesh
+        pings, other publishers), so 10,000 events never hold it for their
+        whole. Refusals came before (a batch is refused whole); a 503 part way
+        means the earlier chunks landed, and sending the batch again reports
+        them as duplicates, as after any 503.
+        """
+        if len(events) <= PUBLISH_CHUNK:
+            return await self.publish(events, principal)
+        result = PublishResult()
+        for start in range(0, len(events), PUBLISH_CHUNK):
+            part = await self.publish(events[start : start + PUBLISH_CHUNK], principal)
+            result.accepted += part.accepted
+            result.duplicates += part.duplicates
+        return result
 
     async def publish(self, events: list[Event], principal: Principal) -> PublishResult:
         """Make accepted events durable, then route them; raise Unavailable (503) when Redis fails."""

@@ -49,11 +49,13 @@ from router.errors import Backpressure, FrameError
 from router.flowsink import FlowSink
 from router.gate import Gate
 from router.groupkeeper import GroupKeeper
+from router.groupsession import GroupSessions, session_client
 from router.hop import dropped, trimmed
 from router.link import LinkCallbacks, MeshLink, PeerAddress
 from router.meshstate import LSA_KEY, MeshState
-from router.outbox import Dropped, Outbox
+from router.outbox import DISPATCH_MAX_ITEMS, Dropped, Outbox
 from router.publish import Publisher
+from router.quota import SessionQuota
 from router.receive import MeshReceiver
 from router.recorder import Recorder
 from router.registry import GovernanceStore, GovernanceWatcher
@@ -100,7 +102,13 @@ class Relay:
         self.routes = LinkStateTable(self.region, config.hop_limit, ROUTE_AGE_S, config.link_store_max_age_s)
         self.dedup = DedupWindow(config.dedup_window)
         self.subscribers: dict[int, Subscriber] = {}
-        self.groups = GroupStore(client, self.region, config.group_max_entries)
+        # group members' commands run on a pool of their own: they never take a connection a publish needs
+        self.session_redis = session_client(client, config.group_connections)
+        self.groups = GroupStore(
+            client, self.region, config.group_max_entries, self.session_redis, config.max_groups_per_principal
+        )
+        self.group_sessions = GroupSessions()
+        self.sessions = SessionQuota(config.max_sessions_per_principal)
         self.origins: dict[str, OriginState] = {}
         self.applied_key = f"meshscope:applied:{self.region}"
         self.sink = FlowSink(
@@ -254,9 +262,11 @@ class Relay:
         log.info("relay state loaded", extra={"groups": len(groups), "held": self.outbox.depth})
 
     async def stop(self) -> None:
+        await self.group_sessions.close_all()
         await self.supervisor.stop()
         await self.sink.shutdown()
         self.tracer.shutdown()
+        await self.session_redis.aclose()
 
     def _drop_records(self, given_up: list[Dropped]) -> None:
         for d in given_up:
@@ -321,13 +331,14 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.1)
             self._wake.clear()
-            self.outbox.dispatch()
+            if self.outbox.dispatch() >= DISPATCH_MAX_ITEMS:
+                self._wake.set()  # more waits: sent on the next round, after the loop served the rest
             self.record.flush_counts()
             now = time.monotonic()
             if now - last_check >= 0.5:
                 last_check = now
-                if self.outbox.overdue():
-                    self.outbox.dispatch()
+                if self.outbox.overdue() and self.outbox.dispatch() >= DISPATCH_MAX_ITEMS:
+                    self._wake.set()
                 self._drop_records(self.outbox.expire(now_us()))
                 if self.outbox.dirty and self.breaker.healthy:
                     ops = Ops()

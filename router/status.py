@@ -60,6 +60,9 @@ METRICS = (
     ("group_lag", "gauge", "Entries of a durable group not yet delivered to any member"),
     ("group_oldest_age_seconds", "gauge", "Age of a durable group's oldest unacknowledged entry"),
     ("group_consumers", "gauge", "Members of a durable group connected to this relay"),
+    ("group_acks_refused_total", "counter", "Acknowledged ids a group member was not given (ignored), by group"),
+    ("group_entries_withheld_total", "counter", "Group entries a member may not read, parked for one that may"),
+    ("sessions_refused_total", "counter", "WebSocket sessions refused: the principal had its most open here"),
 )
 """Every metric family a relay exports: name, type, help."""
 
