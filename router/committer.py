@@ -2,7 +2,8 @@
 
 Everything that must be durable before an event is acknowledged (group
 appends, the outbound stream of each destination, the receiver's applied
-state, and the flow records that say so) is a list of operations. Publishes
+state, the keys that recognize a producer's retry, and the flow records that
+say so) is a list of operations. Publishes
 and mesh batches hand their operations to one ``Committer``, which merges what
 is waiting into one commit and runs it as one Lua script: atomic, one round
 trip, and guarded by a per-writer commit counter (``meshscope:commit:<writer>``).
@@ -45,7 +46,9 @@ while i <= argc do
   if op == 'X' then
     local key, maxlen, nf = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
     local args = {key}
-    if maxlen ~= '0' then
+    if string.sub(maxlen, 1, 1) == 'm' then
+      args[#args + 1] = 'MINID'; args[#args + 1] = '~'; args[#args + 1] = string.sub(maxlen, 2)
+    elseif maxlen ~= '0' then
       args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = maxlen
     end
     args[#args + 1] = '*'
@@ -85,8 +88,9 @@ class Ops:
     args: list[bytes | str | int] = field(default_factory=list)
     then: list[Callable[[], None]] = field(default_factory=list)
 
-    def xadd(self, stream: str, fields: dict[bytes, bytes], maxlen: int = 0) -> None:
-        self.args += ["X", stream, maxlen, len(fields)]
+    def xadd(self, stream: str, fields: dict[bytes, bytes], maxlen: int = 0, min_id_ms: int | None = None) -> None:
+        """Append an entry; trim the stream near ``maxlen`` entries, or of entries older than ``min_id_ms``."""
+        self.args += ["X", stream, maxlen if min_id_ms is None else f"m{min_id_ms}", len(fields)]
         for k, v in fields.items():
             self.args += [k, v]
 
@@ -127,6 +131,7 @@ class Committer:
         self._queue: list[_Commit] = []
         self._wake = asyncio.Event()
         self._number: int | None = None
+        self._landing = False
         self.commits = 0
         self.skipped = 0
 
@@ -167,6 +172,11 @@ class Committer:
     def backlog(self) -> int:
         return len(self._queue)
 
+    @property
+    def busy(self) -> bool:
+        """Commits wait, or one is being landed."""
+        return bool(self._queue) or self._landing
+
     async def run(self) -> None:
         """The commit loop: merge what waits, run it once, retry the same commit until it lands."""
         while True:
@@ -184,16 +194,20 @@ class Committer:
             for c in batch:
                 for o in c.ops:
                     args.extend(o.args)
-            await self._land(args)
-            for c in batch:
-                for o in c.ops:
-                    for callback in o.then:
-                        try:
-                            callback()
-                        except Exception:
-                            log.exception("a post-commit step failed")
-                if not c.done.done():
-                    c.done.set_result(None)
+            self._landing = True
+            try:
+                await self._land(args)
+                for c in batch:
+                    for o in c.ops:
+                        for callback in o.then:
+                            try:
+                                callback()
+                            except Exception:
+                                log.exception("a post-commit step failed")
+                    if not c.done.done():
+                        c.done.set_result(None)
+            finally:
+                self._landing = False
 
     async def _land(self, args: list[bytes | str | int]) -> None:
         attempt = 0

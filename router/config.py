@@ -96,7 +96,11 @@ MESHSCOPE_PING_INTERVAL_S = "MESHSCOPE_PING_INTERVAL_S"
 MESHSCOPE_LINK_DELAYS = "MESHSCOPE_LINK_DELAYS"
 """Simulated one-way delays, ``region=ms,...``, for demos on one machine."""
 MESHSCOPE_DEDUP_WINDOW = "MESHSCOPE_DEDUP_WINDOW"
-"""How many (source, id) pairs the relay remembers to drop duplicates."""
+"""How many (principal, source, id) keys the relay remembers to drop duplicates."""
+MESHSCOPE_DEDUP_RESTART_S = "MESHSCOPE_DEDUP_RESTART_S"
+"""Seconds of accepted keys kept in the store, so a producer's retry is recognized after a relay restart."""
+MESHSCOPE_DRAIN_TIMEOUT_S = "MESHSCOPE_DRAIN_TIMEOUT_S"
+"""Longest a stopping relay waits for its commits in flight before it exits."""
 MESHSCOPE_TRACE_SAMPLE_RATIO = "MESHSCOPE_TRACE_SAMPLE_RATIO"
 """Share of traces that get OTel SDK hop spans (ids are in every flow record regardless)."""
 OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -139,6 +143,8 @@ class RelayConfig:
     ping_interval_s: float = 1.0
     link_delays_ms: dict[str, float] = field(default_factory=dict)
     dedup_window: int = 200_000
+    dedup_restart_s: float = 300.0
+    drain_timeout_s: float = 15.0
     trace_sample_ratio: float = 0.01
     otlp_endpoint: str | None = None
     failure_rate: float = 0.0
@@ -212,6 +218,8 @@ class RelayConfig:
             ping_interval_s=s.get_float(env, MESHSCOPE_PING_INTERVAL_S, d["ping_interval_s"].default, 0.01),
             link_delays_ms=s.get_map_float(env, MESHSCOPE_LINK_DELAYS),
             dedup_window=s.get_int(env, MESHSCOPE_DEDUP_WINDOW, d["dedup_window"].default, 1),
+            dedup_restart_s=s.get_float(env, MESHSCOPE_DEDUP_RESTART_S, d["dedup_restart_s"].default, 0.0),
+            drain_timeout_s=s.get_float(env, MESHSCOPE_DRAIN_TIMEOUT_S, d["drain_timeout_s"].default, 0.0),
             trace_sample_ratio=s.get_float(env, MESHSCOPE_TRACE_SAMPLE_RATIO, d["trace_sample_ratio"].default),
             otlp_endpoint=env.get(OTEL_EXPORTER_OTLP_ENDPOINT) or None,
             failure_rate=s.get_float(env, MESHSCOPE_FAILURE_RATE, 0.0),

@@ -49,6 +49,8 @@ class MeshReceiver:
         r = self.relay
         config = r.config
         await r.ready.wait()
+        if r.draining:
+            return  # stopping: left unacknowledged, the sender sends it again (to us once we are back)
         r.committer.available()
         now = now_us()
         good, bad = fr.items_of(

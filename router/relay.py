@@ -41,6 +41,7 @@ from router import frame as fr
 from router.channel import OriginState
 from router.committer import Committer, Ops
 from router.config import RelayConfig
+from router.dedup import DedupLog, DedupWindow, unpack_keys
 from router.delivery import LocalDelivery
 from router.envelope import EventLimits, now_us
 from router.errors import Backpressure, FrameError
@@ -55,7 +56,7 @@ from router.publish import Publisher
 from router.receive import MeshReceiver
 from router.recorder import Recorder
 from router.registry import GovernanceStore, GovernanceWatcher
-from router.routing import UP, DedupWindow, LinkStateTable, LocalInterest
+from router.routing import UP, LinkStateTable, LocalInterest
 from router.spans import HopTracer, otlp_exporter
 from router.status import Status, describe_metrics
 from router.subscription import GroupStore, Subscriber
@@ -91,6 +92,11 @@ class Relay:
         self.local = LocalInterest()
         self.routes = LinkStateTable(self.region, config.hop_limit, ROUTE_AGE_S, config.link_store_max_age_s)
         self.dedup = DedupWindow(config.dedup_window)
+        # the keys of accepted events, in the store, so a retry is recognized after a restart too
+        self.dedup_stream = f"meshscope:dedup:{self.region}:{self.name}"
+        self.dedup_log = DedupLog(config.dedup_restart_s, config.dedup_window) if config.dedup_restart_s else None
+        self.draining = False  # stopping: new publishes get 503, commits in flight finish
+        self.requests_in_flight = 0  # publish requests being handled (the body may still be arriving)
         self.subscribers: dict[int, Subscriber] = {}
         self.groups = GroupStore(client, self.region, config.group_max_entries)
         self.origins: dict[str, OriginState] = {}
@@ -200,6 +206,7 @@ class Relay:
         while True:
             try:
                 groups = await self.groups.load()
+                dedup_keys = await self._load_dedup_keys()
                 applied: Any = await self.redis.hgetall(self.applied_key)
                 lsas: Any = await self.redis.hgetall(LSA_KEY)
                 dropped = await self.outbox.load()
@@ -212,6 +219,7 @@ class Relay:
                 await asyncio.sleep(delay)
                 continue
             break
+        self.dedup.load(dedup_keys)
         for origin, raw in applied.items():
             self.origins[origin.decode()] = OriginState.from_json(orjson.loads(raw))
         now = now_us()
@@ -228,7 +236,50 @@ class Relay:
             self.mesh.advertise()
         self.ready.set()
         self.wake()
-        log.info("relay state loaded", extra={"groups": len(groups), "held": self.outbox.depth})
+        log.info(
+            "relay state loaded",
+            extra={"groups": len(groups), "held": self.outbox.depth, "dedup_keys": len(dedup_keys)},
+        )
+
+    async def _load_dedup_keys(self) -> list[bytes]:
+        """Keys this relay accepted within the restart window (the newest, up to the window size), oldest first."""
+        if self.dedup_log is None:
+            return []
+        oldest_ms = now_us() // 1000 - self.dedup_log.window_ms
+        newest_first: list[bytes] = []
+        top = "+"
+        while len(newest_first) < self.config.dedup_window:
+            entries: Any = await self.redis.xrevrange(self.dedup_stream, top, str(oldest_ms), count=1000)
+            for _, fields in entries:
+                newest_first.extend(reversed(unpack_keys(fields.get(b"k", b""))))
+            if len(entries) < 1000:
+                break
+            top = "(" + entries[-1][0].decode()
+        return newest_first[: self.config.dedup_window][::-1]
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop taking new work and let what is in flight finish; whether it all did within ``timeout_s``.
+
+        New publishes get 503 with Retry-After, mesh frames are left unacknowledged (their sender
+        sends them again), and every publish already being committed gets its answer.
+        """
+        self.draining = True
+        log.info("relay stopping: draining", extra={"publishes": self.publisher.in_flight})
+        deadline = time.monotonic() + timeout_s
+        while self.requests_in_flight or self.publisher.in_flight or self.committer.busy:
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "relay stopping with work in flight",
+                    extra={
+                        "requests": self.requests_in_flight,
+                        "publishes": self.publisher.in_flight,
+                        "commits": self.committer.backlog,
+                    },
+                )
+                return False
+            await asyncio.sleep(0.01)
+        log.info("relay drained")
+        return True
 
     async def stop(self) -> None:
         await self.supervisor.stop()

@@ -213,6 +213,8 @@ class Status:
     def health(self) -> dict[str, Any]:
         r = self.relay
         reasons = []
+        if r.draining:
+            reasons.append("stopping: new publishes are refused while commits in flight finish")
         if not r.breaker.healthy:
             reasons.append(f"redis unavailable: {r.breaker.last_error or 'circuit ' + r.breaker.state}")
         if not r.ready.is_set():

@@ -17,10 +17,11 @@ from meshcore.settings import whole_number
 from meshcore.supervise import Supervisor
 from router import frame as fr
 from router.channel import Channel, Held, OriginState
+from router.dedup import DedupLog, DedupWindow, dedup_key, pack_keys, unpack_keys
 from router.envelope import validate_event
 from router.errors import FrameError
 from router.outbox import ranges_of
-from router.routing import DedupWindow, LinkStateTable, LocalInterest
+from router.routing import LinkStateTable, LocalInterest
 
 A, B, C, D = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope", "aws:ap-northeast-1"
 NOW = 1_800_000_000_000_000
@@ -109,17 +110,59 @@ def test_local_interest_is_reference_counted() -> None:
 
 def test_dedup_marks_seen_only_after_commit() -> None:
     window = DedupWindow(2)
-    key = ("tester", "/src", "1")
+    key = dedup_key("tester", "/src", "1")
     assert window.state(key) == "new" and window.reserve(key)
     assert window.state(key) == "pending" and not window.reserve(key)
     window.release(key)  # the commit failed: a retry is new, not a duplicate
     assert window.state(key) == "new" and window.reserve(key)
     window.commit(key)
     assert window.state(key) == "seen"
-    window.commit(("tester", "/src", "2"))
-    window.commit(("tester", "/src", "3"))
+    window.commit(dedup_key("tester", "/src", "2"))
+    window.commit(dedup_key("tester", "/src", "3"))
     assert window.state(key) == "new"  # bounded: the oldest is forgotten
-    assert window.state(("other", "/src", "3")) == "new"  # another principal's event with the same id
+    assert window.state(dedup_key("other", "/src", "3")) == "new"  # another principal's event with the same id
+
+
+def test_dedup_keys_name_principal_source_and_id_apart() -> None:
+    keys = {
+        dedup_key("a", "b", "c"),
+        dedup_key("a", "bc", ""),
+        dedup_key("ab", "", "c"),
+        dedup_key("a", "b\x00", "c"),
+        dedup_key("", "", ""),
+    }
+    assert len(keys) == 5 and {len(k) for k in keys} == {8}
+
+
+@given(st.lists(st.binary(min_size=8, max_size=8), max_size=50), st.binary(max_size=7))
+def test_stored_keys_read_back_as_written_and_a_torn_tail_is_left_out(keys: list[bytes], tail: bytes) -> None:
+    assert unpack_keys(pack_keys(keys)) == keys
+    assert unpack_keys(pack_keys(keys) + tail) == keys
+
+
+def test_keys_loaded_after_a_restart_fill_the_window_newest_last() -> None:
+    window = DedupWindow(3)
+    keys = [dedup_key("p", "/s", str(i)) for i in range(5)]
+    window.load(keys)
+    assert [window.state(k) for k in keys] == ["new", "new", "seen", "seen", "seen"]
+
+
+@pytest.mark.parametrize(
+    ("writes", "now_ms", "want"),
+    [
+        ([], 100_000, 100_000 - 60_000 - 5_000),  # nothing written: the time window alone
+        ([(50_000, 4), (60_000, 4)], 70_000, 70_000 - 60_000 - 5_000),  # fewer keys than the window holds
+        ([(50_000, 6), (60_000, 6), (65_000, 6)], 70_000, 60_000 - 5_000),  # 10 keys: the oldest entry goes
+        ([(1_000, 6), (65_000, 3)], 70_000, 70_000 - 60_000 - 5_000),  # older than the time window: gone
+    ],
+)
+def test_the_stored_keys_are_trimmed_to_the_time_window_and_the_window_size(
+    writes: list[tuple[int, int]], now_ms: int, want: int
+) -> None:
+    log = DedupLog(window_s=60, max_keys=10)
+    for at_ms, n in writes:
+        log.wrote(at_ms, n)
+    assert log.min_id_ms(now_ms) == max(0, want)
 
 
 # ---- frames -----------------------------------------------------------------------------------
