@@ -43,6 +43,9 @@ EXPIRED = "expired"
 DUPLICATE = "duplicate"
 MALFORMED = "malformed"  # not a valid CloudEvent (refused at the edge, 400)
 GAP = "gap"  # sequence numbers of an edge that never arrived: ``seq``..``seq_end``
+# the origin's store went back: numbers from ``seq`` it assigned before and had not sent may be lost (how many
+# is unknown; the destination names those it had been told of as ``gap``)
+ROLLED_BACK = "rolled_back"
 STATUSES = (
     OK,
     SCHEMA_REJECTED,
@@ -55,6 +58,7 @@ STATUSES = (
     DUPLICATE,
     MALFORMED,
     GAP,
+    ROLLED_BACK,
 )
 # statuses that mean an accepted event was lost (the rest are refusals or duplicates)
 LOSSES = frozenset((LINK_DOWN, BACKPRESSURE, DELIVERY_FAILED, EXPIRED, GAP))

@@ -10,6 +10,13 @@ trip, and guarded by a per-writer commit counter (``meshscope:commit:<writer>``)
 A commit whose reply was lost is retried with the same number, and the script
 skips it if it had already run: a retried write never lands twice.
 
+With ``wait`` set (``MESHSCOPE_STORE_WAIT``), a commit also waits, on the same
+connection, until WAITAOF says it is in the store's append-only file on disk
+(``fsync``) or in a replica's (``replica``): a store that crashes then loses
+nothing that was answered, at the price of an fsync per commit. A WAITAOF
+that times out fails the commit, which is retried (the script skips what had
+landed, and waits again).
+
 While Redis fails the committer retries the commit at its head with backoff,
 behind a circuit breaker; callers waiting on a commit give up after their own
 timeout (a publisher gets 503 with Retry-After), but the commit itself goes on
@@ -73,6 +80,14 @@ return 1
 """
 
 
+WAITS = {"fsync": (1, 0), "replica": (0, 1)}  # MESHSCOPE_STORE_WAIT -> WAITAOF numlocal, numreplicas
+WAIT_TIMEOUT_MS = 2000
+
+
+class NotDurable(RedisError):
+    """WAITAOF did not confirm the commit in time (a store error for the breaker, and a retry)."""
+
+
 class Unavailable(Exception):
     """Redis is failing: the circuit is open, or the commit did not land in time."""
 
@@ -121,8 +136,10 @@ class Committer:
         breaker: CircuitBreaker,
         on_error: Callable[[str], None] | None = None,
         max_args: int = 200_000,
+        wait: str = "none",
     ):
         self.client = client
+        self.wait = WAITS.get(wait)
         self.key = f"meshscope:commit:{writer}"
         self.breaker = breaker
         self.on_error = on_error
@@ -209,6 +226,19 @@ class Committer:
             finally:
                 self._landing = False
 
+    async def _run(self, number: int, args: list[bytes | str | int]) -> int:
+        """Run the commit script; with ``wait``, and WAITAOF after it on the same connection."""
+        if self.wait is None:
+            return int(await self._script(keys=[self.key], args=[number, *args]))
+        local, replicas = self.wait
+        pipe = self.client.pipeline(transaction=False)
+        await self._script(keys=[self.key], args=[number, *args], client=pipe)
+        pipe.execute_command("WAITAOF", local, replicas, WAIT_TIMEOUT_MS)
+        applied, synced = await pipe.execute()
+        if int(synced[0]) < local or int(synced[1]) < replicas:
+            raise NotDurable(f"WAITAOF confirmed {synced} of ({local}, {replicas}) within {WAIT_TIMEOUT_MS} ms")
+        return int(applied)
+
     async def _land(self, args: list[bytes | str | int]) -> None:
         attempt = 0
         while True:
@@ -217,7 +247,7 @@ class Committer:
                     self._number = int(await self.client.get(self.key) or 0)
                 number = self._number + 1
                 if args:
-                    applied = await self._script(keys=[self.key], args=[number, *args])
+                    applied = await self._run(number, args)
                     if not applied and attempt == 0:
                         # a first attempt is never a repeat: the counter is ahead of us, so another
                         # writer has our name or Redis kept a counter we lost; take it and run again

@@ -66,6 +66,7 @@ class LinkCallbacks:
     on_acks: Callable[[MeshLink, list[tuple[str, str, int, int]]], None]
     on_lsas: Callable[[MeshLink, list[fr.LinkStateAd]], None]
     on_state: Callable[[MeshLink, str], None]
+    on_behind: Callable[[MeshLink, list[tuple[str, str, int]]], None]
 
 
 class MeshLink:
@@ -319,6 +320,8 @@ class MeshLink:
             kind = msg["t"]
             if kind == fr.ACK:
                 self.cb.on_acks(self, fr.acks_of(msg))
+                if "r" in msg:
+                    self.cb.on_behind(self, fr.behind_of(msg))
             elif kind == fr.PONG:
                 self.rtt_ms = max(0.0, (now_us() - fr.ts_of(msg)) / 1000)
             elif kind in (fr.INTEREST, fr.ROUTES):

@@ -38,7 +38,6 @@ from meshcore.metrics import Registry
 from meshcore.supervise import Supervisor
 from meshcore.tls import client_context
 from router import frame as fr
-from router.channel import OriginState
 from router.committer import Committer, Ops
 from router.config import RelayConfig
 from router.dedup import DedupLog, DedupWindow, unpack_keys
@@ -51,6 +50,7 @@ from router.groupkeeper import GroupKeeper
 from router.hop import dropped
 from router.link import LinkCallbacks, MeshLink, PeerAddress
 from router.meshstate import LSA_KEY, MeshState
+from router.origin import OriginState
 from router.outbox import Dropped, Outbox
 from router.publish import Publisher
 from router.receive import MeshReceiver
@@ -87,7 +87,11 @@ class Relay:
         self.supervisor = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.breaker = CircuitBreaker("redis")
         self.committer = Committer(
-            client, f"{self.region}/{self.name}", self.breaker, lambda err: m.inc("redis_errors_total", error=err)
+            client,
+            f"{self.region}/{self.name}",
+            self.breaker,
+            lambda err: m.inc("redis_errors_total", error=err),
+            wait=config.store_wait,
         )
         self.local = LocalInterest()
         self.routes = LinkStateTable(self.region, config.hop_limit, ROUTE_AGE_S, config.link_store_max_age_s)
@@ -138,7 +142,9 @@ class Relay:
         tls = config.tls
         ssl_ctx = client_context(tls, tls.ca) if tls is not None and tls.ca else None
         mesh = self.mesh
-        callbacks = LinkCallbacks(mesh.link_up, mesh.link_down, mesh.link_acks, mesh.link_lsas, mesh.link_state)
+        callbacks = LinkCallbacks(
+            mesh.link_up, mesh.link_down, mesh.link_acks, mesh.link_lsas, mesh.link_state, mesh.link_behind
+        )
         self.links: list[MeshLink] = []
         for text in config.peers:
             peer = PeerAddress.parse(text)
@@ -232,6 +238,8 @@ class Relay:
         for info in groups.values():
             changed = self.local.add(sorted(info.patterns.patterns)) or changed
         self._drop_records(dropped)
+        if self.outbox.rolled_back:
+            self.metrics.inc("sequence_rollbacks_total", self.outbox.rolled_back, found_by="origin")
         if changed:
             self.mesh.advertise()
         self.ready.set()

@@ -50,6 +50,10 @@ class ValkeyProcess:
     def stop(self) -> None:
         self.server.stop()
 
+    def kill9(self) -> None:
+        """Die as a crash would: what was not yet on disk is gone."""
+        self.server.terminate()
+
 
 @dataclass
 class RelayProcess:
@@ -104,8 +108,17 @@ class FaultMesh:
     def __getitem__(self, region: str) -> RelayProcess:
         return self.relays[region]
 
-    async def start(self, regions: list[str], proxied: list[tuple[str, str]] = (), **env: str) -> None:  # type: ignore[assignment]
-        """Start relays in a full mesh; links in ``proxied`` (dialer, peer) go through a TcpProxy."""
+    async def start(
+        self,
+        regions: list[str],
+        proxied: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        env_for: dict[str, dict[str, str]] | None = None,
+        **env: str,
+    ) -> None:
+        """Start relays in a full mesh; links in ``proxied`` (dialer, peer) go through a TcpProxy.
+
+        ``env_for``: settings of one region's relay only (its own store, say).
+        """
         auth = write_principals(self.workdir / "principals.toml", regions)
         ports = {r: free_port() for r in regions}
         for dialer, peer in proxied:
@@ -133,6 +146,7 @@ class FaultMesh:
                 "MESHSCOPE_TRACE_SAMPLE_RATIO": "0",
                 "MESHSCOPE_LOG_LEVEL": "INFO",
                 **env,
+                **(env_for or {}).get(region, {}),
             }
             relay = RelayProcess(
                 region, ports[region], relay_env, self.workdir / f"relay-{region.replace(':', '_')}.log"
