@@ -8,7 +8,9 @@ and mesh batches hand their operations to one ``Committer``, which merges what
 is waiting into one commit and runs it as one Lua script: atomic, one round
 trip, and guarded by a per-writer commit counter (``meshscope:commit:<writer>``).
 A commit whose reply was lost is retried with the same number, and the script
-skips it if it had already run: a retried write never lands twice.
+skips it if it had already run: a retried write never lands twice. A counter
+found further behind than the commit before means the store lost commits it
+had confirmed (it restarted without its last writes): ``lost`` counts them.
 
 With ``wait`` set (``MESHSCOPE_STORE_WAIT``), a commit also waits, on the same
 connection, until WAITAOF says it is in the store's append-only file on disk
@@ -76,7 +78,7 @@ while i <= argc do
   end
 end
 redis.call('SET', KEYS[1], n)
-return 1
+return n - last
 """
 
 
@@ -151,6 +153,7 @@ class Committer:
         self._landing = False
         self.commits = 0
         self.skipped = 0
+        self.lost = 0  # commits the store confirmed and then lost
 
     def available(self) -> None:
         """Raise Unavailable when the circuit is open (callers answer 503 at once)."""
@@ -188,6 +191,11 @@ class Committer:
     @property
     def backlog(self) -> int:
         return len(self._queue)
+
+    @property
+    def confirmed(self) -> int:
+        """The number of the last commit the store confirmed (its counter must be at least this)."""
+        return self._number or 0
 
     @property
     def busy(self) -> bool:
@@ -258,6 +266,12 @@ class Committer:
                         continue
                     if not applied:
                         self.skipped += 1
+                    elif applied > 1:
+                        self.lost += applied - 1
+                        log.error(
+                            "the store lost commits it had confirmed (it restarted without its last writes)",
+                            extra={"key": self.key, "commits": applied - 1},
+                        )
                     self._number = number
                 self.breaker.success()
                 self.commits += 1

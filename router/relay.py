@@ -170,6 +170,7 @@ class Relay:
         self.group_members: Counter[str] = Counter()  # group -> members connected here
         self.outbox = Outbox(config, client, self.routes, self.links_by_region, self.record, self.limits)
         self._wake = asyncio.Event()
+        self._store_check_at = 0.0
         # set once groups, stored events and applied state are loaded: mesh events and publishes wait
         # for it, or events right after a restart would be routed without knowing the durable groups
         self.ready = asyncio.Event()
@@ -346,6 +347,7 @@ class Relay:
             now = time.monotonic()
             if now - last_check >= 0.5:
                 last_check = now
+                await self._check_store()
                 if self.outbox.overdue():
                     self.outbox.dispatch()
                 self._drop_records(self.outbox.expire(now_us()))
@@ -354,6 +356,37 @@ class Relay:
                     self.outbox.persist(ops, set())
                     if ops:
                         self.committer.submit(ops)
+
+    async def _check_store(self) -> None:
+        """Follow the store's restarts: one that kept every commit of this relay is the same store.
+
+        The channels' stored state names the store's run_id; a relay that loads state written before
+        the store last restarted numbers on in a new epoch. After a restart whose commit counter
+        is still where this relay left it (it lost nothing of ours), the new run_id is adopted,
+        so a later restart of this relay does not take it for a rollback.
+        """
+        now = time.monotonic()
+        if now < self._store_check_at:
+            return
+        self._store_check_at = now + 5.0
+        outbox, committer = self.outbox, self.committer
+        if not outbox.store_run or not self.breaker.healthy:
+            return
+        try:
+            info: Any = await self.redis.info("server")
+            run = str(info.get("run_id", ""))
+            if not run or run == outbox.store_run:
+                return
+            counter = int(await self.redis.get(committer.key) or 0)
+        except (RedisError, ValueError):
+            return
+        if counter < committer.confirmed or committer.lost:
+            self._store_check_at = float("inf")  # the stored run_id stays: a restart of this relay moves on
+            log.error("the store restarted without commits of this relay; its numbering moves on at restart")
+            return
+        log.info("the store restarted and kept every commit of this relay", extra={"run_id": run})
+        outbox.store_run = run
+        outbox.dirty.update(outbox.channels)
 
     # ---- live subscribers ---------------------------------------------------------------------
 
