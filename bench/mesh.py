@@ -96,7 +96,7 @@ def _alternating(fig: Figure, meshes: tuple[BenchMesh, BenchMesh], total: int, r
 
 def dedup_store(total: int, runs: int) -> Figure:
     fig = Figure("stream, duplicate keys kept in Valkey", "events/s")
-    with valkey() as base_url, valkey() as url, processes() as spawn:
+    with valkey(own=True) as base_url, valkey(own=True) as url, processes() as spawn:
         memory_only = spawn_mesh(spawn, base_url, [A, B], extra={"MESHSCOPE_DEDUP_RESTART_S": "0"})
         _alternating(fig, (memory_only, spawn_mesh(spawn, url, [A, B])), total, runs, 100)
     fig.note = (
@@ -110,7 +110,7 @@ def store_wait(total: int, runs: int, per_frame: int) -> Figure:
     frames = f"{per_frame} event{'s' if per_frame > 1 else ''}/frame"
     fig = Figure(f"stream, {frames}, commits wait for the disk", "events/s")
     aof = {"appendonly": "yes", "appendfsync": "everysec"}
-    with valkey(**aof) as base_url, valkey(**aof) as url, processes() as spawn:
+    with valkey(own=True, **aof) as base_url, valkey(own=True, **aof) as url, processes() as spawn:
         everysec = spawn_mesh(spawn, base_url, [A, B])
         fsync = spawn_mesh(spawn, url, [A, B], extra={"MESHSCOPE_STORE_WAIT": "fsync"})
         _alternating(fig, (everysec, fsync), total, runs, per_frame)
