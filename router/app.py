@@ -160,6 +160,27 @@ def build_app(relay: Relay) -> Starlette:
             return unavailable(str(exc), 1.0)
         return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202)
 
+    def drained(handler: Any) -> Any:
+        """``handler``, counted while it runs so that a stopping relay waits for it (``Relay.drain``).
+
+        Should the server still cancel it on its way out, the answer is 503, never 500: the
+        publisher retries, and a retry of what did land is recognized as a duplicate.
+        """
+
+        async def counted(request: Request) -> Response:
+            relay.requests_in_flight += 1
+            try:
+                response: Response = await handler(request)
+                return response
+            except asyncio.CancelledError:
+                if not relay.draining:
+                    raise
+                return unavailable("the relay stopped before it could answer; publish again", 1.0)
+            finally:
+                relay.requests_in_flight -= 1
+
+        return counted
+
     async def deny(ws: WebSocket, response: JSONResponse) -> None:
         """Refuse a WebSocket before it is accepted, with a real HTTP status the client can read."""
         try:
@@ -239,17 +260,21 @@ def build_app(relay: Relay) -> Starlette:
                 if relay.sink.full and not await relay.sink.wait_not_full(30.0):
                     await ws.close(CLOSE_UNAVAILABLE, "flow record queue full; try again later")
                     return
-                result = await relay.publisher.publish_all(events, principal) if events else None
-                await ws.send_bytes(
-                    orjson.dumps(
-                        {
-                            "frame": frames,
-                            "accepted": result.accepted if result else [],
-                            "duplicates": result.duplicates if result else [],
-                            "errors": errors,
-                        }
+                relay.requests_in_flight += 1  # a stopping relay waits for this frame's answer
+                try:
+                    result = await relay.publisher.publish_all(events, principal) if events else None
+                    await ws.send_bytes(
+                        orjson.dumps(
+                            {
+                                "frame": frames,
+                                "accepted": result.accepted if result else [],
+                                "duplicates": result.duplicates if result else [],
+                                "errors": errors,
+                            }
+                        )
                     )
-                )
+                finally:
+                    relay.requests_in_flight -= 1
         except WebSocketDisconnect:
             return
         except (Unavailable, InDoubt, StoreFull) as exc:
@@ -377,7 +402,7 @@ def build_app(relay: Relay) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/v1/events", post_events, methods=["POST"]),
+            Route("/v1/events", drained(post_events), methods=["POST"]),
             WebSocketRoute("/v1/stream", stream),
             WebSocketRoute("/v1/subscribe", subscribe),
             Route("/v1/groups/{name}", delete_group, methods=["DELETE"]),

@@ -106,7 +106,14 @@ MESHSCOPE_PING_INTERVAL_S = "MESHSCOPE_PING_INTERVAL_S"
 MESHSCOPE_LINK_DELAYS = "MESHSCOPE_LINK_DELAYS"
 """Simulated one-way delays, ``region=ms,...``, for demos on one machine."""
 MESHSCOPE_DEDUP_WINDOW = "MESHSCOPE_DEDUP_WINDOW"
-"""How many (source, id) pairs the relay remembers to drop duplicates."""
+"""How many (principal, source, id) keys the relay remembers to drop duplicates."""
+MESHSCOPE_DEDUP_RESTART_S = "MESHSCOPE_DEDUP_RESTART_S"
+"""Seconds of accepted keys kept in the store, so a producer's retry is recognized after a relay restart."""
+MESHSCOPE_STORE_WAIT = "MESHSCOPE_STORE_WAIT"
+"""What a commit waits for before it is answered: ``none`` (the store's own appendfsync), ``fsync`` (WAITAOF: in
+its append-only file on disk), ``replica`` (WAITAOF: in a replica's)."""
+MESHSCOPE_DRAIN_TIMEOUT_S = "MESHSCOPE_DRAIN_TIMEOUT_S"
+"""Longest a stopping relay waits for its commits in flight before it exits."""
 MESHSCOPE_TRACE_SAMPLE_RATIO = "MESHSCOPE_TRACE_SAMPLE_RATIO"
 """Share of the traces a relay starts (events without trace context) that are sampled; producers' own decide theirs."""
 OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -128,6 +135,7 @@ MESHSCOPE_LINK_STATS_INTERVAL_S = "MESHSCOPE_LINK_STATS_INTERVAL_S"
 
 
 FRAME_OVERHEAD = 1024  # a mesh frame's header and one item's routing fields, at most
+STORE_WAITS = ("none", "fsync", "replica")
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,9 @@ class RelayConfig:
     ping_interval_s: float = 1.0
     link_delays_ms: dict[str, float] = field(default_factory=dict)
     dedup_window: int = 200_000
+    dedup_restart_s: float = 300.0
+    drain_timeout_s: float = 15.0
+    store_wait: str = "none"
     trace_sample_ratio: float = 0.01
     otlp_endpoint: str | None = None
     otel_service_name: str | None = None
@@ -240,6 +251,9 @@ class RelayConfig:
             ping_interval_s=s.get_float(env, MESHSCOPE_PING_INTERVAL_S, d["ping_interval_s"].default, 0.01),
             link_delays_ms=s.get_map_float(env, MESHSCOPE_LINK_DELAYS),
             dedup_window=s.get_int(env, MESHSCOPE_DEDUP_WINDOW, d["dedup_window"].default, 1),
+            dedup_restart_s=s.get_float(env, MESHSCOPE_DEDUP_RESTART_S, d["dedup_restart_s"].default, 0.0),
+            drain_timeout_s=s.get_float(env, MESHSCOPE_DRAIN_TIMEOUT_S, d["drain_timeout_s"].default, 0.0),
+            store_wait=s.get_choice(env, MESHSCOPE_STORE_WAIT, "none", STORE_WAITS),
             trace_sample_ratio=trace_sample_ratio(env, d["trace_sample_ratio"].default),
             otlp_endpoint=env.get(OTEL_EXPORTER_OTLP_ENDPOINT) or None,
             otel_service_name=env.get(OTEL_SERVICE_NAME) or None,

@@ -68,6 +68,7 @@ class LinkCallbacks:
     on_state: Callable[[MeshLink, str], None]
     on_governance: Callable[[MeshLink, dict[str, Any]], None]
     """A HELLO after the handshake, a GOV or a GOVRES (``router.authority``)."""
+    on_behind: Callable[[MeshLink, list[tuple[str, str, int]]], None]
 
 
 class MeshLink:
@@ -323,6 +324,8 @@ class MeshLink:
             kind = msg["t"]
             if kind == fr.ACK:
                 self.cb.on_acks(self, fr.acks_of(msg))
+                if "r" in msg:
+                    self.cb.on_behind(self, fr.behind_of(msg))
             elif kind == fr.PONG:
                 self.rtt_ms = max(0.0, (now_us() - fr.ts_of(msg)) / 1000)
             elif kind in (fr.INTEREST, fr.ROUTES):

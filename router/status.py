@@ -41,6 +41,8 @@ METRICS = (
     ("rejected_total", "counter", "Publish requests or events refused, by HTTP status"),
     ("mesh_duplicates_total", "counter", "Resent mesh events already applied"),
     ("mesh_refused_items_total", "counter", "Mesh items refused as malformed, by peer"),
+    ("sequence_rollbacks_total", "counter", "Sequences continued in a new epoch after the store went back, by finder"),
+    ("mesh_items_held_back_total", "counter", "Mesh items not applied: their origin's sequence went back, by origin"),
     ("link_state", "gauge", "Link state: 0 down, 1 connecting, 2 up, 3 draining"),
     ("link_security", "gauge", "Link security: 0 plain, 1 tls (token), 2 mtls"),
     ("link_rtt_ms", "gauge", "Round trip time of an up link (absent while down)"),
@@ -238,6 +240,8 @@ class Status:
     def health(self) -> dict[str, Any]:
         r = self.relay
         reasons = []
+        if r.draining:
+            reasons.append("stopping: new publishes are refused while commits in flight finish")
         if not r.breaker.healthy:
             reasons.append(f"redis unavailable: {r.breaker.last_error or 'circuit ' + r.breaker.state}")
         if not r.ready.is_set():

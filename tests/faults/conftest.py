@@ -140,10 +140,14 @@ class FaultMesh:
         regions: list[str],
         proxied: list[tuple[str, str]] = (),  # type: ignore[assignment]
         stores: dict[str, ValkeyProcess] | None = None,
+        env_for: dict[str, dict[str, str]] | None = None,
         **env: str,
     ) -> None:
         """Start relays in a full mesh; links in ``proxied`` (dialer, peer) go through a TcpProxy; each region on
-        its own store when ``stores`` names them."""
+        its own store when ``stores`` names them.
+
+        ``env_for``: settings of one region's relay only.
+        """
         self.stores.update(stores or {})
         auth = write_principals(self.workdir / "principals.toml", regions)
         ports = {r: free_port() for r in regions}
@@ -172,6 +176,7 @@ class FaultMesh:
                 "MESHSCOPE_TRACE_SAMPLE_RATIO": "0",
                 "MESHSCOPE_LOG_LEVEL": "INFO",
                 **env,
+                **(env_for or {}).get(region, {}),
             }
             relay = RelayProcess(
                 region, ports[region], relay_env, self.workdir / f"relay-{region.replace(':', '_')}.log"
