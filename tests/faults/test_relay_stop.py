@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.conftest import AUTH, cloud_event, eventually, scaled
 from tests.faults.conftest import FaultMesh, Producer, RelayProcess, ValkeyProcess, create_group, group_ids
@@ -56,7 +56,7 @@ class StreamProducer:
             except ConnectionClosed as exc:
                 self.closes.append(exc.rcvd.code if exc.rcvd else 1006)
                 await asyncio.sleep(0.1)
-            except OSError:
+            except (OSError, InvalidHandshake):  # refused, or closed or 503 before the handshake: try again
                 await asyncio.sleep(0.1)
 
 
