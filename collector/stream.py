@@ -7,6 +7,18 @@ names the entry ids of a batch before it is inserted, and is removed after the
 ack. A collector that dies between insert and ack leaves the manifest behind; the
 next collector to recover it re-inserts exactly those entries with the same token
 (ClickHouse drops the duplicate) and acks them.
+
+So an entry must be inserted under one token only: the one of the manifest that
+names it. Two scripts keep it so, each atomic in Redis:
+
+- ``save_manifest`` writes a manifest of only the entries still pending on this
+  consumer (another may have taken some over while the batch waited), and says
+  which those are;
+- ``claim_idle`` takes over entries idle on other consumers except those that any
+  manifest names: those belong to that manifest's recovery, which claims them
+  whatever their idle time. (XAUTOCLAIM cannot leave them out: claiming resets
+  an entry's idle time, and a manifest whose entries were claimed that way could
+  no longer be recovered, its batch inserted again under a new token.)
 """
 
 from __future__ import annotations
@@ -23,9 +35,64 @@ from collector.errors import StreamUnavailable
 MANIFESTS = "meshscope:collector:inflight"
 Entry = tuple[str, dict[Any, Any]]
 
+# KEYS: stream, manifests. ARGV: group, consumer, min idle ms, count.
+# Entries idle on other consumers that no manifest names, claimed by this consumer.
+CLAIM_IDLE = """
+local held = {}
+for _, raw in ipairs(redis.call('HVALS', KEYS[2])) do
+  local ok, manifest = pcall(cjson.decode, raw)
+  if ok and type(manifest) == 'table' and type(manifest['ids']) == 'table' then
+    for _, id in ipairs(manifest['ids']) do held[id] = true end
+  end
+end
+local want = tonumber(ARGV[4])
+local take = {}
+local start = '-'
+for _ = 1, 100 do
+  local page = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], start, '+', 1000)
+  for _, p in ipairs(page) do
+    if #take < want and p[2] ~= ARGV[2] and not held[p[1]] then take[#take + 1] = p[1] end
+  end
+  if #page < 1000 or #take >= want then break end
+  start = '(' .. page[#page][1]
+end
+local out = {}
+for i = 1, #take, 500 do
+  local chunk = {}
+  for j = i, math.min(i + 499, #take) do chunk[#chunk + 1] = take[j] end
+  for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(chunk))) do
+    out[#out + 1] = entry
+  end
+end
+return out
+"""
+
+# KEYS: stream, manifests. ARGV: group, consumer, token, time, entry ids...
+# Writes the manifest of the entries still pending on this consumer; returns their ids.
+SAVE_MANIFEST = """
+local owned = {}
+for i = 5, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then owned[#owned + 1] = ARGV[i] end
+end
+if #owned > 0 then
+  redis.call('HSET', KEYS[2], ARGV[3], cjson.encode({ids = owned, owner = ARGV[2], ts = tonumber(ARGV[4])}))
+end
+return owned
+"""
+
 
 def _entries(raw: Any) -> list[Entry]:
     return [(eid.decode() if isinstance(eid, bytes) else eid, fields) for eid, fields in raw if fields is not None]
+
+
+def _script_entries(raw: Any) -> list[Entry]:
+    """Entries as a script returns them: [id, [field, value, ...]]."""
+    out: list[Entry] = []
+    for eid, flat in raw or []:
+        if flat:
+            out.append((eid.decode() if isinstance(eid, bytes) else eid, dict(zip(flat[::2], flat[1::2], strict=True))))
+    return out
 
 
 class FlowStream:
@@ -35,6 +102,8 @@ class FlowStream:
         self.group = group
         self.consumer = consumer
         self.dead_letter_stream = dead_letter
+        self._claim_idle = client.register_script(CLAIM_IDLE)
+        self._save_manifest = client.register_script(SAVE_MANIFEST)
 
     async def ensure_group(self) -> None:
         try:
@@ -62,22 +131,15 @@ class FlowStream:
             out.extend(_entries(raw))
         return out
 
-    async def autoclaim(self, min_idle_ms: int, count: int) -> list[Entry]:
-        """Take over entries idle on other (presumed dead) consumers."""
-        out: list[Entry] = []
-        start = "0-0"
+    async def claim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries idle on other (presumed dead) consumers that no in-flight manifest names."""
         try:
-            while True:
-                reply: Any = await self.client.xautoclaim(
-                    self.stream, self.group, self.consumer, min_idle_ms, start_id=start, count=count
-                )
-                next_id, raw = reply[0], reply[1]
-                out.extend(_entries(raw))
-                start = next_id.decode() if isinstance(next_id, bytes) else next_id
-                if start == "0-0" or len(out) >= count:
-                    return out
+            raw: Any = await self._claim_idle(
+                keys=[self.stream, MANIFESTS], args=[self.group, self.consumer, min_idle_ms, count]
+            )
         except RedisError as exc:
             raise StreamUnavailable(f"cannot claim entries of {self.stream}: {exc}") from exc
+        return _script_entries(raw)
 
     async def claim(self, ids: list[str], min_idle_ms: int) -> list[Entry]:
         try:
@@ -104,12 +166,15 @@ class FlowStream:
         except RedisError as exc:
             raise StreamUnavailable(f"cannot write dead letter: {exc}") from exc
 
-    async def save_manifest(self, token: str, ids: list[str]) -> None:
-        data = orjson.dumps({"ids": ids, "owner": self.consumer, "ts": time.time()})
+    async def save_manifest(self, token: str, ids: list[str]) -> set[str]:
+        """Write the manifest of ``ids`` still pending on this consumer; returns those (the batch keeps only them)."""
         try:
-            await self.client.hset(MANIFESTS, token, data)
+            raw: Any = await self._save_manifest(
+                keys=[self.stream, MANIFESTS], args=[self.group, self.consumer, token, time.time(), *ids]
+            )
         except RedisError as exc:
             raise StreamUnavailable(f"cannot save batch manifest: {exc}") from exc
+        return {i.decode() if isinstance(i, bytes) else i for i in raw or []}
 
     async def drop_manifest(self, token: str) -> None:
         try:

@@ -8,12 +8,14 @@ this order of precedence:
 1. a client certificate, when the dashboard serves TLS with a CA (``meshscope://client/NAME``);
 2. a bearer token, ``Authorization: Bearer …`` (or ``?token=`` on ``/ws/live`` and ``/login``,
    where a browser cannot set the header); a token that matches nobody is a 401, never anonymous;
-3. the session cookie that ``/login`` sets (see :mod:`dashboard.session`);
+3. the session cookie that ``/login`` sets (see :mod:`dashboard.session`), unless it was signed
+   out here (``/logout`` ends the session itself, not only this browser's copy of the cookie);
 4. ``ANONYMOUS`` when ``MESHSCOPE_ALLOW_ANONYMOUS`` is on; else 401 (JSON, with a real HTTP
    status on the WebSocket too) or, for the map page, a redirect to ``/login``.
 
 The gate, a plain ASGI middleware so that it sees WebSocket upgrades as well, checks in order:
-the Host header (400, :mod:`dashboard.origin`), a foreign Origin (403), the caller (401), the
+the Host header (400, :mod:`dashboard.origin`), a foreign Origin or ``Sec-Fetch-Site`` (403;
+``Origin: null`` is the dashboard's own form post only beside ``Sec-Fetch-Site: same-origin``), the caller (401), the
 role for the path (403, :mod:`dashboard.access`), and that a cookie-authenticated unsafe request
 or upgrade says where it comes from (403). Every HTTP answer, refusals included, carries the
 security headers of :mod:`dashboard.access`.
@@ -21,6 +23,7 @@ security headers of :mod:`dashboard.access`.
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 import urllib.parse
@@ -35,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from dashboard import access
-from dashboard.origin import foreign_origin, host_allowed, needs_origin
+from dashboard.origin import foreign_origin, host_allowed, needs_origin, user_started
 from dashboard.session import SessionCodec, cookie_name, set_cookie
 from meshcore.auth import ANONYMOUS, VIA_ANONYMOUS, VIA_CERT, VIA_TOKEN, Authenticator, Principal, bearer_of
 from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
@@ -45,10 +48,13 @@ log = logging.getLogger(__name__)
 
 VIA_SESSION = "session"
 """``Principal.via`` of a caller known by the session cookie."""
+MAX_SIGNED_OUT = 100_000
+"""Sessions ended by signing out that are remembered until they would have expired."""
 LOGIN_BODY_MAX_BYTES = 4096
 """Largest sign-in form accepted (a token is under 100 characters)."""
 CLOSE_POLICY = 1008
 _LOGIN_PAGE = resources.files("static").joinpath("login.html")
+_CONFIRM_PAGE = resources.files("static").joinpath("signin-link.html")
 _ERROR_SLOT = "<!--error-->"
 _SIGN_IN_ERRORS = {
     401: "That token is not valid here.",
@@ -85,6 +91,7 @@ class DashboardAuth:
         self.codec = codec
         self.hosts = hosts
         self.clock = clock
+        self.signed_out: dict[str, float] = {}  # cookie value -> its expiry: refused until then
 
     @property
     def allow_anonymous(self) -> bool:
@@ -102,7 +109,7 @@ class DashboardAuth:
         if token is not None:
             return Caller(self.authenticator.from_token(token), VIA_TOKEN)
         value = conn.cookies.get(cookie_name(_secure(conn.scope)))
-        name = self.codec.verify(value, self.clock()) if value else None
+        name = self.codec.verify(value, self.clock()) if value and value not in self.signed_out else None
         known = self.authenticator.by_name.get(name) if name else None
         if known is not None:
             return Caller(replace(known, via=VIA_SESSION), VIA_SESSION)
@@ -122,6 +129,17 @@ class DashboardAuth:
     def session_cookie(self, principal: Principal, secure: bool) -> str:
         """The ``Set-Cookie`` value that signs ``principal`` in."""
         return set_cookie(self.codec.issue(principal.name, self.clock()), int(self.codec.ttl_s), secure)
+
+    def sign_out(self, value: str | None) -> None:
+        """End the session of a cookie value of ours: refused from now until it would have expired."""
+        now = self.clock()
+        if not value or self.codec.verify(value, now) is None:
+            return
+        for old in [v for v, expiry in self.signed_out.items() if expiry <= now]:
+            del self.signed_out[old]
+        if len(self.signed_out) >= MAX_SIGNED_OUT:  # the oldest sign-outs go first; their cookies are gone anyway
+            del self.signed_out[next(iter(self.signed_out))]
+        self.signed_out[value] = now + self.codec.ttl_s + 60
 
 
 def _secure(scope: Scope) -> bool:
@@ -168,7 +186,9 @@ class Gate:
         if not host_allowed(authority, self.auth.hosts):
             return _error(400, "unknown Host; the dashboard answers only the names in MESHSCOPE_DASHBOARD_HOSTS")
         origin = conn.headers.get("origin")
-        if foreign_origin(origin, scope["scheme"], authority):
+        fetch_site = conn.headers.get("sec-fetch-site")
+        method = "GET" if websocket else scope["method"]
+        if foreign_origin(origin, scope["scheme"], authority, fetch_site, needs_origin(method, websocket)):
             return _error(403, "cross-origin request refused")
         path: str = scope["path"]
         level = access.access_of(path)
@@ -185,7 +205,6 @@ class Gate:
                 role = "sql" if level == access.SQL else "viewer"
                 return _error(403, f"principal {principal.name!r} lacks the {role} role")
             scope.setdefault("state", {})["principal"] = principal
-        method = "GET" if websocket else scope["method"]
         if caller.by_cookie and origin is None and needs_origin(method, websocket):
             return _error(403, "a request signed in by cookie must carry an Origin header")
         return None
@@ -216,6 +235,7 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, response: Response
 def login_routes(auth: DashboardAuth, body_timeout_s: float = 10.0) -> list[Route]:
     """``GET /login[?token=]``, ``POST /login`` (form field ``token``) and ``POST /logout``."""
     page = _LOGIN_PAGE.read_text(encoding="utf-8")
+    confirm_page = _CONFIRM_PAGE.read_text(encoding="utf-8")
 
     def login_page(status: int = 200) -> HTMLResponse:
         message = _SIGN_IN_ERRORS.get(status)
@@ -233,10 +253,27 @@ def login_routes(auth: DashboardAuth, body_timeout_s: float = 10.0) -> list[Rout
         log.info("dashboard sign-in", extra={"principal": principal.name, "client": str(request.client)})
         return response
 
+    def confirm(request: Request, token: str) -> Response:
+        """A sign-in link another site (or a client that does not say) led here to: ask before replacing a session."""
+        status, principal = auth.sign_in(token)
+        if status != 200 or principal is None:
+            return login_page(status)
+        log.info(
+            "dashboard sign-in link to confirm", extra={"principal": principal.name, "client": str(request.client)}
+        )
+        body = confirm_page.replace("<!--principal-->", html.escape(principal.name)).replace(
+            "<!--token-->", html.escape(token, quote=True)
+        )
+        return HTMLResponse(body, headers={"cache-control": "no-store"})
+
     async def login(request: Request) -> Response:
         if request.method == "GET":
             token = request.query_params.get("token")
-            return signed_in(request, token) if token else login_page()
+            if not token:
+                return login_page()
+            if user_started(request.headers.get("sec-fetch-site")):
+                return signed_in(request, token)
+            return confirm(request, token)
         try:
             body = await read_limited(request, LOGIN_BODY_MAX_BYTES, body_timeout_s)
         except BodyTooLarge:
@@ -251,6 +288,7 @@ def login_routes(auth: DashboardAuth, body_timeout_s: float = 10.0) -> list[Rout
         return signed_in(request, token) if token else login_page(401)
 
     async def logout(request: Request) -> Response:
+        auth.sign_out(request.cookies.get(cookie_name(_secure(request.scope))))
         cookie = set_cookie("", 0, _secure(request.scope))
         return RedirectResponse("/login", status_code=303, headers={"cache-control": "no-store", "set-cookie": cookie})
 

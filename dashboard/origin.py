@@ -15,6 +15,17 @@ Two browser attacks, two checks:
   cookie would authenticate must carry one. Browsers always send ``Origin`` on those; curl with
   a bearer token need not.
 
+Under ``Referrer-Policy: no-referrer``, which every page here is served with, a browser sends
+``Origin: null`` on the dashboard's own form posts (sign in, sign out). ``null`` is also what a
+sandboxed frame or a ``data:`` page sends, so it counts as the dashboard's own only beside
+``Sec-Fetch-Site: same-origin``, a header pages cannot set. An unsafe request or an upgrade
+that the browser marks ``cross-site`` or ``same-site`` is foreign whatever its ``Origin``.
+
+Sign-in by link (``/login?token=``) signs in at once only when the browser says the user
+started the navigation (``Sec-Fetch-Site: none``: typed, a bookmark, a link from a terminal)
+or the dashboard's own page did (``same-origin``); a navigation from another site, or from a
+client that does not say, gets a page that asks first.
+
 Host names compare case-insensitively, without a trailing dot; IPv6 literals are written in
 brackets (``[::1]``); a pattern ``*.example.com`` matches names under ``example.com``.
 """
@@ -95,12 +106,34 @@ def parse_origin(text: str) -> str | None:
     return _origin(match.group(1).lower(), match.group(2), match.group(3))
 
 
-def foreign_origin(origin: str | None, scheme: str, authority: str | None) -> bool:
-    """True when an ``Origin`` header is present and is not this server's own origin."""
+FOREIGN_SITES = frozenset(("cross-site", "same-site"))
+"""``Sec-Fetch-Site`` values of a request another site's page made."""
+USER_STARTED = frozenset(("none", "same-origin"))
+"""``Sec-Fetch-Site`` values of a navigation the user (or this dashboard's own page) started."""
+
+
+def foreign_origin(
+    origin: str | None, scheme: str, authority: str | None, fetch_site: str | None = None, unsafe: bool = False
+) -> bool:
+    """True when the request comes from a page of another origin, by its ``Origin`` and ``Sec-Fetch-Site``.
+
+    ``unsafe``: the request changes something or upgrades (see ``needs_origin``); only then does a
+    foreign ``Sec-Fetch-Site`` refuse it on its own (a link from another site to a page is fine).
+    """
+    site = (fetch_site or "").strip().lower()
+    if unsafe and site in FOREIGN_SITES:
+        return True
     if origin is None:
         return False
+    if origin.strip() == "null":
+        return site != "same-origin"
     theirs = parse_origin(origin)
     return theirs is None or theirs != own_origin(scheme, authority)
+
+
+def user_started(fetch_site: str | None) -> bool:
+    """Whether a navigation was started by the user or by this dashboard's own page (``Sec-Fetch-Site``)."""
+    return (fetch_site or "").strip().lower() in USER_STARTED
 
 
 def needs_origin(method: str, websocket: bool) -> bool:

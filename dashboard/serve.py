@@ -8,10 +8,11 @@ apart, one collector per region. The dashboard reads every region's store
 
 Secure by default, and still one command: without ``MESHSCOPE_AUTH_FILE`` the runtime makes a
 token at start for a principal with the viewer and sql roles and offers a sign-in URL
-(``sign_in_url``, logged at start as Jupyter does); with a principals file, people sign in with
-their own tokens. The session secret is ``MESHSCOPE_DASHBOARD_SECRET`` or random per process, in
-which case sessions end when the process does. With ``MESHSCOPE_TLS_CERT``/``KEY`` the dashboard
-serves HTTPS (and asks for client certificates when ``MESHSCOPE_TLS_CA`` is set).
+(``sign_in_url``, which ``meshscope dashboard`` prints at start, as Jupyter does; no log line
+holds it); with a principals file, people sign in with their own tokens. The session secret is
+``MESHSCOPE_DASHBOARD_SECRET`` or random per process, in which case sessions end when the process
+does. With ``MESHSCOPE_TLS_CERT``/``KEY`` the dashboard serves HTTPS (and asks for client
+certificates when ``MESHSCOPE_TLS_CA`` is set).
 """
 
 from __future__ import annotations
@@ -167,8 +168,8 @@ class DashboardRuntime:
             )
         if self.announce:
             log.info("dashboard listening", extra={"url": self.url})
-            if self.sign_in_url is not None:
-                log.info("to sign in, open this URL (it holds a token made at start)", extra={"url": self.sign_in_url})
+            if self.sign_in_url is not None:  # the URL holds the token: on the terminal, never in a log
+                log.info("to sign in, open the sign-in URL printed on the terminal", extra={"url": f"{self.url}/login"})
             else:
                 log.info("sign in with a principal's token", extra={"url": f"{self.url}/login"})
 

@@ -206,7 +206,7 @@ JSON = _names(
 
 # Arrays, including the higher-order ones that take lambdas (arrayMap,
 # arrayFilter, arrayFold) and arrayReduce, whose aggregate is named in a string
-# but is only ever an aggregate.
+# and goes through this allowlist too (dashboard.sqlindirect).
 ARRAYS = _names(
     """
     array arrayAll arrayAUCPR arrayAutocorrelation arrayAvg arrayBottomK arrayCompact arrayConcat arrayCount
@@ -499,6 +499,12 @@ def is_allowed_function(name: str) -> bool:
     """Whether a query may call the (ordinary or aggregate) function ``name``, in any case."""
     low = name.lower()
     return low in _ALLOWED or _is_combined_aggregate(low, depth=0)
+
+
+def is_allowed_aggregate(name: str) -> bool:
+    """Whether ``name`` (in any case) is an allowed aggregate function, with or without combinators."""
+    low = name.lower()
+    return low in _AGGREGATES or _is_combined_aggregate(low, depth=0)
 
 
 def _is_combined_aggregate(low: str, depth: int) -> bool:

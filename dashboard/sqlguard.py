@@ -15,11 +15,13 @@ analyser must already be known harmless, and each stage feeds the next:
 2. ``check_ast``: ClickHouse's parse (``EXPLAIN AST``, which parses and evaluates
    nothing): every node must be of a kind listed here (``* APPLY(f)`` hides its
    function, so it is not), every function and table function must be on the
-   allowlist of ``dashboard.sqlfunctions``, every table must be in the database.
+   allowlist of ``dashboard.sqlfunctions``, every table must be in the database,
+   and so must every function a string names (``dashboard.sqlindirect``).
 3. ``check_query_tree``: the analysed query (``EXPLAIN QUERY TREE``, run only
    after stage 2 passed, so constant folding can only run allowlisted pure
    functions): every table it resolved, including ``x IN db.table``, must be in
-   the database, or be ``system.one``, which a query without FROM reads.
+   the database, or be ``system.one``, which a query without FROM reads, and
+   every aggregate in a resolved type must be allowed.
 
 ClickHouse's own errors reach the user through ``sanitize_error``: code name
 and first line, without the query echo, stack trace or server version.
@@ -37,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from dashboard import sqlindirect
 from dashboard.sqlfunctions import ANALYSER_FUNCTIONS, IN_FUNCTIONS, is_allowed_function, is_allowed_table_function
 
 
@@ -500,6 +503,16 @@ class _Open:
 
     line: AstLine
     children: int = 0
+    ordinal: int = 0
+    """Which child of its parent this node is (1 for the first)."""
+    declared: int = 0
+    """The children the dump says it has (``(children N)``)."""
+
+
+def _declared_children(raw: str) -> int:
+    at = raw.rfind("(children ")
+    digits = raw[at + len("(children ") : -1] if at >= 0 and raw.endswith(")") else ""
+    return int(digits) if digits.isascii() and digits.isdigit() else 0
 
 
 def check_ast(lines: Iterable[str], statement: Statement, database: str) -> None:
@@ -524,8 +537,28 @@ def check_ast(lines: Iterable[str], statement: Statement, database: str) -> None
             _check_table(line, database)
         elif line.kind == "Identifier" and parent is not None and parent.children == 2 and len(path) >= 2:
             _check_in_operand(line, parent.line, path[-2].line, database)
+        _check_named_in_strings(raw, line, parent, path[-2] if parent is not None and len(path) >= 2 else None)
         path.extend(_Open(AstLine(len(path), "", "", True)) for _ in range(line.depth - len(path)))
-        path.append(_Open(line))
+        path.append(_Open(line, 0, parent.children if parent is not None else 0, _declared_children(raw)))
+
+
+def _check_named_in_strings(raw: str, line: AstLine, parent: _Open | None, grandparent: _Open | None) -> None:
+    """Functions reached by name in a string (``dashboard.sqlindirect``): arguments that name them, and literals."""
+    try:
+        if line.kind == "Literal":
+            sqlindirect.check_literal(raw.lstrip(" ")[len("Literal ") :])
+        if parent is None or grandparent is None or grandparent.line.kind != "Function":
+            return
+        function = grandparent.line.name
+        if not sqlindirect.takes_names(function):
+            return
+        if parent.ordinal != 1:
+            raise SqlRefused(f"{function}() takes no parameters")
+        rule = sqlindirect.argument_rule(function, parent.children - 1, parent.declared)
+        if rule is not None:
+            sqlindirect.check_argument(function, rule, line.kind, raw.lstrip(" ")[len(line.kind) + 1 :])
+    except sqlindirect.IndirectRefused as exc:
+        raise SqlRefused(str(exc)) from None
 
 
 def _check_in_operand(line: AstLine, parent: AstLine, grandparent: AstLine, database: str) -> None:
@@ -596,6 +629,10 @@ def check_query_tree(lines: Iterable[str], database: str) -> None:
             for name in _values(line, "function_name: "):
                 if not is_allowed_function(name) and name.lower() not in ANALYSER_FUNCTIONS:
                     raise SqlRefused(f"the function {name}() is not allowed on this endpoint")
+        try:  # the types the analyser resolved, wherever they came from
+            sqlindirect.check_types(line, "in the analysed query")
+        except sqlindirect.IndirectRefused as exc:
+            raise SqlRefused(str(exc)) from None
 
 
 # ---- ClickHouse's error texts ----------------------------------------------------------

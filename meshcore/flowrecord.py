@@ -46,6 +46,9 @@ GAP = "gap"  # sequence numbers of an edge that never arrived: ``seq``..``seq_en
 # flow records a full region stream gave up before a collector had them: ``seq`` of them, the oldest
 # ``e2e_ms`` old (the record names no event; ``src_region`` = ``dst_region`` = the region)
 TRIMMED = "trimmed"
+# the origin's store went back: numbers from ``seq`` it assigned before and had not sent may be lost (how many
+# is unknown; the destination names those it had been told of as ``gap``)
+ROLLED_BACK = "rolled_back"
 STATUSES = (
     OK,
     SCHEMA_REJECTED,
@@ -59,6 +62,7 @@ STATUSES = (
     MALFORMED,
     GAP,
     TRIMMED,
+    ROLLED_BACK,
 )
 # statuses that mean an accepted event was lost (the rest are refusals or duplicates)
 LOSSES = frozenset((LINK_DOWN, BACKPRESSURE, DELIVERY_FAILED, EXPIRED, GAP))

@@ -1,9 +1,11 @@
-"""JSON log lines that carry the service, region and (when known) a correlation id and trace id.
+"""JSON log lines that carry the service, region, a correlation id and trace id when known, and never a credential.
 
 Every line is one JSON object. What is being served when a line is logged (an
 HTTP request, a WebSocket: ``meshcore.reqlog``) sets :data:`CORRELATION`; the
 record factory installed by :func:`setup` copies it onto every record made
 meanwhile, so a line logged deep inside a handler still names its request.
+Every line, whoever logged it (uvicorn's WebSocket lines carry the query string,
+where browsers put ``?token=``), is passed through ``meshcore.redact`` last.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from contextvars import ContextVar
 from typing import Any
 
 import orjson
+
+from meshcore.redact import redact
 
 CORRELATION: ContextVar[dict[str, str] | None] = ContextVar("meshscope_correlation", default=None)
 """``correlation_id`` (and ``trace_id`` when known) of what this task serves now."""
@@ -41,7 +45,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return redact(orjson.dumps(out, default=str).decode())
 
 
 def _with_correlation(factory: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:

@@ -53,6 +53,11 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(guarded())
 
 
+def _private_files() -> None:
+    """A service's files (embedded ClickHouse, caches) are its user's alone: 0700 directories, 0600 files."""
+    os.umask(0o077)
+
+
 def _relay(args: argparse.Namespace) -> int:
     from router.config import RelayConfig
     from router.serve import serve_relay
@@ -65,6 +70,7 @@ def _relay(args: argparse.Namespace) -> int:
     if args.peer:
         overrides["peers"] = tuple(args.peer)
     config = RelayConfig.from_env(os.environ, **overrides)
+    _private_files()
     logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="relay", region=config.region.id)
     with contextlib.suppress(KeyboardInterrupt):
         _run(serve_relay(config))
@@ -79,6 +85,7 @@ def _collector(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         overrides["metrics_port"] = args.metrics_port
     config = CollectorConfig.from_env(os.environ, **overrides)
+    _private_files()
     logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="collector", consumer=config.consumer)
     with contextlib.suppress(KeyboardInterrupt):
         _run(serve_collector(config))
@@ -95,6 +102,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     if args.host is not None:
         overrides["host"] = args.host
     config = DashboardConfig.from_env(os.environ, **overrides)
+    _private_files()
     logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="dashboard")
     runtime = DashboardRuntime(config, with_collector=args.with_collector)
     print(f"meshscope dashboard on {runtime.server.url}", flush=True)
@@ -143,6 +151,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if not relays:
         print("meshscope simulate: --relays takes region=ws://host:port,...", file=sys.stderr)
         return 2
+    _private_files()
     logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="simulator")
     import ssl
 

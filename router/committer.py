@@ -2,12 +2,22 @@
 
 Everything that must be durable before an event is acknowledged (group
 appends, the outbound stream of each destination, the receiver's applied
-state, and the flow records that say so) is a list of operations. Publishes
+state, the keys that recognize a producer's retry, and the flow records that
+say so) is a list of operations. Publishes
 and mesh batches hand their operations to one ``Committer``, which merges what
 is waiting into one commit and runs it as one Lua script: atomic, one round
 trip, and guarded by a per-writer commit counter (``meshscope:commit:<writer>``).
 A commit whose reply was lost is retried with the same number, and the script
-skips it if it had already run: a retried write never lands twice.
+skips it if it had already run: a retried write never lands twice. A counter
+found further behind than the commit before means the store lost commits it
+had confirmed (it restarted without its last writes): ``lost`` counts them.
+
+With ``wait`` set (``MESHSCOPE_STORE_WAIT``), a commit also waits, on the same
+connection, until WAITAOF says it is in the store's append-only file on disk
+(``fsync``) or in a replica's (``replica``): a store that crashes then loses
+nothing that was answered, at the price of an fsync per commit. A WAITAOF
+that times out fails the commit, which is retried (the script skips what had
+landed, and waits again).
 
 While Redis fails the committer retries the commit at its head with backoff,
 behind a circuit breaker; callers waiting on a commit give up after their own
@@ -45,7 +55,9 @@ while i <= argc do
   if op == 'X' then
     local key, maxlen, nf = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
     local args = {key}
-    if maxlen ~= '0' then
+    if string.sub(maxlen, 1, 1) == 'm' then
+      args[#args + 1] = 'MINID'; args[#args + 1] = '~'; args[#args + 1] = string.sub(maxlen, 2)
+    elseif maxlen ~= '0' then
       args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = maxlen
     end
     args[#args + 1] = '*'
@@ -66,8 +78,16 @@ while i <= argc do
   end
 end
 redis.call('SET', KEYS[1], n)
-return 1
+return n - last
 """
+
+
+WAITS = {"fsync": (1, 0), "replica": (0, 1)}  # MESHSCOPE_STORE_WAIT -> WAITAOF numlocal, numreplicas
+WAIT_TIMEOUT_MS = 2000
+
+
+class NotDurable(RedisError):
+    """WAITAOF did not confirm the commit in time (a store error for the breaker, and a retry)."""
 
 
 class Unavailable(Exception):
@@ -85,8 +105,9 @@ class Ops:
     args: list[bytes | str | int] = field(default_factory=list)
     then: list[Callable[[], None]] = field(default_factory=list)
 
-    def xadd(self, stream: str, fields: dict[bytes, bytes], maxlen: int = 0) -> None:
-        self.args += ["X", stream, maxlen, len(fields)]
+    def xadd(self, stream: str, fields: dict[bytes, bytes], maxlen: int = 0, min_id_ms: int | None = None) -> None:
+        """Append an entry; trim the stream near ``maxlen`` entries, or of entries older than ``min_id_ms``."""
+        self.args += ["X", stream, maxlen if min_id_ms is None else f"m{min_id_ms}", len(fields)]
         for k, v in fields.items():
             self.args += [k, v]
 
@@ -117,8 +138,10 @@ class Committer:
         breaker: CircuitBreaker,
         on_error: Callable[[str], None] | None = None,
         max_args: int = 200_000,
+        wait: str = "none",
     ):
         self.client = client
+        self.wait = WAITS.get(wait)
         self.key = f"meshscope:commit:{writer}"
         self.breaker = breaker
         self.on_error = on_error
@@ -127,8 +150,10 @@ class Committer:
         self._queue: list[_Commit] = []
         self._wake = asyncio.Event()
         self._number: int | None = None
+        self._landing = False
         self.commits = 0
         self.skipped = 0
+        self.lost = 0  # commits the store confirmed and then lost
 
     def available(self) -> None:
         """Raise Unavailable when the circuit is open (callers answer 503 at once)."""
@@ -167,6 +192,16 @@ class Committer:
     def backlog(self) -> int:
         return len(self._queue)
 
+    @property
+    def confirmed(self) -> int:
+        """The number of the last commit the store confirmed (its counter must be at least this)."""
+        return self._number or 0
+
+    @property
+    def busy(self) -> bool:
+        """Commits wait, or one is being landed."""
+        return bool(self._queue) or self._landing
+
     async def run(self) -> None:
         """The commit loop: merge what waits, run it once, retry the same commit until it lands."""
         while True:
@@ -184,16 +219,33 @@ class Committer:
             for c in batch:
                 for o in c.ops:
                     args.extend(o.args)
-            await self._land(args)
-            for c in batch:
-                for o in c.ops:
-                    for callback in o.then:
-                        try:
-                            callback()
-                        except Exception:
-                            log.exception("a post-commit step failed")
-                if not c.done.done():
-                    c.done.set_result(None)
+            self._landing = True
+            try:
+                await self._land(args)
+                for c in batch:
+                    for o in c.ops:
+                        for callback in o.then:
+                            try:
+                                callback()
+                            except Exception:
+                                log.exception("a post-commit step failed")
+                    if not c.done.done():
+                        c.done.set_result(None)
+            finally:
+                self._landing = False
+
+    async def _run(self, number: int, args: list[bytes | str | int]) -> int:
+        """Run the commit script; with ``wait``, and WAITAOF after it on the same connection."""
+        if self.wait is None:
+            return int(await self._script(keys=[self.key], args=[number, *args]))
+        local, replicas = self.wait
+        pipe = self.client.pipeline(transaction=False)
+        await self._script(keys=[self.key], args=[number, *args], client=pipe)
+        pipe.execute_command("WAITAOF", local, replicas, WAIT_TIMEOUT_MS)
+        applied, synced = await pipe.execute()
+        if int(synced[0]) < local or int(synced[1]) < replicas:
+            raise NotDurable(f"WAITAOF confirmed {synced} of ({local}, {replicas}) within {WAIT_TIMEOUT_MS} ms")
+        return int(applied)
 
     async def _land(self, args: list[bytes | str | int]) -> None:
         attempt = 0
@@ -203,7 +255,7 @@ class Committer:
                     self._number = int(await self.client.get(self.key) or 0)
                 number = self._number + 1
                 if args:
-                    applied = await self._script(keys=[self.key], args=[number, *args])
+                    applied = await self._run(number, args)
                     if not applied and attempt == 0:
                         # a first attempt is never a repeat: the counter is ahead of us, so another
                         # writer has our name or Redis kept a counter we lost; take it and run again
@@ -214,6 +266,12 @@ class Committer:
                         continue
                     if not applied:
                         self.skipped += 1
+                    elif applied > 1:
+                        self.lost += applied - 1
+                        log.error(
+                            "the store lost commits it had confirmed (it restarted without its last writes)",
+                            extra={"key": self.key, "commits": applied - 1},
+                        )
                     self._number = number
                 self.breaker.success()
                 self.commits += 1

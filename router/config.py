@@ -69,6 +69,14 @@ MESHSCOPE_GROUP_CLAIM_IDLE_S = "MESHSCOPE_GROUP_CLAIM_IDLE_S"
 """A group entry un-acknowledged this long by a member that went away goes to another member of its principal."""
 MESHSCOPE_GROUP_MAX_ENTRIES = "MESHSCOPE_GROUP_MAX_ENTRIES"
 """Unacknowledged entries a durable group keeps; past it the oldest are given up, each with a drop record."""
+MESHSCOPE_GROUP_POLL_INTERVAL_S = "MESHSCOPE_GROUP_POLL_INTERVAL_S"
+"""Longest a group member waits before looking for entries other relays of the region appended."""
+MESHSCOPE_GROUP_CONNECTIONS = "MESHSCOPE_GROUP_CONNECTIONS"
+"""Redis connections group members share (a pool of their own, apart from the one publishes use)."""
+MESHSCOPE_MAX_SESSIONS_PER_PRINCIPAL = "MESHSCOPE_MAX_SESSIONS_PER_PRINCIPAL"
+"""WebSocket sessions (subscriptions, group members, publish streams) one principal may hold open here (429 past it)."""
+MESHSCOPE_MAX_GROUPS_PER_PRINCIPAL = "MESHSCOPE_MAX_GROUPS_PER_PRINCIPAL"
+"""Durable groups one principal may own in this region (403 for one more)."""
 MESHSCOPE_PUBLISH_TIMEOUT_S = "MESHSCOPE_PUBLISH_TIMEOUT_S"
 """Seconds a publish waits for its events to be made durable before answering 503."""
 MESHSCOPE_FLOW_STREAM_MAXLEN = "MESHSCOPE_FLOW_STREAM_MAXLEN"
@@ -98,7 +106,14 @@ MESHSCOPE_PING_INTERVAL_S = "MESHSCOPE_PING_INTERVAL_S"
 MESHSCOPE_LINK_DELAYS = "MESHSCOPE_LINK_DELAYS"
 """Simulated one-way delays, ``region=ms,...``, for demos on one machine."""
 MESHSCOPE_DEDUP_WINDOW = "MESHSCOPE_DEDUP_WINDOW"
-"""How many (source, id) pairs the relay remembers to drop duplicates."""
+"""How many (principal, source, id) keys the relay remembers to drop duplicates."""
+MESHSCOPE_DEDUP_RESTART_S = "MESHSCOPE_DEDUP_RESTART_S"
+"""Seconds of accepted keys kept in the store, so a producer's retry is recognized after a relay restart."""
+MESHSCOPE_STORE_WAIT = "MESHSCOPE_STORE_WAIT"
+"""What a commit waits for before it is answered: ``none`` (the store's own appendfsync), ``fsync`` (WAITAOF: in
+its append-only file on disk), ``replica`` (WAITAOF: in a replica's)."""
+MESHSCOPE_DRAIN_TIMEOUT_S = "MESHSCOPE_DRAIN_TIMEOUT_S"
+"""Longest a stopping relay waits for its commits in flight before it exits."""
 MESHSCOPE_TRACE_SAMPLE_RATIO = "MESHSCOPE_TRACE_SAMPLE_RATIO"
 """Share of the traces a relay starts (events without trace context) that are sampled; producers' own decide theirs."""
 OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -120,6 +135,7 @@ MESHSCOPE_LINK_STATS_INTERVAL_S = "MESHSCOPE_LINK_STATS_INTERVAL_S"
 
 
 FRAME_OVERHEAD = 1024  # a mesh frame's header and one item's routing fields, at most
+STORE_WAITS = ("none", "fsync", "replica")
 
 
 @dataclass(frozen=True)
@@ -149,6 +165,9 @@ class RelayConfig:
     ping_interval_s: float = 1.0
     link_delays_ms: dict[str, float] = field(default_factory=dict)
     dedup_window: int = 200_000
+    dedup_restart_s: float = 300.0
+    drain_timeout_s: float = 15.0
+    store_wait: str = "none"
     trace_sample_ratio: float = 0.01
     otlp_endpoint: str | None = None
     otel_service_name: str | None = None
@@ -171,6 +190,10 @@ class RelayConfig:
     publish_timeout_s: float = 2.0
     group_claim_idle_s: float = 60.0
     group_max_entries: int = 1_000_000
+    group_poll_interval_s: float = 0.25
+    group_connections: int = 32
+    max_sessions_per_principal: int = 100
+    max_groups_per_principal: int = 100
     fault_injection: bool = False
     governance_home: str | None = None
 
@@ -228,6 +251,9 @@ class RelayConfig:
             ping_interval_s=s.get_float(env, MESHSCOPE_PING_INTERVAL_S, d["ping_interval_s"].default, 0.01),
             link_delays_ms=s.get_map_float(env, MESHSCOPE_LINK_DELAYS),
             dedup_window=s.get_int(env, MESHSCOPE_DEDUP_WINDOW, d["dedup_window"].default, 1),
+            dedup_restart_s=s.get_float(env, MESHSCOPE_DEDUP_RESTART_S, d["dedup_restart_s"].default, 0.0),
+            drain_timeout_s=s.get_float(env, MESHSCOPE_DRAIN_TIMEOUT_S, d["drain_timeout_s"].default, 0.0),
+            store_wait=s.get_choice(env, MESHSCOPE_STORE_WAIT, "none", STORE_WAITS),
             trace_sample_ratio=trace_sample_ratio(env, d["trace_sample_ratio"].default),
             otlp_endpoint=env.get(OTEL_EXPORTER_OTLP_ENDPOINT) or None,
             otel_service_name=env.get(OTEL_SERVICE_NAME) or None,
@@ -254,6 +280,16 @@ class RelayConfig:
             publish_timeout_s=s.get_float(env, MESHSCOPE_PUBLISH_TIMEOUT_S, d["publish_timeout_s"].default, 0.05),
             group_claim_idle_s=s.get_float(env, MESHSCOPE_GROUP_CLAIM_IDLE_S, d["group_claim_idle_s"].default, 0.1),
             group_max_entries=s.get_int(env, MESHSCOPE_GROUP_MAX_ENTRIES, d["group_max_entries"].default, 1),
+            group_poll_interval_s=s.get_float(
+                env, MESHSCOPE_GROUP_POLL_INTERVAL_S, d["group_poll_interval_s"].default, 0.01
+            ),
+            group_connections=s.get_int(env, MESHSCOPE_GROUP_CONNECTIONS, d["group_connections"].default, 1),
+            max_sessions_per_principal=s.get_int(
+                env, MESHSCOPE_MAX_SESSIONS_PER_PRINCIPAL, d["max_sessions_per_principal"].default, 1
+            ),
+            max_groups_per_principal=s.get_int(
+                env, MESHSCOPE_MAX_GROUPS_PER_PRINCIPAL, d["max_groups_per_principal"].default, 1
+            ),
             fault_injection=s.get_bool(env, MESHSCOPE_FAULT_INJECTION, False),
             governance_home=home,
         )

@@ -11,6 +11,7 @@ loses it with a ``backpressure`` record.
 from __future__ import annotations
 
 import random
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
@@ -95,6 +96,8 @@ class LocalDelivery:
         data = ev.encoded or orjson.dumps(ev.body)
         for group in groups:
             ops.xadd(r.groups.stream(group), {b"e": data})  # trimmed by the group keeper only
+        if groups:
+            ops.then.append(partial(r.group_sessions.wake, groups))  # members here read as soon as it landed
         if subs or groups:
             r.record(a.hop(region, fk.DELIVER, fk.OK, ts), into=records)
             # an exemplar only for a sampled trace: one a trace backend can have

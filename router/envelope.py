@@ -59,7 +59,7 @@ import functools
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -68,6 +68,7 @@ import orjson
 
 from meshcore.topic import validate_topic
 from router.errors import EventTooLarge, InvalidTopic, MalformedEvent, UnsupportedMediaType
+from router.grammar import is_base64, is_media_type, is_timestamp, is_uri, is_uri_reference, media_type
 from router.tracecontext import (
     TraceContext,
     TraceParent,
@@ -84,6 +85,8 @@ FRAME_NESTING = 4
 """How many levels a mesh frame (or a group message) wraps around an event."""
 TRACEPARENT_CHARS = 55
 """A version-00 traceparent, which every accepted event carries."""
+DECODE_STEP = 500
+"""Events of a batch validated between two yields of ``decode_http_steps`` (about 10 ms of work)."""
 MAX_TIME_CHARS = 64
 """An RFC 3339 timestamp with nanoseconds and an offset takes 35."""
 
@@ -93,16 +96,18 @@ _OPTIONAL_LIMIT = {
     "datacontenttype": "max_datacontenttype_chars",
     "dataschema": "max_dataschema_chars",
 }
+_GRAMMAR = {"datacontenttype": is_media_type, "dataschema": is_uri}
+_NOT_GRAMMAR = {
+    "source": "attribute 'source' must be a URI-reference (RFC 3986; percent-encode spaces and non-ASCII)",
+    "dataschema": "attribute 'dataschema' must be an absolute URI (RFC 3986)",
+    "datacontenttype": "attribute 'datacontenttype' must be a media type, type/subtype[; name=value] (RFC 2045)",
+    "time": "attribute 'time' must be an RFC 3339 timestamp with valid fields, in ASCII: 2026-11-26T10:00:00Z",
+}
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _NONCHARACTERS = "".join(f"\\U{plane:04x}fffe\\U{plane:04x}ffff" for plane in range(1, 17))
 _NOT_CE_STRING = re.compile(rf"[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff\ud800-\udfff{_NONCHARACTERS}]")
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED_STRING = r'"(?:[^"\\]|\\.)*"'
-_MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})(.*)", re.S)
-_MEDIA_PARAM = re.compile(rf"[ \t]*;[ \t]*(?:({_TOKEN})=({_TOKEN}|{_QUOTED_STRING}))?")
 _UTF8_CHARSETS = frozenset(("utf-8", "utf8", "us-ascii"))
 _HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*")
 _QUOTED = re.compile(_QUOTED_STRING)
@@ -256,6 +261,8 @@ def _validate(obj: object, limits: EventLimits, context: TraceContext | None) ->
         raise MalformedEvent("attribute 'specversion' must be \"1.0\"", "specversion")
     _check_string("id", obj["id"], limits.max_id_chars)
     _check_string("source", obj["source"], limits.max_source_chars)
+    if not is_uri_reference(obj["source"]):
+        raise MalformedEvent(_NOT_GRAMMAR["source"], "source")
     try:
         validate_topic(obj["type"])
     except InvalidTopic as exc:
@@ -271,12 +278,14 @@ def _validate(obj: object, limits: EventLimits, context: TraceContext | None) ->
             if not isinstance(value, str) or not value:
                 raise MalformedEvent(f"attribute '{name}' must be a non-empty string", name)
             _check_string(name, value, getattr(limits, _OPTIONAL_LIMIT[name]))
+            if name in _GRAMMAR and not _GRAMMAR[name](value):
+                raise MalformedEvent(_NOT_GRAMMAR[name], name)
         elif name == "time":
-            if not isinstance(value, str) or len(value) > MAX_TIME_CHARS or not _RFC3339.fullmatch(value):
-                raise MalformedEvent("attribute 'time' must be an RFC 3339 timestamp", "time")
+            if not isinstance(value, str) or len(value) > MAX_TIME_CHARS or not is_timestamp(value):
+                raise MalformedEvent(_NOT_GRAMMAR["time"], "time")
         elif name == "data_base64":
-            if not isinstance(value, str) or not _BASE64.fullmatch(value):
-                raise MalformedEvent("'data_base64' must be a base64 string", name)
+            if not isinstance(value, str) or not is_base64(value):
+                raise MalformedEvent("'data_base64' must be a base64 string (RFC 4648, canonical)", name)
         elif not isinstance(name, str) or not _EXTENSION_NAME.fullmatch(name):
             raise MalformedEvent(f"extension attribute '{name}' must be 1-20 lower-case letters or digits", str(name))
         else:
@@ -378,7 +387,12 @@ def decode_events(
     EventTooLarge; a batch with any bad event is refused whole. ``context``
     is the request's trace context, as for ``validate_event``.
     """
-    limits = _as_limits(limits)
+    return finish(_structured_steps(body, _as_limits(limits), context, 0))
+
+
+def _structured_steps(
+    body: bytes, limits: EventLimits, context: TraceContext | None, step: int
+) -> Generator[None, None, list[Event]]:
     try:
         decoded = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -389,6 +403,8 @@ def decode_events(
         raise MalformedEvent("an event batch must not be empty")
     events = []
     for i, obj in enumerate(decoded):
+        if step and i and i % step == 0:
+            yield
         try:
             events.append(validate_event(obj, limits, context))
         except MalformedEvent as exc:
@@ -396,6 +412,16 @@ def decode_events(
         except EventTooLarge as exc:
             raise EventTooLarge(exc.size, exc.limit, i) from None
     return events
+
+
+def finish(steps: Generator[None, None, list[Event]]) -> list[Event]:
+    """Run a stepwise decode (``decode_http_steps``) to its end at once."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            events: list[Event] = done.value
+            return events
 
 
 def content_mode(headers: Mapping[str, str]) -> str:
@@ -427,11 +453,22 @@ def decode_http(headers: Mapping[str, str], body: bytes, limits: EventLimits | i
     (``combine_headers``). Raises UnsupportedMediaType (415), MalformedEvent
     (400) or EventTooLarge (413).
     """
+    return finish(decode_http_steps(headers, body, limits, 0))
+
+
+def decode_http_steps(
+    headers: Mapping[str, str], body: bytes, limits: EventLimits | int = DEFAULT_LIMITS, step: int = DECODE_STEP
+) -> Generator[None, None, list[Event]]:
+    """``decode_http`` in steps: it yields after every ``step`` events of a batch, and returns the events.
+
+    A caller on an event loop lets other work run at each step, so a batch of
+    10,000 events does not hold the loop for the whole of its validation.
+    """
     limits = _as_limits(limits)
     mode = content_mode(headers)
     context = header_context(headers)
     if mode == STRUCTURED:
-        return decode_events(body, limits, context)
+        return (yield from _structured_steps(body, limits, context, step))
     return [validate_event(_binary_event(headers, body), limits, context)]
 
 
@@ -516,20 +553,10 @@ def _media_type(header: str | None) -> tuple[str, dict[str, str]] | None:
     """(lower-case ``type/subtype``, parameters) of a content type; None when absent; 415 when unreadable."""
     if header is None or not header.strip(_OWS):
         return None
-    text = header.strip(_OWS)
-    m = _MEDIA_TYPE.fullmatch(text)
-    if m is None:
-        raise UnsupportedMediaType(f"content type {header[:100]!r} is not a media type")
-    params: dict[str, str] = {}
-    rest, at = m.group(3), 0
-    while at < len(rest):
-        p = _MEDIA_PARAM.match(rest, at)
-        if p is None or p.end() == at:
-            raise UnsupportedMediaType(f"content type {header[:100]!r} has malformed parameters")
-        if p.group(1):
-            params[p.group(1).lower()] = p.group(2).strip('"')
-        at = p.end()
-    return f"{m.group(1)}/{m.group(2)}".lower(), params
+    try:
+        return media_type(header.strip(_OWS))
+    except ValueError as exc:
+        raise UnsupportedMediaType(f"content type {header[:100]!r} {exc}") from None
 
 
 def _require_utf8(media: tuple[str, dict[str, str]] | None) -> None:

@@ -14,6 +14,7 @@ ROUTES, ACK, PONG and GOVRES; GOV goes both ways::
     ROUTES    {"lsas": [LSA, ...]}             link states the sender knows of other regions
     EVENTS    {"b": [ITEM, ...]}
     ACK       {"a": [[origin, epoch, first, last], ...]}   applied (or refused) at the destination
+              [, "r": [[origin, epoch, high], ...]]        the origin's sequence is behind: see below
     PING/PONG {"ts": µs}                       liveness and RTT, echoed; a PONG adds "now": the
                                                answering relay's clock (µs), for the clock offset
     GOV       {"version", "digest", "doc"}     a governance document (its registry JSON, as text)
@@ -22,13 +23,19 @@ ROUTES, ACK, PONG and GOVRES; GOV goes both ways::
 
     LSA   {"region", "seq", "links": {region: rtt_ms}, "patterns": [...], "transit": bool}
     ITEM  [origin, epoch, seq, floor, high, dst, path, span_id, sent_us, published_us, attempt,
-           principal, event]
+           principal, event(, [prev_epoch, base])]
 
 An ITEM is one event on its way from ``origin`` to ``dst``: ``seq`` numbers it
 in the origin's sequence for that destination (``epoch`` names that sequence;
 ``floor`` is the lowest number the origin still holds, ``high`` the highest it
 assigned), ``path`` lists the relays it went through (origin first; the last
 one is the relay that sent this frame), ``span_id`` is the sender's hop span.
+The optional last field is the sequence's lineage: the epoch continues
+``prev_epoch``, whose numbers below ``base`` it still sends (the same events
+under the same numbers; an origin whose store lost writes continues so,
+``router.origin``). An ACK's ``r`` tells an origin that the destination applied
+numbers up to ``high`` of ``epoch`` beyond what the origin now claims: its
+sequence went back, and it must continue in a new epoch.
 
 A HELLO's ``ts`` is the sender's clock when it sent it, ``skew_s`` the largest clock
 difference it accepts in what it receives, and ``clock_ok`` false when the sender found
@@ -93,9 +100,10 @@ class Item:
     attempt: int
     principal: str
     event: dict[str, Any]
+    lineage: tuple[str, int] | None = None  # (previous epoch, base): numbers below base are that epoch's
 
     def row(self) -> list[Any]:
-        return [
+        row = [
             self.origin,
             self.epoch,
             self.seq,
@@ -110,6 +118,9 @@ class Item:
             self.principal,
             self.event,
         ]
+        if self.lineage is not None:
+            row.append(list(self.lineage))
+        return row
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +381,19 @@ def acks_of(frame: dict[str, Any]) -> list[tuple[str, str, int, int]]:
     return out
 
 
+def behind_of(frame: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """An ACK's notices that the receiver applied more of an origin's sequence than the origin claims."""
+    notices = frame.get("r", [])
+    if not isinstance(notices, list) or len(notices) > MAX_ACK_RANGES:
+        raise FrameError(f"ACK r must be a list of at most {MAX_ACK_RANGES} notices")
+    out = []
+    for n in notices:
+        if not isinstance(n, list) or len(n) != 3:
+            raise FrameError("an ACK notice is [origin, epoch, high]")
+        out.append((_region(n[0], "ACK notice origin"), _epoch(n[1]), _int(n[2], 1, MAX_SEQ, "ACK notice high")))
+    return out
+
+
 def ts_of(frame: dict[str, Any]) -> int:
     return _int(frame.get("ts"), 0, MAX_SEQ, f"{frame['t']} ts")
 
@@ -401,8 +425,8 @@ def items_of(
     for i, row in enumerate(batch):
         key: tuple[str, str, int] | None = None
         try:
-            if not isinstance(row, list) or len(row) != 13:
-                raise FrameError("an item must be an array of 13 fields")
+            if not isinstance(row, list) or len(row) not in (13, 14):
+                raise FrameError("an item must be an array of 13 fields, or 14 with its lineage")
             origin = _region(row[0], "origin")
             epoch = _epoch(row[1])
             seq = _int(row[2], 1, MAX_SEQ, "seq")
@@ -430,6 +454,14 @@ def items_of(
             event = row[12]
             if not isinstance(event, dict):
                 raise FrameError("event must be a JSON object")
+            lineage = None
+            if len(row) == 14:
+                if not isinstance(row[13], list) or len(row[13]) != 2:
+                    raise FrameError("lineage must be [previous epoch, base]")
+                prev = _epoch(row[13][0])
+                if prev == epoch:
+                    raise FrameError("an epoch cannot continue itself")
+                lineage = (prev, _int(row[13][1], 1, high + 1, "lineage base"))
             good.append(
                 Item(
                     origin,
@@ -445,6 +477,7 @@ def items_of(
                     attempt,
                     principal,
                     event,
+                    lineage,
                 )
             )
         except FrameError as exc:

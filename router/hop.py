@@ -152,6 +152,11 @@ def trimmed(region: str, records: int, oldest_us: int) -> Hop:
     return Hop(subject, fk.DROP, new_span_id(), "", region, region, now_us(), status=fk.TRIMMED, seq=records)
 
 
+def rolled_back(src: str, dst: str, first: int) -> Hop:
+    """The record of a sequence that went back: numbers from ``first`` that ``src`` had not sent may be lost."""
+    return Hop(NOTHING, fk.DROP, new_span_id(), "", src, dst, now_us(), status=fk.ROLLED_BACK, seq=first)
+
+
 def gap(src: str, dst: str, first: int, last: int) -> Hop:
     """The drop record of the sequence numbers ``first..last`` from ``src`` to ``dst`` that will never arrive."""
     return Hop(NOTHING, fk.DROP, new_span_id(), "", src, dst, now_us(), status=fk.GAP, seq=first, seq_end=last)

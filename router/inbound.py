@@ -8,6 +8,14 @@ authenticated one, never a field of a frame. A peer that sends nothing for
 three ping intervals is disconnected. A dialing peer also sends governance
 documents (GOV) and changes for the authority (GOVPROP, answered with GOVRES;
 ``router.authority``).
+
+Liveness never waits behind bulk work: frames are read as they arrive, a PING
+is answered at once, and EVENTS frames are applied in order by a task of their
+own (each waits for its commit). Otherwise a PING behind a few EVENTS frames
+waiting on Valkey went unanswered, the frames behind it went unread, and both
+sides declared the link dead. At most ``MAX_QUEUED_FRAMES`` EVENTS frames
+wait; a peer sends no more than its window anyway, and one that does is read
+no further until they are applied.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -31,6 +40,8 @@ log = logging.getLogger(__name__)
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY = 1008
 CLOSE_UNAVAILABLE = 1013
+MAX_QUEUED_FRAMES = 64
+"""EVENTS frames read and waiting to be applied, at most."""
 
 
 async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, principal: str) -> None:
@@ -61,19 +72,40 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
                 log.warning("inbound mesh link silent; closing it", extra={"peer": region})
                 return
 
+    frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    applied = asyncio.Event()
+
+    async def apply() -> None:
+        """EVENTS frames in the order they came, each applied and committed before the next."""
+        nonlocal last_heard
+        while True:
+            msg = await frames.get()
+            await relay.receiver.receive(region, msg, send)
+            last_heard = time.monotonic()  # work done for the peer counts as hearing from it
+            applied.set()
+
     conn = Inbound(region, send, security, principal)
     key: int | None = None
-    tasks = [asyncio.create_task(writer()), asyncio.create_task(watchdog())]
+    tasks = [asyncio.create_task(writer()), asyncio.create_task(watchdog()), asyncio.create_task(apply())]
     receiver = asyncio.create_task(ws.receive())
     try:
         while True:
-            done, _ = await asyncio.wait({receiver, tasks[1]}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({receiver, tasks[1], tasks[2]}, return_when=asyncio.FIRST_COMPLETED)
+            if tasks[2] in done:
+                tasks[2].result()  # FrameError or Unavailable: handled below
             if tasks[1] in done:
                 await _close(ws, CLOSE_POLICY, "no frames within three ping intervals")
                 return
+            if receiver not in done:
+                continue
             message = receiver.result()
             if message["type"] == "websocket.disconnect":
                 return
+            while frames.qsize() >= MAX_QUEUED_FRAMES and not tasks[2].done():
+                applied.clear()  # a peer past its window: read no further until its frames are applied
+                waiter = asyncio.create_task(applied.wait())
+                await asyncio.wait({waiter, tasks[2]}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
             receiver = asyncio.create_task(ws.receive())
             if relay.isolated:
                 continue  # fault injection: nothing reaches an isolated region
@@ -98,7 +130,7 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
             elif key is None:
                 raise FrameError(f"{kind} before HELLO")
             elif kind == fr.EVENTS:
-                await relay.receiver.receive(region, msg, send)
+                frames.put_nowait(msg)
             elif kind == fr.PING:
                 send(fr.encode(fr.PONG, ts=fr.ts_of(msg), now=now_us()))
             elif kind == fr.GOV:

@@ -76,6 +76,7 @@ class LinkCallbacks:
     on_state: Callable[[MeshLink, str], None]
     on_governance: Callable[[MeshLink, dict[str, Any]], None]
     """A HELLO after the handshake, a GOV or a GOVRES (``router.authority``)."""
+    on_behind: Callable[[MeshLink, list[tuple[str, str, int]]], None]
     on_clock: Callable[[MeshLink, str], None] = lambda link, reason: None
     """The link's clock refusal changed (``MeshLink.clock_refusal``; '' once the peer accepts our clock)."""
 
@@ -355,6 +356,8 @@ class MeshLink:
             kind = msg["t"]
             if kind == fr.ACK:
                 self.cb.on_acks(self, fr.acks_of(msg))
+                if "r" in msg:
+                    self.cb.on_behind(self, fr.behind_of(msg))
             elif kind == fr.PONG:
                 sent, peer_now = fr.pong_of(msg)
                 back = now_us()

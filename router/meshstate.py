@@ -146,6 +146,12 @@ class MeshState:
         if self.relay.outbox.acked(ranges):
             self.relay.wake()
 
+    def link_behind(self, link: MeshLink, notices: list[tuple[str, str, int]]) -> None:
+        """The peer applied more of our sequence for it than we claim: the store went back; move on."""
+        if link.peer_region and self.relay.outbox.behind(notices, link.peer_region):
+            self.relay.metrics.inc("sequence_rollbacks_total", found_by="destination")
+            self.relay.wake()
+
     def link_lsas(self, link: MeshLink, ads: list[fr.LinkStateAd]) -> None:
         r = self.relay
         now = now_us()

@@ -26,6 +26,15 @@ if it dies, the origin still holds the items and sends them again.
 A stored sequence that lost entries (Redis lost data) is reported at load as a
 ``drop``/``gap`` record naming the range; held items older than the maximum
 age, or pushed out by the overflow policy, leave ``drop``/``expired`` records.
+
+A store that went back. Each channel's state records the store's ``run_id``
+(Valkey's, new at every start). At load, a channel written before the store
+last restarted may have lost its last writes (Valkey's everysec sync allows a
+second), numbers the destination already applied among them: unless commits
+wait for the disk (``MESHSCOPE_STORE_WAIT``), it continues in a new epoch from
+the stored next number (``Channel.continue_in``), with a ``drop``/``rolled_back``
+record naming that number. A destination that finds the origin claiming less
+than it applied says so (ACK ``r``), and the channel continues the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from meshcore import flowrecord as fk
 from meshcore.errors import StreamUnavailable
@@ -49,7 +58,7 @@ from router.committer import Ops
 from router.config import RelayConfig
 from router.envelope import Event, EventLimits, now_us, validate_event
 from router.errors import InvalidInput
-from router.hop import Hop, Subject, gap
+from router.hop import Hop, Subject, gap, rolled_back
 from router.link import MeshLink
 from router.recorder import Recorder
 from router.routing import LinkStateTable
@@ -60,6 +69,10 @@ log = logging.getLogger(__name__)
 TRANSIT_MEMORY = 100_000  # transit items whose acknowledgement we can still relay upstream
 
 AckSender = Callable[[list[list[Any]]], None]
+
+
+DISPATCH_MAX_ITEMS = 500
+"""Items one ``Outbox.dispatch`` sends at most (about 15 ms of work), so bulk sends never hold the loop long."""
 
 
 class StoreFull(Exception):
@@ -116,6 +129,8 @@ class Outbox:
         self._upstream_size = 0
         self.transit_forwarded = 0
         self.transit_unroutable = 0
+        self.store_run = ""  # the store's run_id when the channels were loaded ("" unknown)
+        self.rolled_back = 0  # sequences continued in a new epoch
 
     def stream(self, dst: str) -> str:
         return f"meshscope:out:{self.me}:{dst}"
@@ -138,6 +153,7 @@ class Outbox:
         if not self.config.link_durable:
             return []
         try:
+            self.store_run = await self._store_run()
             metas: Any = await self.client.hgetall(self.meta_key)
             loaded: dict[str, tuple[Any, Any]] = {}
             for key, raw in metas.items():
@@ -150,6 +166,8 @@ class Outbox:
             ch = Channel(self.me, dst, str(meta.get("epoch") or new_epoch()))
             ch.next_seq = int(meta.get("next", 1))
             ch.floor = int(meta.get("floor", 1))
+            if meta.get("base"):
+                ch.prev, ch.base = str(meta.get("prev", "")), int(meta["base"])
             for _entry_id, fields in entries:
                 first, last, items = self._unpack(fields)
                 if last >= ch.floor:
@@ -169,12 +187,49 @@ class Outbox:
                 self.record(gap(self.me, ch.dst, ch.floor, ch.next_seq - 1))
                 ch.floor = ch.next_seq
             ch.cursor = ch.floor
+            ch.loaded_next = ch.next_seq
             self.channels[dst] = ch
             self.by_epoch[ch.epoch] = ch
             self.dirty.add(dst)
+            written_on = str(meta.get("run", ""))
+            if self.store_run and written_on and written_on != self.store_run and self.config.store_wait == "none":
+                self.continue_epoch(ch, ch.next_seq, "the store restarted since this sequence was last written")
             log.info("stored events loaded", extra={"dst": dst, "held": ch.depth, "epoch": ch.epoch})
         dropped += self.expire(now_us())
         return dropped
+
+    async def _store_run(self) -> str:
+        """The store's run_id (a new one at every start of the server); empty where INFO is not allowed."""
+        try:
+            info: Any = await self.client.info("server")
+        except ResponseError:  # INFO refused (a managed store): whether it restarted cannot be known
+            return ""
+        return str(info.get("run_id", ""))
+
+    def continue_epoch(self, ch: Channel, base: int, why: str) -> None:
+        """Number from ``base`` on in a new epoch that continues the channel's (its numbering went back)."""
+        old = ch.epoch
+        ch.continue_in(new_epoch(), base)
+        self.by_epoch[ch.epoch] = ch  # the old epoch stays mapped: acknowledgements of it may still come
+        self.dirty.add(ch.dst)
+        log.error(
+            "sequence continued in a new epoch: numbers from base on that were not sent may be lost",
+            extra={"dst": ch.dst, "epoch": old, "new_epoch": ch.epoch, "base": base, "why": why},
+        )
+        self.record(rolled_back(self.me, ch.dst, base))
+        self.rolled_back += 1
+
+    def behind(self, notices: list[tuple[str, str, int]], peer: str) -> int:
+        """A destination applied more of a sequence than this relay claims: continue it in a new epoch."""
+        moved = 0
+        for origin, epoch, high in notices:
+            ch = self.by_epoch.get(epoch) if origin == self.me else None
+            if ch is None or ch.epoch != epoch or ch.dst != peer:
+                continue  # an old epoch (already moved on), or a notice not from the destination itself
+            base = ch.loaded_next or ch.floor
+            self.continue_epoch(ch, base, f"{peer} applied up to {high}; this relay's sequence was at {ch.high}")
+            moved += 1
+        return moved
 
     def _unpack(self, fields: dict[bytes, bytes]) -> tuple[int, int, list[Held]]:
         """One stored entry: (first, last, its events); unreadable events are skipped with a log line."""
@@ -239,7 +294,7 @@ class Outbox:
                 data = b"[" + b",".join(d for _, d in writes) + b"]"
                 ops.xadd(self.stream(dst), {b"f": str(first).encode(), b"l": str(last).encode(), b"d": data})
                 ch.segments.append((first, last))
-            ops.hset(self.meta_key, dst, orjson.dumps(ch.meta()))
+            ops.hset(self.meta_key, dst, orjson.dumps({**ch.meta(), "run": self.store_run}))
             if ch.trimmed:
                 ops.trim(self.stream(dst), len(ch.segments))
                 ch.trimmed = 0
@@ -248,11 +303,15 @@ class Outbox:
     # ---- sending ------------------------------------------------------------------------------
 
     def dispatch(self) -> int:
-        """Send what waits, over each destination's current route; returns how many items went out."""
+        """Send what waits, over each destination's current route; returns how many items went out.
+
+        At most ``DISPATCH_MAX_ITEMS`` per call (each costs an encoding and a flow record, ~30 µs):
+        a caller that got that many calls again once the loop served everything else.
+        """
         sent = 0
         now = time.monotonic()
         for dst, ch in self.channels.items():
-            if not ch.held:
+            if not ch.held or sent >= DISPATCH_MAX_ITEMS:
                 continue
             route = self.routes.route(dst)
             if not route.reachable:
@@ -265,7 +324,7 @@ class Outbox:
                 ch.rewind()  # the route changed: what went the old way is sent again this way
             if not ch.has_unsent():
                 continue
-            room = min(link.room, self.config.link_window - ch.in_flight())
+            room = min(link.room, self.config.link_window - ch.in_flight(), DISPATCH_MAX_ITEMS - sent)
             if room <= 0:
                 continue
             items = ch.take(room, now, route.next_hop)
@@ -289,6 +348,7 @@ class Outbox:
                     held.attempt,
                     held.principal,
                     held.event.body,
+                    ch.lineage,
                 )
                 encoded.append(fr.encode_item(item))
                 hop_ms = (sent_us - held.accepted_us) / 1000 if held.attempt == 1 else 0.0
@@ -411,6 +471,7 @@ class Outbox:
                 item.attempt,
                 item.principal,
                 item.event,
+                item.lineage,
             )
             by_link.setdefault(route.next_hop, []).append(fr.encode_item(out))
             self._remember(item, upstream)

@@ -2,12 +2,15 @@
 
 Order of work: check duplicates (by principal, source and id), decide where
 the event goes, then make it durable in ONE commit: local group appends, the
-outbound store of every destination region, and the publish/deliver/drop
-records that say so. Only once that commit landed is the event marked as
-seen, handed to live subscribers and sent over the mesh, and the publisher
-answered 202. When Redis fails the publisher gets 503 with Retry-After and a
-retry is accepted, not called a duplicate. (Validation, policy and schema
-come before, in the HTTP and stream handlers and ``router.gate``.)
+outbound store of every destination region, the events' duplicate keys (so a
+retry is recognized after a restart too: ``router.dedup``), and the
+publish/deliver/drop records that say so. Only once that commit landed is the
+event marked as seen, handed to live subscribers and sent over the mesh, and
+the publisher answered 202. When Redis fails the publisher gets 503 with
+Retry-After and a retry is accepted, not called a duplicate; a stopping relay
+answers 503 to new publishes and lets those in flight finish. (Validation,
+policy and schema come before, in the HTTP and stream handlers and
+``router.gate``.)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from meshcore.auth import Principal
 from meshcore.flowrecord import FlowRecord, pack
 from router.channel import Held
 from router.committer import Ops, Unavailable
+from router.dedup import dedup_key, pack_keys
 from router.delivery import Arrival
 from router.envelope import Event, now_us
 from router.hop import Hop, Subject, dropped
@@ -50,20 +54,54 @@ class PublishResult:
     duplicates: list[str] = field(default_factory=list)
 
 
+PUBLISH_CHUNK = 1000
+"""Events made durable by one commit of a large batch; between commits the relay serves everything else."""
+
+
 class Publisher:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+        self.in_flight = 0  # publishes between their first check and their answer
+
+    async def publish_all(self, events: list[Event], principal: Principal) -> PublishResult:
+        """``publish`` a batch of any size as commits of at most ``PUBLISH_CHUNK`` events, in order.
+
+        Each chunk is routed, recorded and made durable as one ``publish``, and
+        the loop serves everything else between them (health checks, mesh
+        pings, other publishers), so 10,000 events never hold it for their
+        whole. Refusals came before (a batch is refused whole); a 503 part way
+        means the earlier chunks landed, and sending the batch again reports
+        them as duplicates, as after any 503.
+        """
+        if len(events) <= PUBLISH_CHUNK:
+            return await self.publish(events, principal)
+        result = PublishResult()
+        for start in range(0, len(events), PUBLISH_CHUNK):
+            part = await self.publish(events[start : start + PUBLISH_CHUNK], principal)
+            result.accepted += part.accepted
+            result.duplicates += part.duplicates
+        return result
 
     async def publish(self, events: list[Event], principal: Principal) -> PublishResult:
         """Make accepted events durable, then route them; raise Unavailable (503) when Redis fails."""
         r = self.relay
+        if r.draining:
+            raise Unavailable("the relay is stopping; publish again shortly (or to another relay of the region)", 1.0)
         if not r.ready.is_set():
             raise Unavailable("the relay is still loading its state from Redis", 1.0)
         r.committer.available()
+        self.in_flight += 1
+        try:
+            return await self._publish(events, principal)
+        finally:
+            self.in_flight -= 1
+
+    async def _publish(self, events: list[Event], principal: Principal) -> PublishResult:
+        r = self.relay
         result = PublishResult()
         ops = Ops()
         records: list[FlowRecord] = []
-        reserved: list[tuple[str, ...]] = []
+        reserved: list[bytes] = []
         held: list[tuple[str, Held]] = []
         lives: list[tuple[Arrival, list[Subscriber]]] = []
         appended: Counter[str] = Counter()
@@ -72,7 +110,7 @@ class Publisher:
         who = principal.name
         try:
             for ev in events:
-                key = (who, ev.source, ev.id)
+                key = dedup_key(who, ev.source, ev.id)
                 state = r.dedup.state(key)
                 if state == "pending":
                     raise InDoubt(f"an earlier attempt of event {ev.id!r} is still being stored; retry shortly")
@@ -118,6 +156,10 @@ class Publisher:
             r.outbox.discard()
             raise
         r.outbox.persist(ops, set(appended))
+        if reserved and r.dedup_log is not None:
+            now_ms = now_us() // 1000
+            ops.xadd(r.dedup_stream, {b"k": pack_keys(reserved)}, min_id_ms=r.dedup_log.min_id_ms(now_ms))
+            r.dedup_log.wrote(now_ms, len(reserved))
         if records:
             ops.xadd(r.config.flow_stream, pack(records))
 

@@ -1,8 +1,11 @@
 """The mesh receive path: an EVENTS frame from an authenticated peer, applied once, then acknowledged.
 
 Items for this region are validated as strictly as a publish, checked against
-what was already applied from their origin (``OriginState``: resends are
-idempotent, gaps are named), and applied like a publish's local delivery:
+what was already applied from their origin (``router.origin``: resends are
+idempotent, gaps are named, and only the origin's own link moves its sequence
+state; an item that came over a detour and would move it past what the origin
+established is refused, and one whose origin's sequence went back is held back
+and the origin told), and applied like a publish's local delivery:
 group appends, deliver records and the receiver's applied state in one
 commit. The batch is acknowledged only once that commit landed. Items bound
 for other regions are passed on (``Outbox.transit``). An item refused for
@@ -22,12 +25,12 @@ import orjson
 from meshcore import flowrecord as fk
 from meshcore.flowrecord import FlowRecord, pack
 from router import frame as fr
-from router.channel import OriginState
 from router.committer import Ops
 from router.delivery import Arrival
 from router.envelope import now_us, validate_event
 from router.errors import InvalidInput
 from router.hop import NOTHING, Hop, Subject, gap
+from router.origin import Claim, OriginState
 from router.outbox import ranges_of
 from router.subscription import Subscriber
 from router.tracecontext import new_span_id, parse_traceparent
@@ -49,6 +52,8 @@ class MeshReceiver:
         r = self.relay
         config = r.config
         await r.ready.wait()
+        if r.draining:
+            return  # stopping: left unacknowledged, the sender sends it again (to us once we are back)
         r.committer.available()
         now = now_us()
         good, bad = fr.items_of(
@@ -68,6 +73,7 @@ class MeshReceiver:
         lives: list[tuple[Arrival, list[Subscriber]]] = []
         onward: list[fr.Item] = []
         changed: set[str] = set()
+        behind: dict[tuple[str, str], int] = {}
         topics: Counter[tuple[str, str]] = Counter()
         for item in good:
             key = (item.origin, item.epoch, item.seq)
@@ -83,13 +89,22 @@ class MeshReceiver:
                 self._refuse(peer, f"event: {exc}", key, acks, records, item)
                 continue
             state = r.origins.setdefault(item.origin, OriginState())
-            apply, gaps = state.admit(item.epoch, item.seq, item.floor, item.high)
+            claim = Claim(item.epoch, item.seq, item.floor, item.high, item.sent_us, item.lineage)
+            admission = state.admit(claim, direct=peer == item.origin)
             changed.add(item.origin)
-            acks.append(key)
-            for first, last in gaps:
+            for first, last in admission.gaps:
                 log.error("events lost in transit", extra={"origin": item.origin, "first": first, "last": last})
                 r.record(gap(item.origin, r.region, first, last), into=records)
-            if not apply:
+            if admission.behind:
+                # the origin claims less than was applied here: not applied, not acknowledged; it is told
+                behind[(item.origin, item.epoch)] = admission.behind
+                r.metrics.inc("mesh_items_held_back_total", origin=item.origin)
+                continue
+            if admission.refused:
+                self._refuse(peer, f"sequence: {admission.refused}", key, acks, records, item)
+                continue
+            acks.append(key)
+            if not admission.apply:
                 r.metrics.inc("mesh_duplicates_total")
                 continue
             ev.published_us = item.published_us
@@ -112,10 +127,19 @@ class MeshReceiver:
         if records:
             ops.xadd(config.flow_stream, pack(records))
 
+        if behind:
+            log.error(
+                "an origin's sequence went back below what was applied here; its items are held back",
+                extra={"peer": peer, "sequences": [[o, e, h] for (o, e), h in behind.items()]},
+            )
+
         def landed() -> None:
             for arrival, subs in lives:
                 r.delivery.offer(arrival, subs)
-            if acks:
+            if behind:
+                notices = [[origin, epoch, high] for (origin, epoch), high in behind.items()]
+                reply(fr.encode(fr.ACK, a=ranges_of(acks), r=notices))
+            elif acks:
                 reply(fr.encode(fr.ACK, a=ranges_of(acks)))
 
         ops.then.append(landed)

@@ -40,24 +40,27 @@ from meshcore.supervise import Supervisor
 from meshcore.tls import client_context
 from router import frame as fr
 from router.authority import Authority
-from router.channel import OriginState
 from router.committer import Committer, Ops, Unavailable
 from router.config import RelayConfig
+from router.dedup import DedupLog, DedupWindow, unpack_keys
 from router.delivery import LocalDelivery
 from router.envelope import EventLimits, now_us
 from router.errors import Backpressure, FrameError
 from router.flowsink import FlowSink
 from router.gate import Gate
 from router.groupkeeper import GroupKeeper
+from router.groupsession import GroupSessions, session_client
 from router.hop import dropped, trimmed
 from router.link import LinkCallbacks, MeshLink, PeerAddress
 from router.meshstate import LSA_KEY, MeshState
-from router.outbox import Dropped, Outbox
+from router.origin import OriginState
+from router.outbox import DISPATCH_MAX_ITEMS, Dropped, Outbox
 from router.publish import Publisher
+from router.quota import SessionQuota
 from router.receive import MeshReceiver
 from router.recorder import Recorder
 from router.registry import GovernanceStore, GovernanceWatcher
-from router.routing import UP, DedupWindow, LinkStateTable, LocalInterest
+from router.routing import UP, LinkStateTable, LocalInterest
 from router.spans import HopTracer, otlp_exporter, resource_attributes
 from router.status import Status, describe_metrics
 from router.subscription import GroupStore, Subscriber
@@ -94,13 +97,28 @@ class Relay:
         self.supervisor = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.breaker = CircuitBreaker("redis")
         self.committer = Committer(
-            client, f"{self.region}/{self.name}", self.breaker, lambda err: m.inc("redis_errors_total", error=err)
+            client,
+            f"{self.region}/{self.name}",
+            self.breaker,
+            lambda err: m.inc("redis_errors_total", error=err),
+            wait=config.store_wait,
         )
         self.local = LocalInterest()
         self.routes = LinkStateTable(self.region, config.hop_limit, ROUTE_AGE_S, config.link_store_max_age_s)
         self.dedup = DedupWindow(config.dedup_window)
+        # the keys of accepted events, in the store, so a retry is recognized after a restart too
+        self.dedup_stream = f"meshscope:dedup:{self.region}:{self.name}"
+        self.dedup_log = DedupLog(config.dedup_restart_s, config.dedup_window) if config.dedup_restart_s else None
+        self.draining = False  # stopping: new publishes get 503, commits in flight finish
+        self.requests_in_flight = 0  # publish requests being handled (the body may still be arriving)
         self.subscribers: dict[int, Subscriber] = {}
-        self.groups = GroupStore(client, self.region, config.group_max_entries)
+        # group members' commands run on a pool of their own: they never take a connection a publish needs
+        self.session_redis = session_client(client, config.group_connections)
+        self.groups = GroupStore(
+            client, self.region, config.group_max_entries, self.session_redis, config.max_groups_per_principal
+        )
+        self.group_sessions = GroupSessions()
+        self.sessions = SessionQuota(config.max_sessions_per_principal)
         self.origins: dict[str, OriginState] = {}
         self.applied_key = f"meshscope:applied:{self.region}"
         self.sink = FlowSink(
@@ -158,6 +176,7 @@ class Relay:
             mesh.link_lsas,
             mesh.link_state,
             mesh.link_governance,
+            mesh.link_behind,
             mesh.link_clock,
         )
         self.links: list[MeshLink] = []
@@ -186,6 +205,7 @@ class Relay:
         self.outbox = Outbox(config, client, self.routes, self.links_by_region, self.record, self.limits)
         self._wake = asyncio.Event()
         self.isolated_until = 0.0  # fault injection: every link silent until then (``isolate``)
+        self._store_check_at = 0.0
         # set once groups, stored events and applied state are loaded: mesh events and publishes wait
         # for it, or events right after a restart would be routed without knowing the durable groups
         self.ready = asyncio.Event()
@@ -232,6 +252,7 @@ class Relay:
         while True:
             try:
                 groups = await self.groups.load()
+                dedup_keys = await self._load_dedup_keys()
                 applied: Any = await self.redis.hgetall(self.applied_key)
                 lsas: Any = await self.redis.hgetall(LSA_KEY)
                 dropped = await self.outbox.load()
@@ -245,6 +266,7 @@ class Relay:
                 await asyncio.sleep(delay)
                 continue
             break
+        self.dedup.load(dedup_keys)
         for origin, raw in applied.items():
             self.origins[origin.decode()] = OriginState.from_json(orjson.loads(raw))
         now = now_us()
@@ -257,16 +279,63 @@ class Relay:
         for info in groups.values():
             changed = self.local.add(sorted(info.patterns.patterns)) or changed
         self._drop_records(dropped)
+        if self.outbox.rolled_back:
+            self.metrics.inc("sequence_rollbacks_total", self.outbox.rolled_back, found_by="origin")
         if changed:
             self.mesh.advertise()
         self.ready.set()
         self.wake()
-        log.info("relay state loaded", extra={"groups": len(groups), "held": self.outbox.depth})
+        log.info(
+            "relay state loaded",
+            extra={"groups": len(groups), "held": self.outbox.depth, "dedup_keys": len(dedup_keys)},
+        )
+
+    async def _load_dedup_keys(self) -> list[bytes]:
+        """Keys this relay accepted within the restart window (the newest, up to the window size), oldest first."""
+        if self.dedup_log is None:
+            return []
+        oldest_ms = now_us() // 1000 - self.dedup_log.window_ms
+        newest_first: list[bytes] = []
+        top = "+"
+        while len(newest_first) < self.config.dedup_window:
+            entries: Any = await self.redis.xrevrange(self.dedup_stream, top, str(oldest_ms), count=1000)
+            for _, fields in entries:
+                newest_first.extend(reversed(unpack_keys(fields.get(b"k", b""))))
+            if len(entries) < 1000:
+                break
+            top = "(" + entries[-1][0].decode()
+        return newest_first[: self.config.dedup_window][::-1]
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop taking new work and let what is in flight finish; whether it all did within ``timeout_s``.
+
+        New publishes get 503 with Retry-After, mesh frames are left unacknowledged (their sender
+        sends them again), and every publish already being committed gets its answer.
+        """
+        self.draining = True
+        log.info("relay stopping: draining", extra={"publishes": self.publisher.in_flight})
+        deadline = time.monotonic() + timeout_s
+        while self.requests_in_flight or self.publisher.in_flight or self.committer.busy:
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "relay stopping with work in flight",
+                    extra={
+                        "requests": self.requests_in_flight,
+                        "publishes": self.publisher.in_flight,
+                        "commits": self.committer.backlog,
+                    },
+                )
+                return False
+            await asyncio.sleep(0.01)
+        log.info("relay drained")
+        return True
 
     async def stop(self) -> None:
+        await self.group_sessions.close_all()
         await self.supervisor.stop()
         await self.sink.shutdown()
         self.tracer.shutdown()
+        await self.session_redis.aclose()
 
     def _drop_records(self, given_up: list[Dropped]) -> None:
         for d in given_up:
@@ -332,19 +401,52 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.1)
             self._wake.clear()
-            self.outbox.dispatch()
+            if self.outbox.dispatch() >= DISPATCH_MAX_ITEMS:
+                self._wake.set()  # more waits: sent on the next round, after the loop served the rest
             self.record.flush_counts()
             now = time.monotonic()
             if now - last_check >= 0.5:
                 last_check = now
-                if self.outbox.overdue():
-                    self.outbox.dispatch()
+                await self._check_store()
+                if self.outbox.overdue() and self.outbox.dispatch() >= DISPATCH_MAX_ITEMS:
+                    self._wake.set()
                 self._drop_records(self.outbox.expire(now_us()))
                 if self.outbox.dirty and self.breaker.healthy:
                     ops = Ops()
                     self.outbox.persist(ops, set())
                     if ops:
                         self.committer.submit(ops)
+
+    async def _check_store(self) -> None:
+        """Follow the store's restarts: one that kept every commit of this relay is the same store.
+
+        The channels' stored state names the store's run_id; a relay that loads state written before
+        the store last restarted numbers on in a new epoch. After a restart whose commit counter
+        is still where this relay left it (it lost nothing of ours), the new run_id is adopted,
+        so a later restart of this relay does not take it for a rollback.
+        """
+        now = time.monotonic()
+        if now < self._store_check_at:
+            return
+        self._store_check_at = now + 5.0
+        outbox, committer = self.outbox, self.committer
+        if not outbox.store_run or not self.breaker.healthy:
+            return
+        try:
+            info: Any = await self.redis.info("server")
+            run = str(info.get("run_id", ""))
+            if not run or run == outbox.store_run:
+                return
+            counter = int(await self.redis.get(committer.key) or 0)
+        except (RedisError, ValueError):
+            return
+        if counter < committer.confirmed or committer.lost:
+            self._store_check_at = float("inf")  # the stored run_id stays: a restart of this relay moves on
+            log.error("the store restarted without commits of this relay; its numbering moves on at restart")
+            return
+        log.info("the store restarted and kept every commit of this relay", extra={"run_id": run})
+        outbox.store_run = run
+        outbox.dirty.update(outbox.channels)
 
     # ---- live subscribers ---------------------------------------------------------------------
 

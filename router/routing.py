@@ -18,7 +18,7 @@ at most ``hop_limit`` hops taken, through relays that offer transit.
 from __future__ import annotations
 
 import math
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 
 from meshcore.topic import PatternSet
@@ -200,55 +200,6 @@ class LinkStateTable:
             return Route(dst, None)
         cost, path = best[dst]
         return Route(dst, path[0], path, cost)
-
-
-class DedupWindow:
-    """The last ``size`` keys accepted, plus keys whose commit is still in flight.
-
-    ``reserve`` before an event is made durable, ``commit`` once it is, ``release`` when it
-    failed: an event is only marked as seen once it was delivered or durably stored, so a
-    publisher's retry after a failure is accepted, not called a duplicate.
-    """
-
-    __slots__ = ("_pending", "_seen", "size")
-
-    def __init__(self, size: int):
-        self.size = size
-        self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
-        self._pending: set[tuple[str, ...]] = set()
-
-    def state(self, key: tuple[str, ...]) -> str:
-        """``seen``, ``pending`` or ``new``."""
-        if key in self._seen:
-            return "seen"
-        if key in self._pending:
-            return "pending"
-        return "new"
-
-    def reserve(self, key: tuple[str, ...]) -> bool:
-        if key in self._seen or key in self._pending:
-            return False
-        self._pending.add(key)
-        return True
-
-    def commit(self, key: tuple[str, ...]) -> None:
-        self._pending.discard(key)
-        self._seen[key] = None
-        if len(self._seen) > self.size:
-            self._seen.popitem(last=False)
-
-    def release(self, key: tuple[str, ...]) -> None:
-        self._pending.discard(key)
-
-    def seen(self, *key: str) -> bool:
-        """True when the key was already seen; otherwise remember it and return False."""
-        if key in self._seen:
-            return True
-        self.commit(key)
-        return False
-
-    def __len__(self) -> int:
-        return len(self._seen)
 
 
 # Link states, and which moves between them are allowed.

@@ -49,6 +49,8 @@ METRICS = (
     ("rejected_total", "counter", "Publish requests or events refused, by HTTP status"),
     ("mesh_duplicates_total", "counter", "Resent mesh events already applied"),
     ("mesh_refused_items_total", "counter", "Mesh items refused as malformed, by peer"),
+    ("sequence_rollbacks_total", "counter", "Sequences continued in a new epoch after the store went back, by finder"),
+    ("mesh_items_held_back_total", "counter", "Mesh items not applied: their origin's sequence went back, by origin"),
     ("link_state", "gauge", "Link state: 0 down, 1 connecting, 2 up, 3 draining"),
     ("link_security", "gauge", "Link security: 0 plain, 1 tls (token), 2 mtls"),
     ("link_rtt_ms", "gauge", "Round trip time of an up link (absent while down)"),
@@ -68,6 +70,9 @@ METRICS = (
     ("group_lag", "gauge", "Entries of a durable group not yet delivered to any member"),
     ("group_oldest_age_seconds", "gauge", "Age of a durable group's oldest unacknowledged entry"),
     ("group_consumers", "gauge", "Members of a durable group connected to this relay"),
+    ("group_acks_refused_total", "counter", "Acknowledged ids a group member was not given (ignored), by group"),
+    ("group_entries_withheld_total", "counter", "Group entries a member may not read, parked for one that may"),
+    ("sessions_refused_total", "counter", "WebSocket sessions refused: the principal had its most open here"),
 )
 """Every metric family a relay exports: name, type, help."""
 
@@ -267,6 +272,8 @@ class Status:
     def health(self) -> dict[str, Any]:
         r = self.relay
         reasons = []
+        if r.draining:
+            reasons.append("stopping: new publishes are refused while commits in flight finish")
         if self.write_error and self.write_refused:
             reasons.append(f"Valkey refuses this relay's writes: {self.write_error}")
         elif self.write_error:

@@ -13,6 +13,19 @@ periods with no member connected. Joining with other patterns is refused
 admin may delete it. Consumer names are kept per principal
 (``<principal>/<consumer>``), so nobody can take another principal's
 un-acknowledged entries by naming its consumer.
+
+A member acknowledges only what it was given: an id pending on another
+consumer is left alone (``ack_own``, one script: check and XACK together). An
+entry a member may not read is neither sent nor acknowledged: it is moved to
+the consumer ``PARKED`` (``park``), a name no principal can have, and a member
+that may read it takes it from there (``parked``, then ``take``, which moves
+only what is still parked, so two members never both get it).
+
+What clients' requests do here (joining, deleting, and a member's reads,
+acknowledgements and claims) runs on ``session_client``, the relay's bounded
+pool for sessions, waited for when busy, so a storm of members or joins never
+takes a connection a publish or the relay's own work needs; none of it blocks
+in Redis.
 """
 
 from __future__ import annotations
@@ -33,9 +46,53 @@ from meshcore.errors import StreamUnavailable
 from meshcore.topic import PatternSet
 
 _ids = itertools.count(1)
-ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+"""A stream entry id as a member sends it back: two ASCII numbers that each fit 64 bits (``is_entry_id``)."""
 MAX_ACK_IDS = 10_000
 TRIM_BATCH = 1000
+PARKED = "!parked"
+"""The consumer that holds entries the member that read them may not read (no principal name starts with ``!``)."""
+_U64 = 2**64 - 1
+
+# Acknowledge only entries pending on ARGV[2]; returns how many. {group, consumer, id...}
+_ACK_OWN = """
+local n = 0
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    n = n + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  end
+end
+return n
+"""
+# Move the entries still pending on ARGV[2] to ARGV[3]; returns the ids moved. {group, from, to, id...}
+_TAKE = """
+local moved = {}
+for i = 4, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[i], 'JUSTID')
+    moved[#moved + 1] = ARGV[i]
+  end
+end
+return moved
+"""
+# The entries pending on ARGV[2] after ARGV[3] (exclusive; '-' from the start), at most ARGV[4], with their fields.
+_PENDING_ENTRIES = """
+local out = {}
+for _, row in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], '+', ARGV[4], ARGV[2])) do
+  local e = redis.call('XRANGE', KEYS[1], row[1], row[1])
+  out[#out + 1] = {row[1], e[1] and e[1][2] or {}}
+end
+return out
+"""
+
+
+def is_entry_id(text: object) -> bool:
+    """Whether ``text`` is a stream entry id Redis takes: ``ms-seq`` in ASCII digits, each within 64 bits."""
+    if not isinstance(text, str):
+        return False
+    m = ENTRY_ID.fullmatch(text)
+    return m is not None and int(m.group(1)) <= _U64 and int(m.group(2)) <= _U64
+
 
 # One group's stream, atomically: remove the entries every member is done with (delivered and
 # acknowledged: older than the oldest pending entry, and not after the last delivered one), then,
@@ -142,11 +199,23 @@ class GroupInfo:
 class GroupStore:
     """Durable consumer groups of one region, kept in Redis."""
 
-    def __init__(self, client: aioredis.Redis, region: str, max_entries: int = 1_000_000):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        region: str,
+        max_entries: int = 1_000_000,
+        session_client: aioredis.Redis | None = None,
+        max_owned: int = 100,
+    ):
         self.client = client
+        self.session_client = session_client or client
         self.region = region
         self.max_entries = max_entries
+        self.max_owned = max_owned
         self._trim = client.register_script(_TRIM)
+        self._ack_own = self.session_client.register_script(_ACK_OWN)
+        self._take = self.session_client.register_script(_TAKE)
+        self._pending_entries = self.session_client.register_script(_PENDING_ENTRIES)
         self.registry_key = f"meshscope:groups:{region}"
         self.groups: dict[str, GroupInfo] = {}
 
@@ -194,12 +263,19 @@ class GroupStore:
         old = self.groups.get(group)
         if old is None:
             try:
-                raw: Any = await self.client.hget(self.registry_key, group)
+                raw: Any = await self.session_client.hget(self.registry_key, group)
             except RedisError as exc:
                 raise StreamUnavailable(f"cannot read consumer group {group!r}: {exc}") from exc
             old = GroupInfo.from_json(raw) if raw else None
         new = old
         if old is None:
+            owned = sum(1 for info in self.groups.values() if info.owner == principal.name)
+            if owned >= self.max_owned:
+                raise GroupConflict(
+                    f"principal {principal.name!r} owns {owned} groups in {self.region}, the most allowed "
+                    "(MESHSCOPE_MAX_GROUPS_PER_PRINCIPAL); delete one (DELETE /v1/groups/NAME) first",
+                    403,
+                )
             new = GroupInfo(wanted, principal.name, now_us, probe)
         elif old.patterns != wanted:
             if not update:
@@ -214,7 +290,7 @@ class GroupStore:
         assert new is not None
         try:
             if new is not old:
-                await self.client.hset(self.registry_key, group, new.to_json())
+                await self.session_client.hset(self.registry_key, group, new.to_json())
             await self._create_stream(group)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot create consumer group {group!r}: {exc}") from exc
@@ -223,7 +299,7 @@ class GroupStore:
 
     async def _create_stream(self, group: str) -> None:
         try:
-            await self.client.xgroup_create(self.stream(group), group, id="0", mkstream=True)
+            await self.session_client.xgroup_create(self.stream(group), group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -231,12 +307,12 @@ class GroupStore:
     async def remove(self, group: str) -> GroupInfo | None:
         """Forget a group that exists; an unknown name deletes nothing."""
         try:
-            raw: Any = await self.client.hget(self.registry_key, group)
+            raw: Any = await self.session_client.hget(self.registry_key, group)
             if raw is None:
                 self.groups.pop(group, None)
                 return None
-            await self.client.hdel(self.registry_key, group)
-            await self.client.delete(self.stream(group))
+            await self.session_client.hdel(self.registry_key, group)
+            await self.session_client.delete(self.stream(group))
         except RedisError as exc:
             raise StreamUnavailable(f"cannot remove consumer group {group!r}: {exc}") from exc
         info = self.groups.pop(group, None)
@@ -274,17 +350,16 @@ class GroupStore:
         return [g for g, info in self.groups.items() if info.patterns.matches(topic)]
 
     async def read(
-        self, group: str, consumer: str, pending: bool, count: int, block_ms: int, after: str = "0"
+        self, group: str, consumer: str, pending: bool, count: int, after: str = "0"
     ) -> list[tuple[str, Any]]:
-        """Entries for ``consumer``: its own un-acked ones after ``after`` when ``pending``, else new ones."""
+        """Entries for ``consumer``: its own un-acked ones after ``after`` when ``pending``, else new ones.
+
+        It never blocks: a member waits for new entries in the relay (``router.groupsession``), not in Redis.
+        """
         for attempt in range(2):
             try:
-                reply: Any = await self.client.xreadgroup(
-                    group,
-                    consumer,
-                    {self.stream(group): after if pending else ">"},
-                    count=count,
-                    block=None if pending else block_ms,
+                reply: Any = await self.session_client.xreadgroup(
+                    group, consumer, {self.stream(group): after if pending else ">"}, count=count
                 )
                 break
             except ResponseError as exc:
@@ -299,8 +374,52 @@ class GroupStore:
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 if fields and b"e" in fields:
-                    out.append((entry_id.decode(), orjson.loads(fields[b"e"])))
+                    out.append((entry_id.decode(), _event(fields[b"e"])))
         return out
+
+    async def ack_own(self, group: str, consumer: str, ids: list[str]) -> int:
+        """Acknowledge those of ``ids`` pending on ``consumer`` (what it was given); returns how many."""
+        try:
+            return int(await self._ack_own(keys=[self.stream(group)], args=[group, consumer, *ids]))
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return 0  # the group or its stream is gone, and its entries with it
+            raise StreamUnavailable(f"cannot ack in consumer group {group!r}: {exc}") from exc
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot ack in consumer group {group!r}: {exc}") from exc
+
+    async def park(self, group: str, ids: list[str]) -> None:
+        """Move entries a member read but may not read to ``PARKED``, for a member that may."""
+        try:
+            claimed: list[Any] = list(ids)
+            await self.session_client.xclaim(self.stream(group), group, PARKED, 0, claimed, justid=True)
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot set aside entries of group {group!r}: {exc}") from exc
+
+    async def parked(self, group: str, after: str, count: int) -> list[tuple[str, Any]]:
+        """Up to ``count`` parked entries after ``after`` (``-``: from the first), with their events."""
+        start = after if after == "-" else f"({after}"
+        try:
+            reply: Any = await self._pending_entries(keys=[self.stream(group)], args=[group, PARKED, start, count])
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return []
+            raise StreamUnavailable(f"cannot read parked entries of group {group!r}: {exc}") from exc
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot read parked entries of group {group!r}: {exc}") from exc
+        out = []
+        for entry_id, fields in reply:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            out.append((_text(entry_id), _event(values[b"e"]) if b"e" in values else None))
+        return out
+
+    async def take(self, group: str, consumer: str, ids: list[str]) -> list[str]:
+        """Move those of ``ids`` still parked to ``consumer``; returns the ids it now has."""
+        try:
+            moved: Any = await self._take(keys=[self.stream(group)], args=[group, PARKED, consumer, *ids])
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot take parked entries of group {group!r}: {exc}") from exc
+        return [_text(i) for i in moved]
 
     async def claim_idle(self, group: str, consumer: str, min_idle_ms: int) -> int:
         """Take over entries idle on another consumer of the same principal (one that went away).
@@ -311,18 +430,19 @@ class GroupStore:
         prefix = consumer.split("/", 1)[0] + "/"
         stream = self.stream(group)
         claimed = 0
+        client = self.session_client
         try:
-            summary: Any = await self.client.xpending(stream, group)
+            summary: Any = await client.xpending(stream, group)
             for entry in summary.get("consumers") or []:
                 name = _text(entry.get("name"))
                 if name == consumer or not name.startswith(prefix):
                     continue
-                rows: Any = await self.client.xpending_range(
+                rows: Any = await client.xpending_range(
                     stream, group, "-", "+", 1000, consumername=name, idle=min_idle_ms
                 )
                 ids: list[Any] = [_text(r["message_id"]) for r in rows]
                 if ids:
-                    await self.client.xclaim(stream, group, consumer, min_idle_ms, ids, justid=True)
+                    await client.xclaim(stream, group, consumer, min_idle_ms, ids, justid=True)
                     claimed += len(ids)
         except ResponseError:
             return claimed
@@ -330,11 +450,15 @@ class GroupStore:
             raise StreamUnavailable(f"cannot claim idle entries of group {group!r}: {exc}") from exc
         return claimed
 
-    async def ack(self, group: str, ids: list[str]) -> int:
+    async def has_parked(self, group: str) -> bool:
+        """Whether any entry of the group waits for a member that may read it."""
         try:
-            return int(await self.client.xack(self.stream(group), group, *ids))
+            summary: Any = await self.session_client.xpending(self.stream(group), group)
+        except ResponseError:
+            return False
         except RedisError as exc:
-            raise StreamUnavailable(f"cannot ack in consumer group {group!r}: {exc}") from exc
+            raise StreamUnavailable(f"cannot inspect consumer group {group!r}: {exc}") from exc
+        return any(_text(c.get("name")) == PARKED for c in summary.get("consumers") or [])
 
     async def lag(self, group: str) -> dict[str, Any]:
         """One group's position in its stream: added, read and acknowledged entries, and the oldest pending age.
@@ -375,6 +499,13 @@ class GroupStore:
             "oldest_pending_ms": oldest_ms,
             "length": int(info.get("length") or 0),
         }
+
+
+def _event(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _text(value: Any) -> str:

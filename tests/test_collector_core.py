@@ -74,6 +74,18 @@ def test_batches_token_and_flush_policy() -> None:
     assert not should_flush(Batch(), 99.0, 1, 1.0)
 
 
+def test_a_batch_keeps_only_the_entries_still_its_own() -> None:
+    width = len(Batch().columns)
+    b = Batch(started=5.0)
+    for entry_id, rows in (("1-0", [1, 2]), ("2-0", [3]), ("3-0", [4, 5, 6])):
+        b.add(entry_id, [rows] * width)
+    kept = b.keep({"1-0", "3-0"})
+    assert kept.ids == ["1-0", "3-0"] and kept.sizes == [2, 3] and kept.started == 5.0
+    assert kept.columns == [[1, 2, 4, 5, 6]] * width
+    assert b.keep(set()).ids == [] and len(b.keep(set())) == 0
+    assert b.keep({"1-0", "2-0", "3-0"}).columns == b.columns
+
+
 def test_split_entries_separates_poison() -> None:
     good_fields = pack([FlowRecord(1, "e", "t", "s", "p", "x", "publish", "a", "a", "r", 0.1, 0.1, "ok", 1, 1, 0)])
     good, bad = split_entries([("1-0", good_fields), ("2-0", {b"v": b"1", b"r": b"garbage"})])

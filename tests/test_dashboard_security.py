@@ -27,7 +27,15 @@ from collector.config import CollectorConfig
 from dashboard import access
 from dashboard.config import DashboardConfig
 from dashboard.csvexport import neutralize, spreadsheet_csv
-from dashboard.origin import default_hosts, foreign_origin, host_allowed, host_pattern, needs_origin, parse_origin
+from dashboard.origin import (
+    default_hosts,
+    foreign_origin,
+    host_allowed,
+    host_pattern,
+    needs_origin,
+    parse_origin,
+    user_started,
+)
 from dashboard.serve import DashboardRuntime
 from dashboard.session import SESSION_TTL_S, SessionCodec, set_cookie
 from meshcore.auth import principal_entry
@@ -186,6 +194,39 @@ def test_configured_hosts_replace_the_defaults_and_are_checked() -> None:
 )
 def test_an_origin_must_be_the_servers_own(origin: str | None, scheme: str, host: str, foreign: bool) -> None:
     assert foreign_origin(origin, scheme, host) is foreign
+
+
+OWN = ("http", "127.0.0.1:8080")
+
+
+@pytest.mark.parametrize(
+    ("origin", "fetch_site", "unsafe", "foreign"),
+    [
+        ("null", "same-origin", True, False),  # the dashboard's own form post under Referrer-Policy: no-referrer
+        ("null", "SAME-ORIGIN", True, False),
+        ("null", None, True, True),
+        ("null", "cross-site", True, True),  # a sandboxed frame or data: page elsewhere
+        ("null", "same-site", True, True),
+        ("null", "none", True, True),
+        (None, "cross-site", True, True),  # the header alone marks a request of another site's page
+        (None, "same-site", True, True),
+        ("http://127.0.0.1:8080", "cross-site", True, True),
+        (None, "cross-site", False, False),  # a link from another site to a page is fine
+        (None, "same-site", False, False),
+        ("http://127.0.0.1:8080", "same-origin", True, False),
+        (None, None, True, False),  # curl with a bearer token
+    ],
+)
+def test_fetch_metadata_decides_what_an_origin_cannot(
+    origin: str | None, fetch_site: str | None, unsafe: bool, foreign: bool
+) -> None:
+    assert foreign_origin(origin, *OWN, fetch_site, unsafe) is foreign
+
+
+def test_only_a_navigation_the_user_started_signs_in_by_link() -> None:
+    assert [user_started(s) for s in ("none", "same-origin", "cross-site", "same-site", None, "", "bogus")] == [
+        True, True, False, False, False, False, False,
+    ]  # fmt: skip
 
 
 def test_origin_parsing_and_which_requests_need_one() -> None:
@@ -402,7 +443,8 @@ async def test_a_viewer_reads_and_only_sql_queries(dash: DashboardRuntime) -> No
 async def test_sign_in_sets_a_strict_http_only_cookie_that_works_same_origin_only(dash: DashboardRuntime) -> None:
     own = dash.url
     async with client(dash) as browser:
-        signed = await browser.get("/login", params={"token": TEST_TOKEN})
+        # a link the user opened (typed, a bookmark, a terminal): Sec-Fetch-Site: none
+        signed = await browser.get("/login", params={"token": TEST_TOKEN}, headers={"sec-fetch-site": "none"})
         assert signed.status_code == 303 and signed.headers["location"] == "/"
         assert signed.headers["cache-control"] == "no-store"
         cookie = signed.headers["set-cookie"]
@@ -449,6 +491,46 @@ async def test_sign_in_sets_a_strict_http_only_cookie_that_works_same_origin_onl
             "/login", content=f"token={TEST_TOKEN}", headers={**form["headers"], "origin": EVIL}
         )
         assert login_csrf.status_code == 403 and "set-cookie" not in login_csrf.headers
+
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+OWN_FORM_POST = {**FORM, "origin": "null", "sec-fetch-site": "same-origin"}  # a browser, no-referrer policy
+
+
+async def test_a_sign_in_link_from_another_site_asks_first_and_never_replaces_a_session(dash: DashboardRuntime) -> None:
+    async with client(dash) as browser:
+        mine = await browser.get("/login", params={"token": OTHER_TOKEN}, headers={"sec-fetch-site": "none"})
+        assert mine.status_code == 303 and "meshscope_session" in browser.cookies
+        for site in ("cross-site", "same-site", None):  # another site's page, another port, a client that does not say
+            headers = {"sec-fetch-site": site} if site else {}
+            page = await browser.get("/login", params={"token": TEST_TOKEN}, headers=headers)
+            assert page.status_code == 200 and "set-cookie" not in page.headers, site
+            assert "sign this browser in as <strong" in page.text and ">tester<" in page.text
+            assert page.headers["cache-control"] == "no-store"
+            assert (await browser.get("/api/session")).json()["principal"] == "other"  # still the user's own
+        bad = await browser.get("/login", params={"token": "ms_wrong"}, headers={"sec-fetch-site": "cross-site"})
+        assert bad.status_code == 401 and "set-cookie" not in bad.headers
+        # the page's button posts the form from the dashboard's own page: Origin null, Sec-Fetch-Site same-origin
+        confirmed = await browser.post("/login", content=f"token={TEST_TOKEN}", headers=OWN_FORM_POST)
+        assert confirmed.status_code == 303 and (await browser.get("/api/session")).json()["principal"] == "tester"
+        # the same form posted by another site's page is refused, whatever Origin it manages to send
+        for headers in ({**FORM, "origin": "null"}, {**FORM, "origin": "null", "sec-fetch-site": "cross-site"}):
+            forged = await browser.post("/login", content=f"token={OTHER_TOKEN}", headers=headers)
+            assert forged.status_code == 403 and "set-cookie" not in forged.headers
+
+
+async def test_sign_out_from_the_page_ends_the_session_and_another_site_cannot(dash: DashboardRuntime) -> None:
+    async with client(dash) as browser:
+        await browser.get("/login", params={"token": TEST_TOKEN}, headers={"sec-fetch-site": "none"})
+        value = browser.cookies["meshscope_session"]
+        for headers in ({"origin": "null"}, {"origin": "null", "sec-fetch-site": "cross-site"}, {"origin": EVIL}):
+            refused = await browser.post("/logout", headers=headers)
+            assert refused.status_code == 403 and (await browser.get("/api/session")).status_code == 200
+        out = await browser.post("/logout", headers={"origin": "null", "sec-fetch-site": "same-origin"})
+        assert out.status_code == 303 and out.headers["location"] == "/login"
+        assert out.headers["set-cookie"].startswith("meshscope_session=; Max-Age=0;")
+    async with client(dash, cookies={"meshscope_session": value}) as copy:  # a copy of the cookie, kept
+        assert (await copy.get("/api/session")).status_code == 401
 
 
 async def test_cookies_the_dashboard_did_not_sign_are_refused(
@@ -575,9 +657,10 @@ async def test_without_a_principals_file_a_token_is_made_and_its_sign_in_url_wor
     async with running(redis_url, clickhouse_url, database, announce=True) as runtime:
         assert runtime.token is not None and runtime.token.startswith("ms_")
         assert runtime.sign_in_url == f"{runtime.url}/login?token={runtime.token}"
-        assert any(getattr(r, "url", None) == runtime.sign_in_url for r in caplog.records)
+        assert any(getattr(r, "url", None) == f"{runtime.url}/login" for r in caplog.records)
+        assert not any(runtime.token in r.getMessage() or runtime.token in str(vars(r)) for r in caplog.records)
         async with client(runtime, follow_redirects=True) as browser:
-            page = await browser.get(runtime.sign_in_url)
+            page = await browser.get(runtime.sign_in_url, headers={"sec-fetch-site": "none"})
             assert page.status_code == 200 and str(page.url) == runtime.url + "/"
             assert [r.status_code for r in page.history] == [303]
             me = (await browser.get("/api/session")).json()
@@ -625,7 +708,7 @@ async def test_over_tls_the_cookie_is_secure_and_client_certificates_sign_in(
         assert own.startswith("https://127.0.0.1:")
         async with client(runtime, verify=tls_client(certs)) as browser:
             assert (await browser.get("/api/topology")).status_code == 401
-            signed = await browser.get("/login", params={"token": TEST_TOKEN})
+            signed = await browser.get("/login", params={"token": TEST_TOKEN}, headers={"sec-fetch-site": "none"})
             cookie = signed.headers["set-cookie"]
             assert cookie.startswith("__Host-meshscope_session=v1.") and cookie.endswith("; Secure")
             assert "; HttpOnly" in cookie and "; SameSite=Strict" in cookie

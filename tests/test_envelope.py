@@ -8,7 +8,9 @@ or returns an event within every limit that the mesh can forward.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +22,7 @@ from cloudevents.core.v1.event import CloudEvent
 from cloudevents.v1.conversion import to_binary as legacy_to_binary
 from cloudevents.v1.conversion import to_structured as legacy_to_structured
 from cloudevents.v1.http import CloudEvent as LegacyCloudEvent
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from meshcore.topic import validate_topic
@@ -34,6 +36,8 @@ from router.envelope import (
     content_mode,
     decode_events,
     decode_http,
+    decode_http_steps,
+    finish,
     validate_event,
 )
 from router.errors import EventTooLarge, InvalidInput, MalformedEvent, UnsupportedMediaType
@@ -117,8 +121,8 @@ def test_values_at_the_limits_pass() -> None:
         id="i" * 256,
         source="s" * 1024,
         subject="Euro € 😀 " + "s" * 1014,
-        dataschema="d" * 2048,
-        datacontenttype="t" * 256,
+        dataschema="https://d/" + "d" * 2038,
+        datacontenttype="t/" + "t" * 254,
         region="r" * 1024,
         flag=True,
         count=-(2**31),
@@ -129,6 +133,102 @@ def test_values_at_the_limits_pass() -> None:
     ev = validate_event(event)
     assert ev.body["subject"].startswith("Euro €") and ev.body["flag"] is True
     assert ev.size == len(ev.encoded or b"")
+
+
+# ---- attribute grammars: RFC 3339, RFC 3986, RFC 2045, in ASCII ---------------------------------------
+
+ARABIC_INDIC = str.maketrans("0123456789", "".join(map(chr, range(0x660, 0x66A))))
+FULLWIDTH = str.maketrans("0123456789", "".join(map(chr, range(0xFF10, 0xFF1A))))
+DEVANAGARI_ONE = chr(0x967)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("time", "2024-13-45T99:99:99Z"),
+        ("time", "2024-01-01T00:00:00Z".translate(ARABIC_INDIC)),
+        ("time", "2024-01-01T00:00:00Z".translate(FULLWIDTH)),
+        ("time", f"2024-01-0{DEVANAGARI_ONE}T00:00:00Z"),
+        ("time", "2023-02-29T00:00:00Z"),
+        ("time", "2024-04-31T00:00:00Z"),
+        ("time", "2024-00-10T00:00:00Z"),
+        ("time", "2024-01-00T00:00:00Z"),
+        ("time", "2024-01-01T24:00:00Z"),
+        ("time", "2024-01-01T23:60:00Z"),
+        ("time", "2024-01-01T23:59:61Z"),
+        ("time", "2024-01-01T12:00:60Z"),
+        ("time", "2016-12-30T23:59:60Z"),
+        ("time", "2024-01-01T00:00:00+24:00"),
+        ("time", "2024-01-01T00:00:00+00:60"),
+        ("time", "2024-01-01 00:00:00Z"),
+        ("time", "2024-01-01T00:00:00"),
+        ("time", "2024-01-01T00:00:00.Z"),
+        ("time", "2024-1-01T00:00:00Z"),
+        ("time", "+2024-01-01T00:00:00Z"),
+        ("source", "/shop floor"),
+        ("source", "/caf\u00e9"),
+        ("source", "/100%"),
+        ("source", "/%zz"),
+        ("source", "https://[::zz]/x"),
+        ("source", "1http://x/"),
+        ("source", "a:b:c d"),
+        ("source", "http://x/{y}"),
+        ("source", "/x#a#b"),
+        ("dataschema", "/relative/only"),
+        ("dataschema", "schemas/order.json"),
+        ("dataschema", "https://example.com/ü"),
+        ("dataschema", "https://example.com/a b"),
+        ("datacontenttype", "json"),
+        ("datacontenttype", "application/"),
+        ("datacontenttype", "application/json; charset"),
+        ("datacontenttype", 'application/json;charset="utf-8'),
+        ("datacontenttype", "application/jsön"),
+        ("datacontenttype", "text/plain; a=b c"),
+        ("data_base64", "AB=="),  # pad bits set: AA== is the one spelling of that byte
+        ("data_base64", "AAB="),
+        ("data_base64", "AA=="[:3]),
+    ],
+)
+def test_attributes_must_follow_their_grammar_not_only_its_shape(attribute: str, value: str) -> None:
+    exc = refused(lambda: validate_event(ce(**{attribute: value})))
+    assert exc.attribute == attribute and attribute in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("time", "2024-02-29T00:00:00Z"),
+        ("time", "2000-02-29T23:59:59.999999999+14:00"),
+        ("time", "2026-11-26t10:00:00z"),
+        ("time", "2026-11-26T10:00:00-00:00"),
+        ("time", "2016-12-31T23:59:60Z"),
+        ("time", "2016-12-31T15:59:60-08:00"),
+        ("time", "2017-01-01T00:59:60+01:00"),
+        ("time", "2015-06-30T23:59:60Z"),
+        ("source", "/sim/aws:us-east-1"),
+        ("source", "urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66"),
+        ("source", "https://user@[2001:db8::1]:8443/a/b?c=d#e"),
+        ("source", "//cdn.example.com/x"),
+        ("source", "orders/eu-1"),
+        ("source", "/shop/floor%201"),
+        ("source", "mailto:ops@example.com"),
+        ("dataschema", "https://example.com/schemas/order.json"),
+        ("dataschema", "urn:example:order:v1"),
+        ("datacontenttype", "application/json"),
+        ("datacontenttype", "application/vnd.shop+json; charset=utf-8"),
+        ("datacontenttype", 'text/plain;format="flowed; x"'),
+    ],
+)
+def test_attributes_in_their_grammar_pass_unchanged(attribute: str, value: str) -> None:
+    assert validate_event(ce(**{attribute: value})).body[attribute] == value
+
+
+def test_binary_mode_attributes_follow_the_same_grammars() -> None:
+    for header, value in [("ce-time", "2024-13-45T99:99:99Z"), ("ce-source", "/shop%20floor")]:
+        exc = refused(lambda h=header, v=value: decode_http({**CE_HEADERS, h: v}, b""))
+        assert exc.attribute == header[3:]
+    with pytest.raises(UnsupportedMediaType):
+        decode_http({**CE_HEADERS, "content-type": 'text/plain; a="\xe9"'}, b"x")
 
 
 def test_limits_are_one_frozen_config() -> None:
@@ -277,7 +377,7 @@ def sdk_events() -> list[CloudEvent]:
     attributes = {
         "specversion": "1.0",
         "id": "o-1",
-        "source": "/shop floor",
+        "source": "/shop/floor%201",
         "type": "orders.created",
         "time": datetime.datetime(2026, 11, 26, 10, 0, tzinfo=datetime.UTC),
         "subject": 'Euro € 😀 "quoted" 100%',
@@ -654,3 +754,71 @@ def test_decode_http_refuses_only_with_invalid_input(
     assert accepted
     for ev in accepted:
         assert_within(ev, limits)
+
+
+timestamps = st.from_regex(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,12})?(Z|[+-][0-9]{2}:[0-9]{2})", fullmatch=True
+)
+
+
+@PROPERTY
+@given(timestamps)
+def test_a_time_passes_exactly_when_its_fields_make_a_real_instant(text: str) -> None:
+    """The oracle is Python's own ISO 8601 reader; leap seconds and year 0 it cannot represent are set aside."""
+    assume(text[17:19] != "60" and not text.startswith("0000"))
+    try:
+        datetime.datetime.fromisoformat(text)
+        real = text[-2:] <= "59" or text.endswith("Z")  # fromisoformat reads +00:60 as an hour
+    except ValueError:
+        real = False
+    try:
+        validate_event(ce(time=text))
+    except MalformedEvent as exc:
+        assert not real and exc.attribute == "time"
+    else:
+        assert real
+
+
+@PROPERTY
+@given(
+    st.datetimes(timezones=st.integers(-1439, 1439).map(lambda m: datetime.timezone(datetime.timedelta(minutes=m)))),
+    st.sampled_from(["seconds", "milliseconds", "microseconds"]),
+)
+def test_every_timestamp_python_writes_passes(when: datetime.datetime, spec: str) -> None:
+    text = when.isoformat(timespec=spec)
+    assert validate_event(ce(time=text)).body["time"] == text
+
+
+@PROPERTY
+@given(st.binary(max_size=40))
+def test_every_byte_string_base64_encodes_to_accepted_data(data: bytes) -> None:
+    text = base64.b64encode(data).decode()
+    assert validate_event(ce(data_base64=text)).body["data_base64"] == text
+
+
+@PROPERTY
+@given(st.text(max_size=40))
+def test_any_text_percent_encoded_is_a_valid_source(text: str) -> None:
+    source = "/" + urllib.parse.quote(text, safe="/")
+    assume(len(source) <= DEFAULT_LIMITS.max_source_chars)
+    assert validate_event(ce(source=source)).source == source
+
+
+def test_a_large_batch_is_validated_in_steps_with_the_same_result() -> None:
+    body = orjson.dumps([ce(id=f"s-{i}", traceparent=TP) for i in range(1234)])
+    headers = {"content-type": "application/cloudevents-batch+json"}
+    steps = decode_http_steps(headers, body, DEFAULT_LIMITS, 500)
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+            pauses += 1
+        except StopIteration as done:
+            events = done.value
+            break
+    assert pauses == 2  # after 500 and after 1000 events: the caller's loop serves others meanwhile
+    assert [e.body for e in events] == [e.body for e in decode_http(headers, body)]
+    bad = orjson.dumps([ce(id=f"s-{i}") for i in range(700)] + [ce(id="bad", type="a..b")])
+    with pytest.raises(MalformedEvent) as refused:
+        finish(decode_http_steps(headers, bad, DEFAULT_LIMITS, 500))
+    assert refused.value.index == 700  # all or nothing, as before

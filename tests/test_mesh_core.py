@@ -16,11 +16,13 @@ from meshcore.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from meshcore.settings import whole_number
 from meshcore.supervise import Supervisor
 from router import frame as fr
-from router.channel import Channel, Held, OriginState
+from router.channel import Channel, Held
+from router.dedup import DedupLog, DedupWindow, dedup_key, pack_keys, unpack_keys
 from router.envelope import validate_event
 from router.errors import FrameError
+from router.origin import Claim, OriginState
 from router.outbox import ranges_of
-from router.routing import DedupWindow, LinkStateTable, LocalInterest
+from router.routing import LinkStateTable, LocalInterest
 
 A, B, C, D = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope", "aws:ap-northeast-1"
 NOW = 1_800_000_000_000_000
@@ -109,17 +111,59 @@ def test_local_interest_is_reference_counted() -> None:
 
 def test_dedup_marks_seen_only_after_commit() -> None:
     window = DedupWindow(2)
-    key = ("tester", "/src", "1")
+    key = dedup_key("tester", "/src", "1")
     assert window.state(key) == "new" and window.reserve(key)
     assert window.state(key) == "pending" and not window.reserve(key)
     window.release(key)  # the commit failed: a retry is new, not a duplicate
     assert window.state(key) == "new" and window.reserve(key)
     window.commit(key)
     assert window.state(key) == "seen"
-    window.commit(("tester", "/src", "2"))
-    window.commit(("tester", "/src", "3"))
+    window.commit(dedup_key("tester", "/src", "2"))
+    window.commit(dedup_key("tester", "/src", "3"))
     assert window.state(key) == "new"  # bounded: the oldest is forgotten
-    assert window.state(("other", "/src", "3")) == "new"  # another principal's event with the same id
+    assert window.state(dedup_key("other", "/src", "3")) == "new"  # another principal's event with the same id
+
+
+def test_dedup_keys_name_principal_source_and_id_apart() -> None:
+    keys = {
+        dedup_key("a", "b", "c"),
+        dedup_key("a", "bc", ""),
+        dedup_key("ab", "", "c"),
+        dedup_key("a", "b\x00", "c"),
+        dedup_key("", "", ""),
+    }
+    assert len(keys) == 5 and {len(k) for k in keys} == {8}
+
+
+@given(st.lists(st.binary(min_size=8, max_size=8), max_size=50), st.binary(max_size=7))
+def test_stored_keys_read_back_as_written_and_a_torn_tail_is_left_out(keys: list[bytes], tail: bytes) -> None:
+    assert unpack_keys(pack_keys(keys)) == keys
+    assert unpack_keys(pack_keys(keys) + tail) == keys
+
+
+def test_keys_loaded_after_a_restart_fill_the_window_newest_last() -> None:
+    window = DedupWindow(3)
+    keys = [dedup_key("p", "/s", str(i)) for i in range(5)]
+    window.load(keys)
+    assert [window.state(k) for k in keys] == ["new", "new", "seen", "seen", "seen"]
+
+
+@pytest.mark.parametrize(
+    ("writes", "now_ms", "want"),
+    [
+        ([], 100_000, 100_000 - 60_000 - 5_000),  # nothing written: the time window alone
+        ([(50_000, 4), (60_000, 4)], 70_000, 70_000 - 60_000 - 5_000),  # fewer keys than the window holds
+        ([(50_000, 6), (60_000, 6), (65_000, 6)], 70_000, 60_000 - 5_000),  # 10 keys: the oldest entry goes
+        ([(1_000, 6), (65_000, 3)], 70_000, 70_000 - 60_000 - 5_000),  # older than the time window: gone
+    ],
+)
+def test_the_stored_keys_are_trimmed_to_the_time_window_and_the_window_size(
+    writes: list[tuple[int, int]], now_ms: int, want: int
+) -> None:
+    log = DedupLog(window_s=60, max_keys=10)
+    for at_ms, n in writes:
+        log.wrote(at_ms, n)
+    assert log.min_id_ms(now_ms) == max(0, want)
 
 
 # ---- frames -----------------------------------------------------------------------------------
@@ -174,6 +218,13 @@ def items(*rows: Any, sender: str = A, receiver: str = C) -> tuple[list[fr.Item]
         (good_row(principal="a b"), "principal"),
         (good_row(event=[1, 2]), "event"),
         (good_row()[:12], "13 fields"),
+        ([*good_row(), ["0123456789abcdef", 2], "more"], "13 fields"),
+        ([*good_row(), "0123456789abcdef"], "lineage"),
+        ([*good_row(), ["0123456789abcdef"]], "lineage"),
+        ([*good_row(), ["XYZ", 2]], "epoch"),
+        ([*good_row(), ["fedcba9876543210", 0]], "base"),
+        ([*good_row(), ["fedcba9876543210", 11]], "base"),  # above high + 1
+        ([*good_row(), ["0123456789abcdef", 2]], "continue itself"),
     ],
 )
 def test_bad_items_are_refused_with_the_reason(row: list[Any], says: str) -> None:
@@ -223,6 +274,35 @@ def test_a_pong_carries_the_answering_relays_clock() -> None:
     assert fr.pong_of({"t": "PONG", "ts": 5}) == (5, None)
     with pytest.raises(FrameError):
         fr.pong_of({"t": "PONG", "ts": 5, "now": "later"})
+
+
+def test_an_item_carries_its_lineage_there_and_back() -> None:
+    (item,), _ = items([*good_row(), ["fedcba9876543210", 10]])
+    assert item.lineage == ("fedcba9876543210", 10)
+    assert fr.encode_item(item) == orjson.dumps([*good_row(), ["fedcba9876543210", 10]])
+    (plain,), _ = items(good_row())
+    assert plain.lineage is None and len(orjson.loads(fr.encode_item(plain))) == 13
+
+
+@pytest.mark.parametrize(
+    ("notices", "ok"),
+    [
+        ([[A, "0123456789abcdef", 7]], True),
+        ([], True),
+        ("x", False),
+        ([[A, "0123456789abcdef"]], False),
+        ([[A, "0123456789abcdef", 0]], False),
+        ([["nowhere", "0123456789abcdef", 7]], False),
+        ([[A, "0123456789abcdeF", 7]], False),
+    ],
+)
+def test_ack_notices_of_a_sequence_behind_are_checked(notices: Any, ok: bool) -> None:
+    frame = {"t": "ACK", "a": [], "r": notices}
+    if ok:
+        assert fr.behind_of(frame) == [tuple(n) for n in notices]
+    else:
+        with pytest.raises(FrameError):
+            fr.behind_of(frame)
 
 
 def test_an_item_that_passed_through_the_receiver_is_refused() -> None:
@@ -353,7 +433,7 @@ def test_overflow_and_age_drop_the_oldest() -> None:
 @pytest.mark.parametrize(
     ("arrivals", "applied", "gaps"),
     [
-        # (epoch, seq, floor, high) arrivals; which were applied; gaps reported
+        # (epoch, seq, floor, high) arrivals over the origin's own link; which were applied; gaps reported
         ([("e1", 1, 1, 3), ("e1", 2, 1, 3), ("e1", 2, 1, 3)], [True, True, False], []),
         ([("e1", 2, 1, 3), ("e1", 1, 1, 3), ("e1", 3, 1, 3)], [True, True, True], []),  # out of order
         # the origin expired 1..4 (and recorded them): the floor moves past them, no gap
@@ -368,10 +448,10 @@ def test_origin_state_applies_once_and_names_gaps(
 ) -> None:
     state = OriginState()
     seen_applied, seen_gaps = [], []
-    for epoch, seq, floor, high in arrivals:
-        ok, found = state.admit(epoch, seq, floor, high)
-        seen_applied.append(ok)
-        seen_gaps += found
+    for sent_us, (epoch, seq, floor, high) in enumerate(arrivals):
+        admission = state.admit(Claim(epoch, seq, floor, high, sent_us), direct=True)
+        seen_applied.append(admission.apply)
+        seen_gaps += admission.gaps
     assert (seen_applied, seen_gaps) == (applied, gaps)
     assert OriginState.from_json(orjson.loads(orjson.dumps(state.to_json()))) == state
 
@@ -380,8 +460,156 @@ def test_origin_state_applies_once_and_names_gaps(
 @given(st.lists(st.integers(1, 40), max_size=120))
 def test_every_number_is_applied_exactly_once_whatever_the_order(seqs: list[int]) -> None:
     state = OriginState()
-    applied = [s for s in seqs if state.admit("e1", s, 1, 40)[0]]
+    applied = [s for s in seqs if state.admit(Claim("e1", s, 1, 40), direct=True).apply]
     assert sorted(applied) == sorted(set(seqs))
+
+
+def test_state_kept_before_sequences_were_per_epoch_still_reads() -> None:
+    state = OriginState.from_json({"e": "e1", "w": 5, "a": [7], "h": 9})
+    assert state.current == "e1" and state.sequences["e1"].confirmed
+    assert not state.admit(Claim("e1", 7, 1, 9), direct=True).apply
+    assert state.admit(Claim("e1", 6, 1, 9), direct=True).apply
+    assert OriginState.from_json({"nonsense": 1}) == OriginState()
+
+
+# ---- an origin's sequence over detours: only its own link moves it ------------------------------------
+
+
+def direct(state: OriginState, epoch: str, seq: int, floor: int, high: int, sent_us: int = 0) -> Any:
+    return state.admit(Claim(epoch, seq, floor, high, sent_us), direct=True)
+
+
+def detour(state: OriginState, epoch: str, seq: int, floor: int, high: int) -> Any:
+    return state.admit(Claim(epoch, seq, floor, high), direct=False)
+
+
+def test_a_forged_huge_floor_over_a_detour_suppresses_no_later_event() -> None:
+    state = OriginState()
+    assert direct(state, "e1", 1, 1, 5, 1).apply
+    forged = detour(state, "e1", 3, 3, fr.MAX_SEQ)  # floor may not exceed seq on the wire: it is at most 3
+    assert forged.apply and not forged.gaps
+    forged = detour(state, "e1", 10**12, 10**12, 10**12)
+    assert forged.refused and not forged.apply  # far above what the origin established
+    for seq in (2, 4, 5, 6, 7):  # the origin's own later events all arrive
+        assert direct(state, "e1", seq, 1, 7, 2).apply, seq
+
+
+def test_a_detour_floor_moves_no_watermark_the_origins_own_floor_does() -> None:
+    state = OriginState()
+    direct(state, "e1", 1, 1, 10, 1)
+    detour(state, "e1", 12, 12, 12)  # claims 2..11 were acknowledged or expired
+    sequence = state.sequences["e1"]
+    assert sequence.watermark == 1 and sequence.above == {12}
+    assert direct(state, "e1", 11, 11, 12, 2).apply  # the origin says 2..10 are done with
+    assert sequence.watermark == 12 and not sequence.above
+
+
+def test_a_forged_epoch_over_a_detour_ends_nothing_and_names_no_gap() -> None:
+    state = OriginState()
+    direct(state, "e1", 1, 1, 9, 1)
+    forged = detour(state, "e9", 1, 1, fr.MAX_SEQ)
+    assert forged.apply and not forged.gaps  # an event it carried, like any a transit relay carries
+    assert state.current == "e1"
+    for seq in range(2, 10):  # the genuine sequence goes on, nothing of it named lost
+        admission = direct(state, "e1", seq, 1, 9, 2)
+        assert admission.apply and not admission.gaps
+    # the origin's own link moves to a new epoch: only what it announced itself is named
+    assert direct(state, "e2", 1, 1, 1, 3).gaps == ()
+    assert detour(state, "e7", 1, 1, 5).apply and detour(state, "e8", 1, 1, 5).apply
+    assert detour(state, "e6", 1, 1, 5).refused  # sequences never confirmed are few
+
+
+def test_a_new_epoch_seen_first_over_a_detour_is_applied_and_confirmed_later() -> None:
+    state = OriginState()
+    direct(state, "e1", 1, 1, 4, 1)
+    assert detour(state, "e2", 1, 1, 3).apply  # the origin moved on while its link was down
+    assert state.current == "e1"
+    admission = direct(state, "e2", 2, 1, 3, 5)  # its own link confirms it
+    assert admission.apply and admission.gaps == ((2, 4),)  # e1's 2..4, announced by the origin, never came
+    assert not direct(state, "e2", 1, 1, 3, 6).apply  # applied already, over the detour
+
+
+def test_an_item_of_the_epoch_before_still_on_its_way_moves_nothing() -> None:
+    state = OriginState()
+    direct(state, "e1", 1, 1, 5, 10)
+    direct(state, "e2", 1, 1, 1, 20)
+    late = direct(state, "e1", 2, 1, 5, 15)  # sent before e2, arriving after it
+    assert state.current == "e2" and not late.gaps
+    assert direct(state, "e2", 2, 1, 2, 21).apply
+
+
+# ---- a store that went back --------------------------------------------------------------------------------
+
+
+def test_a_continued_epoch_keeps_the_old_numbers_below_base_and_names_what_was_lost_above() -> None:
+    state = OriginState()
+    for seq in range(1, 9):  # applied 1..8; the origin announced up to 10
+        direct(state, "e1", seq, 1, 10, seq)
+    # the store went back to next=6 holding 4..5 unacknowledged; e2 continues e1 from base 6
+    resend = state.admit(Claim("e2", 4, 4, 7, 20, lineage=("e1", 6)), direct=True)
+    assert not resend.apply  # 4 was applied under e1: the same event, sent again
+    assert resend.gaps == ((9, 10),)  # e1's 9 and 10 were announced from base on and never came
+    assert state.current == "e2"
+    assert state.admit(Claim("e2", 6, 4, 7, 21, lineage=("e1", 6)), direct=True).apply  # a new event, not e1's 6
+    assert state.admit(Claim("e2", 7, 4, 7, 22, lineage=("e1", 6)), direct=True).apply
+    # once the origin holds nothing below base, e1 is forgotten
+    state.admit(Claim("e2", 8, 6, 8, 23, lineage=("e1", 6)), direct=True)
+    assert list(state.sequences) == ["e2"]
+    assert OriginState.from_json(orjson.loads(orjson.dumps(state.to_json()))) == state
+
+
+def test_the_first_item_of_a_continued_epoch_names_the_numbers_lost_from_base() -> None:
+    state = OriginState()
+    for seq in (1, 2, 3, 5):  # 4 never arrived; the origin announced up to 7
+        direct(state, "e1", seq, 1, 7, seq)
+    first = state.admit(Claim("e2", 3, 3, 3, 10, lineage=("e1", 3)), direct=True)
+    assert first.gaps == ((4, 4), (6, 7))  # from base on, announced and never applied
+    assert first.apply  # e2's 3 is a new event, whatever e1's 3 was
+
+
+def test_an_origin_claiming_less_than_its_own_link_announced_before_is_behind() -> None:
+    state = OriginState()
+    for seq in range(1, 11):
+        direct(state, "e1", seq, 1, 10, 100 + seq)
+    went_back = direct(state, "e1", 6, 6, 6, 200)  # the same epoch, numbered again from 6
+    assert went_back.behind == 10 and not went_back.apply
+    stale = direct(state, "e1", 3, 1, 3, 50)  # an old item sent before: just a resend
+    assert not stale.behind and not stale.apply
+    # a detour cannot make it look behind
+    assert not detour(state, "e1", 11, 1, 3).behind
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "e1"]), st.integers(1, 2**63 - 1), st.integers(1, 2**63 - 1)),
+        max_size=30,
+    ),
+    st.lists(st.integers(0, 30), max_size=30),
+)
+def test_whatever_a_transit_relay_forges_the_origins_own_events_all_arrive_and_no_gap_exceeds_its_word(
+    forged: list[tuple[str, int, int]], where: list[int]
+) -> None:
+    """Forged items (any epoch, number, floor, high) interleaved with the origin's own 1..30 over its link."""
+    state = OriginState()
+    genuine = list(range(1, 31))
+    plan: list[tuple[str, Any]] = [("own", s) for s in genuine]
+    for (epoch, seq, high), at in zip(forged, where, strict=False):
+        plan.insert(min(at, len(plan)), ("forged", (epoch, seq, high)))
+    applied_own, named = [], []
+    for who, what in plan:
+        if who == "own":
+            admission = direct(state, "e1", what, 1, 30, what)
+            if admission.apply:
+                applied_own.append(what)
+        else:
+            epoch, seq, high = what
+            admission = detour(state, epoch, seq, min(seq, high), max(seq, high))
+        named += admission.gaps
+    suppressed = [s for s in genuine if s not in applied_own]
+    forged_e1 = {seq for epoch, seq, _ in forged if epoch == "e1"}
+    assert set(suppressed) <= forged_e1  # only a number the forger used itself, each an event it delivered
+    assert all(last <= 30 for _, last in named)
 
 
 def test_ack_ranges_are_compacted() -> None:

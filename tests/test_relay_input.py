@@ -17,6 +17,7 @@ from router.subscription import Subscriber
 from tests.conftest import CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled
 
 A, C = "aws:us-east-1", "azure:westeurope"
+ARABIC_INDIC = str.maketrans("0123456789", "".join(map(chr, range(0x660, 0x66A))))
 
 
 async def setup_watch(mesh: Mesh) -> tuple[Subscriber, Subscriber]:
@@ -46,6 +47,21 @@ async def setup_watch(mesh: Mesh) -> tuple[Subscriber, Subscriber]:
             CE_JSON,
             413,
             {"index": 1},
+        ),
+        (orjson.dumps(cloud_event("a.b", "t-3", time="2024-13-45T99:99:99Z")), CE_JSON, 400, {"attribute": "time"}),
+        (
+            orjson.dumps(cloud_event("a.b", "t-4", time="2024-01-01T00:00:00Z".translate(ARABIC_INDIC))),
+            CE_JSON,
+            400,
+            {"attribute": "time"},
+        ),
+        (orjson.dumps(cloud_event("a.b", "t-5", source="/shop floor")), CE_JSON, 400, {"attribute": "source"}),
+        (orjson.dumps(cloud_event("a.b", "t-6", dataschema="order.json")), CE_JSON, 400, {"attribute": "dataschema"}),
+        (
+            orjson.dumps(cloud_event("a.b", "t-7", datacontenttype="json")),
+            CE_JSON,
+            400,
+            {"attribute": "datacontenttype"},
         ),
         (orjson.dumps(cloud_event("a.b", "t-1")), {"content-type": "text/plain"}, 415, {}),
         (orjson.dumps(cloud_event("a.b", "t-2")), {"content-type": "application/cloudevents"}, 415, {}),

@@ -218,6 +218,22 @@ HOSTILE: list[tuple[str, str, int | tuple[int, ...]]] = [
     ("error-arithmetic", "SELECT 1 / (SELECT s FROM {db}.secrets LIMIT 1)", FORBIDDEN),
     ("error-throwif", "SELECT throwIf(1, 'boom')", FORBIDDEN),
     ("error-agg-throw", "SELECT aggThrow(1)(number) FROM numbers(1)", FORBIDDEN),
+    # functions named in strings: aggregates in arguments and in types
+    ("named-aggregate", "SELECT arrayReduce('flameGraph', [1])", FORBIDDEN),
+    ("named-aggregate-combinator", "SELECT arrayReduce('aggThrowIf', [1], [1])", FORBIDDEN),
+    ("named-aggregate-case", "SELECT arrayReduceInRanges('FLAMEGRAPH', [(1, 1)], [1])", FORBIDDEN),
+    ("named-aggregate-state", "SELECT finalizeAggregation(initializeAggregation('flameGraphState', 1))", FORBIDDEN),
+    ("named-parameter-expression", "SELECT arrayReduce('quantile(length(file(\\'{file}\\')))', [1])", FORBIDDEN),
+    ("named-by-alias", "WITH 'flameGraph' AS f SELECT arrayReduce(f, [1])", FORBIDDEN),
+    ("named-by-concat", "SELECT arrayReduce(concat('flame', 'Graph'), [1])", FORBIDDEN),
+    ("type-cast", "SELECT finalizeAggregation(CAST(sumState(1), 'AggregateFunction(aggThrow, UInt8)'))", FORBIDDEN),
+    ("type-cast-as", "SELECT CAST(sumState(1) AS AggregateFunction(flameGraph, UInt8))", FORBIDDEN),
+    ("type-comment", "SELECT CAST(sumState(1), 'AggregateFunction/**/(flameGraph, UInt8)')", FORBIDDEN),
+    ("type-quoted-name", "SELECT CAST(sumState(1), 'AggregateFunction(`flameGraph`, UInt8)')", FORBIDDEN),
+    ("type-concat", "SELECT CAST(sumState(1), concat('Aggregate', 'Function(flameGraph, UInt8)'))", FORBIDDEN),
+    ("type-default-value", "SELECT defaultValueOfTypeName('SimpleAggregateFunction(flameGraph, UInt8)')", FORBIDDEN),
+    ("type-values", "SELECT * FROM values('s AggregateFunction(flameGraph, UInt8)', (''))", FORBIDDEN),
+    ("type-json", "SELECT JSONExtract('{{}}', 'Tuple(a AggregateFunction(aggThrow, UInt8))')", FORBIDDEN),
     # table functions other than the generators
     ("merge-system", "SELECT * FROM merge('system', '^users$')", FORBIDDEN),
     ("merge-secret", "SELECT * FROM merge('{db}', '.*')", FORBIDDEN),
@@ -349,6 +365,12 @@ MUST_WORK: list[tuple[str, Any]] = [
     ("SELECT toStartOfMinute(ts), formatDateTime(ts, '%F'), dateDiff('second', ts, now()) FROM flows LIMIT 1", None),
     ("SELECT lower(topic), splitByChar('.', topic), topic LIKE 'orders%', cityHash64(topic) FROM flows LIMIT 1", None),
     ("SELECT CASE kind WHEN 'publish' THEN 1 ELSE 0 END AS p, if(bytes > 102, 'b', 's') FROM flows LIMIT 1", None),
+    (
+        "SELECT arrayReduce('sum', [1, 2]), arrayReduce('quantileExact(0.5)', [1, 2, 3]), "
+        "finalizeAggregation(initializeAggregation('maxState', 7)), "
+        "finalizeAggregation(CAST(sumState(toUInt64(2)), 'AggregateFunction(sum, UInt64)'))",
+        [[3, 2, 7, 2]],
+    ),
     ("SELECT * FROM numbers(3)", [[0], [1], [2]]),
     ("SELECT * FROM generate_series(1, 2)", [[1], [2]]),
     ("SELECT * FROM values('a UInt8, b String', (1, 'x'))", [[1, "x"]]),

@@ -272,6 +272,8 @@ def test_analysed_query_inside_passes() -> None:
             "    TABLE id: 6, alias: __table2, table_name: system.one",
             "    TABLE_FUNCTION id: 5, alias: __table3, table_function_name: numbers",
             "     CONSTANT id: 7, constant_value: 'table_name: system.users', constant_value_type: String",
+            "      FUNCTION id: 8, function_name: sumState, function_type: aggregate, result_type: "
+            "AggregateFunction(quantiles(0.5, 0.9), UInt64)",
         ],
         DB,
     )
@@ -287,6 +289,13 @@ def test_analysed_query_inside_passes() -> None:
         ("TABLE_FUNCTION id: 3, table_function_name: file", r"file\(\)"),
         ("TABLE_FUNCTION id: 3, table_function_name: merge", r"merge\(\)"),
         ("FUNCTION id: 2, function_name: file, function_type: ordinary, result_type: String", r"file\(\)"),
+        (  # a type the parse never showed (made by an expression): its aggregate goes through the allowlist too
+            "FUNCTION id: 2, function_name: CAST, function_type: ordinary, result_type: AggregateFunction(flameGraph, "
+            "UInt64)",
+            "flameGraph",
+        ),
+        ("COLUMN id: 4, column_name: s, result_type: SimpleAggregateFunction(aggThrowIf, UInt8)", "aggThrowIf"),
+        ("COLUMN id: 4, column_name: s, result_type: AggregateFunction(quantile(hostName()), UInt8)", "literals"),
     ],
 )
 def test_analysed_query_outside_is_refused(line: str, says: str) -> None:

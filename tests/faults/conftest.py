@@ -144,11 +144,15 @@ class FaultMesh:
         stores: dict[str, ValkeyProcess] | None = None,
         wrap: dict[str, tuple[str, ...]] | None = None,
         healthy: bool = True,
+        env_for: dict[str, dict[str, str]] | None = None,
         **env: str,
     ) -> None:
         """Start relays in a full mesh; links in ``proxied`` (dialer, peer) go through a TcpProxy; each region on
         its own store when ``stores`` names them; a region in ``wrap`` runs under that command; ``healthy``: wait
-        until each is healthy with every link up."""
+        until each is healthy with every link up.
+
+        ``env_for``: settings of one region's relay only.
+        """
         self.stores.update(stores or {})
         auth = write_principals(self.workdir / "principals.toml", regions)
         ports = {r: free_port() for r in regions}
@@ -177,6 +181,7 @@ class FaultMesh:
                 "MESHSCOPE_TRACE_SAMPLE_RATIO": "0",
                 "MESHSCOPE_LOG_LEVEL": "INFO",
                 **env,
+                **(env_for or {}).get(region, {}),
             }
             relay = RelayProcess(
                 region,

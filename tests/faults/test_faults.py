@@ -290,15 +290,17 @@ async def test_collector_killed_repeatedly_stores_every_record_once(
         "MESHSCOPE_COLLECTOR_READ_ENTRIES": "1",
         "MESHSCOPE_COLLECTOR_FLUSH_INTERVAL_S": "0.05",
         "MESHSCOPE_COLLECTOR_METRICS_PORT": "-1",
-        "MESHSCOPE_COLLECTOR_NAME": "faulty",
+        "MESHSCOPE_COLLECTOR_CLAIM_IDLE_S": "1",
         "MESHSCOPE_LOG_LEVEL": "WARNING",
     }
+    # a restart under the same name, then new names as the default (host-pid) gives
+    names = iter(["faulty", "faulty", "faulty-2", "faulty-3"])
 
     def start() -> subprocess.Popen[bytes]:
         with open(f"{tmp_path}/collector.log", "ab") as log:  # type: ignore[operator]
             return subprocess.Popen(
                 [sys.executable, "-m", "meshscope", "collector"],
-                env=env,
+                env={**env, "MESHSCOPE_COLLECTOR_NAME": next(names)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
