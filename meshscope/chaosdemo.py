@@ -29,8 +29,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from collector.sqlclient import MESHSCOPE_TOKEN_FILE, client_token, running_dashboard, via_dashboard
-
-FAULTS_FILE = "faults.json"  # meshscope.up.FAULTS_FILE
+from meshscope.demofaults import FAULTS_FILE, write_faults
 
 
 class ChaosError(Exception):
@@ -89,15 +88,7 @@ class Demo:
 
     def faults(self, **changes: dict[str, float]) -> None:
         """Ask ``up`` (through faults.json) to cut regions off from the central services, or hold a store down."""
-        path = self.data / FAULTS_FILE
-        try:
-            current = json.loads(path.read_text())
-        except (OSError, ValueError):
-            current = {}
-        current.update(changes)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(current))
-        tmp.replace(path)
+        write_faults(self.data / FAULTS_FILE, **changes)
 
     def kill_store(self, region: str) -> None:
         self.refresh()

@@ -1,7 +1,7 @@
 """``meshscope chaos``'s region scenarios: one region's store killed, one region cut off, governance meanwhile.
 
 Each region of ``meshscope up`` has its own Valkey, and the central services reach it
-through a gate (``meshscope.up.StoreGates``). The scenarios (rows of ``meshscope.chaos.SCENARIOS``)
+through a gate (``meshscope.demofaults.StoreGates``). The scenarios (rows of ``meshscope.chaos.SCENARIOS``)
 publish numbered probes across regions and within one, inject the fault, and count: every
 probe once in its durable group, none lost; the checks that are not counts (publishes that
 must not fail, the map's verdict, a governance version) are the outcome's problems.

@@ -59,10 +59,10 @@ from dashboard.serve import DashboardRuntime
 from meshcore import logs
 from meshcore.auth import new_token, principal_entry
 from meshcore.certs import file_stem, write_bundle
-from meshcore.netproxy import TcpProxy
 from meshcore.settings import SettingError
 from meshcore.tls import Identity
 from meshscope import promconfig
+from meshscope.demofaults import FAULTS_FILE, StoreGates, read_faults
 from meshscope.promconfig import RULES_FILE, PromTargets
 from meshscope.supervisor import ProcessChild, Supervisor, ValkeyChild
 from router.regions import DEFAULT_REGIONS, resolve, rtt_ms
@@ -72,25 +72,6 @@ log = logging.getLogger(__name__)
 DASHBOARD_IDENTITY = Identity("region", "meshscope:dashboard")
 DEFAULT_REDIS_PORT = 16379
 DEFAULT_BASE_PORT = 7400
-FAULTS_FILE = "faults.json"
-"""Written by ``meshscope chaos``: ``{"isolated": {region: until}, "held_down": {region: until}}`` (unix times):
-the gates of isolated regions are cut, and a held-down region's store is not started again before then."""
-
-
-def read_faults(path: Path) -> dict[str, dict[str, float]]:
-    """What faults.json asks for; anything unreadable asks for nothing."""
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raw = {}
-    out: dict[str, dict[str, float]] = {"isolated": {}, "held_down": {}}
-    for kind in out:
-        entries = raw.get(kind) if isinstance(raw, dict) else None
-        if isinstance(entries, dict):
-            out[kind] = {str(k): float(v) for k, v in entries.items() if isinstance(v, int | float)}
-    return out
-
-
 # the demo's flow stream (~1.6 KB an entry at the default rate): about 80 MB, minutes of records the
 # collector has not read yet, instead of growing by ~11 MB a minute until the store takes minutes to load
 FLOW_STREAM_MAXLEN = 50_000
@@ -387,50 +368,6 @@ class Stack:
         """Stop every child (relays drain on SIGTERM, before the stores they commit to); one already gone is skipped."""
         self.supervisor.stop()
         self.gates.close()
-
-
-class StoreGates:
-    """The central services' way into each region's store: a TCP proxy per store, on a loop of its own.
-
-    ``follow`` cuts the gate of each region isolated until a time still to come (``faults.json``, written
-    by ``meshscope chaos``), and opens it again after; the relays never use the gates.
-    """
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.proxies: dict[str, TcpProxy] = {}
-        self._thread = threading.Thread(target=self.loop.run_forever, name="store-gates", daemon=True)
-        self._thread.start()
-
-    def open(self, region: str, port: int) -> None:
-        proxy = asyncio.run_coroutine_threadsafe(TcpProxy("127.0.0.1", port).start(), self.loop).result(5)
-        self.proxies[region] = proxy
-
-    def url(self, region: str) -> str:
-        return f"redis://127.0.0.1:{self.proxies[region].port}/0"
-
-    def follow(self, isolated: dict[str, float]) -> None:
-        now = time.time()
-        for region, proxy in self.proxies.items():
-            cut = isolated.get(region, 0.0) > now
-            if cut and proxy.mode != "cut":
-                print(f"meshscope: {region} cut off from the central services (chaos)", flush=True)
-                self.loop.call_soon_threadsafe(proxy.cut)
-            elif not cut and proxy.mode == "cut":
-                print(f"meshscope: {region} reachable again from the central services", flush=True)
-                self.loop.call_soon_threadsafe(proxy.forward)
-
-    def close(self) -> None:
-        for proxy in self.proxies.values():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(proxy.stop(), self.loop).result(5)
-        self.proxies.clear()
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self.loop.close()
 
 
 async def _serve(runtime: DashboardRuntime, stop: asyncio.Event) -> None:
