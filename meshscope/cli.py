@@ -1,4 +1,7 @@
-"""``meshscope relay|collector|dashboard|up|sql|certs|bench``: composition only."""
+"""``meshscope relay|collector|dashboard|up|simulate|bench`` and the parser of every command: composition only.
+
+The operator's commands (sql, chaos, governance, certs, token) are in ``meshscope.clitools``.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,11 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
 from meshcore import logs
 from meshcore.settings import SettingError
+from meshscope import clitools as tools
 
 DESCRIPTION = """\
 meshscope: an event mesh you can see. Regional relays route CloudEvents between
@@ -133,17 +136,6 @@ def _up(args: argparse.Namespace) -> int:
     return run(opts)
 
 
-def _token(token_file: str | None) -> str | None:
-    """A client's bearer token: --token-file, else MESHSCOPE_TOKEN_FILE, else MESHSCOPE_TOKEN."""
-    path = token_file or os.environ.get("MESHSCOPE_TOKEN_FILE")
-    if path:
-        try:
-            return Path(path).read_text().strip() or None
-        except OSError as exc:
-            raise SettingError(f"cannot read the token file {path}: {exc.strerror}") from None
-    return os.environ.get("MESHSCOPE_TOKEN") or None
-
-
 def _simulate(args: argparse.Namespace) -> int:
     from router.simulator import Simulator, SimulatorConfig
 
@@ -163,152 +155,12 @@ def _simulate(args: argparse.Namespace) -> int:
     config = SimulatorConfig(
         relays,
         args.rate,
-        token=_token(args.token_file),
+        token=tools.client_token(args.token_file),
         ssl_context=ctx,
-        bad_token=_token(args.bad_token_file) if args.bad_token_file else None,
+        bad_token=tools.client_token(args.bad_token_file) if args.bad_token_file else None,
     )
     with contextlib.suppress(KeyboardInterrupt):
         _run(Simulator(config).run())
-    return 0
-
-
-def _sql(args: argparse.Namespace) -> int:
-    from collector.config import CollectorConfig
-    from collector.output import render
-    from collector.sqlclient import SqlFailed, run_sql
-
-    env = dict(os.environ)
-    if args.data_dir is not None:
-        env["MESHSCOPE_DATA_DIR"] = args.data_dir
-    config = CollectorConfig.from_env(env)
-    try:
-        via = args.via or os.environ.get("MESHSCOPE_DASHBOARD_URL")
-        columns, rows = run_sql(config, args.query, via, cafile=args.ca or os.environ.get("MESHSCOPE_TLS_CA"))
-    except SqlFailed as exc:
-        print(f"meshscope sql: {exc}", file=sys.stderr)
-        return 1
-    sys.stdout.write(render(columns, rows, args.format))
-    return 0
-
-
-def _chaos(args: argparse.Namespace) -> int:
-    from meshscope.chaos import SCENARIOS, ChaosError, run, table
-
-    names = _names(args.scenarios) or list(SCENARIOS)
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        print(
-            f"meshscope chaos: unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}",
-            file=sys.stderr,
-        )
-        return 2
-    print(f"meshscope chaos: {', '.join(names)} against the meshscope up in {args.data_dir}", flush=True)
-    try:
-        outcomes = asyncio.run(run(args.data_dir, names, args.events, args.isolate))
-    except ChaosError as exc:
-        print(f"meshscope chaos: {exc}", file=sys.stderr)
-        return 2
-    sys.stdout.write(table(outcomes))
-    if all(o.ok for o in outcomes):
-        return 0
-    return 1 if any(o.result == "FAILED" for o in outcomes) else 3  # 3: some answers could not be established
-
-
-def _governance(args: argparse.Namespace) -> int:
-    from meshscope.governance import GovernanceCommandError, apply, defaults, export, show
-
-    relay, token, ca = defaults(args.data_dir)
-    relay = args.relay or relay
-    token = _token(args.token_file) or token
-    ca = args.ca or os.environ.get("MESHSCOPE_TLS_CA") or ca
-    if relay is None:
-        print(
-            f"meshscope governance: name a relay with --relay (no meshscope up found in {args.data_dir})",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        if args.gov_action == "apply":
-            lines = apply(args.directory, relay, token, ca, args.dry_run, args.allow_empty)
-        elif args.gov_action == "export":
-            lines = export(args.directory, relay, token, ca)
-        else:
-            lines = show(relay, token, ca)
-    except GovernanceCommandError as exc:
-        print(f"meshscope governance: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
-
-
-def _names(raw: str | None) -> list[str]:
-    return list(dict.fromkeys(item.strip() for item in (raw or "").split(",") if item.strip()))
-
-
-def _certs(args: argparse.Namespace) -> int:
-    from meshcore.certs import CERT_DAYS, CaUnusable, write_bundle
-    from meshcore.tls import Identity
-
-    regions, clients = _names(args.regions), _names(args.clients)
-    if not regions and not clients:
-        print("meshscope certs: name at least one of --regions and --clients", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    try:
-        identities = [Identity("region", r) for r in regions] + [Identity("client", c) for c in clients]
-        bundle = write_bundle(
-            out,
-            identities,
-            hosts=_names(args.hosts),
-            days=CERT_DAYS if args.days is None else args.days,
-            force=args.force,
-        )
-    except ValueError as exc:
-        print(f"meshscope certs: {exc}", file=sys.stderr)
-        return 2
-    except CaUnusable as exc:
-        print(f"meshscope certs: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"meshscope certs: cannot write to {out}: {exc}", file=sys.stderr)
-        return 1
-    until = f"valid until {bundle.ca_not_after:%Y-%m-%d}"
-    if bundle.ca_reused:
-        print(f"reusing the CA in {out / 'ca.pem'} ({until}; --force replaces it)")
-    else:
-        print(f"new development CA ({until})")
-    for path in bundle.written:
-        print(f"wrote {path}{' (mode 0600)' if path.suffix == '.key' else ''}")
-    for path in bundle.stale:
-        print(f"warning: {path} was signed by the replaced CA; re-issue it", file=sys.stderr)
-    return 0
-
-
-def _token_command(args: argparse.Namespace) -> int:
-    from meshcore.auth import AuthConfigError, new_token, principal_entry
-    from meshcore.names import InvalidName
-
-    token = new_token()
-    try:
-        entry = principal_entry(args.name, token, _names(args.groups), _names(args.roles))
-    except (InvalidName, AuthConfigError) as exc:
-        print(f"meshscope token: {exc}", file=sys.stderr)
-        return 2
-    if args.token_file:
-        path = Path(args.token_file)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(token + "\n")
-            path.chmod(0o600)
-        except OSError as exc:
-            print(f"meshscope token: cannot write {path}: {exc.strerror}", file=sys.stderr)
-            return 1
-        print(f"# token written to {path} (mode 0600); this entry goes into the principals file")
-    else:
-        print(f"# token (shown once; keep it secret): {token}")
-        print("# this entry goes into the principals file (MESHSCOPE_AUTH_FILE); it holds only the hash")
-    print(entry, end="")
     return 0
 
 
@@ -410,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("--days", type=int, help="validity of the new certificates in days (default 365)")
     certs.add_argument("--force", action="store_true", help="replace an existing CA (its certificates stop working)")
-    certs.set_defaults(run=_certs)
+    certs.set_defaults(run=tools.certs)
     tok = sub.add_parser(
         "token",
         help="make a bearer token and the principals-file entry that holds its hash",
@@ -421,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--groups", metavar="NAMES", help="comma-separated groups, for policy rules")
     tok.add_argument("--roles", metavar="NAMES", help="comma-separated roles: viewer, sql, admin")
     tok.add_argument("--token-file", metavar="FILE", help="write the token to FILE (mode 0600) instead of printing it")
-    tok.set_defaults(run=_token_command)
+    tok.set_defaults(run=tools.token_command)
     chaos = sub.add_parser(
         "chaos",
         help="kill relays and region stores, break links, cut regions off in a running meshscope up; count the losses",
@@ -440,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument(
         "--isolate", type=float, default=60.0, metavar="S", help="seconds a region stays cut off (default 60)"
     )
-    chaos.set_defaults(run=_chaos)
+    chaos.set_defaults(run=tools.chaos)
     gov = sub.add_parser(
         "governance", help="apply policies and schemas from a directory, show what is enforced, or export it"
     )
@@ -469,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", parents=[reach], help="write the enforced document to DIR, in the layout apply reads"
     )
     gov_export.add_argument("directory", help="a new or empty directory")
-    gov.set_defaults(run=_governance)
+    gov.set_defaults(run=tools.governance)
     sub.add_parser("bench", help="run the benchmarks: meshscope bench --help (same as python -m bench)")
     sql = sub.add_parser("sql", help="run a query over the flow history and print the result")
     sql.add_argument("query", help='the SQL, e.g. "SELECT topic, count() FROM flows GROUP BY topic"')
@@ -486,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the data directory of meshscope up: its running dashboard, or its store when it is stopped"
         " (default MESHSCOPE_DATA_DIR, else ./.meshscope)",
     )
-    sql.set_defaults(run=_sql)
+    sql.set_defaults(run=tools.sql)
     return parser
 
 
