@@ -46,7 +46,7 @@ from dashboard.config import DashboardConfig
 from dashboard.csvexport import spreadsheet_csv
 from dashboard.live import LiveHub
 from dashboard.params import BadRequest
-from dashboard.sqlguard import SqlRefused
+from dashboard.sqlerrors import SqlRefused
 from dashboard.sqlrun import run_user_sql
 from dashboard.store import FlowStore
 from meshcore.body import BodyTimeout, BodyTooLarge, read_limited

@@ -26,15 +26,8 @@ from clickhouse_connect.driver.client import Client
 from collector.clickhouse import make_client
 from collector.errors import ClickHouseUnavailable, QueryError
 from dashboard.config import DashboardConfig
-from dashboard.sqlguard import (
-    SqlRefused,
-    SqlTooLarge,
-    Statement,
-    check_ast,
-    check_query_tree,
-    check_statement,
-    sanitize_error,
-)
+from dashboard.sqlerrors import SqlRefused, SqlTooLarge
+from dashboard.sqlguard import Statement, check_ast, check_query_tree, check_statement, sanitize_error
 from dashboard.store import FlowStore, Result, SqlLane, run_query
 
 QUERY_SIZE_HEADROOM = 4096

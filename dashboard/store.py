@@ -25,7 +25,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError, StreamFailureError
 
 from collector.errors import ClickHouseUnavailable, QueryError
-from dashboard.sqlguard import SqlBusy
+from dashboard.sqlerrors import SqlBusy
 
 T = TypeVar("T")
 

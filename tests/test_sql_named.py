@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from collector.config import CollectorConfig
 from collector.errors import QueryError
 from dashboard.config import DashboardConfig
+from dashboard.sqlerrors import SqlRefused
 from dashboard.sqlfunctions import COMBINATORS, is_allowed_aggregate, is_allowed_function
-from dashboard.sqlguard import SqlRefused
 from dashboard.sqlindirect import AGGREGATE_NAME_ARGUMENTS, TYPE_ARGUMENTS
 from dashboard.sqlrun import guard
 

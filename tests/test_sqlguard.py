@@ -9,16 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dashboard.sqlerrors import SqlRefused
 from dashboard.sqlfunctions import is_allowed_function, is_allowed_table_function
-from dashboard.sqlguard import (
-    SqlRefused,
-    Statement,
-    check_ast,
-    check_query_tree,
-    check_statement,
-    sanitize_error,
-    tokenize,
-)
+from dashboard.sqlguard import Statement, check_ast, check_query_tree, check_statement, sanitize_error
+from dashboard.sqllex import tokenize
 from tests.conftest import scaled
 
 DB = "meshscope"
