@@ -19,11 +19,11 @@ function showTab() {
     b.setAttribute("aria-pressed", String(on));
   }
   for (const t of TABS) $(`view-${t}`).hidden = t !== view.tab;
-  $("side-title").textContent = pick({ alerts: "Alerts", lag: "Consumer lag", routes: "Route table", governance: "Governance" }, view.tab, "");
+  $("side-title").textContent = pick({ alerts: "Alerts", edges: "Edges", lag: "Consumer lag", routes: "Route table", governance: "Governance" }, view.tab, "");
 }
 
 function refreshTab() {
-  const refresh = pick({ alerts: drawAlerts, lag: refreshGroups, routes: refreshRoutes, governance: refreshGovernance }, view.tab, null);
+  const refresh = pick({ alerts: drawAlerts, edges: drawEdgeTable, lag: refreshGroups, routes: refreshRoutes, governance: refreshGovernance }, view.tab, null);
   if (refresh) refresh();
 }
 
