@@ -41,10 +41,10 @@ from starlette.routing import Route
 from collector import alerting
 from collector.alerts import badges
 from collector.errors import StreamUnavailable
+from dashboard import groupview, views
 from dashboard import params as p
 from dashboard import queries as q
 from dashboard import relaystate as rs
-from dashboard import views
 from dashboard.cache import ResponseCache
 from dashboard.config import DashboardConfig
 from dashboard.diff import changes
@@ -315,16 +315,19 @@ class MapApi:
             stop = mq.end_s
             sp = Span("group_lag", 1, stop - mq.window_s, stop, mq.live)
             step = q.series_step(sp)
-            latest, series = await self._answers(
+            latest, series, since = await self._answers(
                 q.group_latest_sql(self.db, mq.end_s, mq.live, mq.window_s, mq.filters),
                 q.group_series_sql(self.db, sp, step, mq.filters),
+                q.group_since_sql(self.db, mq.end_s, mq.live, mq.filters),
             )
             newest: dict[str, float] = {}
             for row in latest:
                 newest[row[0]] = max(newest.get(row[0], 0.0), int(row[2]) / 1000)
             extra = [Reading(GROUPS, region, ts) for region, ts in newest.items()]
             fresh = await self._fresh(sp, newest, None, extra)
-            return {**views.shape_groups(latest, series, sp, step), "freshness": fresh.to_json()}
+            window = {"window": views.window_name(sp), "from": sp.start, "to": sp.end, "step_s": step}
+            shaped = groupview.shape_groups(latest, series, since, window, fresh)
+            return {**shaped, "freshness": fresh.to_json()}
 
         return json_response(await self._cached(("groups", mq), compute))
 

@@ -18,8 +18,8 @@ const CHANGE_LABELS = {
   new: "new", gone: "gone", errors_up: "errors up", errors_down: "errors down",
   lag_up: "lag up", lag_down: "lag down", same: "unchanged",
 };
-const GROUP_COLORS = { OK: "#2ecc71", WARN: "#f5a623", STALL: "#e74c3c", STOP: "#c084fc" };
-const GROUP_RANK = { OK: 0, WARN: 1, STALL: 2, STOP: 3 };
+const GROUP_COLORS = { OK: "#2ecc71", WARN: "#f5a623", STALL: "#e74c3c", STOP: "#c084fc", unknown: STALE_COLOR };
+const GROUP_RANK = { OK: 0, unknown: 1, WARN: 2, STALL: 3, STOP: 4 };
 const SEVERITY_COLORS = { critical: "#e74c3c", warning: "#f5a623", info: "#4285f4" };
 const SEVERITY_RANK = { info: 0, warning: 1, critical: 2 };
 const LINK_STYLES = {

@@ -50,11 +50,36 @@ async function refreshGroups() {
 
 function drawGroups() {
   const groups = list(state.groups && state.groups.groups);
-  fillRows($("groups-body"), groups.map((g) => row([
-    g.region, g.probe ? `${g.group} (probe: never alerts)` : g.group, { text: g.status, class: `group-${pick(GROUP_COLORS, g.status, null) ? g.status : "OK"}` },
-    sparkline(list(g.series).map((p) => p.backlog), 90, 20, pick(GROUP_COLORS, g.status, GROUP_COLORS.OK)),
-    num(g.backlog), fmt(g.arrival_per_s, 2), fmt(g.ack_per_s, 2), num(g.consumers), `${fmt(g.oldest_age_s, 0)} s`,
-  ])), 9, "no durable groups reported");
+  fillRows($("groups-body"), groups.map((g) => {
+    const known = Boolean(pick(GROUP_COLORS, g.status, null));
+    const color = pick(GROUP_COLORS, g.status, GROUP_COLORS.OK);
+    return row([
+      g.region, g.probe ? `${g.group} (probe: never alerts)` : g.group,
+      { text: g.status, class: `nowrap group-${known ? g.status : "OK"}`, title: g.cause || "" },
+      el("span", { class: "backlog" }, sparkline(list(g.series).map((p) => p.backlog), 70, 18, color), ` ${num(g.backlog)}`),
+      `${fmt(g.arrival_per_s, 2)} / ${fmt(g.ack_per_s, 2)}`,
+      { text: membersText(g), class: "nowrap" }, { text: behindText(g), class: "nowrap" },
+    ], { class: g.status === "unknown" ? "stale" : "" });
+  }), 7, "no durable groups reported");
+}
+
+/** "for 5 min (since 12:01:07)", "for over 24 h (since before …)": from the group's history. */
+function sinceText(since, before) {
+  if (typeof since !== "number") return "–";
+  const at = view.end ?? nowS();
+  // before: no sample in the history shows it otherwise, so it began before the first one
+  return before ? `for over ${ageText(at - since)} (since before ${clock(since)})` : `for ${ageText(at - since)} (since ${clock(since)})`;
+}
+
+function behindText(g) {
+  if (g.status === "unknown") return g.cause || "not known";
+  return num(g.backlog) > 0 ? sinceText(g.behind_since, g.behind_before) : "not behind";
+}
+
+function membersText(g) {
+  const n = num(g.consumers);
+  if (n > 0 || g.status === "unknown") return String(n);
+  return `0, ${sinceText(g.no_member_since, g.no_member_before)}`;
 }
 
 // ---- route table ----------------------------------------------------------------------------

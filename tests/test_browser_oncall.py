@@ -4,7 +4,8 @@ Two relays carry live traffic (A -> B, where a durable group waits with no membe
 is planted with history in ClickHouse and a relay report that stopped a minute ago, so one edge is
 one the view cannot vouch for. The browser answers the questions an on-call engineer asks:
 which edge is worst now (the Edges table: sorted, filtered, in the map's states with their ages
-and causes, unknown never shown as 0).
+and causes, unknown never shown as 0); since when a group lags (a deleted group is gone, every
+column in view).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests.test_browser_regions import SILENT, plant_silent_region
 
 A, B = "aws:us-east-1", "gcp:europe-west1"
 GROUP = "audit"
+DOOMED = "doomed"  # a group deleted while its relay keeps reporting: it leaves the Lag view
 
 
 def edge_table(page: Any) -> list[dict[str, Any]]:
@@ -89,6 +91,36 @@ def edges_view(page: Any) -> dict[str, Any]:
     return seen
 
 
+def lag_view(page: Any) -> dict[str, Any]:
+    page.click('#views button[data-tab="lag"]')
+    page.wait_for_function(
+        "([g, d]) => { const rows = [...document.querySelectorAll('#groups-body tr')].map(r => r.cells[1].textContent);"
+        " return rows.includes(g) && !rows.includes(d); }",
+        arg=[GROUP, DOOMED],
+        timeout=scaled(20) * 1000,
+    )
+    rows = page.evaluate(
+        "() => [...document.querySelectorAll('#groups-body tr')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+    return {"rows": rows, "fits": fits(page, "side")}
+
+
+def fits(page: Any, container: str) -> dict[str, Any]:
+    """Whether every column of the open drawer is in view: nothing scrolls sideways, no cell is cut."""
+    return dict(
+        page.evaluate(
+            """(id) => { const box = document.getElementById(id);
+                 const right = box.getBoundingClientRect().right;
+                 const cut = [...box.querySelectorAll('table')].filter(t => t.offsetParent !== null)
+                   .flatMap(t => [...t.querySelectorAll('th, td')])
+                   .filter(c => c.getBoundingClientRect().right > right + 1 || c.scrollWidth > c.clientWidth + 1)
+                   .map(c => c.textContent);
+                 return {scroll: box.scrollWidth, client: box.clientWidth, cut}; }""",
+            container,
+        )
+    )
+
+
 def drive(url: str) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
@@ -102,6 +134,7 @@ def drive(url: str) -> dict[str, Any]:
             "() => (document.getElementById('map').data || []).some(t => t.name === 'edge')", timeout=20_000
         )
         seen["edges"] = edges_view(page)
+        seen["lag"] = lag_view(page)
         browser.close()
     return seen
 
@@ -128,9 +161,10 @@ async def test_the_on_call_questions_answer_in_the_browser(
 
     stack = await stack_factory([A, B])
     await asyncio.to_thread(plant_silent_region, clickhouse_url, stack.database, redis_url, 60)
-    group = f"{stack.mesh[B].ws_url}/v1/subscribe?topic=orders.>&group={GROUP}&consumer=c"
-    async with connect(group, additional_headers=AUTH):
-        pass  # a durable group in B with no member: A's events flow to B and wait there
+    for name in (GROUP, DOOMED):
+        group = f"{stack.mesh[B].ws_url}/v1/subscribe?topic=orders.>&group={name}&consumer=c"
+        async with connect(group, additional_headers=AUTH):
+            pass  # a durable group in B with no member: A's events flow to B and wait there
     await eventually(lambda: stack.mesh[A].relay.routes.route(B) is not None, 10)
 
     async def live_edge(http: httpx.AsyncClient) -> bool:
@@ -139,8 +173,14 @@ async def test_the_on_call_questions_answer_in_the_browser(
         edges = (await http.get(f"{stack.url}/api/topology?window=15m")).json()["edges"]
         return any((e["src"], e["dst"]) == (A, B) for e in edges)
 
+    async def sampled(http: httpx.AsyncClient, name: str) -> bool:
+        groups = (await http.get(f"{stack.url}/api/groups?window=5m")).json()["groups"]
+        return any(g["group"] == name and g["status"] == "STOP" for g in groups)
+
     async with httpx.AsyncClient(timeout=scaled(5), headers=AUTH) as http:
         await eventually(lambda: live_edge(http), 20, 0.5)
+        await eventually(lambda: sampled(http, DOOMED), 20, 0.5)
+        assert (await http.delete(f"{stack.mesh[B].url}/v1/groups/{DOOMED}")).status_code == 204
     seen = await asyncio.wait_for(asyncio.to_thread(drive, stack.url), scaled(120))
     assert not seen["console_errors"], seen["console_errors"]
 
@@ -166,3 +206,12 @@ async def test_the_on_call_questions_answer_in_the_browser(
     assert [r["src"] for r in ev["only_unknown"]] == [SILENT], ev["only_unknown"]
     assert ev["only_b"] and all(B in (r["src"], r["dst"]) for r in ev["only_b"]), ev["only_b"]
     assert ev["panel_title"] == f"{A} → {B}" and "view=edges" in ev["url"], ev
+
+    # the Lag view: since when a group is behind and without a member; a deleted group gone; nothing cut off
+    lag = seen["lag"]
+    (audit,) = [r for r in lag["rows"] if r[1] == GROUP]
+    assert audit[0] == B and audit[2] == "STOP", audit
+    assert audit[6].startswith("for ") and "since " in audit[6], audit  # never "0 s"
+    assert audit[5].startswith("0, for "), audit
+    assert all(r[1] != DOOMED for r in lag["rows"]), lag["rows"]
+    assert lag["fits"]["scroll"] <= lag["fits"]["client"] and not lag["fits"]["cut"], lag["fits"]
