@@ -5,27 +5,43 @@ is planted with history in ClickHouse and a relay report that stopped a minute a
 one the view cannot vouch for. The browser answers the questions an on-call engineer asks:
 which edge is worst now (the Edges table: sorted, filtered, in the map's states with their ages
 and causes, unknown never shown as 0); since when a group lags (a deleted group is gone, every
-column in view).
+column in view); an event id in the search box (its time, its hops with every column); the alerts
+panel (wrapped between words, never inside one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import shutil
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from collector.alertrules import parse_rules
 from tests.conftest import AUTH, CE_JSON, TEST_TOKEN, cloud_event, eventually, scaled
 from tests.test_browser import CHROMIUM, FLAGS
 from tests.test_browser_regions import SILENT, plant_silent_region
 
 A, B = "aws:us-east-1", "gcp:europe-west1"
 GROUP = "audit"
+# fires at the first evaluation, on the group that waits with no member; a summary of long tokens
+ALERT_RULES = """
+[[rule]]
+id = "OnCallGroupStopped"
+kind = "group_lag"
+severity = "critical"
+statuses = ["STOP"]
+samples = 2
+for = "0s"
+window = "10m"
+summary = "Consumer group {group} in {region} has no member: acknowledgement-of-orders.created is-waiting"
+"""
 DOOMED = "doomed"  # a group deleted while its relay keeps reporting: it leaves the Lag view
 
 
@@ -121,7 +137,58 @@ def fits(page: Any, container: str) -> dict[str, Any]:
     )
 
 
-def drive(url: str) -> dict[str, Any]:
+def broken_tokens(page: Any, selector: str) -> list[str]:
+    """Words (runs without white space) of the cells under ``selector`` that the layout split over two lines."""
+    return list(
+        page.evaluate(
+            """(sel) => { const out = [];
+                 for (const td of document.querySelectorAll(sel)) {
+                   const walker = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+                   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+                     for (const m of node.data.matchAll(/\\S+/g)) {
+                       const range = document.createRange();
+                       range.setStart(node, m.index);
+                       range.setEnd(node, m.index + m[0].length);
+                       const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+                       if (tops.size > 1) out.push(m[0]);
+                     } } }
+                 return out; }""",
+            selector,
+        )
+    )
+
+
+def search_and_trace(page: Any, event_id: str) -> dict[str, Any]:
+    page.fill("#search", event_id)
+    page.press("#search", "Enter")
+    page.wait_for_function("() => document.querySelector('#search-results li') !== null", timeout=15_000)
+    seen: dict[str, Any] = {"results": page.text_content("#search-results")}
+    page.click("#search-results a.trace-link")
+    page.wait_for_function("() => document.querySelectorAll('#trace-body tr').length >= 2", timeout=15_000)
+    seen["hops"] = page.evaluate(
+        "() => [...document.querySelectorAll('#trace-body tr')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+    seen["fits"] = fits(page, "panel")
+    page.keyboard.press("Escape")
+    page.click("#panel-close")
+    return seen
+
+
+def alerts_view(page: Any) -> dict[str, Any]:
+    page.click('#views button[data-tab="alerts"]')
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#alerts-body tr')].some(r => r.cells.length > 2)", timeout=20_000
+    )
+    return {
+        "rows": page.evaluate(
+            "() => [...document.querySelectorAll('#alerts-body tr')].map(r => [...r.cells].map(c => c.textContent))"
+        ),
+        "broken": broken_tokens(page, "#alerts-body td"),
+        "fits": fits(page, "side"),
+    }
+
+
+def drive(url: str, event_id: str) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     seen: dict[str, Any] = {"console_errors": []}
@@ -135,6 +202,8 @@ def drive(url: str) -> dict[str, Any]:
         )
         seen["edges"] = edges_view(page)
         seen["lag"] = lag_view(page)
+        seen["search"] = search_and_trace(page, event_id)
+        seen["alerts"] = alerts_view(page)
         browser.close()
     return seen
 
@@ -160,12 +229,18 @@ async def test_the_on_call_questions_answer_in_the_browser(
     from websockets.asyncio.client import connect
 
     stack = await stack_factory([A, B])
+    alerting = stack.dashboard.collector.alerts
+    assert alerting is not None
+    alerting.rules = parse_rules(ALERT_RULES, "on-call test rules")
+    alerting.config = replace(alerting.config, interval_s=1.0)
     await asyncio.to_thread(plant_silent_region, clickhouse_url, stack.database, redis_url, 60)
     for name in (GROUP, DOOMED):
         group = f"{stack.mesh[B].ws_url}/v1/subscribe?topic=orders.>&group={name}&consumer=c"
         async with connect(group, additional_headers=AUTH):
             pass  # a durable group in B with no member: A's events flow to B and wait there
     await eventually(lambda: stack.mesh[A].relay.routes.route(B) is not None, 10)
+
+    event_id = f"oncall-{secrets.token_hex(4)}"  # the event the search box finds
 
     async def live_edge(http: httpx.AsyncClient) -> bool:
         event = orjson.dumps(cloud_event("orders.created", f"live-{secrets.token_hex(4)}"))
@@ -178,10 +253,12 @@ async def test_the_on_call_questions_answer_in_the_browser(
         return any(g["group"] == name and g["status"] == "STOP" for g in groups)
 
     async with httpx.AsyncClient(timeout=scaled(5), headers=AUTH) as http:
+        event = orjson.dumps(cloud_event("orders.created", event_id))
+        assert (await http.post(f"{stack.mesh[A].url}/v1/events", headers=CE_JSON, content=event)).status_code == 202
         await eventually(lambda: live_edge(http), 20, 0.5)
         await eventually(lambda: sampled(http, DOOMED), 20, 0.5)
         assert (await http.delete(f"{stack.mesh[B].url}/v1/groups/{DOOMED}")).status_code == 204
-    seen = await asyncio.wait_for(asyncio.to_thread(drive, stack.url), scaled(120))
+    seen = await asyncio.wait_for(asyncio.to_thread(drive, stack.url, event_id), scaled(120))
     assert not seen["console_errors"], seen["console_errors"]
 
     # the Edges table: the map's edges, in the map's states, sortable, filterable
@@ -197,7 +274,7 @@ async def test_the_on_call_questions_answer_in_the_browser(
     assert all(c != "0" and c != "0.00" for c in silent["cells"][2:7]), silent  # never 0 for unknown
     live = rows[f"{A} → {B}"]
     assert live["state"] != "unknown" and not live["stale"], live
-    assert float(live["cells"][2]) > 0 and live["cells"][7].endswith(" old"), live
+    assert figure(live["cells"][2]) is not None and live["cells"][7].endswith(" old"), live
     check_sorted(ev["by_p99_desc"], 3, True)
     check_sorted(ev["by_p99_asc"], 3, False)
     check_sorted(ev["by_err"], 4, True)
@@ -215,3 +292,14 @@ async def test_the_on_call_questions_answer_in_the_browser(
     assert audit[5].startswith("0, for "), audit
     assert all(r[1] != DOOMED for r in lag["rows"]), lag["rows"]
     assert lag["fits"]["scroll"] <= lag["fits"]["client"] and not lag["fits"]["cut"], lag["fits"]
+
+    # an event id in the search box: its traces at a local time of day, never NaN; its hops with every column
+    found = seen["search"]
+    assert "NaN" not in found["results"] and re.search(r" at \d\d:\d\d:\d\d", found["results"]), found["results"]
+    assert found["hops"] and all(re.fullmatch(r"\d+\.\d\d", h[4]) and h[6] for h in found["hops"]), found["hops"]
+    assert found["fits"]["scroll"] <= found["fits"]["client"] and not found["fits"]["cut"], found["fits"]
+    # the alerts panel wraps between words, never inside one
+    alerts = seen["alerts"]
+    assert any(r[2] == "OnCallGroupStopped" for r in alerts["rows"]), alerts["rows"]
+    assert not alerts["broken"], alerts["broken"]
+    assert alerts["fits"]["scroll"] <= alerts["fits"]["client"] and not alerts["fits"]["cut"], alerts["fits"]
