@@ -6,12 +6,15 @@ one the view cannot vouch for. The browser answers the questions an on-call engi
 which edge is worst now (the Edges table: sorted, filtered, in the map's states with their ages
 and causes, unknown never shown as 0); since when a group lags (a deleted group is gone, every
 column in view); an event id in the search box (its time, its hops with every column); the alerts
-panel (wrapped between words, never inside one).
+panel (wrapped between words, never inside one); the CSV of the SQL grid (the rows it shows, never
+a new run of the query).
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import os
 import re
 import secrets
@@ -24,6 +27,7 @@ import orjson
 import pytest
 
 from collector.alertrules import parse_rules
+from dashboard.csvexport import neutralize
 from tests.conftest import AUTH, CE_JSON, TEST_TOKEN, cloud_event, eventually, scaled
 from tests.test_browser import CHROMIUM, FLAGS
 from tests.test_browser_regions import SILENT, plant_silent_region
@@ -71,6 +75,7 @@ def sort_by(page: Any, column: str) -> list[dict[str, Any]]:
 
 
 NOT_KNOWN = "\u2013"  # the en dash the page shows for a figure it does not know
+NULL_CELL = ""  # a NULL in the SQL grid shows as NOT_KNOWN, in the CSV as an empty cell
 
 
 def figure(text: str) -> float | None:
@@ -188,6 +193,32 @@ def alerts_view(page: Any) -> dict[str, Any]:
     }
 
 
+CSV_QUERY = (
+    "SELECT event_id, rand() AS r, toString(now64(6)) AS t, concat('=HYPERLINK(\"', event_id, '\")') AS f, "
+    "concat('a,\"b\"', char(10), 'c') AS odd, NULL AS z FROM flows ORDER BY ts LIMIT 5"
+)
+
+
+def sql_csv(page: Any) -> dict[str, Any]:
+    """Run a query whose every run answers other rows (rand(), now64()), then download the grid as CSV."""
+    page.click("#sql-toggle")
+    page.fill("#sql-text", CSV_QUERY)
+    page.click("#sql-run")
+    page.wait_for_function("() => document.querySelectorAll('#sql-table tbody tr').length === 5", timeout=15_000)
+    grid = page.evaluate(
+        "() => [...document.querySelectorAll('#sql-table tr')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+    sql_posts: list[str] = []
+    page.on("request", lambda r: "/api/sql" in r.url and sql_posts.append(r.url))
+    with page.expect_download() as download:
+        page.click("#sql-csv")
+    path = download.value.path()
+    with open(path, encoding="utf-8", newline="") as f:
+        raw = f.read()
+    page.click("#sql-toggle")
+    return {"grid": grid, "csv": raw, "posts": sql_posts}
+
+
 def drive(url: str, event_id: str) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
@@ -204,6 +235,7 @@ def drive(url: str, event_id: str) -> dict[str, Any]:
         seen["lag"] = lag_view(page)
         seen["search"] = search_and_trace(page, event_id)
         seen["alerts"] = alerts_view(page)
+        seen["sql"] = sql_csv(page)
         browser.close()
     return seen
 
@@ -303,3 +335,12 @@ async def test_the_on_call_questions_answer_in_the_browser(
     assert any(r[2] == "OnCallGroupStopped" for r in alerts["rows"]), alerts["rows"]
     assert not alerts["broken"], alerts["broken"]
     assert alerts["fits"]["scroll"] <= alerts["fits"]["client"] and not alerts["fits"]["cut"], alerts["fits"]
+
+    # the CSV button exports the rows the grid shows, not a new run of the query; made safe for a spreadsheet
+    sql = seen["sql"]
+    assert not sql["posts"], sql["posts"]
+    assert sql["csv"].endswith("\r\n"), sql["csv"]
+    exported = list(csv.reader(io.StringIO(sql["csv"], newline="")))
+    shown = [[NULL_CELL if cell == NOT_KNOWN else cell for cell in r] for r in sql["grid"]]
+    assert exported == [[neutralize(cell) for cell in r] for r in shown], (exported, sql["grid"])
+    assert exported[1][3].startswith("'=HYPERLINK(") and exported[1][4] == 'a,"b"\nc' and exported[1][5] == ""
