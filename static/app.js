@@ -89,6 +89,8 @@ async function refreshAll() {
   drawMap();
   const jobs = [refreshEdge()];
   if (view.tab === "governance") jobs.push(refreshGovernance());
+  if (view.tab === "routes") jobs.push(refreshRoutes());
+  if (view.tab === "lag") jobs.push(refreshGroups());
   await Promise.all(jobs);
 }
 

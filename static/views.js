@@ -84,21 +84,32 @@ function membersText(g) {
 
 // ---- route table ----------------------------------------------------------------------------
 
+/** What moment a view shows: now as reported, or a past end read from the history. */
+function momentText(reply, past) {
+  if (!reply.from_history) return "as the relays report them now";
+  return `as at ${localStamp(reply.at)}, ${past}`;
+}
+
 async function refreshRoutes() {
   let reply;
+  const end = view.end;
   try {
-    reply = await getJSON("/api/routes");
+    reply = await getJSON(`/api/routes?${mapQuery()}`);
     showError("routes-note", null);
   } catch (err) {
     showError("routes-note", err);
     return;
   }
+  if (end !== view.end) return; // the view moved meanwhile
+  $("routes-moment").textContent = momentText(reply,
+    "from the link samples: the next hop each relay used towards each peer (a route's full path and cost are not kept)");
+  $("routes-moment").classList.toggle("past", Boolean(reply.from_history));
   const rows = [];
   for (const relay of list(reply.relays)) {
     const where = `${relay.region}${relay.stale ? " (stale)" : ""}`;
     for (const r of list(relay.routes)) {
       rows.push(row([where, r.dst, r.next_hop, list(r.path).join(" → "), fmt(r.cost_ms),
-        { text: r.direct ? "direct" : "detour", class: r.direct ? "nowrap" : "detour nowrap" }], { class: relay.stale ? "stale" : "" }));
+        { text: r.direct ? "direct" : "detour", class: r.direct ? "nowrap" : "detour nowrap" }], { class: relay.stale ? "stale route-row" : "route-row" }));
     }
     if (!list(relay.routes).length) rows.push(row([where, "–", "–", "no routes", "–", "–"]));
   }
@@ -115,6 +126,7 @@ async function refreshRoutes() {
 
 async function refreshGovernance() {
   let gov;
+  const end = view.end;
   try {
     gov = await getJSON(`/api/governance?${mapQuery()}`);
     showError("gov-note", null);
@@ -122,6 +134,10 @@ async function refreshGovernance() {
     showError("gov-note", err);
     return;
   }
+  if (end !== view.end) return; // the view moved meanwhile
+  $("gov-moment").textContent = momentText(gov,
+    "from the link samples and the governance history; refusals over the window before it");
+  $("gov-moment").classList.toggle("past", Boolean(gov.from_history));
   drawGovernanceDocument(gov.document, gov.mismatch);
   const expected = gov.document && gov.document.version;
   fillRows($("gov-relays-body"), list(gov.relays).map((r) => {

@@ -7,7 +7,8 @@ which edge is worst now (the Edges table: sorted, filtered, in the map's states 
 and causes, unknown never shown as 0); since when a group lags (a deleted group is gone, every
 column in view); an event id in the search box (its time, its hops with every column); the alerts
 panel (wrapped between words, never inside one); the CSV of the SQL grid (the rows it shows, never
-a new run of the query).
+a new run of the query); Routes and Governance in time travel (what held then, from the link
+samples and the governance history, and saying so).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import os
 import re
 import secrets
 import shutil
+import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import redis
 
 from collector.alertrules import parse_rules
 from dashboard.csvexport import neutralize
@@ -219,6 +223,63 @@ def sql_csv(page: Any) -> dict[str, Any]:
     return {"grid": grid, "csv": raw, "posts": sql_posts}
 
 
+PAST_S = 600  # the past moment time travel goes to: link samples and a governance version planted then
+PAST_VIA = "azure:westeurope"  # the detour A's route to B took then
+ROUTE_ROWS = (
+    "() => [...document.querySelectorAll('#routes-body tr.route-row')].map(r => [...r.cells].map(c => c.textContent))"
+)
+
+
+def plant_the_past(clickhouse_url: str, db: str, redis_url: str, now: float) -> None:
+    """Link samples of A and B, and the governance version applied, as they were ``PAST_S`` ago."""
+    from collector.clickhouse import make_client
+
+    at = datetime.fromtimestamp(now - PAST_S, UTC)
+    columns = ["ts", "relay", "src_region", "dst_region", "state", "rtt_ms", "queue_depth", "reconnects",
+               "security", "via", "peer_gov", "gov"]  # fmt: skip
+    rows = []
+    for s in range(-40, 20):  # a sample a second around that moment, as relays write them
+        ts = at + timedelta(seconds=s)
+        rows += [[ts, "relay-a", A, B, "up", 80.0, 0, 0, "mtls", PAST_VIA, "7-old", "7-old"],
+                 [ts, "relay-b", B, A, "up", 80.0, 0, 0, "mtls", "", "7-old", "7-old"]]  # fmt: skip
+    client = make_client(clickhouse_url)
+    try:
+        client.insert(f"`{db}`.`links`", rows, column_names=columns)
+    finally:
+        client.close()
+    applied = (at - timedelta(minutes=5)).isoformat()
+    document = {"version": 7, "digest": "old", "author": "past-author", "changed_at": applied, "subjects": []}
+    store = redis.Redis.from_url(redis_url)
+    try:
+        store.hset("meshscope:governance:versions", "7", orjson.dumps(document))
+    finally:
+        store.close()
+
+
+def the_past(page: Any, url: str, end: int) -> dict[str, Any]:
+    """Routes and Governance of a past window, then of now."""
+    seen: dict[str, Any] = {}
+    page.goto(f"{url}/?window=5m&end={end}&view=routes")
+    page.wait_for_function(
+        "() => document.getElementById('routes-moment').textContent.startsWith('as at')", timeout=20_000
+    )
+    page.wait_for_function("() => document.querySelectorAll('#routes-body tr.route-row').length > 0")
+    seen["routes_moment"] = page.text_content("#routes-moment")
+    seen["routes"] = page.evaluate(ROUTE_ROWS)
+    page.click('#views button[data-tab="governance"]')
+    page.wait_for_function("() => document.getElementById('gov-moment').textContent.startsWith('as at')")
+    page.wait_for_function("() => document.getElementById('gov-document').textContent.includes('past-author')")
+    seen["gov_moment"] = page.text_content("#gov-moment")
+    seen["gov_document"] = page.text_content("#gov-document")
+    page.click("#time-live")
+    page.wait_for_function("() => document.getElementById('gov-moment').textContent.startsWith('as the relays')")
+    seen["gov_live_document"] = page.text_content("#gov-document")
+    page.click('#views button[data-tab="routes"]')
+    page.wait_for_function("() => document.getElementById('routes-moment').textContent.startsWith('as the relays')")
+    seen["routes_live"] = page.evaluate(ROUTE_ROWS)
+    return seen
+
+
 def drive(url: str, event_id: str) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
@@ -236,6 +297,7 @@ def drive(url: str, event_id: str) -> dict[str, Any]:
         seen["search"] = search_and_trace(page, event_id)
         seen["alerts"] = alerts_view(page)
         seen["sql"] = sql_csv(page)
+        seen["past"] = the_past(page, url, int(time.time()) - PAST_S)
         browser.close()
     return seen
 
@@ -266,6 +328,7 @@ async def test_the_on_call_questions_answer_in_the_browser(
     alerting.rules = parse_rules(ALERT_RULES, "on-call test rules")
     alerting.config = replace(alerting.config, interval_s=1.0)
     await asyncio.to_thread(plant_silent_region, clickhouse_url, stack.database, redis_url, 60)
+    await asyncio.to_thread(plant_the_past, clickhouse_url, stack.database, redis_url, time.time())
     for name in (GROUP, DOOMED):
         group = f"{stack.mesh[B].ws_url}/v1/subscribe?topic=orders.>&group={name}&consumer=c"
         async with connect(group, additional_headers=AUTH):
@@ -344,3 +407,12 @@ async def test_the_on_call_questions_answer_in_the_browser(
     shown = [[NULL_CELL if cell == NOT_KNOWN else cell for cell in r] for r in sql["grid"]]
     assert exported == [[neutralize(cell) for cell in r] for r in shown], (exported, sql["grid"])
     assert exported[1][3].startswith("'=HYPERLINK(") and exported[1][4] == 'a,"b"\nc' and exported[1][5] == ""
+
+    # time travel: Routes and Governance show what held then, and say so; back to live, what holds now
+    past = seen["past"]
+    assert past["routes_moment"].startswith("as at ") and "link samples" in past["routes_moment"], past
+    assert [A, B, PAST_VIA, f"{PAST_VIA} \u2192 {B}", NOT_KNOWN, "detour"] in past["routes"], past["routes"]
+    assert past["gov_moment"].startswith("as at ") and "governance history" in past["gov_moment"], past
+    assert "7-old" in past["gov_document"] and "past-author" in past["gov_document"], past["gov_document"]
+    assert "past-author" not in past["gov_live_document"], past["gov_live_document"]
+    assert past["routes_live"] and all(r[2] != PAST_VIA for r in past["routes_live"]), past["routes_live"]

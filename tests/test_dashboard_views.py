@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashboard import groupview, views
+from dashboard import groupview, relayhistory, views
 from dashboard import params as p
 from dashboard import queries as q
 from dashboard.diff import changes, classify
@@ -352,6 +353,40 @@ def test_a_lagging_group_says_since_when_it_is_behind_and_without_members() -> N
     assert groups["fine"]["behind_since"] is None and groups["fine"]["no_member_since"] is None
     always = groups["always"]
     assert always["behind_since"] == NOW - 3600 and always["behind_before"] and always["no_member_since"] is None
+
+
+def sampled(src: str, dst: str, ts: float, via: str = "", gov: str = "3-aa", peer_gov: str = "3-aa") -> list[Any]:
+    """A ``links_sql`` row: the newest sample of the link src -> dst at the moment asked."""
+    return [src, dst, "up", 12.5, 0, 1, ts, "mtls", via, peer_gov, gov, 0.0, 0.0]
+
+
+def test_routes_as_at_a_past_moment_come_from_the_link_samples() -> None:
+    end = NOW - 3600
+    rows = [sampled(A, B, end - 1), sampled(A, C, end - 1, via=B), sampled(C, A, end - 120)]
+    relays = {r["region"]: r for r in relayhistory.routes_at(rows, end)["relays"]}
+    assert {(x["dst"], x["next_hop"], tuple(x["path"]), x["direct"], x["cost_ms"]) for x in relays[A]["routes"]} == {
+        (B, B, (B,), True, None),
+        (C, B, (B, C), False, None),  # the detour the samples name; cost is not in the history
+    }
+    assert not relays[A]["stale"] and relays[C]["stale"] and relays[C]["age_s"] == 120
+    assert sorted(link["peer"] for link in relays[A]["links"]) == sorted([B, C])
+
+
+def test_governance_as_at_a_past_moment_is_the_version_then() -> None:
+    end = NOW - 3600
+
+    def doc(number: int, applied: float) -> bytes:
+        at = datetime.fromtimestamp(applied, UTC).isoformat()
+        return orjson.dumps({"version": number, "digest": f"d{number}", "author": "ops", "changed_at": at,
+                             "policies": [{}] * number, "subjects": []})  # fmt: skip
+
+    versions = {b"1": doc(1, end - 7200), b"2": doc(2, end - 60), b"3": doc(3, end + 60), b"x": b"not json"}
+    rows = [sampled(A, B, end - 1, gov="2-d2", peer_gov="1-d1"), sampled(B, A, end - 1, gov="1-d1", peer_gov="2-d2")]
+    gov = relayhistory.governance_at(rows, versions, end, [])
+    assert gov["document"]["version"] == "2-d2" and gov["document"]["policies"] == 2  # not the later 3
+    assert [(r["region"], r["version"]) for r in gov["relays"]] == [(A, "2-d2"), (B, "1-d1")]
+    assert gov["mismatch"] and {(x["src"], x["dst"]) for x in gov["links"]} == {(A, B), (B, A)}
+    assert relayhistory.document_at(versions, end - 10_000) is None  # nothing applied yet then
 
 
 def test_timeline_counts_late_rows_in_the_last_step_and_fills_gaps() -> None:
