@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from collector.grouplag import LagSample, rates, status
-from meshcore.freshness import Assessment
+from meshcore.freshness import FLOWS, Assessment
 
 Row = Sequence[Any]
 
@@ -70,9 +70,13 @@ def current_groups(
         verdict, cause = status(samples), ""
         if fresh is not None:
             judged = fresh.region(region)
+            # the collector reads a region's samples as far as its flows: a group is not gone for
+            # samples still on their way
+            read_to = fresh.of(region, FLOWS).as_of
+            reference = fresh.checked_at if read_to is None else min(fresh.checked_at, read_to)
             if judged.stale:
                 verdict, cause = UNKNOWN, judged.cause or "its region's reports cannot be vouched for"
-            elif gone(samples, fresh.checked_at, newest[region]):
+            elif gone(samples, reference, newest[region]):
                 continue
         out.append((region, group, samples, row, verdict, cause))
     return out

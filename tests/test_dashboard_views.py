@@ -329,6 +329,11 @@ def test_a_group_its_relay_stopped_sampling_is_gone_not_stop() -> None:
     brief = groupview.group_brief(rows, judged)
     assert brief[A] == [{"group": "kept", "status": "STOP", "backlog": 7}]
     assert brief[C] == [{"group": "stale-region", "status": "unknown", "backlog": 7}]
+    # a collector 25 s behind (behind, not stale) has not read the samples since: nothing is gone for that
+    behind = assess([Reading(FLOWS, r, NOW - 25) for r in (A, B)], NOW)
+    late = lag_rows(A, "late", NOW - 31, 7, 1)
+    (listed,) = groupview.shape_groups(late, [], [], {}, behind)["groups"]
+    assert listed["group"] == "late" and listed["status"] != "unknown"
     # the relay's passes since left it out: gone within seconds, before it is old
     left_out = lag_rows(A, "kept", NOW - 1, 7, 0) + lag_rows(A, "just-deleted", NOW - 5, 7, 0)
     assert [g["group"] for g in groupview.shape_groups(left_out, [], [], {}, judged)["groups"]] == ["kept"]
