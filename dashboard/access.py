@@ -6,9 +6,9 @@ listed need a viewer: a new route is closed until it is put in this table.
 
 The Content-Security-Policy lets the page run only scripts from this origin (``app.js`` and the
 locally served plotly.js). plotly.js renders SVG with inline ``style`` attributes and injects a
-stylesheet, hence ``style-src 'unsafe-inline'``; it needs no ``'unsafe-eval'`` (its one
-``new Function`` is a fallback for engines without ``globalThis``, never reached in a browser
-that supports CSP). The browser test checks that the map renders with no policy violation.
+stylesheet, hence ``style-src 'unsafe-inline'``; it needs no ``'unsafe-eval'`` (the geo bundle
+the page loads has no ``eval`` and no ``new Function``). The browser test checks that the map
+renders with no policy violation.
 """
 
 from __future__ import annotations

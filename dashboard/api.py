@@ -6,10 +6,10 @@ GET /api/timeline               events/s, error % and losses per minute, for the
 GET /api/edges/{src}/{dst}      one edge: series, topics, samples, refusals, why it flows, alerts
 GET /api/edges?src=&dst=        the same, for region ids that hold a "/"
 GET /api/traces/{trace_id}      every hop of a trace in path order
-GET /api/routes                 each relay's routes and links, as it reports them
+GET /api/routes                 each relay's routes and links, as it reports them (``end``: its link samples then)
 GET /api/groups                 durable groups: lag status, rates, backlog series
 GET /api/search?q=              a trace id, a topic pattern or an event id
-GET /api/governance             versions enforced, mismatched links, refusals, the document
+GET /api/governance             versions enforced, mismatched links, refusals, the document (``end``: as then)
 GET /api/alerts                 alerts firing and pending (collector.alerting)
 GET /api/alerts/history         transitions of an edge, a region or a group
 
@@ -41,10 +41,10 @@ from starlette.routing import Route
 from collector import alerting
 from collector.alerts import badges
 from collector.errors import StreamUnavailable
+from dashboard import groupview, relayhistory, views
 from dashboard import params as p
 from dashboard import queries as q
 from dashboard import relaystate as rs
-from dashboard import views
 from dashboard.cache import ResponseCache
 from dashboard.config import DashboardConfig
 from dashboard.diff import changes
@@ -300,6 +300,15 @@ class MapApi:
     # ---- what the relays say -------------------------------------------------------------------
 
     async def relay_routes(self, request: Request) -> Response:
+        mq = self._query(request)
+        if not mq.live:  # a past moment: from the link samples kept in ClickHouse
+
+            async def past() -> dict[str, Any]:
+                sp = span(mq.window_s, mq.end_s, False, self.clock())
+                rows, fresh = await asyncio.gather(self._rows(q.links_sql(self.db, mq.end_s, False)), self._fresh(sp))
+                return {**relayhistory.routes_at(rows, mq.end_s), "freshness": fresh.to_json()}
+
+            return json_response(await self._cached(("routes", mq.end_s), past))
         key = ("routes", p.live_end(self.clock(), self.config.cache_s))
 
         async def compute() -> dict[str, Any]:
@@ -315,16 +324,19 @@ class MapApi:
             stop = mq.end_s
             sp = Span("group_lag", 1, stop - mq.window_s, stop, mq.live)
             step = q.series_step(sp)
-            latest, series = await self._answers(
+            latest, series, since = await self._answers(
                 q.group_latest_sql(self.db, mq.end_s, mq.live, mq.window_s, mq.filters),
                 q.group_series_sql(self.db, sp, step, mq.filters),
+                q.group_since_sql(self.db, mq.end_s, mq.live, mq.filters),
             )
             newest: dict[str, float] = {}
             for row in latest:
                 newest[row[0]] = max(newest.get(row[0], 0.0), int(row[2]) / 1000)
             extra = [Reading(GROUPS, region, ts) for region, ts in newest.items()]
             fresh = await self._fresh(sp, newest, None, extra)
-            return {**views.shape_groups(latest, series, sp, step), "freshness": fresh.to_json()}
+            window = {"window": views.window_name(sp), "from": sp.start, "to": sp.end, "step_s": step}
+            shaped = groupview.shape_groups(latest, series, since, window, fresh)
+            return {**shaped, "freshness": fresh.to_json()}
 
         return json_response(await self._cached(("groups", mq), compute))
 
@@ -337,12 +349,20 @@ class MapApi:
                 document: Any = await self.redis.get(rs.GOVERNANCE_KEY)
             except (RedisError, OSError) as exc:
                 raise StreamUnavailable(f"cannot read the governance registry: {exc}") from exc
-            states, rows = await asyncio.gather(self._states(), self._rows(q.refusals_sql(self.db, sp, mq.filters)))
+            rows = await self._rows(q.refusals_sql(self.db, sp, mq.filters))
             refusals = [
                 {"topic": topic, "principal": who, "region": region, "status": st, "ref": ref, "events": int(n)}
                 for region, topic, who, st, ref, n in rows
             ]
-            out = rs.governance_view(states, rs.document_view(document), refusals)
+            if mq.live:
+                out = rs.governance_view(await self._states(), rs.document_view(document), refusals)
+            else:  # a past moment: the versions the link samples name, the document in force then
+                try:
+                    versions: Any = await self.redis.hgetall(rs.GOVERNANCE_VERSIONS_KEY)
+                except (RedisError, OSError) as exc:
+                    raise StreamUnavailable(f"cannot read the governance history: {exc}") from exc
+                links = await self._rows(q.links_sql(self.db, mq.end_s, False))
+                out = relayhistory.governance_at(links, versions, mq.end_s, refusals)
             fresh = (await self._fresh(sp)).to_json()
             return {"window": views.window_name(sp), "from": sp.start, "to": sp.end, **out, "freshness": fresh}
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -33,13 +31,13 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from collector.errors import ClickHouseUnavailable, QueryError, StreamUnavailable
 from dashboard.api import MapApi
+from dashboard.assets import Assets
 from dashboard.auth import DashboardAuth, Gate, login_routes
 from dashboard.cache import ResponseCache
 from dashboard.config import DashboardConfig
@@ -54,10 +52,6 @@ from meshcore.metrics import content_type_for
 from meshcore.reqlog import RequestLog
 
 log = logging.getLogger(__name__)
-
-STATIC_DIR = str(resources.files("static"))
-PLOTLY_JS = os.path.join(STATIC_DIR, "plotly.min.js")
-"""plotly.js (MIT; its licence heads the file), kept in static/ rather than installed with the Python plotly package."""
 
 
 class JSON(JSONResponse):
@@ -83,13 +77,13 @@ def build_app(
     cache = cache if cache is not None else ResponseCache(config.cache_s)
     api = MapApi(config, store, redis, cache, watch=hub.watch, live_links=hub.links_now)
 
-    async def index(request: Request) -> Response:
-        return FileResponse(os.path.join(STATIC_DIR, "index.html"), headers={"cache-control": "no-cache"})
+    assets = Assets()
 
-    async def plotly_js(request: Request) -> Response:
-        return FileResponse(
-            PLOTLY_JS, media_type="application/javascript", headers={"cache-control": "public, max-age=86400"}
-        )
+    async def index(request: Request) -> Response:
+        return assets.index(request)
+
+    async def static_file(request: Request) -> Response:
+        return assets.static(request)
 
     async def metrics_page(request: Request) -> Response:
         if metrics is None:
@@ -196,8 +190,7 @@ def build_app(
     return Starlette(
         routes=[
             Route("/", index),
-            Route("/static/plotly.min.js", plotly_js),
-            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+            Route("/static/{path:path}", static_file),
             *login_routes(auth, config.body_timeout_s),
             Route("/api/session", session),
             *api.routes(),

@@ -30,6 +30,8 @@ LINK_LOOKBACK_S = 3600
 GROUP_STATUS_SAMPLES = 5
 """Latest samples a group's status and rates are judged on (``collector.grouplag``)."""
 GROUP_LOOKBACK_S = 900
+GROUP_SINCE_LOOKBACK_S = 86400
+"""How far back the Lag view looks for the last time a group was empty or had a member."""
 REFUSAL_LIMIT = 200
 EDGE_REFUSAL_LIMIT = 100
 SERIES_POINTS = 60
@@ -134,6 +136,20 @@ def group_latest_sql(db: str, end_s: int, live: bool, lookback_s: int, f: Filter
         f"owner, patterns, pending, lag, probe FROM `{db}`.`group_lag` "
         f"WHERE {range_filter(end_s - lookback_s, stop, 'ts')}{where} "
         f"ORDER BY region, `group`, ts DESC LIMIT {GROUP_STATUS_SAMPLES} BY region, `group`",
+        params,
+    )
+
+
+def group_since_sql(db: str, end_s: int, live: bool, f: Filters) -> Sql:
+    """Per group, in milliseconds (0: none in ``GROUP_SINCE_LOOKBACK_S``): its newest sample with nothing
+    waiting, its first sample, and its newest sample with a member, up to ``end_s``."""
+    where, params = _where_region(f, "region")
+    stop = None if live else end_s
+    return (
+        f"SELECT region, `group`, toUnixTimestamp64Milli(maxIf(ts, pending + lag = 0)), "
+        f"toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(maxIf(ts, consumers > 0)) "
+        f"FROM `{db}`.`group_lag` WHERE {range_filter(end_s - GROUP_SINCE_LOOKBACK_S, stop, 'ts')}{where} "
+        f"GROUP BY region, `group`",
         params,
     )
 

@@ -18,6 +18,8 @@ from meshcore.topic import matches
 
 STATE_KEY = "meshscope:relaystate"
 GOVERNANCE_KEY = "meshscope:governance:current"
+GOVERNANCE_VERSIONS_KEY = "meshscope:governance:versions"
+"""Every governance document applied, by version number (``router.registry.VERSIONS``)."""
 STALE_S = LIMITS[RELAY].stale_s
 """A relay whose state is older than this is flagged ``stale`` (it writes every 2 s): the freshness table's."""
 MAX_ITEMS = 1000

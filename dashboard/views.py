@@ -5,8 +5,7 @@ the relays report, already parsed) and returns the JSON-ready answer. An edge's
 ``lost`` counts events lost on it (gap ranges, expiries, backpressure, failed
 deliveries, a link that was down), ``via`` its forwards whose next hop was another
 region than its destination (a detour), ``denied`` and ``rejected`` its policy and
-schema refusals. A group's status is ``collector.grouplag``'s verdict on its latest
-samples.
+schema refusals. Groups are shaped in :mod:`dashboard.groupview`.
 
 Edges and links carry a ``state`` and its ``cause``, decided by ``meshcore.freshness``
 from their figures, their link and how fresh what they are read from is: an edge's
@@ -22,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from collector.alerts import error_pct
-from collector.grouplag import LagSample, rates, status
 from collector.histogram import quantile
+from dashboard.groupview import group_brief
 from dashboard.livemessage import link_shape
 from dashboard.params import TIMELINE_WINDOWS, Filters
 from dashboard.queries import TRACE_COLUMNS
@@ -81,60 +80,6 @@ def window_name(sp: Span) -> str:
         if abs((sp.end - sp.start) - seconds) < sp.bucket_s:
             return name
     return f"{sp.end - sp.start}s"
-
-
-# ---- groups --------------------------------------------------------------------------------------
-
-
-def group_samples(rows: Sequence[Row]) -> dict[tuple[str, str], tuple[list[LagSample], Row]]:
-    """Rows of ``group_latest_sql`` as each group's samples, oldest first, and its newest row."""
-    out: dict[tuple[str, str], tuple[list[LagSample], Row]] = {}
-    for row in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
-        region, group, ts_ms, acked, backlog, oldest_age_s, consumers = row[:7]
-        sample = LagSample(int(ts_ms) / 1000, int(acked), int(backlog), float(oldest_age_s), int(consumers))
-        key = (str(region), str(group))
-        samples = out[key][0] if key in out else []
-        samples.append(sample)
-        out[key] = (samples, row)
-    return out
-
-
-def group_brief(rows: Sequence[Row]) -> dict[str, list[dict[str, Any]]]:
-    """Per region: [{group, status, backlog}] from the latest samples."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for (region, group), (samples, _) in sorted(group_samples(rows).items()):
-        out.setdefault(region, []).append({"group": group, "status": status(samples), "backlog": samples[-1].backlog})
-    return out
-
-
-def shape_groups(latest_rows: Sequence[Row], series_rows: Sequence[Row], sp: Span, step: int) -> dict[str, Any]:
-    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for region, group, ts, backlog in sorted(series_rows, key=lambda r: (r[0], r[1], r[2])):
-        series.setdefault((str(region), str(group)), []).append({"t": int(ts), "backlog": int(backlog)})
-    groups = []
-    for (region, group), (samples, row) in sorted(group_samples(latest_rows).items()):
-        arrival, ack = rates(samples)
-        last = samples[-1]
-        groups.append(
-            {
-                "region": region,
-                "group": group,
-                "owner": row[7],
-                "patterns": list(row[8]),
-                "status": status(samples),
-                "backlog": last.backlog,
-                "pending": int(row[9]),
-                "lag": int(row[10]),
-                "probe": bool(row[11]) if len(row) > 11 else False,
-                "oldest_age_s": round(last.oldest_age_s, 3),
-                "consumers": last.consumers,
-                "arrival_per_s": round(arrival, 3),
-                "ack_per_s": round(ack, 3),
-                "last_sample": round(last.ts, 3),
-                "series": series.get((region, group), []),
-            }
-        )
-    return {"window": window_name(sp), "from": sp.start, "to": sp.end, "step_s": step, "groups": groups}
 
 
 # ---- the map -------------------------------------------------------------------------------------
@@ -272,7 +217,7 @@ def shape_topology(
         )
     shown = {r for r in known if filters.keeps_region(r)} | set(own)
     shown |= {e["src"] for e in edges} | {e["dst"] for e in edges}
-    groups = group_brief(rows.groups)
+    groups = group_brief(rows.groups, fresh)
     regions = []
     for rid in sorted(shown):
         region = known.get(rid) or _region(rid)

@@ -89,6 +89,8 @@ async function refreshAll() {
   drawMap();
   const jobs = [refreshEdge()];
   if (view.tab === "governance") jobs.push(refreshGovernance());
+  if (view.tab === "routes") jobs.push(refreshRoutes());
+  if (view.tab === "lag") jobs.push(refreshGroups());
   await Promise.all(jobs);
 }
 
@@ -149,13 +151,14 @@ function wire() {
   $("side-close").addEventListener("click", () => openTab(view.tab));
   document.body.addEventListener("click", onBodyClick);
   document.body.addEventListener("keydown", (ev) => {
-    if (ev.key === "Enter" && ev.target.matches("tr.live-edge, tr.alert-edge")) onBodyClick(ev);
+    if (ev.key === "Enter" && ev.target.matches("tr.live-edge, tr.alert-edge, tr.edge-row")) onBodyClick(ev);
   });
   window.addEventListener("popstate", restoreView);
   wireScrubber();
   wireTimeControls();
   wireFilters();
   wireSql();
+  wireEdgeTable();
 }
 
 function onBodyClick(ev) {
@@ -165,7 +168,7 @@ function onBodyClick(ev) {
     openTrace(link.dataset.trace);
     return;
   }
-  const edgeRow = ev.target.closest("tr.live-edge, tr.alert-edge");
+  const edgeRow = ev.target.closest("tr.live-edge, tr.alert-edge, tr.edge-row");
   if (edgeRow) openEdge(edgeRow.dataset.src, edgeRow.dataset.dst);
   if (!ev.target.closest("#search-results, #search-form")) $("search-results").hidden = true;
 }

@@ -135,8 +135,8 @@ function drawTail() {
   const live = view.end === null ? state.samples.filter((s) => s.src === src && s.dst === dst).slice(-20).reverse() : [];
   const rows = live.length ? live : (state.edgeSamples || []);
   fillRows($("tail-body"), rows.map((s) => {
-    const at = new Date(num(s.ts) / 1000);
-    const when = Number.isNaN(at.getTime()) ? "–" : at.toISOString().slice(11, 23);
+    const at = dateOf(fromMicros(s.ts));
+    const when = at ? at.toISOString().slice(11, 23) : "–";
     const ok = s.status === "ok";
     const link = s.trace_id ? el("a", { class: "trace-link", href: "#", dataset: { trace: String(s.trace_id) } },
       `${String(s.trace_id).slice(0, 12)}…`) : "–";
@@ -157,9 +157,10 @@ async function openTrace(traceId) {
   try {
     const tr = await getJSON(`/api/traces/${encodeURIComponent(traceId)}`);
     fillRows($("trace-body"), list(tr.hops).map((h, i) => row([
-      `${"\u00a0".repeat(Math.min(60, Math.max(0, Math.floor(num(h.depth)))) * 3)}${i + 1}`, h.kind,
-      `${h.src_region} → ${h.dst_region}`, h.relay, fmt(h.hop_ms, 2), fmt(h.e2e_ms, 2),
-      { text: h.status, class: h.status === "ok" ? "status-ok" : "status-bad" },
+      { text: `${"\u00a0".repeat(Math.min(60, Math.max(0, Math.floor(num(h.depth)))) * 3)}${i + 1}`, class: "nowrap" }, h.kind,
+      `${h.src_region} → ${h.dst_region}`, h.relay, { text: fmt(h.hop_ms, 2), class: "nowrap num" },
+      { text: fmt(h.e2e_ms, 2), class: "nowrap num" },
+      { text: h.status, class: `nowrap ${h.status === "ok" ? "status-ok" : "status-bad"}` },
     ])), 7, "no hops");
   } catch (err) {
     fillRows($("trace-body"), [], 7, String(err.message || err));

@@ -18,8 +18,8 @@ const CHANGE_LABELS = {
   new: "new", gone: "gone", errors_up: "errors up", errors_down: "errors down",
   lag_up: "lag up", lag_down: "lag down", same: "unchanged",
 };
-const GROUP_COLORS = { OK: "#2ecc71", WARN: "#f5a623", STALL: "#e74c3c", STOP: "#c084fc" };
-const GROUP_RANK = { OK: 0, WARN: 1, STALL: 2, STOP: 3 };
+const GROUP_COLORS = { OK: "#2ecc71", WARN: "#f5a623", STALL: "#e74c3c", STOP: "#c084fc", unknown: STALE_COLOR };
+const GROUP_RANK = { OK: 0, unknown: 1, WARN: 2, STALL: 3, STOP: 4 };
 const SEVERITY_COLORS = { critical: "#e74c3c", warning: "#f5a623", info: "#4285f4" };
 const SEVERITY_RANK = { info: 0, warning: 1, critical: 2 };
 const LINK_STYLES = {
@@ -108,14 +108,46 @@ function edgeState(e, ctx) {
   return e.state || "unknown";
 }
 
+/** Why an edge is in the state it is drawn in: its link's cause, a stale end's, or its own. */
+function edgeCause(e, ctx) {
+  if (ctx.link && ctx.link.edge_state) return ctx.link.cause;
+  if (ctx.silent) return `${staleLabel(ctx.silent)} from ${ctx.silent.id}: ${staleCause(ctx.silent)}`;
+  return e.cause;
+}
+
+/** The context an edge is judged in (the same for the map and the edge table). */
+function edgeContext(e, regions, linkOf, byKey, changes, live) {
+  const a = regions.get(e.src) || regionOf(e.src), b = regions.get(e.dst) || regionOf(e.dst);
+  const found = live ? alertsOn(e.src, e.dst) : [];
+  return {
+    live: live ? liveStats(e.src, e.dst) : null, link: linkOf.get(key(e.src, e.dst)),
+    reverse: byKey.get(key(e.dst, e.src)), change: changes.get(key(e.src, e.dst)),
+    alerts: alertCount(e.alerts, found), found, silent: [a, b].find((r) => r && r.stale),
+  };
+}
+
+function regionOf(id) {
+  return list(state.topology.regions).find((r) => r.id === id) || null;
+}
+
+/** The edges as the map draws them, each with its context: live, the topology's edges plus failing links. */
+function judgedEdges() {
+  const topology = state.topology;
+  const regions = regionIndex(topology);
+  const live = view.end === null;
+  const linkOf = new Map(list(topology.links).map((l) => [key(l.src, l.dst), l]));
+  const edges = live ? mapEdges(topology, linkOf) : list(topology.edges);
+  const byKey = new Map(edges.map((e) => [key(e.src, e.dst), e]));
+  const changes = new Map(list(state.diff && state.diff.changes).map((c) => [key(c.src, c.dst), c]));
+  return { regions, live, linkOf, edges: edges.map((e) => ({ e, ctx: edgeContext(e, regions, linkOf, byKey, changes, live) })) };
+}
+
 function edgeHover(e, ctx) {
   const live = ctx.live;
   const c = errorClasses(e);
   const errs = c.other.map(([s, n]) => `${plain(s)} ${num(n)}`).join(", ") || "none";
   const shown = edgeState(e, ctx);
-  let cause = e.cause;
-  if (ctx.link && ctx.link.edge_state) cause = ctx.link.cause;
-  else if (ctx.silent) cause = `${staleLabel(ctx.silent)} from ${ctx.silent.id}: ${staleCause(ctx.silent)}`;
+  const cause = edgeCause(e, ctx);
   const lines = [
     `<b>${plain(e.src)} → ${plain(e.dst)}</b> (this direction)`,
     `<b>${plain(shown)}</b>${cause ? `: ${plain(cause)}` : ""}`,
@@ -182,26 +214,15 @@ function detourTraces(a, b, via, regions, color, hover, meta) {
 // ---- the traces -----------------------------------------------------------------------------------
 
 function buildTraces() {
-  const topology = state.topology;
-  const regions = regionIndex(topology);
-  const live = view.end === null;
+  const { regions, live, edges: judged } = judgedEdges();
   const traces = [], flags = newPoints(), badges = newPoints(), arrows = newPoints();
-  const linkOf = new Map(list(topology.links).map((l) => [key(l.src, l.dst), l]));
-  for (const l of list(topology.links)) traces.push(...linkTraces(l, regions, flags));
+  for (const l of list(state.topology.links)) traces.push(...linkTraces(l, regions, flags));
   traces.push(...goneEdgeTraces(regions));
-  const edges = live ? mapEdges(topology, linkOf) : list(topology.edges);
-  const byKey = new Map(edges.map((e) => [key(e.src, e.dst), e]));
-  const changes = new Map(list(state.diff && state.diff.changes).map((c) => [key(c.src, c.dst), c]));
-  const maxRate = Math.max(1, ...edges.map((e) => num(e.events_per_s)));
-  for (const e of edges) {
+  const maxRate = Math.max(1, ...judged.map(({ e }) => num(e.events_per_s)));
+  for (const { e, ctx } of judged) {
     const a = regions.get(e.src), b = regions.get(e.dst);
     if (!a || !b) continue;
-    const found = live ? alertsOn(e.src, e.dst) : [];
-    const ctx = {
-      live: live ? liveStats(e.src, e.dst) : null, link: linkOf.get(key(e.src, e.dst)),
-      reverse: byKey.get(key(e.dst, e.src)), change: changes.get(key(e.src, e.dst)),
-      alerts: alertCount(e.alerts, found), silent: [a, b].find((r) => r.stale),
-    };
+    const found = ctx.found;
     const rate = ctx.live && view.window === "1m" ? ctx.live.rate : num(e.events_per_s);
     const width = 1 + 7 * Math.sqrt(Math.min(1, rate / maxRate));
     const color = edgeColor(e, ctx);
@@ -386,6 +407,7 @@ const LAYOUT = {
 function drawMap() {
   const gd = $("map");
   Plotly.react(gd, buildTraces(), LAYOUT, { topojsonURL: "/static/topojson/", displayModeBar: false, responsive: true });
+  drawEdgeTable();
   if (!state.mapReady) {
     state.mapReady = true;
     gd.on("plotly_click", (ev) => {

@@ -46,7 +46,7 @@ function showEventHit(found, out) {
     el("p", { class: "muted", text: `event ${found.event_id}: ${traces.length} trace${traces.length === 1 ? "" : "s"}` }),
     el("ul", {}, traces.slice(0, 20).map((t) => el("li", {},
       el("a", { class: "trace-link", href: "#", dataset: { trace: String(t.trace_id) } }, String(t.trace_id).slice(0, 16) + "…"),
-      ` ${t.topic ?? ""} from ${t.src ?? "?"}${t.first_ts ? " at " + clock(num(t.first_ts)) : ""}`))),
+      ` ${t.topic ?? ""} from ${t.src ?? "?"}${t.first_ts ? " at " + clock(fromMicros(t.first_ts)) : ""}`))),
   );
   if (traces.length === 1) openTrace(traces[0].trace_id);
 }

@@ -3,7 +3,7 @@
 "use strict";
 
 const COMPARE_OFFSETS = { prev: null, "1h": 3600, "24h": 86400 }; // prev: one window earlier
-const TABS = ["alerts", "lag", "routes", "governance"];
+const TABS = ["alerts", "edges", "lag", "routes", "governance"];
 const PROVIDERS = ["aws", "gcp", "azure", "onprem"];
 
 const view = {

@@ -71,16 +71,25 @@ async function getJSON(url, options) {
 // ---- time -----------------------------------------------------------------------------------
 
 const pad = (n) => String(n).padStart(2, "0");
-/** Local "YYYY-MM-DD HH:MM" of unix seconds. */
+/** The Date of unix seconds, or null when they are no time (not a number, or past what a Date holds). */
+function dateOf(s) {
+  const d = new Date(Number(s) * 1000);
+  return s === null || s === undefined || s === "" || Number.isNaN(d.getTime()) ? null : d;
+}
+/** Unix seconds of a time the API gives in microseconds (flow records, trace and search answers). */
+const fromMicros = (us) => (Number.isFinite(Number(us)) && us !== null && us !== "" ? Number(us) / 1e6 : null);
+/** Local "YYYY-MM-DD HH:MM" of unix seconds ("–" for what is no time, never "NaN"). */
 function localStamp(s) {
-  const d = new Date(s * 1000);
+  const d = dateOf(s);
+  if (!d) return "–";
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
 }
 /** The value a datetime-local input takes for unix seconds. */
 const localInput = (s) => localStamp(s).replace(" ", "T");
+/** Local "HH:MM:SS" of unix seconds ("–" for what is no time). */
 const clock = (s) => {
-  const d = new Date(s * 1000);
-  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  const d = dateOf(s);
+  return d ? `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}` : "–";
 };
 function ago(s) {
   const d = Math.max(0, nowS() - num(s));

@@ -19,11 +19,11 @@ function showTab() {
     b.setAttribute("aria-pressed", String(on));
   }
   for (const t of TABS) $(`view-${t}`).hidden = t !== view.tab;
-  $("side-title").textContent = pick({ alerts: "Alerts", lag: "Consumer lag", routes: "Route table", governance: "Governance" }, view.tab, "");
+  $("side-title").textContent = pick({ alerts: "Alerts", edges: "Edges", lag: "Consumer lag", routes: "Route table", governance: "Governance" }, view.tab, "");
 }
 
 function refreshTab() {
-  const refresh = pick({ alerts: drawAlerts, lag: refreshGroups, routes: refreshRoutes, governance: refreshGovernance }, view.tab, null);
+  const refresh = pick({ alerts: drawAlerts, edges: drawEdgeTable, lag: refreshGroups, routes: refreshRoutes, governance: refreshGovernance }, view.tab, null);
   if (refresh) refresh();
 }
 
@@ -50,30 +50,66 @@ async function refreshGroups() {
 
 function drawGroups() {
   const groups = list(state.groups && state.groups.groups);
-  fillRows($("groups-body"), groups.map((g) => row([
-    g.region, g.probe ? `${g.group} (probe: never alerts)` : g.group, { text: g.status, class: `group-${pick(GROUP_COLORS, g.status, null) ? g.status : "OK"}` },
-    sparkline(list(g.series).map((p) => p.backlog), 90, 20, pick(GROUP_COLORS, g.status, GROUP_COLORS.OK)),
-    num(g.backlog), fmt(g.arrival_per_s, 2), fmt(g.ack_per_s, 2), num(g.consumers), `${fmt(g.oldest_age_s, 0)} s`,
-  ])), 9, "no durable groups reported");
+  fillRows($("groups-body"), groups.map((g) => {
+    const known = Boolean(pick(GROUP_COLORS, g.status, null));
+    const color = pick(GROUP_COLORS, g.status, GROUP_COLORS.OK);
+    return row([
+      g.region, g.probe ? `${g.group} (probe: never alerts)` : g.group,
+      { text: g.status, class: `nowrap group-${known ? g.status : "OK"}`, title: g.cause || "" },
+      el("span", { class: "backlog" }, sparkline(list(g.series).map((p) => p.backlog), 70, 18, color), ` ${num(g.backlog)}`),
+      `${fmt(g.arrival_per_s, 2)} / ${fmt(g.ack_per_s, 2)}`,
+      { text: membersText(g), class: "nowrap" }, { text: behindText(g), class: "nowrap" },
+    ], { class: g.status === "unknown" ? "stale" : "" });
+  }), 7, "no durable groups reported");
+}
+
+/** "for 5 min (since 12:01:07)", "for over 24 h (since before …)": from the group's history. */
+function sinceText(since, before) {
+  if (typeof since !== "number") return "–";
+  const at = view.end ?? nowS();
+  // before: no sample in the history shows it otherwise, so it began before the first one
+  return before ? `for over ${ageText(at - since)} (since before ${clock(since)})` : `for ${ageText(at - since)} (since ${clock(since)})`;
+}
+
+function behindText(g) {
+  if (g.status === "unknown") return g.cause || "not known";
+  return num(g.backlog) > 0 ? sinceText(g.behind_since, g.behind_before) : "not behind";
+}
+
+function membersText(g) {
+  const n = num(g.consumers);
+  if (n > 0 || g.status === "unknown") return String(n);
+  return `0, ${sinceText(g.no_member_since, g.no_member_before)}`;
 }
 
 // ---- route table ----------------------------------------------------------------------------
 
+/** What moment a view shows: now as reported, or a past end read from the history. */
+function momentText(reply, past) {
+  if (!reply.from_history) return "as the relays report them now";
+  return `as at ${localStamp(reply.at)}, ${past}`;
+}
+
 async function refreshRoutes() {
   let reply;
+  const end = view.end;
   try {
-    reply = await getJSON("/api/routes");
+    reply = await getJSON(`/api/routes?${mapQuery()}`);
     showError("routes-note", null);
   } catch (err) {
     showError("routes-note", err);
     return;
   }
+  if (end !== view.end) return; // the view moved meanwhile
+  $("routes-moment").textContent = momentText(reply,
+    "from the link samples: the next hop each relay used towards each peer (a route's full path and cost are not kept)");
+  $("routes-moment").classList.toggle("past", Boolean(reply.from_history));
   const rows = [];
   for (const relay of list(reply.relays)) {
     const where = `${relay.region}${relay.stale ? " (stale)" : ""}`;
     for (const r of list(relay.routes)) {
       rows.push(row([where, r.dst, r.next_hop, list(r.path).join(" → "), fmt(r.cost_ms),
-        { text: r.direct ? "direct" : "detour", class: r.direct ? "nowrap" : "detour nowrap" }], { class: relay.stale ? "stale" : "" }));
+        { text: r.direct ? "direct" : "detour", class: r.direct ? "nowrap" : "detour nowrap" }], { class: relay.stale ? "stale route-row" : "route-row" }));
     }
     if (!list(relay.routes).length) rows.push(row([where, "–", "–", "no routes", "–", "–"]));
   }
@@ -90,6 +126,7 @@ async function refreshRoutes() {
 
 async function refreshGovernance() {
   let gov;
+  const end = view.end;
   try {
     gov = await getJSON(`/api/governance?${mapQuery()}`);
     showError("gov-note", null);
@@ -97,6 +134,10 @@ async function refreshGovernance() {
     showError("gov-note", err);
     return;
   }
+  if (end !== view.end) return; // the view moved meanwhile
+  $("gov-moment").textContent = momentText(gov,
+    "from the link samples and the governance history; refusals over the window before it");
+  $("gov-moment").classList.toggle("past", Boolean(gov.from_history));
   drawGovernanceDocument(gov.document, gov.mismatch);
   const expected = gov.document && gov.document.version;
   fillRows($("gov-relays-body"), list(gov.relays).map((r) => {

@@ -398,7 +398,7 @@ def pasted_link(page: Any, url: str) -> dict[str, Any]:
     page.goto(f"{url}/?{query}")
     page.wait_for_function(
         "() => document.getElementById('panel-title').textContent.includes('→')"
-        " && document.querySelectorAll('#routes-body tr td').length > 6"
+        " && document.getElementById('routes-moment').textContent.startsWith('as at')"
         " && Number(document.getElementById('map').dataset.at) > 0",
         timeout=15_000,
     )
@@ -407,6 +407,7 @@ def pasted_link(page: Any, url: str) -> dict[str, Any]:
             "title": page.inner_text("#panel-title"),
             "window": page.inner_text("#windows button.active"),
             "side": page.inner_text("#side-title"),
+            "moment": page.inner_text("#routes-moment"),
             "at": page.evaluate("() => Number(document.getElementById('map').dataset.at)"),
             "end": end,
             "label": page.inner_text("#time-label"),
@@ -612,6 +613,7 @@ async def test_dashboard_in_a_real_browser(stack_factory: Any, clickhouse_url: s
     pasted = seen["pasted"]
     assert pasted["title"] == f"{REGIONS[0]} → {REGIONS[1]}" and pasted["window"] == "15m", pasted
     assert pasted["side"] == "Route table" and abs(pasted["at"] - pasted["end"]) <= 60 and pasted["picker"], pasted
+    assert pasted["moment"].startswith("as at "), pasted  # the routes of that moment (the link samples), not of now
     assert seen["map_links_at_end"] == 0
     assert seen["links_down_before"] == 0 and seen["link_down_shown_s"] < scaled(1), seen["link_down_shown_s"]
     assert time.monotonic() - started < scaled(180)

@@ -253,15 +253,15 @@ async def test_live_websocket_reports_edges(stack_factory: Any, http: httpx.Asyn
 async def test_map_page_and_assets_are_served_locally(stack_factory: Any, http: httpx.AsyncClient) -> None:
     stack = await stack_factory([A])
     page = await http.get(stack.url + "/")
-    assert page.status_code == 200 and "/static/plotly.min.js" in page.text
+    assert page.status_code == 200 and "/static/plotly-geo.min.js?v=" in page.text
     assert "http://" not in page.text and "https://" not in page.text
-    plotly_js = await http.get(stack.url + "/static/plotly.min.js")
+    plotly_js = await http.get(stack.url + "/static/plotly-geo.min.js")
     assert plotly_js.status_code == 200 and len(plotly_js.content) > 1_000_000
     world = await http.get(stack.url + "/static/topojson/world_110m.json")
     assert world.status_code == 200 and world.json()["type"] == "Topology"
-    scripts = re.findall(r'<script src="(/static/[a-z_]+\.js)"></script>', page.text)
+    scripts = re.findall(r'<script src="(/static/[a-z_]+\.js)\?v=[0-9a-f]{16}"></script>', page.text)
     assert "/static/app.js" in scripts
-    code = [(await http.get(stack.url + src)).text for src in scripts if src != "/static/plotly.min.js"]
+    code = [(await http.get(stack.url + src)).text for src in scripts if "plotly" not in src]
     assert any('topojsonURL: "/static/topojson/"' in text for text in code)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -10,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dashboard import groupview, relayhistory, views
 from dashboard import params as p
 from dashboard import queries as q
-from dashboard import views
 from dashboard.diff import changes, classify
 from dashboard.livemessage import LinkChanges, edges_message, links_message
 from dashboard.relaystate import document_view, governance_view, parse_states, routes_view, why
@@ -306,9 +307,91 @@ def test_group_status_from_the_latest_samples(samples: list[tuple[int, int, int]
     rows = [[A, "g", 1000 * (NOW - 5 + i), acked, backlog, 0.0, n, "o", [], backlog, 0]
             for i, (acked, backlog, n) in enumerate(samples)]  # fmt: skip
     rows.reverse()  # newest first, as the query has them
-    sp = span(900, int(NOW), True, NOW)
-    (group,) = views.shape_groups(rows, [], sp, 15)["groups"]
+    (group,) = groupview.shape_groups(rows, [], [], {}, None)["groups"]
     assert group["status"] == status
+
+
+def lag_rows(region: str, group: str, newest_s: float, backlog: int, members: int, n: int = 5) -> list[list[Any]]:
+    """``group_latest_sql`` rows of one group sampled every second up to ``newest_s``, newest first."""
+    return [[region, group, int(1000 * (newest_s - i)), 10, backlog, 0.0, members, "o", [], 0, backlog]
+            for i in range(n)]  # fmt: skip
+
+
+def test_a_group_its_relay_stopped_sampling_is_gone_not_stop() -> None:
+    rows = lag_rows(A, "deleted", NOW - 120, 7, 0) + lag_rows(A, "kept", NOW - 1, 7, 0)
+    rows += lag_rows(C, "stale-region", NOW - 120, 7, 0)
+    judged = assess([Reading(FLOWS, r, NOW - 1) for r in (A, B)] + [Reading(FLOWS, C, NOW - 600)], NOW)
+    groups = {(g["region"], g["group"]): g for g in groupview.shape_groups(rows, [], [], {}, judged)["groups"]}
+    assert set(groups) == {(A, "kept"), (C, "stale-region")}  # A still reports: "deleted" is no longer there
+    assert groups[(A, "kept")]["status"] == "STOP"
+    stale = groups[(C, "stale-region")]  # C's reports stopped: what its groups do is not known, not STOP
+    assert stale["status"] == "unknown" and stale["cause"], stale
+    brief = groupview.group_brief(rows, judged)
+    assert brief[A] == [{"group": "kept", "status": "STOP", "backlog": 7}]
+    assert brief[C] == [{"group": "stale-region", "status": "unknown", "backlog": 7}]
+    # a collector 25 s behind (behind, not stale) has not read the samples since: nothing is gone for that
+    behind = assess([Reading(FLOWS, r, NOW - 25) for r in (A, B)], NOW)
+    late = lag_rows(A, "late", NOW - 31, 7, 1)
+    (listed,) = groupview.shape_groups(late, [], [], {}, behind)["groups"]
+    assert listed["group"] == "late" and listed["status"] != "unknown"
+    # the relay's passes since left it out: gone within seconds, before it is old
+    left_out = lag_rows(A, "kept", NOW - 1, 7, 0) + lag_rows(A, "just-deleted", NOW - 5, 7, 0)
+    assert [g["group"] for g in groupview.shape_groups(left_out, [], [], {}, judged)["groups"]] == ["kept"]
+    # sampled every 20 s: gone only after five of its own intervals
+    slow = [[A, "slow", int(1000 * (NOW - 60 - 20 * i)), 10, 7, 0.0, 1, "o", [], 0, 7] for i in range(5)]
+    assert [g["group"] for g in groupview.shape_groups(slow, [], [], {}, judged)["groups"]] == ["slow"]
+
+
+def test_a_lagging_group_says_since_when_it_is_behind_and_without_members() -> None:
+    rows = lag_rows(A, "stopped", NOW - 1, 7, 0) + lag_rows(A, "fine", NOW - 1, 0, 1)
+    rows += lag_rows(A, "always", NOW - 1, 3, 2)
+    since = [
+        [A, "stopped", int(1000 * (NOW - 300)), int(1000 * (NOW - 3600)), int(1000 * (NOW - 240))],
+        [A, "fine", int(1000 * (NOW - 1)), int(1000 * (NOW - 3600)), int(1000 * (NOW - 1))],
+        [A, "always", 0, int(1000 * (NOW - 3600)), int(1000 * (NOW - 1))],  # never empty in the lookback
+    ]
+    groups = {g["group"]: g for g in groupview.shape_groups(rows, [], since, {}, None)["groups"]}
+    stopped = groups["stopped"]
+    assert stopped["status"] == "STOP" and stopped["oldest_age_s"] == 0.0
+    assert stopped["behind_since"] == NOW - 300 and not stopped["behind_before"]
+    assert stopped["no_member_since"] == NOW - 240 and not stopped["no_member_before"]
+    assert groups["fine"]["behind_since"] is None and groups["fine"]["no_member_since"] is None
+    always = groups["always"]
+    assert always["behind_since"] == NOW - 3600 and always["behind_before"] and always["no_member_since"] is None
+
+
+def sampled(src: str, dst: str, ts: float, via: str = "", gov: str = "3-aa", peer_gov: str = "3-aa") -> list[Any]:
+    """A ``links_sql`` row: the newest sample of the link src -> dst at the moment asked."""
+    return [src, dst, "up", 12.5, 0, 1, ts, "mtls", via, peer_gov, gov, 0.0, 0.0]
+
+
+def test_routes_as_at_a_past_moment_come_from_the_link_samples() -> None:
+    end = NOW - 3600
+    rows = [sampled(A, B, end - 1), sampled(A, C, end - 1, via=B), sampled(C, A, end - 120)]
+    relays = {r["region"]: r for r in relayhistory.routes_at(rows, end)["relays"]}
+    assert {(x["dst"], x["next_hop"], tuple(x["path"]), x["direct"], x["cost_ms"]) for x in relays[A]["routes"]} == {
+        (B, B, (B,), True, None),
+        (C, B, (B, C), False, None),  # the detour the samples name; cost is not in the history
+    }
+    assert not relays[A]["stale"] and relays[C]["stale"] and relays[C]["age_s"] == 120
+    assert sorted(link["peer"] for link in relays[A]["links"]) == sorted([B, C])
+
+
+def test_governance_as_at_a_past_moment_is_the_version_then() -> None:
+    end = NOW - 3600
+
+    def doc(number: int, applied: float) -> bytes:
+        at = datetime.fromtimestamp(applied, UTC).isoformat()
+        return orjson.dumps({"version": number, "digest": f"d{number}", "author": "ops", "changed_at": at,
+                             "policies": [{}] * number, "subjects": []})  # fmt: skip
+
+    versions = {b"1": doc(1, end - 7200), b"2": doc(2, end - 60), b"3": doc(3, end + 60), b"x": b"not json"}
+    rows = [sampled(A, B, end - 1, gov="2-d2", peer_gov="1-d1"), sampled(B, A, end - 1, gov="1-d1", peer_gov="2-d2")]
+    gov = relayhistory.governance_at(rows, versions, end, [])
+    assert gov["document"]["version"] == "2-d2" and gov["document"]["policies"] == 2  # not the later 3
+    assert [(r["region"], r["version"]) for r in gov["relays"]] == [(A, "2-d2"), (B, "1-d1")]
+    assert gov["mismatch"] and {(x["src"], x["dst"]) for x in gov["links"]} == {(A, B), (B, A)}
+    assert relayhistory.document_at(versions, end - 10_000) is None  # nothing applied yet then
 
 
 def test_timeline_counts_late_rows_in_the_last_step_and_fills_gaps() -> None:
