@@ -1,6 +1,6 @@
 """How long the dashboard takes to a drawn map on a small machine: a measurement, not a test.
 
-    python -m dashboard.firstload URL TOKEN [--runs 5] [--cpu 4] [--mbit 20] [--rtt-ms 40]
+    python -m bench.firstload URL TOKEN [--runs 5] [--cpu 4] [--mbit 20] [--rtt-ms 40]
 
 For each run, a fresh Chromium context (an empty cache) signs in with ``TOKEN`` (its link sets the
 session cookie), then navigates to ``URL`` with the CPU slowed ``--cpu`` times and the network
