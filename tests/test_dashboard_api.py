@@ -79,8 +79,11 @@ async def test_topology_edges_and_traces_match_what_was_published(stack_factory:
 
 
 async def _fresh_flows(http: httpx.AsyncClient, stack: Stack) -> dict[str, Any] | None:
+    """The freshness block once the flow history is live and judged per region (until the relays' first
+    reports name the regions of the store, one reading speaks for all of them, under "*")."""
     fresh: dict[str, Any] = (await http.get(f"{stack.url}/api/topology?window=1m")).json()["freshness"]
-    return fresh if fresh["sources"]["flows"]["level"] == "live" else None
+    per_region = all("flows" in fresh["regions"].get(r, {}) for r in (A, C))
+    return fresh if fresh["sources"]["flows"]["level"] == "live" and per_region else None
 
 
 async def _regions(http: httpx.AsyncClient, stack: Stack) -> dict[str, Any] | None:
