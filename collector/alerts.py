@@ -27,21 +27,9 @@ from collector import alertrules as r
 from collector.alertinputs import held_back, stale_series
 from collector.grouplag import LagSample, status
 from collector.histogram import quantile
-from meshcore.freshness import (
-    DOWN,
-    FAILING,
-    FLOWS,
-    GROUPS,
-    LIMITS,
-    LINKS,
-    Assessment,
-    Limits,
-    Reading,
-    clock_refusal,
-    judge,
-    link_view,
-)
+from meshcore.freshness import FLOWS, GROUPS, LIMITS, LINKS, Assessment, Limits, Reading, judge
 from meshcore.topic import matches
+from meshcore.viewstate import DOWN, FAILING, clock_refusal, link_view
 
 PENDING, FIRING, RESOLVED, INACTIVE = "pending", "firing", "resolved", "inactive"
 STATES = (PENDING, FIRING, RESOLVED, INACTIVE)

@@ -16,8 +16,8 @@ from collector.config import CollectorConfig
 from dashboard.origin import default_hosts, host_pattern
 from dashboard.session import MIN_SECRET_BYTES, SESSION_TTL_S
 from meshcore import settings as s
-from meshcore.freshness import Thresholds
 from meshcore.tls import TlsFiles
+from meshcore.viewstate import Thresholds
 
 MESHSCOPE_DASHBOARD_HOST = "MESHSCOPE_DASHBOARD_HOST"
 """Interface the dashboard listens on (default 127.0.0.1)."""

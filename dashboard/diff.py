@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from meshcore.freshness import Thresholds
+from meshcore.viewstate import Thresholds
 
 NEW, GONE, ERRORS_UP, ERRORS_DOWN, LAG_UP, LAG_DOWN, SAME = (
     "new",

@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from meshcore.freshness import DOWN, FAILING, LINKS, Reading, clock_refusal, judge, link_view
+from meshcore.freshness import LINKS, Reading, judge
+from meshcore.viewstate import DOWN, FAILING, clock_refusal, link_view
 
 LINKS_CHANNEL = "meshscope:links"
 LINK_REFRESH_S = 5.0
@@ -54,7 +55,7 @@ def edges_message(raw: bytes) -> dict[str, Any] | None:
 def link_shape(
     src: str, dst: str, reported: str, sample_s: float | None, now_s: float, clock: tuple[float, float] = (0.0, 0.0)
 ) -> dict[str, Any]:
-    """The view of one link from its latest sample: ``state`` (``meshcore.freshness.STATES``), ``cause``,
+    """The view of one link from its latest sample: ``state`` (``meshcore.viewstate.STATES``), ``cause``,
     ``reported`` (what the relay said) and ``edge_state``, what the edge along it must be shown as
     at least (failing while the link is down or refused, else None). ``clock``: (peer's clock minus
     the relay's in ms, skew the peer accepts in s)."""

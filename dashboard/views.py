@@ -28,19 +28,8 @@ from dashboard.params import TIMELINE_WINDOWS, Filters
 from dashboard.queries import TRACE_COLUMNS
 from dashboard.timerange import Span
 from meshcore.flowrecord import POLICY_DENIED, SCHEMA_REJECTED
-from meshcore.freshness import (
-    FAILING,
-    FLOWS,
-    STATES,
-    UNKNOWN,
-    Assessment,
-    Thresholds,
-    Verdict,
-    edge_view,
-    loss_pct,
-    traffic_view,
-    worst,
-)
+from meshcore.freshness import FLOWS, UNKNOWN, Assessment, worst
+from meshcore.viewstate import FAILING, STATES, Thresholds, Verdict, edge_view, loss_pct, traffic_view
 
 Row = Sequence[Any]
 
@@ -257,7 +246,7 @@ def shape_topology(
 
 
 def states_legend() -> list[dict[str, str]]:
-    """The view states, in legend order, as the page shows them (``meshcore.freshness.STATES``)."""
+    """The view states, in legend order, as the page shows them (``meshcore.viewstate.STATES``)."""
     return [{"state": s.name, "label": s.label, "meaning": s.meaning} for s in STATES.values()]
 
 

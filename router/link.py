@@ -37,8 +37,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from meshcore.backoff import backoff_s
-from meshcore.freshness import clock_refusal
 from meshcore.tls import identity_of
+from meshcore.viewstate import clock_refusal
 from router import frame as fr
 from router.envelope import now_us
 from router.errors import FrameError

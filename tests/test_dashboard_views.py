@@ -18,8 +18,9 @@ from dashboard.diff import changes, classify
 from dashboard.livemessage import LinkChanges, edges_message, links_message
 from dashboard.relaystate import document_view, governance_view, parse_states, routes_view, why
 from dashboard.timerange import choose_table, rollup_span, span
-from meshcore.freshness import ALL, FLOWS, LINKS, Assessment, Reading, StoreCheck, Thresholds, assess
+from meshcore.freshness import ALL, FLOWS, LINKS, Assessment, Reading, StoreCheck, assess
 from meshcore.topic import matches, validate_pattern
+from meshcore.viewstate import Thresholds
 
 NOW = 1_764_000_000.0  # a fixed "now" (2025-11-24), divisible by the cache interval
 T = Thresholds()

@@ -9,15 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshcore import freshness as f
+from meshcore import viewstate as vs
 from meshcore.freshness import (
     ALL,
     BEHIND,
-    DEGRADED,
-    DOWN,
-    FAILING,
     FLOWS,
-    HEALTHY,
-    IDLE,
     LINKS,
     LIVE,
     RELAY,
@@ -27,9 +23,8 @@ from meshcore.freshness import (
     LagReport,
     Reading,
     StoreCheck,
-    Thresholds,
-    Verdict,
 )
+from meshcore.viewstate import DEGRADED, DOWN, FAILING, HEALTHY, IDLE, Thresholds, Verdict
 
 NOW = 1_800_000_000.0
 A, B = "aws:us-east-1", "gcp:europe-west1"
@@ -194,7 +189,7 @@ SLIGHTLY = Freshness(LINKS, A, BEHIND, 7.0, NOW - 7, "link samples 7 s old")
     ],
 )
 def test_link_states(reported: str, fresh: Freshness, clock: str, error: str, verdict: Verdict) -> None:
-    assert f.link_view(reported, fresh, clock, error) == verdict
+    assert vs.link_view(reported, fresh, clock, error) == verdict
 
 
 FLOWS_LIVE = Freshness(FLOWS, A, LIVE, 1.0, NOW - 1, "")
@@ -217,7 +212,7 @@ FLOWS_STALE = Freshness(FLOWS, A, STALE, 900.0, NOW - 900, "collector lag")
     ],
 )
 def test_edge_states(traffic: str, link: Verdict | None, flows: Freshness, held: int, verdict: Verdict) -> None:
-    assert f.edge_view(traffic, link, flows, held) == verdict
+    assert vs.edge_view(traffic, link, flows, held) == verdict
 
 
 T = Thresholds(1.0, 5.0, 1000.0, 3000.0)
@@ -237,11 +232,11 @@ T = Thresholds(1.0, 5.0, 1000.0, 3000.0)
     ],
 )
 def test_traffic_verdicts_count_losses_and_lag(entered: int, lost: int, p99: float | None, state: str) -> None:
-    assert f.traffic_view(entered, lost, p99, T) == state
+    assert vs.traffic_view(entered, lost, p99, T) == state
 
 
 def test_every_state_is_in_the_one_table() -> None:
-    assert list(f.STATES) == [HEALTHY, IDLE, DEGRADED, FAILING, DOWN, UNKNOWN]
+    assert list(vs.STATES) == [HEALTHY, IDLE, DEGRADED, FAILING, DOWN, UNKNOWN]
 
 
 @pytest.mark.parametrize(
@@ -257,4 +252,4 @@ def test_every_state_is_in_the_one_table() -> None:
     ],
 )
 def test_clock_refusals(offset_ms: float | None, accepted_s: float, text: str) -> None:
-    assert f.clock_refusal(offset_ms, accepted_s, "B") == text
+    assert vs.clock_refusal(offset_ms, accepted_s, "B") == text

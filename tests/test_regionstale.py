@@ -10,7 +10,8 @@ from dashboard import params as p
 from dashboard import views
 from dashboard.regionstale import FORGET_S, StoreReading, readings
 from dashboard.timerange import span
-from meshcore.freshness import ALL, FLOWS, LIMITS, RELAY, Assessment, LagReport, Thresholds, assess
+from meshcore.freshness import ALL, FLOWS, LIMITS, RELAY, Assessment, LagReport, assess
+from meshcore.viewstate import Thresholds
 
 NOW = 1_800_000_000.0
 A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
