@@ -262,7 +262,11 @@ def tcp_connections(pid: int) -> set[tuple[int, int]]:
 
 
 @pytest.fixture
-async def fault_mesh(tmp_path: Path, valkey: ValkeyProcess) -> AsyncIterator[FaultMesh]:
+async def fault_mesh(
+    tmp_path: Path, valkey: ValkeyProcess, region_valkeys: Callable[[list[str]], dict[str, ValkeyProcess]]
+) -> AsyncIterator[FaultMesh]:
+    """Relays stop before the stores they use (``region_valkeys`` is torn down after this): a relay that
+    stops with its store gone waits out its drain timeout for the commits it cannot finish."""
     mesh = FaultMesh(tmp_path, valkey)
     yield mesh
     mesh.stop()
