@@ -104,12 +104,13 @@ Profiles were taken with py-spy on the running processes (`py-spy record -p PID 
   delivered event was a third of the receiving relay's CPU, so subscribers can
   take batches (`?batch=N`, used here). The 150,000 events/s target needs the
   per-event path in compiled code or the routing split over processes, which
-  this release does not do. **One event per frame** is bound by the durability
-  promise: a frame is acknowledged only after its Lua commit to Valkey, and the
-  benchmark's publisher keeps at most 8 frames in flight, so it measures 8
-  events per commit round trip (about 5 ms on the shared cores); before events
-  were made durable before the ack it was 4,500 events/s. Publishers that
-  batch, or keep more frames in flight, get the group commit's batching.
+  this release does not do. **One event per frame** (8 frames in flight) was
+  bound by the commit's round trip: the stream handler awaited each frame's
+  commit before it read the next, so a connection got one frame per round trip
+  however many its producer kept in flight. The handler now reads on while
+  commits are in flight, commits the frames that arrived meanwhile together and
+  answers them in order, each once durable (router/streamsession.py); what
+  bounds it now is the relay's CPU per frame (see "Where the time goes").
 - **Single-event POST** was 110 requests/s at first: the listening socket was
   created without `IPPROTO_TCP`, so asyncio never set `TCP_NODELAY` on accepted
   connections and each keep-alive response waited about 44 ms on Nagle and

@@ -155,6 +155,8 @@ class StreamSession:
                 while self.window:  # see the module's doc: this frame waits for the frames before it
                     await self._wait_answered()
             publish = asyncio.create_task(relay.publisher.publish_all(events, self.principal)) if events else None
+            if publish is not None:
+                publish.add_done_callback(_retrieved)
             relay.requests_in_flight += 1  # a stopping relay waits for this frame's answer
             self.window.append(_Frame(self.frames, size, errors, publish))
             self.window_bytes += size
@@ -238,3 +240,9 @@ class StreamSession:
                 self.window_bytes -= frame.size
                 relay.requests_in_flight -= 1
                 self._answered.set()
+
+
+def _retrieved(task: asyncio.Task[PublishResult]) -> None:
+    """Mark a publish's failure as seen: once a frame failed, the frames after it are not answered."""
+    if not task.cancelled():
+        task.exception()
