@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from bench.common import free_port
 
 TRACEPARENT = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 LEADER_WAIT_S = 30.0
+_streams = itertools.count()
 
 
 def server_binary() -> str | None:
@@ -153,8 +155,9 @@ async def jetstream(pair: NatsPair, payloads: list[bytes], window: int) -> float
 
     async with _clients(pair) as (a, _):
         js = a.jetstream()  # type: ignore[attr-defined]
-        stream = f"BENCH{window}"
-        config = StreamConfig(name=stream, subjects=[f"bench.js.{window}"], placement=Placement(cluster="b"))
+        stream = f"BENCH{next(_streams)}"
+        subject = f"bench.js.{stream}"
+        config = StreamConfig(name=stream, subjects=[subject], placement=Placement(cluster="b"))
         deadline = time.monotonic() + LEADER_WAIT_S
         while True:  # until the servers elected a JetStream meta leader
             try:
@@ -164,12 +167,20 @@ async def jetstream(pair: NatsPair, payloads: list[bytes], window: int) -> float
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.25)
+        while True:  # until the new stream answers across the gateway
+            try:
+                await js.publish(subject, b"{}", timeout=1)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
         slots = asyncio.Semaphore(window)
         failed: list[BaseException] = []
 
         async def one(body: bytes) -> None:
             try:
-                await js.publish(f"bench.js.{window}", body, headers=TRACEPARENT)
+                await js.publish(subject, body, headers=TRACEPARENT)
             except Exception as exc:
                 failed.append(exc)
             finally:
