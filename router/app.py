@@ -47,7 +47,7 @@ from meshcore.tls import peer_identity
 from meshcore.topic import InvalidTopic, validate_pattern
 from router.admin import admin_routes
 from router.committer import Unavailable
-from router.envelope import DECODE_STEP, Event, combine_headers, decode_http_steps, validate_event
+from router.envelope import Event, combine_headers, decode_http_steps
 from router.errors import (
     Backpressure,
     EventTooLarge,
@@ -63,15 +63,13 @@ from router.outbox import StoreFull
 from router.publish import InDoubt
 from router.relay import Relay
 from router.routing import MTLS, PLAIN, TLS
+from router.streamsession import StreamSession
 from router.subscription import GroupConflict, GroupStore
 
 log = logging.getLogger(__name__)
 
 # WebSocket close codes used on protocol abuse
-CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_UNAVAILABLE = 1013
 MAX_SUBSCRIBE_BATCH = 1000
 MAX_PATTERNS = 100
 
@@ -209,77 +207,10 @@ def build_app(relay: Relay) -> Starlette:
         await within_quota(ws, stream_session)
 
     async def stream_session(ws: WebSocket, principal: Principal) -> None:
-        """High-rate publishing: each frame is one event or an array; each frame gets an ack."""
-        await ws.accept()
-        frames = 0
-        try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                data = message.get("bytes") or (message.get("text") or "").encode()
-                if len(data) > config.max_body_bytes:
-                    await ws.close(CLOSE_TOO_BIG, f"frame over {config.max_body_bytes} bytes")
-                    return
-                try:
-                    decoded = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    await ws.close(CLOSE_INVALID_PAYLOAD, "frame is not JSON")
-                    return
-                if isinstance(decoded, dict):
-                    decoded = [decoded]
-                if not isinstance(decoded, list):
-                    await ws.close(CLOSE_INVALID_PAYLOAD, "frame must be an event object or an array of them")
-                    return
-                frames += 1
-                valid: list[tuple[int, Event]] = []
-                errors: list[dict[str, Any]] = []
-                for i, obj in enumerate(decoded):
-                    if i and i % DECODE_STEP == 0:
-                        await asyncio.sleep(0)  # a large frame does not hold the loop for its whole validation
-                    try:
-                        valid.append((i, validate_event(obj, relay.limits)))
-                    except (MalformedEvent, EventTooLarge) as exc:
-                        err = _event_error(exc)
-                        err["index"] = i
-                        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-                            err["id"] = obj["id"][:256]
-                        errors.append(err)
-                        if isinstance(exc, MalformedEvent):
-                            _record_rejection(relay, exc.event, principal)
-                events = []
-                for (i, ev), refusal in zip(valid, relay.gate.check([ev for _, ev in valid], principal), strict=True):
-                    if refusal is None:
-                        events.append(ev)
-                    else:
-                        errors.append({"status": refusal.status, "error": refusal.error, "index": i, "id": ev.id,
-                                       **refusal.details})  # fmt: skip
-                errors.sort(key=lambda e: int(e["index"]))
-                if events:
-                    relay.check_governance()
-                if relay.sink.full and not await relay.sink.wait_not_full(30.0):
-                    await ws.close(CLOSE_UNAVAILABLE, "flow record queue full; try again later")
-                    return
-                relay.requests_in_flight += 1  # a stopping relay waits for this frame's answer
-                try:
-                    result = await relay.publisher.publish_all(events, principal) if events else None
-                    await ws.send_bytes(
-                        orjson.dumps(
-                            {
-                                "frame": frames,
-                                "accepted": result.accepted if result else [],
-                                "duplicates": result.duplicates if result else [],
-                                "errors": errors,
-                            }
-                        )
-                    )
-                finally:
-                    relay.requests_in_flight -= 1
-        except WebSocketDisconnect:
-            return
-        except (Unavailable, InDoubt, StoreFull) as exc:
-            # frame ``frames`` was not acknowledged: the producer sends it again after reconnecting
-            await ws.close(CLOSE_UNAVAILABLE, str(exc)[:120])
+        """High-rate publishing: each frame is one event or an array; each frame gets an ack, in order."""
+        await StreamSession(
+            ws, relay, principal, _event_error, lambda obj, who: _record_rejection(relay, obj, who)
+        ).serve()
 
     async def subscribe(ws: WebSocket) -> None:
         await within_quota(ws, subscribe_session)

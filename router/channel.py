@@ -106,7 +106,9 @@ class Channel:
             if len(out) >= n:
                 break
         else:
-            self.cursor = self.next_seq
+            # past the last held, not to next_seq: numbers given to events whose commit is still in
+            # flight are held when it lands, and must then be sent, not left for the ack timeout
+            self.cursor = max(self.cursor, next(reversed(self.held)) + 1)
         return out
 
     def in_flight(self) -> int:

@@ -46,6 +46,8 @@ def test_every_benchmark_runs_at_a_tiny_size(redis_url: str) -> None:
         "4 relays",
         "4 collectors",
         "publish at A, B's store 40 ms away: one client",
+        "stream, 100 events/frame : core NATS",
+        "stream, 1 event/frame : JetStream, 8 in flight",
     ):
         line = next(line for line in out.stdout.splitlines() if line.startswith(f"| {measure} "))
         assert "| - " not in line.split("|")[2], line  # a median was measured

@@ -421,6 +421,19 @@ def test_floor_stays_below_numbers_whose_commit_has_not_landed() -> None:
     assert [h.seq for h in ch.take(9, 1.0, B)] == [3]
 
 
+def test_a_number_held_after_a_send_is_sent_by_the_next_one() -> None:
+    """Publishes commit while others are in flight: a send must not skip numbers not held yet."""
+    ch = channel_with(1)
+    pending = ch.assign(2)  # publishes committing seq 2 and 3
+    assert [h.seq for h in ch.take(9, 1.0, B)] == [1]
+    ch.hold(held(pending.start))
+    assert ch.has_unsent()
+    assert [h.seq for h in ch.take(9, 1.0, B)] == [2]  # now, not after the ack timeout's resend
+    ch.hold(held(pending.start + 1))
+    assert [h.seq for h in ch.take(9, 1.0, B)] == [3]
+    assert ch.take(9, 1.0, B) == [] and not ch.has_unsent()
+
+
 def test_overflow_and_age_drop_the_oldest() -> None:
     ch = Channel(A, B)
     for seq in ch.assign(5):
