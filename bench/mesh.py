@@ -19,6 +19,7 @@ relay B, as in the relay benchmark.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -204,14 +205,19 @@ def regional(total: int, runs: int) -> list[Figure]:
     rate = Figure("publish at A, B's store 40 ms away: one client", "events/s", target="ratio >= 0.9")
 
     async def measure(far: bool) -> tuple[float, float, float]:
-        with valkey() as url_a, valkey() as url_b, processes() as spawn:
+        with valkey() as url_a, valkey() as url_b:
             port_b = int(url_b.rsplit(":", 1)[1].split("/")[0])
             proxy = await TcpProxy("127.0.0.1", port_b, delay_ms=FAR_STORE_MS if far else 0.0).start()
+            relays = contextlib.ExitStack()
             try:
+                spawn = relays.enter_context(processes())
                 stores = {A: url_a, B: f"redis://127.0.0.1:{proxy.port}/0"}
                 mesh = await asyncio.to_thread(spawn_mesh, spawn, url_a, [A, B], redis_urls=stores)
                 return await _sequential_publish(mesh, total)
             finally:
+                # stopped from a thread: the proxy, on this loop, must keep forwarding while B drains its
+                # commits (stopping them on the loop stalled B's store for its whole drain timeout)
+                await asyncio.to_thread(relays.close)
                 await proxy.stop()
 
     async def measure_all() -> None:
@@ -265,7 +271,9 @@ async def _sequential_publish(mesh: BenchMesh, total: int) -> tuple[float, float
             if i >= 20:
                 latencies.append((time.perf_counter() - t0) * 1000)
         elapsed = time.perf_counter() - started
-    sub.cancel()
+    sub.cancel()  # and closed before the relays stop: they wait for a subscriber's close handshake
+    with contextlib.suppress(asyncio.CancelledError):
+        await sub
     latencies.sort()
     return statistics.median(latencies), latencies[int(0.95 * (len(latencies) - 1))], total / elapsed
 
