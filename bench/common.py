@@ -157,13 +157,18 @@ def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     try:
         yield spawn
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 5.0) -> None:
+    """SIGTERM every process, then SIGKILL whichever has not exited within ``grace_s``."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 @dataclass

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import free_port
+from bench.common import free_port, stop_all
 
 TRACEPARENT = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 LEADER_WAIT_S = 30.0
@@ -91,13 +91,7 @@ def nats_pair() -> Iterator[NatsPair]:
             )
         yield NatsPair(f"nats://127.0.0.1:{ports['a']}", f"nats://127.0.0.1:{ports['b']}")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

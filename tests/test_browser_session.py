@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +29,7 @@ from dashboard.config import DashboardConfig
 from dashboard.serve import DashboardRuntime
 from meshcore.server import Server
 from tests.conftest import OTHER_TOKEN, TEST_TOKEN, scaled, write_principals
-
-CHROMIUM = os.environ.get("MESHSCOPE_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from tests.test_browser import CHROMIUM, FLAGS, require_chromium
 
 
 def attacker_app(dashboard: str) -> Starlette:
@@ -147,11 +143,7 @@ def drive(dashboard: str, attackers: dict[str, str]) -> dict[str, Any]:
 
 @pytest.mark.browser
 async def test_sign_in_by_link_and_sign_out_in_a_real_browser(dashboard: str) -> None:
-    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
-        advice = f"{CHROMIUM} is missing: apt-get install -y chromium (or set MESHSCOPE_CHROMIUM)"
-        if os.environ.get("CI"):
-            pytest.fail(advice + "; in CI the browser test must run")
-        pytest.skip(advice)
+    require_chromium()
     assert dashboard.startswith("http://127.0.0.1:")
     async with served(attacker_app(dashboard)) as evil:
         attackers = {
