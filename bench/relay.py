@@ -9,6 +9,7 @@ measured maximum rate, against the same path through two bare forwarders.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import re
@@ -27,6 +28,7 @@ from bench.common import BenchMesh, Figure, free_port, processes, spawn_mesh, va
 
 A, B = "aws:us-east-1", "gcp:europe-west1"
 TOPIC = "bench.orders"
+WARMUP = "bench.warmup"  # events that show a subscriber's interest has reached the publishing relay
 
 
 _run = itertools.count()
@@ -53,9 +55,17 @@ def events(
 
 
 async def _subscriber(
-    url: str, want: int, done: asyncio.Future[float], latencies: list[float] | None, mesh: BenchMesh | None = None
+    url: str,
+    want: int,
+    done: asyncio.Future[float],
+    latencies: list[float] | None,
+    mesh: BenchMesh | None = None,
+    heard: asyncio.Event | None = None,
 ) -> None:
-    """Count events until ``want`` arrived; a message is one event or a JSON array of them."""
+    """Count events until ``want`` arrived; a message is one event or a JSON array of them.
+
+    With ``heard``: set once a warm-up event (``WARMUP``) arrived; warm-up events are not counted.
+    """
     got = 0
     kwargs = mesh.ws_kwargs() if mesh else {}
     async with websockets.connect(url, max_size=None, compression=None, **kwargs) as ws:
@@ -63,6 +73,11 @@ async def _subscriber(
             raw = await ws.recv()
             decoded = orjson.loads(raw)
             batch = decoded if isinstance(decoded, list) else [decoded]
+            if heard is not None and not heard.is_set():
+                warm = [ev for ev in batch if ev["type"] == WARMUP]
+                if warm:
+                    heard.set()
+                    batch = [ev for ev in batch if ev["type"] != WARMUP]
             if latencies is not None:
                 now = time.time_ns()
                 latencies.extend((now - ev["data"]["t0"]) / 1e6 for ev in batch)
@@ -118,8 +133,9 @@ async def relay_stream(
     # the high-rate subscribe path: up to 100 waiting events per message (one per message when measuring latency)
     batch = 1 if latencies is not None else 100
     url = f"{mesh.ws(B)}/v1/subscribe?topic=bench.>&batch={batch}"
-    sub = asyncio.create_task(_subscriber(url, total, done, latencies, mesh))
-    await _wait_interest(mesh.ports)
+    heard = asyncio.Event()
+    sub = asyncio.create_task(_subscriber(url, total, done, latencies, mesh, heard))
+    await _until_heard(mesh, heard, sub)
     started = await _stream_publish(
         f"{mesh.ws(A)}/v1/stream", total, per_frame, 8, rate, latencies is not None, mesh=mesh
     )
@@ -128,8 +144,22 @@ async def relay_stream(
     return total / (finished - started)
 
 
-async def _wait_interest(ports: dict[str, int]) -> None:
-    await asyncio.sleep(0.3)
+async def _until_heard(mesh: BenchMesh, heard: asyncio.Event, sub: asyncio.Task[None], timeout_s: float = 60) -> None:
+    """Publish warm-up events at A until B's subscriber got one: its interest has reached A (an event
+    published before that is, rightly, not sent to B, and a run would wait for it forever)."""
+    deadline = time.monotonic() + timeout_s
+    n = 0
+    async with websockets.connect(f"{mesh.ws(A)}/v1/stream", max_size=None, **mesh.ws_kwargs()) as ws:
+        while not heard.is_set():
+            if sub.done():
+                sub.result()  # the subscriber failed: say why
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"B's subscriber heard none of {n} warm-up events in {timeout_s:g} s")
+            await ws.send(orjson.dumps(events(1, n, topic=WARMUP)[0]))
+            await ws.recv()
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(heard.wait(), 0.1)
 
 
 WRK_SCRIPT = """
