@@ -175,6 +175,9 @@ async def governance(run: Run) -> None:
     if behind:
         outcome.problems.append(f"not enforcing {newer}: {behind}")
     view = await asyncio.to_thread(demo.dashboard, "/api/governance")
+    while not view["mismatch"] and time.monotonic() < healed_at - 1.0:  # the others' next reports on their way
+        await asyncio.sleep(1.0)
+        view = await asyncio.to_thread(demo.dashboard, "/api/governance")
     outcome.notes.append(f"mismatch shown: {view['mismatch']}")
     if not view["mismatch"]:
         outcome.problems.append("the dashboard shows no governance mismatch while a region is cut off")

@@ -790,8 +790,10 @@ async def test_the_page_tells_the_truth_when_things_go_wrong(
     assert len(valkey_lines) == 1, seen["banner_lines"]
     assert "link-unknown" in seen["links_while_valkey_gone"] and "link-down" not in seen["links_while_valkey_gone"]
     assert not seen["valkey_gone_status"].startswith("live")
-    # after recovery a fresh page is current: live, no banner, every link up
-    assert set(seen["recovered_links"]) <= HEALTHY_LINKS and seen["recovered_edge"] in ("healthy", "degraded")
+    # after recovery a fresh page is current: live, no banner, every link up, the cut edge judged by its
+    # figures (not unknown); those still hold the events the cut delayed, whose lag may keep it failing
+    assert set(seen["recovered_links"]) <= HEALTHY_LINKS
+    assert seen["recovered_edge"] in ("healthy", "degraded", "failing")
     # what needs Valkey (the alert states) is answered 503 while it is gone; nothing else failed
     errors = [e for e in seen["console_errors"] if "status of 503 (Service Unavailable)" not in e]
     assert not errors, errors
