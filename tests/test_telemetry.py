@@ -113,10 +113,17 @@ async def test_the_dashboard_reads_every_regions_own_store_and_a_silent_one_turn
                 sql = "SELECT kind, count() FROM flows WHERE event_id LIKE 'tele-%' GROUP BY kind"
                 return {k: int(n) for k, n in ch.query(sql).result_rows}
 
-            got = await eventually(lambda: (k := kinds()).get("deliver") == 20 and k.get("publish") == 20 and k, 20)
+            # each kind reaches ClickHouse in its own collector's batch: wait for all three
+            want = {"publish": 20, "forward": 20, "deliver": 20}
+
+            def complete() -> dict[str, int] | None:
+                k = kinds()
+                return k if all(k.get(n) == c for n, c in want.items()) else None
+
+            got = await eventually(complete, 20)
         finally:
             ch.close()
-        assert got["forward"] == 20
+        assert {n: got[n] for n in want} == want
         health = runtime.health()
         assert set(health["collectors"]) == {A, B} and health["status"] == "ok", health
 
