@@ -91,19 +91,6 @@ async def _round(mesh: BenchMesh, batches: int, size: int, load: bool) -> tuple[
     return _p99(latencies) * 1000, rate, after - before
 
 
-async def _ungoverned(mesh: BenchMesh) -> None:
-    """No policy and no schema, enforced by both relays."""
-    async with httpx.AsyncClient(timeout=30, headers=mesh.headers) as http:
-        reply = await http.put(f"{mesh.http(A)}/v1/governance", json={"policies": None, "subjects": []})
-        reply.raise_for_status()
-        version = reply.json()["version"]
-        deadline = time.monotonic() + 10
-        while (await http.get(f"{mesh.http(B)}/healthz")).json()["governance"]["version"] != version:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{B} did not take governance version {version} within 10 s")
-            await asyncio.sleep(0.1)
-
-
 def run(quick: bool) -> list[Figure]:
     rounds, batches, size = (1, 1, 1000) if quick else (3, 5, 10_000)
     health = Figure("/healthz p99 while 10k-event batches arrive (POST + stream)", "ms", target="< 500",
@@ -114,7 +101,6 @@ def run(quick: bool) -> list[Figure]:
         mesh = spawn_mesh(spawn, redis_url, [A, B], extra={"MESHSCOPE_PING_INTERVAL_S": "0.2"})
 
         async def main() -> None:
-            await _ungoverned(mesh)  # an earlier suite may have left a policy in the store
             async with websockets.connect(f"{mesh.ws(B)}/v1/subscribe?topic=bulk.>&group=bulk", **mesh.ws_kwargs()):
                 pass
             for _ in range(rounds):

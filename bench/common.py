@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import platform
 import socket
@@ -266,7 +267,6 @@ def spawn_mesh(
                 MESHSCOPE_TLS_CA=str(workdir / "ca.pem"),
             )
         spawn("-m", "meshscope", "relay", env=env)
-    import json
 
     for r in regions:
         url = f"{mesh.http(r)}/healthz"
@@ -280,4 +280,32 @@ def spawn_mesh(
             except OSError:
                 pass  # 503 while the relay loads its state
             time.sleep(0.05)
+    if os.environ.get("REDIS_URL"):  # a shared store: whatever governance an earlier run left goes
+        ungoverned(mesh)
     return mesh
+
+
+def govern(mesh: BenchMesh, content: dict[str, Any]) -> None:
+    """Put a governance document at the mesh's first relay and wait until every relay enforces its version."""
+    import httpx
+
+    first, *others = list(mesh.ports)
+    admin = {"Authorization": f"Bearer {mesh.token}"}  # the benchmark's principal, whether or not publishers are
+    reply = httpx.put(f"{mesh.http(first)}/v1/governance", json=content, headers=admin, verify=mesh.ssl or True)
+    reply.raise_for_status()
+    version = reply.json()["version"]
+    deadline = time.monotonic() + 10
+    for region in others:
+        while True:
+            with urllib.request.urlopen(f"{mesh.http(region)}/healthz", timeout=2, context=mesh.ssl) as r:
+                if json.loads(r.read())["governance"]["version"] == version:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{region} did not take governance version {version} within 10 s")
+            time.sleep(0.1)
+
+
+def ungoverned(mesh: BenchMesh) -> None:
+    """No policy and no schema: a benchmark on a shared store (REDIS_URL) may find one an earlier run left,
+    and a policy, once there is one, refuses whatever it does not allow."""
+    govern(mesh, {"policies": None, "subjects": []})

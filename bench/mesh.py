@@ -23,12 +23,11 @@ import contextlib
 import json
 import statistics
 import time
-import urllib.request
 from typing import Any
 
 import httpx
 
-from bench.common import BenchMesh, Figure, free_port, processes, spawn_mesh, valkey
+from bench.common import BenchMesh, Figure, free_port, govern, processes, spawn_mesh, valkey
 from bench.netproxy import TcpProxy
 from bench.relay import A, B, relay_stream
 
@@ -130,26 +129,12 @@ def governed(total: int, runs: int) -> Figure:
     with valkey() as redis_url, processes() as spawn:
         mesh = spawn_mesh(spawn, redis_url, [A, B])
         for _ in range(runs):
-            _govern(mesh, {"policies": None, "subjects": []})
+            govern(mesh, {"policies": None, "subjects": []})
             fig.baseline += _throughput(mesh, total, 1)
-            _govern(mesh, governance())
+            govern(mesh, governance())
             fig.values += _throughput(mesh, total, 1)
     fig.note = "every event checked against the policy and its schema at A; baseline: the same mesh, alternating runs"
     return fig
-
-
-def _govern(mesh: BenchMesh, content: dict[str, Any]) -> None:
-    """Put a governance document at A and wait until B enforces the same version."""
-    reply = httpx.put(f"{mesh.http(A)}/v1/governance", json=content, headers=mesh.headers, verify=mesh.ssl or True)
-    reply.raise_for_status()
-    version = reply.json()["version"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{mesh.http(B)}/healthz", timeout=2, context=mesh.ssl) as r:
-            if json.loads(r.read())["governance"]["version"] == version:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{B} did not take governance version {version} within 10 s")
 
 
 def black_hole(runs: int) -> Figure:

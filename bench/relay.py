@@ -156,7 +156,9 @@ async def _until_heard(mesh: BenchMesh, heard: asyncio.Event, sub: asyncio.Task[
             if time.monotonic() > deadline:
                 raise RuntimeError(f"B's subscriber heard none of {n} warm-up events in {timeout_s:g} s")
             await ws.send(orjson.dumps(events(1, n, topic=WARMUP)[0]))
-            await ws.recv()
+            reply = orjson.loads(await ws.recv())
+            if reply.get("errors"):
+                raise RuntimeError(f"{A} refused a warm-up event: {reply['errors']}")
             n += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(heard.wait(), 0.1)
