@@ -714,6 +714,8 @@ def drive_faults(url: str, do: Callable[[str], None]) -> dict[str, Any]:
             )
             raise AssertionError(f"the page after recovery: {said}") from exc
         seen["recovered_links"] = fresh.evaluate(LINK_TRACES)
+        with contextlib.suppress(Exception):  # its figures are vouched for again once the region's next reports land
+            fresh.wait_for_function(f"() => ({edge_state_js(*CUT)})() !== 'unknown'", timeout=scaled(20) * 1000)
         seen["recovered_edge"] = fresh.evaluate(edge_state_js(*CUT))
         browser.close()
     return seen
