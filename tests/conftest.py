@@ -24,6 +24,7 @@ from router.app import build_app
 from router.config import RelayConfig
 from router.relay import Relay
 from router.spans import HopTracer
+from tests.netfault import TcpProxy, region_links
 
 TIMEOUT_SCALE = float(os.environ.get("MESHSCOPE_TEST_TIMEOUT_SCALE", "1"))
 
@@ -184,8 +185,6 @@ class Mesh:
         **overrides: Any,
     ) -> Mesh:
         """Relays for ``regions`` in a full mesh; the links in ``proxied`` (dialer, peer) go through a TcpProxy."""
-        from tests.netfault import TcpProxy
-
         self.regions = sorted(set(self.regions) | set(regions))
         write_principals(self.auth_file, self.regions)
         socks = {r: bind() for r in regions}
@@ -271,14 +270,12 @@ class Mesh:
 
     def isolate(self, region: str) -> None:
         """Cut every proxied link to and from ``region``."""
-        for (dialer, peer), proxy in self.proxies.items():
-            if region in (dialer, peer):
-                proxy.cut()
+        for proxy in region_links(self.proxies, region):
+            proxy.cut()
 
     def heal(self, region: str) -> None:
-        for (dialer, peer), proxy in self.proxies.items():
-            if region in (dialer, peer):
-                proxy.forward()
+        for proxy in region_links(self.proxies, region):
+            proxy.forward()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import redis
 
 from meshcore.flowrecord import FlowRecord, unpack
 from tests.conftest import AUTH, CE_JSON, cloud_event, free_port, relay_token, scaled, write_principals
-from tests.netfault import TcpProxy
+from tests.netfault import TcpProxy, region_links
 
 
 class ValkeyProcess:
@@ -128,14 +128,12 @@ class FaultMesh:
 
     def isolate(self, region: str) -> None:
         """Cut every proxied link to and from ``region``."""
-        for (dialer, peer), proxy in self.proxies.items():
-            if region in (dialer, peer):
-                proxy.cut()
+        for proxy in region_links(self.proxies, region):
+            proxy.cut()
 
     def heal(self, region: str) -> None:
-        for (dialer, peer), proxy in self.proxies.items():
-            if region in (dialer, peer):
-                proxy.forward()
+        for proxy in region_links(self.proxies, region):
+            proxy.forward()
 
     async def start(
         self,
