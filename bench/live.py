@@ -75,7 +75,7 @@ async def _measure(mesh: BenchMesh, runtime: DashboardRuntime, n: int) -> tuple[
 
 
 def run(quick: bool = False) -> list[Figure]:
-    n = 8 if quick else 60
+    n = 5 if quick else 60
     p50 = Figure("publish -> /ws/live p50", "ms", higher_is_better=False)
     p99 = Figure("publish -> /ws/live p99", "ms", target="<= 1,500", higher_is_better=False)
     with valkey() as redis_url, processes() as spawn:

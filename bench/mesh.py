@@ -264,17 +264,17 @@ async def _sequential_publish(mesh: BenchMesh, total: int) -> tuple[float, float
 
 
 def run(quick: bool = False) -> list[Figure]:
-    total, runs = (5_000, 1) if quick else (100_000, 3)
+    total, runs = (2_000, 1) if quick else (100_000, 3)
     figures = [
         security(total, runs),
         durability(total, runs),
         dedup_store(total, runs),
         store_wait(total, runs, 100),
-        store_wait(total // 50, runs, 1),
+        store_wait(total // (100 if quick else 50), runs, 1),
         governed(total, runs),
         black_hole(1 if quick else 3),
     ]
-    figures += regional(200 if quick else 2_000, 1 if quick else 3)
+    figures += regional(100 if quick else 2_000, 1 if quick else 3)
     for f in figures[:6]:
         f.values = [statistics.median(f.values)] if quick else f.values
     return figures

@@ -52,7 +52,7 @@ async def _relays(mesh: BenchMesh, regions: list[str], per_relay: int) -> float:
 
 
 def relay_scale(quick: bool) -> list[Figure]:
-    per_relay = 5_000 if quick else 50_000
+    per_relay = 2_000 if quick else 50_000
     figures = []
     base = None
     for n in (1, 2, 4):
@@ -125,7 +125,7 @@ async def _collectors(redis_url: str, ch_url: str, db: str, n: int, total: int, 
 
 
 def collector_scale(quick: bool) -> list[Figure]:
-    total = 20_000 if quick else 300_000
+    total = 8_000 if quick else 300_000
     ch_url = clickhouse_url()
     client = make_client(ch_url)
     recs = records(total, seed=5)

@@ -164,7 +164,7 @@ def run(quick: bool = False) -> list[Figure]:
     from dashboard.config import DashboardConfig
     from dashboard.serve import DashboardRuntime
 
-    n_viewers, seconds, clients, probes = (10, 3.0, 50, 3) if quick else (50, 20.0, 1000, 15)
+    n_viewers, seconds, clients, probes = (10, 1.0, 50, 2) if quick else (50, 20.0, 1000, 15)
     rate = 50 if quick else 200
     p50 = Figure(f"/api/topology 1h, {n_viewers} viewers p50", "ms", higher_is_better=False)
     p99 = Figure(f"/api/topology 1h, {n_viewers} viewers p99", "ms", target="<= 150", higher_is_better=False)
@@ -209,7 +209,7 @@ def run(quick: bool = False) -> list[Figure]:
                 wait = 3 * probes + 30
 
                 async def probe() -> None:
-                    await _probes(redis_url, channel, probes, 1.0)
+                    await _probes(redis_url, channel, probes, 0.5 if quick else 1.0)
 
                 stats["ws1"] = await _viewers(
                     "live", ws_url, "--count", "1", "--probes", str(probes), "--seconds", str(wait),
@@ -235,7 +235,7 @@ def run(quick: bool = False) -> list[Figure]:
         f"({stats['computed']} computations, one per cache interval); baseline: one viewer alone"
     )
     live99.note = (
-        f"{probes} probes, one a second, through Redis pub/sub to {clients:,} websocket clients in another process "
+        f"{probes} probes, one every {0.5 if quick else 1.0:g} s, through Redis pub/sub to {clients:,} websocket clients in another process "
         f"(median {statistics.median(stats['wsn']['delays_ms'] or [float('nan')]):.1f} ms); baseline: one client"
     )
     return [p50, p99, live99, complete]
