@@ -235,7 +235,8 @@ def run(quick: bool = False) -> list[Figure]:
         f"({stats['computed']} computations, one per cache interval); baseline: one viewer alone"
     )
     live99.note = (
-        f"{probes} probes, one every {0.5 if quick else 1.0:g} s, through Redis pub/sub to {clients:,} websocket clients in another process "
+        f"{probes} probes, one every {0.5 if quick else 1.0:g} s, through Redis pub/sub to {clients:,} websocket "
+        "clients in another process "
         f"(median {statistics.median(stats['wsn']['delays_ms'] or [float('nan')]):.1f} ms); baseline: one client"
     )
     return [p50, p99, live99, complete]
