@@ -227,21 +227,19 @@ async def _python_post(mesh: BenchMesh, seconds: float, connections: int) -> flo
 
 def relay_post(mesh: BenchMesh, seconds: float, connections: int = 32) -> float:
     """Single-event POST /v1/events requests per second, driven by wrk (C, one thread) when installed."""
-    wrk = shutil.which("wrk")
-    if wrk is None:
+    if shutil.which("wrk") is None:
         return asyncio.run(_python_post(mesh, seconds, connections))
+    return wrk_post(f"{mesh.http(A)}/v1/events", mesh.token, seconds, connections)
+
+
+def wrk_post(url: str, token: str, seconds: float, connections: int = 32) -> float:
+    """Requests per second wrk gets POSTing a unique event per request to ``url``; every answer must be 202."""
+    wrk = shutil.which("wrk")
+    assert wrk is not None
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT % {"token": mesh.token})
+        f.write(WRK_SCRIPT % {"token": token})
     out = subprocess.run(
-        [
-            wrk,
-            "-t1",
-            f"-c{connections}",
-            f"-d{max(1, int(seconds))}s",
-            "-s",
-            f.name,
-            f"{mesh.http(A)}/v1/events",
-        ],
+        [wrk, "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "-s", f.name, url],
         capture_output=True,
         text=True,
         check=True,
@@ -254,6 +252,13 @@ def relay_post(mesh: BenchMesh, seconds: float, connections: int = 32) -> float:
     if not m:
         raise RuntimeError(f"cannot read wrk output:\n{out}")
     return float(m.group(1))
+
+
+def bare_post(port: int, seconds: float, connections: int = 32) -> float | None:
+    """The POST baseline (``bench.httpbare``); None without wrk (the Python client would measure itself)."""
+    if shutil.which("wrk") is None:
+        return None
+    return wrk_post(f"http://127.0.0.1:{port}/v1/events", "-", seconds, connections)
 
 
 async def bare_stream(
@@ -293,6 +298,9 @@ def run(quick: bool = False, runs: int = 3) -> list[Figure]:
         wait_port(f2)
         spawn("-m", "bench.forwarder", str(f1), f"ws://127.0.0.1:{f2}")
         wait_port(f1)
+        bare_http = free_port()
+        spawn("-m", "bench.httpbare", str(bare_http))
+        wait_port(bare_http)
 
         async def measure() -> None:
             for _ in range(runs):
@@ -301,6 +309,9 @@ def run(quick: bool = False, runs: int = 3) -> list[Figure]:
                 figures[1].values.append(await relay_stream(mesh, n1, 1))
                 figures[1].baseline.append(await bare_stream(f1, f2, n1, 1))
                 figures[2].values.append(await asyncio.to_thread(relay_post, mesh, post_s))
+                bare = await asyncio.to_thread(bare_post, bare_http, post_s)
+                if bare is not None:
+                    figures[2].baseline.append(bare)
             # hop latency at half the measured maximum rate (100-event frames -> 10-event frames for smoothness)
             rate = statistics.median(figures[1].values) / 2
             for _ in range(runs):
@@ -317,7 +328,14 @@ def run(quick: bool = False, runs: int = 3) -> list[Figure]:
                 "per frame; baseline: the same path through two bare forwarders"
             )
             driver = "wrk" if shutil.which("wrk") else "a Python client (wrk is not installed)"
-            figures[2].note = f"{driver}, 32 keep-alive connections, a unique event per request; no baseline forwarder"
+            figures[2].note = (
+                f"{driver}, 32 keep-alive connections, a unique event per request over TLS; baseline: the same "
+                "web stack (uvicorn, httptools, uvloop, Starlette) answering 202 with no work and no TLS "
+                "(bench/httpbare.py)"
+                if mesh.tls
+                else f"{driver}, 32 keep-alive connections, a unique event per request; baseline: the same web "
+                "stack (uvicorn, httptools, uvloop, Starlette) answering 202 with no work (bench/httpbare.py)"
+            )
 
         asyncio.run(measure())
     return figures + hop + nats_peer(figures[0], figures[1], runs, 2_000 if quick else 100_000, 300 if quick else 5_000)

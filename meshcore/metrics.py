@@ -140,6 +140,8 @@ class Registry:
         self._help: dict[str, tuple[str, str]] = {}
         self._values: dict[str, defaultdict[Labels, float]] = {}
         self._histograms: dict[str, _Histogram] = {}
+        # label order and the topic label's place, by the label names inc_many was given
+        self._plans: dict[tuple[str, ...], tuple[tuple[int, ...], tuple[str, ...], int]] = {}
         self._extra: list[Collector] = []
         self._included: list[Registry] = []
         self.collector_registry = CollectorRegistry(auto_describe=False)
@@ -220,9 +222,12 @@ class Registry:
         The relay counts per batch and calls this once, instead of once per event.
         """
         series = self._values[name]
-        order = sorted(range(len(label_names)), key=label_names.__getitem__)
-        names = [label_names[i] for i in order]
-        at = names.index("topic") if "topic" in names else -1
+        plan = self._plans.get(label_names)
+        if plan is None:
+            order = tuple(sorted(range(len(label_names)), key=label_names.__getitem__))
+            names = tuple(label_names[i] for i in order)
+            plan = self._plans[label_names] = (order, names, names.index("topic") if "topic" in names else -1)
+        order, names, at = plan
         topic = self.topic
         for values, amount in counts.items():
             if len(values) != len(order):
