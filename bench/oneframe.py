@@ -3,8 +3,9 @@
 One event per frame with 8 frames in flight through relay A -> link -> relay B
 (``bench.relay.relay_stream``), the same through two bare forwarders, and
 single-event POST (wrk when installed) beside the bare web stack
-(``bench.httpbare``), on a fresh pair of relays; prints one JSON line. Run it alternately in a checkout of each version (A B A B) and
-compare the medians of the in-run ratios.
+(``bench.httpbare``), on a fresh pair of relays; prints one JSON line. Run it
+alternately in a checkout of each version (A B A B) and compare the medians of
+the in-run ratios.
 """
 
 from __future__ import annotations
