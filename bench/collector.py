@@ -73,7 +73,7 @@ async def ingest(redis_url: str, ch_url: str, database: str, n: int, client: Any
         group=f"bench-{database}",
         metrics_port=-1,
         flush_interval_s=0.5,
-        read_count=400,
+        read_count=50,
     )
     r = aioredis.Redis.from_url(redis_url)
     collector = Collector(cfg, r, clickhouse=client)

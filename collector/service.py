@@ -48,6 +48,8 @@ from meshcore.supervise import Supervisor
 log = logging.getLogger(__name__)
 
 INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+CATCH_UP_FRACTION = 8
+"""Behind, an insert starts once no other is in flight and 1/CATCH_UP_FRACTION of a batch is read."""
 
 
 class Collector:
@@ -267,11 +269,16 @@ class Collector:
                 wait_s = max(0.001, self.batch.started + self.config.flush_interval_s - time.monotonic())
             entries = await self.stream.read(self.config.read_count, int(min(wait_s, 0.25) * 1000))
             await self._take(entries)
-            if should_flush(self.batch, time.monotonic(), self.config.batch_rows, self.config.flush_interval_s):
-                await self.flush(wait=False)
-            elif self._inflight is not None and self._inflight.done():
+            if self._inflight is not None and self._inflight.done():
                 inflight, self._inflight = self._inflight, None
                 await inflight  # surfaces a failed commit
+            # behind (the read came back full): ClickHouse is kept busy, each insert taking what was read
+            # while the one before it ran, instead of idling until a whole batch is read and decoded
+            behind = len(entries) >= self.config.read_count and self._inflight is None
+            if should_flush(self.batch, time.monotonic(), self.config.batch_rows, self.config.flush_interval_s) or (
+                behind and len(self.batch) >= self.config.batch_rows // CATCH_UP_FRACTION
+            ):
+                await self.flush(wait=False)
 
     def stop(self) -> None:
         self._stopping = True

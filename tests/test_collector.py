@@ -595,3 +595,19 @@ def test_sigterm_stops_a_collector_process_through_its_cleanup(
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+async def test_a_collector_behind_keeps_clickhouse_busy_instead_of_waiting_for_a_whole_batch(
+    redis_sync: redis.Redis, run_collector: Any, ch_admin: Any, database: str
+) -> None:
+    records = make_records(4000)
+    add_records(redis_sync, records, per_entry=50)  # 80 entries: a backlog
+    sizes: list[int] = []
+    collector = await run_collector(batch_rows=1600, read_count=4, flush_interval_s=2.0)
+    collector.after_insert = lambda batch: sizes.append(len(batch))
+    await eventually(lambda: sum(sizes) == 4000, 15)
+    # the first insert started with the first read (200 records, an eighth of a batch, nothing in flight):
+    # waiting for 1,600 would have left ClickHouse idle while they were read and decoded
+    assert sizes[0] == 200, sizes
+    assert count(ch_admin, database) == 4000
+    assert set(flow_keys(ch_admin, database).values()) == {1}
