@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from collector.position import reports
 from collector.sqlclient import MESHSCOPE_TOKEN_FILE, SqlFailed, client_token, running_dashboard, via_dashboard
+from meshcore.flowrecord import loose_rows
 from meshcore.freshness import FLOWS, age_text
 
 DROP_WAIT_S = 15.0
@@ -101,7 +101,7 @@ async def _read_stream_since(client: aioredis.Redis, started_ms: int, missing: s
     while True:
         page: Any = await client.xrange(FLOW_STREAM, min=after, max="+", count=STREAM_PAGE)
         for _, fields in page:
-            for row in orjson.loads(fields.get(b"r", b"[]")):
+            for row in loose_rows(fields) or []:
                 if row[6] == "drop" and row[1] in missing:
                     named[row[1]] = row[12]
         if len(page) < STREAM_PAGE:
@@ -121,7 +121,7 @@ async def detour(client: aioredis.Redis, origin: str, accepted: set[str], dst: s
     try:
         records: Any = await client.xrevrange(FLOW_STREAM, count=5_000)
         for _, fields in records:
-            for row in orjson.loads(fields[b"r"]):
+            for row in loose_rows(fields) or []:
                 if row[6] == "forward" and row[1] in accepted and row[8] == dst and len(row) > 17:
                     vias[row[17]] += 1
     finally:

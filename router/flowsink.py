@@ -35,12 +35,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from meshcore.breaker import CircuitBreaker
-from meshcore.flowrecord import DROP, TRIMMED, FlowRecord, pack
+from meshcore.flowrecord import DROP, TRIMMED, FlowRecord, loose_rows, pack
 from meshcore.metrics import Registry
 from router.committer import Committer, Ops
 
@@ -57,11 +56,8 @@ OnTrimmed = Callable[[int, int], None]
 
 def _given_up(fields: dict[Any, Any], written_us: int) -> tuple[int, int]:
     """(records, µs of the oldest) an entry stands for: an earlier ``trimmed`` record counts what it named."""
-    try:
-        rows = orjson.loads(fields.get(b"r", b"[]"))
-    except (orjson.JSONDecodeError, TypeError):
-        return 1, written_us
-    if not isinstance(rows, list):
+    rows = loose_rows(fields)
+    if rows is None:
         return 1, written_us
     records, oldest = 0, written_us
     for row in rows:

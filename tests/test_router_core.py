@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshcore.backoff import backoff_s
-from meshcore.flowrecord import FIELDS, FlowRecord, RecordDecodeError, pack, unpack
+from meshcore.flowrecord import FIELDS, KINDS, STATUSES, FlowRecord, RecordDecodeError, loose_rows, pack, unpack
 from meshcore.metrics import Registry
 from meshcore.settings import SettingError, get_int, get_map_float
 from meshcore.topic import PatternSet, matches, validate_pattern, validate_topic
@@ -240,6 +242,10 @@ def record(**over: object) -> FlowRecord:
     return FlowRecord(**values)  # type: ignore[arg-type]
 
 
+def _row(**over: object) -> list[object]:
+    return list(record()._replace(**over))
+
+
 def test_flow_records_pack_and_unpack() -> None:
     records = [record(), record(kind="deliver", hop_ms=3, seq=9)]
     fields = pack(records)
@@ -248,6 +254,18 @@ def test_flow_records_pack_and_unpack() -> None:
     assert len(FIELDS) == 20
     v2 = [record(principal="billing", via="gcp:europe-west1", seq_end=4, dataschema="meshscope:schema/a/1")]
     assert unpack(pack(v2)) == v2
+
+
+def test_entries_hold_columns_and_version_2_rows_are_still_read() -> None:
+    records = [record(), record(kind="deliver", hop_ms=3, seq=9)]
+    fields = pack(records)
+    assert fields[b"v"] == b"3"
+    columns = orjson.loads(fields[b"r"])
+    assert len(columns) == len(FIELDS) and columns[6] == ["publish", "deliver"]
+    rows = {b"v": b"2", b"r": orjson.dumps([list(r) for r in records])}
+    assert unpack(rows) == records
+    assert loose_rows(fields) == loose_rows(rows) == [list(r) for r in records]
+    assert unpack(pack([])) == []
 
 
 def test_version_1_entries_are_still_read() -> None:
@@ -271,11 +289,40 @@ def test_version_1_entries_are_still_read() -> None:
         },
         {b"v": b"1", b"r": orjson.dumps([[1, "e", "t", "s", "p", "a", "drop", "x", "y", "r", 1, 1, "bogus", 1, 1, 1]])},
         {b"v": b"2", b"r": orjson.dumps([[1, "e", "t", "s", "p", "a", "drop", "x", "y", "r", 1, 1, "ok", 1, 1, 1]])},
+        {b"v": b"3", b"r": b"[[1],[2]]"},  # not one column per field
+        {b"v": b"3", b"r": orjson.dumps([[1]] * 19 + [1])},  # a column that is not an array
+        {b"v": b"3", b"r": orjson.dumps([[1, 2]] + [["a"]] * 19)},  # columns of different lengths
+        {b"v": b"3", b"r": orjson.dumps([list(c) for c in zip(*[_row(kind="hop")], strict=True)])},
+        {b"v": b"3", b"r": orjson.dumps([list(c) for c in zip(*[_row(status="bogus")], strict=True)])},
+        {b"v": b"3", b"r": orjson.dumps([list(c) for c in zip(*[_row(ts="1")], strict=True)])},
+        {b"v": b"3", b"r": orjson.dumps([list(c) for c in zip(*[_row(hop_ms="1")], strict=True)])},
+        {b"v": b"3", b"r": orjson.dumps([list(c) for c in zip(*[_row(principal=None)], strict=True)])},
+        {b"v": b"3", b"r": b"{}"},
     ],
 )
 def test_undecodable_entries_are_refused(fields: dict[bytes, bytes]) -> None:
     with pytest.raises(RecordDecodeError):
         unpack(fields)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=25) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=60,
+)
+
+
+@given(version=st.sampled_from([b"1", b"2", b"3", b"4", b""]), body=_JSON)
+@settings(max_examples=300, deadline=None)
+def test_any_entry_is_either_records_or_refused_with_a_reason(version: bytes, body: object) -> None:
+    fields = {b"v": version, b"r": orjson.dumps(body)}
+    try:
+        records = unpack(fields)
+    except RecordDecodeError as exc:
+        assert str(exc)
+    else:
+        assert all(r.kind in KINDS and r.status in STATUSES for r in records)
+        assert pack(records)[b"v"] == b"3" and unpack(pack(records)) == records
 
 
 def test_metrics_render_prometheus_text() -> None:
