@@ -47,7 +47,7 @@ from meshcore.tls import peer_identity
 from meshcore.topic import InvalidTopic, validate_pattern
 from router.admin import admin_routes
 from router.committer import Unavailable
-from router.envelope import Event, combine_headers, decode_http_steps
+from router.envelope import Event
 from router.errors import (
     Backpressure,
     EventTooLarge,
@@ -58,6 +58,7 @@ from router.errors import (
 from router.faults import fault_routes
 from router.groupsession import GroupSession
 from router.hop import Subject
+from router.httpbinding import combine_headers, decode_http_steps
 from router.inbound import serve_peer
 from router.outbox import StoreFull
 from router.publish import InDoubt

@@ -26,21 +26,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from meshcore.topic import validate_topic
-from router.envelope import (
-    BINARY,
-    DEFAULT_LIMITS,
-    STRUCTURED,
-    Event,
-    EventLimits,
-    combine_headers,
-    content_mode,
-    decode_events,
-    decode_http,
-    decode_http_steps,
-    finish,
-    validate_event,
-)
+from router.envelope import DEFAULT_LIMITS, Event, EventLimits, decode_events, finish, validate_event
 from router.errors import EventTooLarge, InvalidInput, MalformedEvent, UnsupportedMediaType
+from router.httpbinding import BINARY, STRUCTURED, combine_headers, content_mode, decode_http, decode_http_steps
 from router.tracecontext import header_context, parse_traceparent, parse_tracestate
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.envelope import combine_headers
+from router.httpbinding import combine_headers
 from router.tracecontext import (
     ORIGIN_EVENT,
     ORIGIN_HEADER,
