@@ -109,13 +109,24 @@ Profiles were taken with py-spy on the running processes (`py-spy record -p PID 
   commit before it read the next, so a connection got one frame per round trip
   however many its producer kept in flight. The handler now reads on while
   commits are in flight, commits the frames that arrived meanwhile together and
-  answers them in order, each once durable (router/streamsession.py); what
-  bounds it now is the relay's CPU per frame (see "Where the time goes").
+  answers them in order, each once durable (router/streamsession.py), and a
+  commit waits a loop turn or two for the frames already received, so one
+  commit carries about five frames instead of two (see "Commits gather what
+  is ready"). With 8 frames in flight the rate is 8 over a frame's round trip
+  (publish, commit to Valkey, answer): the relay's CPU per frame and the
+  commit's round trip on shared cores bound it (see "Where the time goes").
 - **Single-event POST** was 110 requests/s at first: the listening socket was
   created without `IPPROTO_TCP`, so asyncio never set `TCP_NODELAY` on accepted
   connections and each keep-alive response waited about 44 ms on Nagle and
-  delayed ACKs. Fixed; what remains is Starlette/uvicorn per-request cost plus
-  the per-event work above, with wrk on the same two cores.
+  delayed ACKs. Fixed; what remains is the relay's per-request work, with wrk
+  on the same two cores. The row's baseline is the same web stack (uvicorn
+  with httptools on uvloop, Starlette) answering 202 with no work
+  (bench/httpbare.py): the relay reaches a quarter to a third of it. A
+  profile of the relay under wrk shows no single step above a sixth: the
+  response's socket write 16%, the commit 10%, body reading 5%, counters 4%,
+  the publish path, validation, authentication and the request log a few
+  per cent each. 8,000 requests/s needs two relay processes on their own
+  cores (workers) or fewer Python steps per request, not one fix.
 - **Hop latency** at half the measured rate is mostly queueing on the two
   shared cores; p50 is within about a millisecond of two bare forwarders.
 - **Collector ingest** is bound by ClickHouse itself: a bare column insert into
@@ -123,7 +134,16 @@ Profiles were taken with py-spy on the running processes (`py-spy record -p PID 
   halve what the same insert reaches without them. Fixed on the way: records
   are checked column by column (`set(map(type, column))` in C) and stay in
   columns from decode to insert, and the next batch is read while one inserts.
-  Arrow inserts were tried and were no faster with the views in place.
+  Arrow inserts were tried and were no faster with the views in place. Since
+  then: flow record entries hold columns (format 3), which halves the
+  collector's decode (0.47 to about 0.25 s of CPU per 100,000 records), and a
+  collector that is behind starts each insert as soon as the one before it
+  landed with whatever was read meanwhile, instead of reading a whole batch
+  first. Embedded ClickHouse inserts in threads of its own (the GIL is
+  released: a Python thread spinning during an insert kept its pace), so the
+  decode overlaps the insert; on two cores both compete for the same CPU, and
+  the ratio to the bare insert moved between 0.67 and 1.24 from run to run at
+  load averages of 2 to 5.
 - **Dashboard queries**: the 24 h topology reads the hourly rollup
   (`pair_hour`), one row per region pair and hour; the edge series reads
   `pair_minute`; a trace lookup asks `trace_index` (ordered by trace id) for the
@@ -235,6 +255,29 @@ went from 12 ms before group commit to about 500 ms with it, and 30 ms in the
 run of the relay table above after the fix). The fix removes resends, so it
 can only lower the relay's CPU per frame; these pairs were not run again.
 
+## Commits gather what is ready
+
+A relay's committer used to start a commit at the first submit it saw. With
+8 one-event frames in flight, the frames already received needed a loop turn
+or two each to reach the committer, so the first commit carried one frame and
+the next the rest: relay A made 5,554 commits for 10,000 frames (0.55 a
+frame) and relay B 5,124 for what it applied. The committer now waits until
+two loop turns pass with nothing new (at most 32 turns; microseconds on an
+idle relay) before it starts a commit. The same 10,000 frames then took 1,682
+to 1,886 commits at A (0.17 to 0.19 a frame) and 1,601 to 1,854 at B, whose
+EVENTS frames grew with them; the flow sink's own commits went from 1,111 to
+about 52. (Counted from the commit counters in Valkey,
+`meshscope:commit:<writer>`, around `bench.relay.relay_stream(mesh, 10000, 1)`.)
+
+In events per second the gain depends on the machine's load. At a load
+average near 1.5, `python -m bench.oneframe 10000 3` went from 1,606 and 1,818
+events/s (0.14 and 0.18 of the bare forwarder) to 3,474 and 3,175 (0.23 and
+0.32), and POST from 3,331 and 3,708 to 4,880 and 4,061 requests/s. Three
+alternating pairs at a load average of 4 to 6 (other developers' test runs)
+gave 0.23, 0.10, 0.19 before and 0.16, 0.23, 0.21 after: at that load the
+frames queue up behind a busy loop and share commits either way. The target
+of 0.9 of the bare forwarder is not reached.
+
 ## The NATS peer
 
 `python -m bench relay` now runs two `nats-server` 2.15 processes joined by a
@@ -251,41 +294,34 @@ in the next section are what separates the one-event row from JetStream.
 
 ## Where the time goes: one event per frame, 8 frames in flight
 
-py-spy (`py-spy record -r 200 -f raw --pid PID`, 10 s) on both relays while
-one connection streams one-event frames with 8 in flight
-(`bench.relay.relay_stream(mesh, 20000, 1)`), after group commit (load average
-about 5 from other work on the machine, and py-spy pausing the process for
-each sample, so rates under the profiler are lower). Relay A (the publishing
-relay) was busy 94% of the samples, relay B 66%: relay A bounds the rate. Its
-busy samples, by step (a sample counts for the first step on its stack, in this order:
-answering, committing, publish path, reading, link):
+py-spy (`py-spy record -r 200 --idle -f raw --pid PID`, 6 s) on relay A
+while one connection streams one-event frames with 8 in flight
+(`python -m bench.oneframe 60000 1`), after commits gather (load average about
+2). A third of relay A's samples are in the event loop's own C code (uvloop:
+waiting in epoll, or its callbacks): the relay is not CPU-bound here. With 8
+frames in flight a connection's rate is 8 over a frame's round trip, and the
+round trip is the publish, the commit's trip to Valkey (which shares the two
+cores) and the answer. Relay A's samples, by step (a sample counts for the
+first step on its stack):
 
 | step on relay A                                                        | share |
 | ---------------------------------------------------------------------- | ----- |
-| committing: the Lua commit through redis-py (socket write 22%, rest 13%)  | 35% |
-| mesh link: sending held events to relay B (a frame per commit's worth) | 18% |
-| answering frames (one WebSocket send, one `transport.write`, per acknowledgement) | 16% |
-| WebSocket frame parsing, uvicorn, the event loop | 15% |
-| publish path: duplicate keys, routing, hop records, outbox append | 9% |
+| the event loop itself (uvloop, mostly waiting)                         | 32% |
+| answering frames (one WebSocket send, one `transport.write`, per acknowledgement) | 17% |
+| socket writes to Valkey (redis-py's `writelines`)                      | 11% |
+| committing: building and running the Lua commit                        | 10% |
+| mesh link: sending held events to relay B                              | 10% |
+| publish path: duplicate keys, routing, hop records, outbox append      | 8% |
 | reading and checking frames: receive, JSON, CloudEvents validation, policy | 6% |
-| flow records and the rest | 2% |
+| the outbox, WebSocket parsing, flow records and the rest               | 6% |
 
-Relay B (the receiving relay, busy 66% of the samples): committing 41%
-(mostly the socket write again), WebSocket parsing and the event loop 30%,
-applying EVENTS frames 15%, live delivery to the subscriber 13%. Of relay A's
-commit share, packing the arguments is 5%, the script call 4% and reading the
-reply 4%.
-
-What dominates is fixed cost per frame and per commit, not per event, and most
-of it is system calls, expensive on this virtual machine: a socket write per
-commit to Valkey, one per acknowledgement, and a mesh link send per commit's
-worth of held events. With 100
-events a frame the same costs are spread over 100 events. The next steps, in that order:
-acknowledge several frames with one write (a protocol change: one message
-answering a range of frames), keep two commits in flight on the commit
-connection (numbered, applied in order by Valkey), and send held events over
-the link once per loop turn rather than once per commit.
+Before commits gathered (the same profile without idle samples, at a load
+average near 1.5), the commit was 17%, the answers 14%, the publish path
+12%, link sends 10%, reading 10%, socket writes to Valkey 8%.
+What is left is per frame: an acknowledgement per frame and a link send per
+commit. The next steps: acknowledge several frames with one message (a
+protocol change: one message answering a range of frames) and keep two
+commits in flight on the commit connection (numbered, applied in order by
+Valkey), so that a frame's round trip is not one commit's round trip plus the
+wait for the commit before it.
 """
-
-if __name__ == "__main__":
-    raise SystemExit(main())
