@@ -325,3 +325,6 @@ commits in flight on the commit connection (numbered, applied in order by
 Valkey), so that a frame's round trip is not one commit's round trip plus the
 wait for the commit before it.
 """
+
+if __name__ == "__main__":
+    raise SystemExit(main())
