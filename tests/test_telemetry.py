@@ -120,7 +120,7 @@ async def test_the_dashboard_reads_every_regions_own_store_and_a_silent_one_turn
                 k = kinds()
                 return k if all(k.get(n) == c for n, c in want.items()) else None
 
-            got = await eventually(complete, 20)
+            got = await eventually(complete, 20, 0.25)  # not a query every 20 ms: it would queue behind the inserts
         finally:
             ch.close()
         assert {n: got[n] for n in want} == want
