@@ -1,6 +1,6 @@
 """``python -m bench [SUITE ...] [--quick] [--write]``
 
-Suites: relay, collector, queries, live, scale, mesh, store, governance, metrics, viewers, bulk
+Suites: relay, collector, queries, live, scale, mesh, store, governance, matching, metrics, viewers, bulk
 (none named: all of them).
 
 Each benchmark starts what it needs (Valkey, embedded ClickHouse, relays on
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 try:
-    from bench import bulk, collector, governance, live, mesh, metrics, queries, relay, scale, store, viewers
+    from bench import bulk, collector, governance, live, matching, mesh, metrics, queries, relay, scale, store, viewers
     from bench.common import Figure, machine, table
 except ModuleNotFoundError as exc:
     if __name__ != "__main__":
@@ -35,6 +35,7 @@ SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
     "mesh": ("What the guarantees cost", lambda q: mesh.run(q)),
     "store": ("Link store: Redis stream or append-only file", lambda q: store.run(q)),
     "governance": ("Governance hot path", lambda q: governance.run(q)),
+    "matching": ("Who gets an event: live subscribers matched", lambda q: matching.run(q)),
     "metrics": ("Metrics hot path and scrape", lambda q: metrics.run(q)),
     "viewers": ("Many viewers: the map polled, the live feed fanned out", lambda q: viewers.run(q)),
     "bulk": ("Liveness under bulk publishing", lambda q: bulk.run(q)),

@@ -78,12 +78,11 @@ class LocalDelivery:
         topic = ev.topic
         subs = []
         filtered = 0
-        for s in r.subscribers.values():
-            if s.patterns.matches(topic):
-                if s.gate is None or s.gate(topic):
-                    subs.append(s)
-                else:
-                    filtered += 1
+        for s in r.wanted.match(topic):
+            if s.gate is None or s.gate(topic):
+                subs.append(s)
+            else:
+                filtered += 1
         groups = []
         for g in r.groups.matching(topic):
             gate = r.gate.group_gate(g)

@@ -36,6 +36,7 @@ from meshcore.errors import StreamUnavailable
 from meshcore.governance import Governance
 from meshcore.loopmon import monitor_loop
 from meshcore.metrics import Registry
+from meshcore.sublist import SubList
 from meshcore.supervise import Supervisor
 from meshcore.tls import client_context
 from router import frame as fr
@@ -112,6 +113,7 @@ class Relay:
         self.draining = False  # stopping: new publishes get 503, commits in flight finish
         self.requests_in_flight = 0  # publish requests being handled (the body may still be arriving)
         self.subscribers: dict[int, Subscriber] = {}
+        self.wanted: SubList[Subscriber] = SubList()  # live subscribers by pattern, for delivery
         # group members' commands run on a pool of their own: they never take a connection a publish needs
         self.session_redis = session_client(client, config.group_connections)
         self.groups = GroupStore(
@@ -454,13 +456,19 @@ class Relay:
         sub = Subscriber(patterns, self.config.subscriber_buffer, principal)
         sub.gate = self.gate.read_gate(principal)
         self.subscribers[sub.id] = sub
+        for pattern in sub.patterns.patterns:
+            self.wanted.insert(pattern, sub)
         if self.local.add(patterns):
             self.mesh.advertise()
         self.metrics.set("subscribers", len(self.subscribers))
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        if self.subscribers.pop(sub.id, None) is not None and self.local.remove(sorted(sub.patterns.patterns)):
+        if self.subscribers.pop(sub.id, None) is None:
+            return
+        for pattern in sub.patterns.patterns:
+            self.wanted.remove(pattern, sub)
+        if self.local.remove(sorted(sub.patterns.patterns)):
             self.mesh.advertise()
         self.metrics.set("subscribers", len(self.subscribers))
 
