@@ -36,10 +36,11 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from meshcore.auth import Principal
@@ -69,7 +70,19 @@ SESSION_SOCKET_TIMEOUT_S = 5.0
 
 
 def session_client(client: aioredis.Redis, max_connections: int) -> aioredis.Redis:
-    """A client for members' commands: ``client``'s server and settings, on a pool of its own, waited for when busy."""
+    """A client for members' commands: ``client``'s server and settings, on a pool of its own, waited for when busy.
+
+    On a cluster: a cluster client of its own, ``max_connections`` per node.
+    """
+    if isinstance(client, RedisCluster):
+        kwargs = dict(client.connection_kwargs)
+        kwargs["socket_timeout"] = kwargs.get("socket_timeout") or SESSION_SOCKET_TIMEOUT_S
+        kwargs["client_name"] = SESSION_CLIENT_NAME
+        for unset in ("host", "port", "connection_class", "redis_connect_func", "retry"):
+            kwargs.pop(unset, None)
+        nodes = [ClusterNode(n.host, n.port) for n in client.get_nodes()] or client.startup_nodes.values()
+        own = RedisCluster(startup_nodes=list(nodes), max_connections=max_connections, **kwargs)
+        return cast(aioredis.Redis, own)
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     kwargs["socket_timeout"] = kwargs.get("socket_timeout") or SESSION_SOCKET_TIMEOUT_S

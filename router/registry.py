@@ -3,11 +3,13 @@
 Every region's store holds its own copy (``router.authority`` orders the
 versions and carries them over the mesh). Keys::
 
-    meshscope:governance:current    the newest document (JSON, see meshcore.governance)
-    meshscope:governance:version    its version id alone, for the cheap periodic check
-    meshscope:governance:versions   hash: version number -> that document, the whole history
-    meshscope:governance:log        stream: one entry per change (version, author, time, summary)
-    meshscope:governance            pub/sub channel: a version id when it changes
+    {meshscope:governance}:current    the newest document (JSON, see meshcore.governance)
+    {meshscope:governance}:version    its version id alone, for the cheap periodic check
+    {meshscope:governance}:versions   hash: version number -> that document, the whole history
+    {meshscope:governance}:log        stream: one entry per change (version, author, time, summary)
+    meshscope:governance              pub/sub channel: a version id when it changes
+
+The keys share one hash tag, so a change is one transaction on a cluster too.
 
 A change is a compare-and-set under WATCH on the current document: it is
 made on the version it names (or the one read in the same transaction), and
@@ -39,6 +41,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
+from meshcore import storekeys as sk
 from meshcore.backoff import backoff_s
 from meshcore.document import InvalidDocument
 from meshcore.errors import StreamUnavailable
@@ -60,10 +63,10 @@ from meshcore.governance import (
 
 log = logging.getLogger(__name__)
 
-CURRENT = "meshscope:governance:current"
-VERSION = "meshscope:governance:version"
-VERSIONS = "meshscope:governance:versions"
-LOG = "meshscope:governance:log"
+CURRENT = sk.GOVERNANCE_CURRENT
+VERSION = sk.GOVERNANCE_VERSION
+VERSIONS = sk.GOVERNANCE_VERSIONS
+LOG = sk.GOVERNANCE_LOG
 CHANNEL = "meshscope:governance"
 CHECK_INTERVAL_S = 3.0
 
