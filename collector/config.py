@@ -13,6 +13,7 @@ from collector.clickhouse import is_embedded, resolve_url
 from collector.schema import SchemaOptions
 from meshcore import names
 from meshcore import settings as s
+from meshcore import storekeys as sk
 from meshcore.freshness import ALL
 from meshcore.settings import (
     MESHSCOPE_FLOW_SHARDS,
@@ -108,8 +109,8 @@ class AlertConfig:
     webhook_backoff_s: float = 1.0
     queue_max: int = 1000
     external_url: str = ""
-    state_key: str = "meshscope:alerts:state"
-    leader_key: str = "meshscope:alerts:leader"
+    state_key: str = sk.ALERTS_STATE
+    leader_key: str = sk.ALERTS_LEADER
 
     def token_for(self, index: int) -> str:
         return self.webhook_tokens[index] if index < len(self.webhook_tokens) else ""

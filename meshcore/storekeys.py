@@ -15,6 +15,7 @@ slot. So the keys are tagged by what must stay together:
     {<region>><dst>}        meshscope:out:{R>D}            the link store for one destination
     {<i>}                   <flow stream>:{<i>}            flow shard i (with more than one shard)
     {meshscope:governance}  {meshscope:governance}:current|version|versions|log
+    {meshscope:alerts}      {meshscope:alerts}:state|leader   (the alert evaluator's, one script)
 
 A commit spans tags (an event lands in a group stream, a link store, the flow
 shard and the region's state at once): on a cluster it is split per tag, and
@@ -46,6 +47,13 @@ GOVERNANCE_VERSIONS = f"{GOVERNANCE_TAG}:versions"
 """Hash: version number -> that document, the whole history."""
 GOVERNANCE_LOG = f"{GOVERNANCE_TAG}:log"
 """Stream: one entry per change (version, author, time, summary)."""
+
+ALERTS_STATE = "{meshscope:alerts}:state"
+"""The alert evaluator's alert states (hash), saved by one script with its lease: one tag."""
+ALERTS_LEADER = "{meshscope:alerts}:leader"
+"""The alert evaluator's lease."""
+LEGACY_ALERTS_STATE = "meshscope:alerts:state"
+"""Where alert states were kept before the tag: read while the tagged hash is empty, removed once saved."""
 
 COMMIT_PREFIX = "meshscope:commit:"
 MANIFESTS_PREFIX = "meshscope:collector:inflight:"

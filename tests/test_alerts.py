@@ -32,6 +32,7 @@ from collector.notify import ZERO_TIME, WebhookNotifier
 from collector.position import publish as publish_positions
 from collector.schema import SchemaOptions
 from collector.service import Collector
+from meshcore import storekeys as sk
 from meshcore.freshness import LagReport
 from meshcore.metrics import Registry
 from meshcore.server import Server
@@ -523,7 +524,7 @@ async def test_the_collector_runs_the_evaluator(
     finally:
         collector.stop()
         await asyncio.wait_for(task, scaled(10))
-    assert await redis_async.get("meshscope:alerts:leader") is None  # a clean stop hands the lease back at once
+    assert await redis_async.get(sk.ALERTS_LEADER) is None  # a clean stop hands the lease back at once
     assert collector.alerts.health()["role"] == "follower" and len(await firing(redis_async)) == 1
 
 
