@@ -80,6 +80,13 @@ async def store_run_id(client: aioredis.Redis, key: str) -> str:
     return str(info.get("run_id", ""))
 
 
+async def node_time(client: aioredis.Redis, key: str) -> Any:
+    """TIME of the server holding ``key`` (seconds, microseconds); on a cluster, of that key's node."""
+    if isinstance(client, RedisCluster):
+        return await client.time(target_nodes=client.get_node_from_key(key))
+    return await client.time()
+
+
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening-ready TCP socket; port 0 picks a free port, readable before the server starts."""
     # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and without it

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from meshcore.auth import Principal
@@ -69,19 +70,24 @@ SESSION_SOCKET_TIMEOUT_S = 5.0
 """The longest one command of a member may take (the session pool's socket timeout)."""
 
 
+CLUSTER_SETTINGS = ("username", "password", "socket_connect_timeout", "socket_timeout")
+"""The settings of the relay's cluster client that its session client keeps."""
+
+
 def session_client(client: aioredis.Redis, max_connections: int) -> aioredis.Redis:
     """A client for members' commands: ``client``'s server and settings, on a pool of its own, waited for when busy.
 
     On a cluster: a cluster client of its own, ``max_connections`` per node.
     """
     if isinstance(client, RedisCluster):
-        kwargs = dict(client.connection_kwargs)
+        known = client.nodes_manager
+        kwargs = {k: v for k, v in known.connection_kwargs.items() if k in CLUSTER_SETTINGS}
         kwargs["socket_timeout"] = kwargs.get("socket_timeout") or SESSION_SOCKET_TIMEOUT_S
-        kwargs["client_name"] = SESSION_CLIENT_NAME
-        for unset in ("host", "port", "connection_class", "redis_connect_func", "retry"):
-            kwargs.pop(unset, None)
-        nodes = [ClusterNode(n.host, n.port) for n in client.get_nodes()] or client.startup_nodes.values()
-        own = RedisCluster(startup_nodes=list(nodes), max_connections=max_connections, **kwargs)
+        kwargs["ssl"] = issubclass(known.connection_kwargs.get("connection_class", object), SSLConnection)
+        nodes = [ClusterNode(n.host, n.port) for n in known.startup_nodes.values()]
+        own = RedisCluster(
+            startup_nodes=nodes, max_connections=max_connections, client_name=SESSION_CLIENT_NAME, **kwargs
+        )
         return cast(aioredis.Redis, own)
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
