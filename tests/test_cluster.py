@@ -27,7 +27,7 @@ from meshcore.breaker import CircuitBreaker
 from meshcore.flowrecord import pack
 from meshcore.server import is_cluster, redis_client
 from router.committer import Committer, Ops, split_by_tag
-from tests.conftest import AUTH, Mesh, cloud_event, eventually, scaled
+from tests.conftest import AUTH, CE_JSON, POLICY, Mesh, cloud_event, eventually, scaled
 from tests.test_collector import count, flow_keys, make_records
 
 A, C = "aws:us-east-1", "azure:westeurope"
@@ -298,3 +298,25 @@ def test_the_cluster_spreads_what_a_relay_writes_over_its_nodes(valkey_cluster: 
     assert {valkey_cluster.node_of(k) for k in keys} == {0, 1, 2}
     with redis.Redis.from_url(valkey_cluster.node_url(0)) as node:
         assert b"cluster_state:ok" in node.execute_command("CLUSTER", "INFO")
+
+
+async def test_a_governance_change_on_a_cluster_store_is_one_transaction_and_reaches_every_relay(
+    cluster_url: str, tmp_path: Any, store: aioredis.Redis
+) -> None:
+    mesh = Mesh(cluster_url, tmp_path)
+    try:
+        await mesh.start([A, C])
+        async with httpx.AsyncClient(timeout=scaled(10), headers=AUTH) as http:
+            reply = await http.put(f"{mesh[A].url}/v1/policies", json=POLICY)
+            assert reply.status_code == 200, reply.text
+            version = reply.json()["version"]
+            for region in (A, C):
+                await eventually(lambda region=region: mesh[region].relay.gov_version == version, 5)
+            assert (await store.get(sk.GOVERNANCE_VERSION)) == version.encode()
+            assert await store.xlen(sk.GOVERNANCE_LOG) == 1
+            refused = await http.post(
+                f"{mesh[C].url}/v1/events", headers=CE_JSON, content=orjson.dumps(cloud_event("secret.x", "s-1"))
+            )
+            assert refused.status_code == 403
+    finally:
+        await mesh.stop()
