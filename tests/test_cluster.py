@@ -320,3 +320,47 @@ async def test_a_governance_change_on_a_cluster_store_is_one_transaction_and_rea
             assert refused.status_code == 403
     finally:
         await mesh.stop()
+
+
+async def test_the_dashboard_reads_a_cluster_store_and_its_live_feed(
+    cluster_url: str, tmp_path: Any, clickhouse_url: str, database: str
+) -> None:
+    from dashboard.config import DashboardConfig
+    from dashboard.serve import DashboardRuntime
+
+    mesh = Mesh(cluster_url, tmp_path)
+    runtime: Any = None
+    try:
+        await mesh.start([A, C], env={"MESHSCOPE_FLOW_SHARDS": str(SHARDS)})
+        store = cluster_collector(cluster_url, clickhouse_url, database, consumer="dash", flush_interval_s=0.1)
+        config = DashboardConfig(store=store, port=0, auth_file=mesh.auth_file)
+        runtime = await asyncio.to_thread(DashboardRuntime, config, True, False)
+        await runtime.start()
+        sub = mesh[C].relay.subscribe(["orders.>"])
+        await eventually(lambda: C in mesh[A].relay.routes.interested("orders.x"))
+        url = str(runtime.server.url)
+        async with (
+            connect(url.replace("http", "ws") + "/ws/live", additional_headers=AUTH) as ws,
+            httpx.AsyncClient(timeout=scaled(10), headers=AUTH) as http,
+        ):
+            batch = [cloud_event("orders.x", f"d-{i}") for i in range(12)]
+            reply = await http.post(f"{mesh[A].url}/v1/events", headers=CE_BATCH, content=orjson.dumps(batch))
+            assert reply.status_code == 202, reply.text
+            await eventually(lambda: sub.queue.qsize() == 12)
+            delivered = 0
+            deadline = asyncio.get_running_loop().time() + scaled(10)
+            while asyncio.get_running_loop().time() < deadline and delivered < 12:
+                message = orjson.loads(await asyncio.wait_for(ws.recv(), scaled(5)))
+                if message["type"] == "edges":
+                    delivered += sum(e["delivered"] for e in message["edges"] if (e["src"], e["dst"]) == (A, C))
+            assert delivered == 12
+
+            async def healthy() -> Any:
+                health = (await http.get(f"{url}/healthz")).json()
+                return health["status"] == "ok" or print("HEALTH", health)
+
+            await eventually(healthy, 10, 0.5)  # the collector's position and live feed, read from the cluster
+    finally:
+        if runtime is not None:
+            await runtime.stop()
+        await mesh.stop()
