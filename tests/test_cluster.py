@@ -364,3 +364,26 @@ async def test_the_dashboard_reads_a_cluster_store_and_its_live_feed(
         if runtime is not None:
             await runtime.stop()
         await mesh.stop()
+
+
+async def test_a_relay_restarted_on_a_cluster_store_loads_what_it_held_and_the_keys_it_accepted(
+    cluster_url: str, tmp_path: Any, store: aioredis.Redis
+) -> None:
+    mesh = Mesh(cluster_url, tmp_path)
+    try:
+        await mesh.start([A, C])
+        mesh[C].relay.subscribe(["orders.>"])
+        await eventually(lambda: C in mesh[A].relay.routes.interested("orders.x"))
+        await mesh.stop_one(C)  # C's interest is still known at A: what A accepts for it is held
+        batch = [cloud_event("orders.x", f"h-{i}") for i in range(10)]
+        async with httpx.AsyncClient(timeout=scaled(10), headers=AUTH) as http:
+            reply = await http.post(f"{mesh[A].url}/v1/events", headers=CE_BATCH, content=orjson.dumps(batch))
+            assert reply.status_code == 202, reply.text
+            assert mesh[A].relay.outbox.depth == 10
+            await mesh.stop_one(A)
+            a = await mesh.start_one(A)  # from the cluster: the link store, its numbering, the store's run id
+            assert a.relay.outbox.depth == 10 and a.relay.outbox.store_run
+            again = await http.post(f"{a.url}/v1/events", headers=CE_BATCH, content=orjson.dumps(batch[:3]))
+            assert again.json()["duplicates"] == ["h-0", "h-1", "h-2"]  # the dedup keys came back from the cluster
+    finally:
+        await mesh.stop()
