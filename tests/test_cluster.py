@@ -125,6 +125,24 @@ def test_waiting_for_the_disk_is_refused_on_a_cluster_with_a_clear_error() -> No
         Committer(client, "w", CircuitBreaker("t"), wait="fsync", cluster=True)
 
 
+def test_the_store_url_and_the_shard_count_choose_the_cluster_and_its_shards() -> None:
+    from collector.config import CollectorConfig
+    from meshcore.settings import SettingError
+    from router.config import RelayConfig
+
+    env = {"MESHSCOPE_REGION": A, "REDIS_URL": "redis+cluster://10.0.0.1:7000", "MESHSCOPE_FLOW_SHARDS": "8"}
+    relay, collector = RelayConfig.from_env(env), CollectorConfig.from_env(env)
+    assert relay.flow_shards == collector.flow_shards == 8
+    assert CollectorConfig.from_env({"MESHSCOPE_REGION_STORES": f"{A}=rediss+cluster://h:7000"}).region_stores == (
+        (A, "rediss+cluster://h:7000"),
+    )
+    for bad in ("0", "-1", "x", "²"):
+        with pytest.raises(SettingError):
+            RelayConfig.from_env({**env, "MESHSCOPE_FLOW_SHARDS": bad})
+    assert is_cluster(redis_client("redis+cluster://127.0.0.1:1"))
+    assert not is_cluster(redis_client("redis://127.0.0.1:1/0"))
+
+
 # ---- on the cluster -----------------------------------------------------------------------
 
 
