@@ -14,8 +14,10 @@ slot. So the keys are tagged by what must stay together:
     {<region>:<group>}      meshscope:group:{R:G}          one durable group's stream
     {<region>><dst>}        meshscope:out:{R>D}            the link store for one destination
     {<i>}                   <flow stream>:{<i>}            flow shard i (with more than one shard)
-    {meshscope:governance}  {meshscope:governance}:current|version|versions|log
-    {meshscope:alerts}      {meshscope:alerts}:state|leader   (the alert evaluator's, one script)
+    {governance}            meshscope:{governance}:current|version|versions|log (one transaction)
+    {alerts}                meshscope:{alerts}:state|leader   (the alert evaluator's, one script)
+
+Every key starts with ``meshscope:``, so an ACL pattern ``~meshscope:*`` still covers them all.
 
 A commit spans tags (an event lands in a group stream, a link store, the flow
 shard and the region's state at once): on a cluster it is split per tag, and
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import zlib
 
-GOVERNANCE_TAG = "{meshscope:governance}"
+GOVERNANCE_TAG = "meshscope:{governance}"
 GOVERNANCE_CURRENT = f"{GOVERNANCE_TAG}:current"
 """The newest governance document (JSON)."""
 GOVERNANCE_VERSION = f"{GOVERNANCE_TAG}:version"
@@ -48,9 +50,9 @@ GOVERNANCE_VERSIONS = f"{GOVERNANCE_TAG}:versions"
 GOVERNANCE_LOG = f"{GOVERNANCE_TAG}:log"
 """Stream: one entry per change (version, author, time, summary)."""
 
-ALERTS_STATE = "{meshscope:alerts}:state"
+ALERTS_STATE = "meshscope:{alerts}:state"
 """The alert evaluator's alert states (hash), saved by one script with its lease: one tag."""
-ALERTS_LEADER = "{meshscope:alerts}:leader"
+ALERTS_LEADER = "meshscope:{alerts}:leader"
 """The alert evaluator's lease."""
 LEGACY_ALERTS_STATE = "meshscope:alerts:state"
 """Where alert states were kept before the tag: read while the tagged hash is empty, removed once saved."""

@@ -3,10 +3,10 @@
 Every region's store holds its own copy (``router.authority`` orders the
 versions and carries them over the mesh). Keys::
 
-    {meshscope:governance}:current    the newest document (JSON, see meshcore.governance)
-    {meshscope:governance}:version    its version id alone, for the cheap periodic check
-    {meshscope:governance}:versions   hash: version number -> that document, the whole history
-    {meshscope:governance}:log        stream: one entry per change (version, author, time, summary)
+    meshscope:{governance}:current    the newest document (JSON, see meshcore.governance)
+    meshscope:{governance}:version    its version id alone, for the cheap periodic check
+    meshscope:{governance}:versions   hash: version number -> that document, the whole history
+    meshscope:{governance}:log        stream: one entry per change (version, author, time, summary)
     meshscope:governance              pub/sub channel: a version id when it changes
 
 The keys share one hash tag, so a change is one transaction on a cluster too.

@@ -50,7 +50,8 @@ CE_BATCH = {"content-type": "application/cloudevents-batch+json"}
         (sk.commit_counter(A, f"{A}/relay-1"), A),
         (sk.group_stream(A, "billing"), f"{A}:billing"),
         (sk.outbound(A, C), f"{A}>{C}"),
-        (sk.GOVERNANCE_CURRENT, "meshscope:governance"),
+        (sk.GOVERNANCE_CURRENT, "governance"),
+        (sk.ALERTS_STATE, "alerts"),
         (sk.manifests("meshscope:flows"), "meshscope:flows"),
         (sk.manifests("meshscope:flows:{3}"), "3"),
         ("a{}b{c}", "a{}b{c}"),  # an empty first tag: the whole key, as a cluster hashes it
