@@ -62,12 +62,13 @@ from collector.config import CollectorConfig
 from collector.errors import ClickHouseUnavailable, QueryError, StreamUnavailable
 from collector.notify import ALERTMANAGER, WebhookNotifier, alertmanager_alerts, payloads
 from collector.position import RegionPositions
+from meshcore import storekeys as sk
 from meshcore.backoff import backoff_s
 from meshcore.metrics import Registry
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "meshscope:alerts:state"
+STATE_KEY = sk.ALERTS_STATE
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 _RESIGN = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _SAVE = """
@@ -95,6 +96,7 @@ class AlertEvaluator:
         self.database = config.database
         self.redis = redis_client
         self.positions = RegionPositions(config, redis_client, "the alert evaluator")
+        self._legacy_state = False  # alert states were read from their key of before the tag
         """The collectors' positions in every region's store: how fresh each region's flow history is."""
         self.rules = tuple(rules) if rules is not None else load_rules(config.alerts.rules_file)
         self.instance = f"{config.consumer or socket.gethostname()}/{secrets.token_hex(4)}"
@@ -303,6 +305,10 @@ class AlertEvaluator:
     async def _load(self) -> dict[str, Alert]:
         try:
             raw: Any = await self.redis.hgetall(self.config.state_key)
+            if not raw and self.config.state_key == sk.ALERTS_STATE:
+                # states saved before the keys had a tag: taken over, and removed at the next save
+                raw = await self.redis.hgetall(sk.LEGACY_ALERTS_STATE)
+                self._legacy_state = bool(raw)
         except (RedisError, OSError) as exc:
             raise StreamUnavailable(f"cannot read alert states: {exc}") from exc
         return parse_states(raw)
@@ -318,6 +324,10 @@ class AlertEvaluator:
             raise StreamUnavailable(f"cannot save alert states: {exc}") from exc
         if not saved:
             log.warning("the alert evaluator lease passed to another instance; evaluation discarded")
+        elif self._legacy_state:
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.delete(sk.LEGACY_ALERTS_STATE)
+                self._legacy_state = False
         return bool(saved)
 
     # ---- what the collector reports ------------------------------------------------------------

@@ -13,8 +13,15 @@ from collector.clickhouse import is_embedded, resolve_url
 from collector.schema import SchemaOptions
 from meshcore import names
 from meshcore import settings as s
+from meshcore import storekeys as sk
 from meshcore.freshness import ALL
-from meshcore.settings import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, MESHSCOPE_REGION_STORES, REDIS_URL
+from meshcore.settings import (
+    MESHSCOPE_FLOW_SHARDS,
+    MESHSCOPE_FLOW_STREAM,
+    MESHSCOPE_REDIS_URL,
+    MESHSCOPE_REGION_STORES,
+    REDIS_URL,
+)
 from meshcore.tls import TlsFiles
 
 CLICKHOUSE_URL = "CLICKHOUSE_URL"
@@ -102,8 +109,8 @@ class AlertConfig:
     webhook_backoff_s: float = 1.0
     queue_max: int = 1000
     external_url: str = ""
-    state_key: str = "meshscope:alerts:state"
-    leader_key: str = "meshscope:alerts:leader"
+    state_key: str = sk.ALERTS_STATE
+    leader_key: str = sk.ALERTS_LEADER
 
     def token_for(self, index: int) -> str:
         return self.webhook_tokens[index] if index < len(self.webhook_tokens) else ""
@@ -165,6 +172,7 @@ class CollectorConfig:
     flows_ttl_days: int = 30
     data_dir: str = ".meshscope"
     stream: str = "meshscope:flows"
+    flow_shards: int = 1
     group: str = "meshscope-collectors"
     consumer: str = ""
     batch_rows: int = 200_000
@@ -227,6 +235,7 @@ class CollectorConfig:
             flows_ttl_days=s.get_int(env, MESHSCOPE_FLOWS_TTL_DAYS, d["flows_ttl_days"], 1),
             data_dir=data_dir,
             stream=s.get_str(env, MESHSCOPE_FLOW_STREAM, d["stream"]),
+            flow_shards=s.get_int(env, MESHSCOPE_FLOW_SHARDS, d["flow_shards"], 1),
             group=s.get_str(env, MESHSCOPE_COLLECTOR_GROUP, d["group"]),
             consumer=s.get_str(env, MESHSCOPE_COLLECTOR_NAME, f"{socket.gethostname()}-{os.getpid()}"),
             batch_rows=s.get_int(env, MESHSCOPE_COLLECTOR_BATCH_ROWS, d["batch_rows"], 1),

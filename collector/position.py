@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from collector.config import CollectorConfig
 from collector.errors import StreamUnavailable
 from meshcore.freshness import ALL, LagReport, StoreCheck, lag_from
-from meshcore.server import client_name, redis_client
+from meshcore.server import client_name, is_cluster, node_time, redis_client
 
 FRESHNESS_KEY = "meshscope:freshness"
 """Hash of lag reports: field ``collector:<stream>``, value a LagReport as JSON."""
@@ -66,10 +66,13 @@ async def position(client: aioredis.Redis, stream: str, group: str) -> Position:
     """Where ``group`` stands in ``stream``; StreamUnavailable when Valkey does not answer."""
     try:
         async with client.pipeline(transaction=False) as pipe:
-            pipe.time()
+            if not is_cluster(client):
+                pipe.time()
             pipe.xinfo_groups(stream)
             pipe.xpending(stream, group)
-            now, groups, pending = await pipe.execute(raise_on_error=False)
+            replies = await pipe.execute(raise_on_error=False)
+        # a cluster pipeline takes no keyless command: the time of the stream's own node, apart
+        now, groups, pending = replies if len(replies) == 3 else [await node_time(client, stream), *replies]
         if isinstance(now, Exception):
             raise now
         now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
@@ -104,10 +107,13 @@ async def reports(client: aioredis.Redis) -> list[LagReport]:
     """Every collector report in the freshness hash, its time moved onto this host's clock (unreadable
     ones are skipped); StreamUnavailable when Valkey does not answer."""
     try:
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.time()
-            pipe.hgetall(FRESHNESS_KEY)
-            now, raw = await pipe.execute()
+        if is_cluster(client):
+            now, raw = await node_time(client, FRESHNESS_KEY), await client.hgetall(FRESHNESS_KEY)
+        else:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                pipe.hgetall(FRESHNESS_KEY)
+                now, raw = await pipe.execute()
     except RedisError as exc:
         raise StreamUnavailable(f"cannot read {FRESHNESS_KEY}: {exc}") from exc
     shift_s = time.time() - (int(now[0]) + int(now[1]) / 1e6)

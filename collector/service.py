@@ -36,8 +36,9 @@ from collector.clickhouse import make_client, migrate
 from collector.config import CollectorConfig
 from collector.errors import ClickHouseUnavailable, QueryError, StreamUnavailable
 from collector.livestats import LIVE_S, LiveWindow
-from collector.position import position, publish
-from collector.stream import Entry, FlowStream
+from collector.position import Position, position, publish
+from collector.shards import ShardedFlowStream
+from collector.stream import Entry
 from collector.sync import GROUPS_STREAM, LinkSync
 from meshcore.backoff import backoff_s
 from meshcore.flowrecord import FIELDS
@@ -64,7 +65,9 @@ class Collector:
         self.redis = redis_client
         self._factory = client_factory or (lambda: make_client(config.clickhouse_url))
         self.clickhouse = clickhouse
-        self.stream = FlowStream(redis_client, config.stream, config.group, config.consumer, config.dead_letter_stream)
+        self.stream = ShardedFlowStream(
+            redis_client, config.stream, config.flow_shards, config.group, config.consumer, config.dead_letter_stream
+        )
         self.live = LiveWindow()
         self.links = LinkSync(config, redis_client)
         self.batch = Batch()
@@ -211,11 +214,13 @@ class Collector:
                 await self._forget_uncommitted()
                 await asyncio.sleep(backoff_s(failures, 0.2, 5.0, random.random()))
                 failures += 1
+        await self.stream.cancel_reads()
         await self.flush()
 
     async def _forget_uncommitted(self) -> None:
         """Drop what was read and not committed: the stream still holds it as pending, read again on resume."""
         self.batch = Batch()
+        await self.stream.cancel_reads()
         if self._inflight is not None:
             inflight, self._inflight = self._inflight, None
             if not inflight.done():
@@ -360,8 +365,7 @@ class Collector:
         """A batch ClickHouse will never take: its entries go to the dead-letter stream, whole."""
         log.error("batch moved to the dead-letter stream", extra={"entries": len(batch.ids), "reason": reason[:300]})
         for entry_id in batch.ids:
-            raw: Any = await self.redis.xrange(self.config.stream, entry_id, entry_id)
-            fields = raw[0][1] if raw else {}
+            fields = await self.stream.entry(entry_id)
             await self.stream.dead_letter(entry_id, reason, fields)
             self.metrics.inc("collector_dead_letters_total")
         await self.stream.ack(batch.ids)
@@ -432,6 +436,19 @@ class Collector:
             return
         self._position_error = ""
 
+    async def _position(self, stream: str, group: str) -> Position:
+        """Where ``group`` stands in ``stream``; the flow stream's position is its furthest behind shard's."""
+        if stream != self.config.stream or len(self.stream.shards) == 1:
+            return await position(self.redis, stream, group)
+        each = [await position(self.redis, shard, group) for shard in self.stream.streams]
+        waiting = [p.oldest_ms for p in each if p.oldest_ms is not None]
+        return Position(
+            max(p.now_ms for p in each),
+            min(waiting) if waiting else None,
+            sum(p.unread for p in each),
+            sum(p.pending for p in each),
+        )
+
     async def _positions(self) -> list[LagReport]:
         c = self.config
         reports = []
@@ -442,7 +459,7 @@ class Collector:
             (GROUPS_STREAM, links_group, GROUPS),
         )
         for stream, group, source in streams:
-            at = await position(self.redis, stream, group)
+            at = await self._position(stream, group)
             report = LagReport(stream, c.regions, at.now_ms / 1000, at.lag_s, at.unread, at.pending, c.consumer, source)
             reports.append(report)
             self.metrics.set("collector_lag_seconds", report.lag_s, stream=stream)

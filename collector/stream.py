@@ -2,7 +2,8 @@
 manifests, the dead-letter stream and live statistics. Only moves data; every
 redis exception becomes StreamUnavailable here.
 
-A manifest (``meshscope:collector:inflight``, one hash field per batch token)
+A manifest (``meshscope:collector:inflight:{<the stream's tag>}``, one hash field per batch token,
+in the stream's own slot: the scripts below read both)
 names the entry ids of a batch before it is inserted, and is removed after the
 ack. A collector that dies between insert and ack leaves the manifest behind; the
 next collector to recover it re-inserts exactly those entries with the same token
@@ -31,8 +32,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from collector.errors import StreamUnavailable
+from meshcore import storekeys as sk
 
-MANIFESTS = "meshscope:collector:inflight"
 Entry = tuple[str, dict[Any, Any]]
 
 # KEYS: stream, manifests. ARGV: group, consumer, min idle ms, count.
@@ -99,6 +100,9 @@ class FlowStream:
     def __init__(self, client: aioredis.Redis, stream: str, group: str, consumer: str, dead_letter: str):
         self.client = client
         self.stream = stream
+        self.manifests_key = sk.manifests(stream)
+        self.legacy_manifests = False
+        """Whether the manifests of before they had the stream's slot are read too (the unsharded stream's)."""
         self.group = group
         self.consumer = consumer
         self.dead_letter_stream = dead_letter
@@ -135,7 +139,7 @@ class FlowStream:
         """Take over entries idle on other (presumed dead) consumers that no in-flight manifest names."""
         try:
             raw: Any = await self._claim_idle(
-                keys=[self.stream, MANIFESTS], args=[self.group, self.consumer, min_idle_ms, count]
+                keys=[self.stream, self.manifests_key], args=[self.group, self.consumer, min_idle_ms, count]
             )
         except RedisError as exc:
             raise StreamUnavailable(f"cannot claim entries of {self.stream}: {exc}") from exc
@@ -170,7 +174,7 @@ class FlowStream:
         """Write the manifest of ``ids`` still pending on this consumer; returns those (the batch keeps only them)."""
         try:
             raw: Any = await self._save_manifest(
-                keys=[self.stream, MANIFESTS], args=[self.group, self.consumer, token, time.time(), *ids]
+                keys=[self.stream, self.manifests_key], args=[self.group, self.consumer, token, time.time(), *ids]
             )
         except RedisError as exc:
             raise StreamUnavailable(f"cannot save batch manifest: {exc}") from exc
@@ -178,16 +182,31 @@ class FlowStream:
 
     async def drop_manifest(self, token: str) -> None:
         try:
-            await self.client.hdel(MANIFESTS, token)
+            await self.client.hdel(self.manifests_key, token)
+            if self.legacy_manifests:
+                await self.client.hdel(sk.LEGACY_MANIFESTS, token)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot remove batch manifest: {exc}") from exc
 
     async def manifests(self) -> dict[str, dict[str, Any]]:
         try:
-            raw: Any = await self.client.hgetall(MANIFESTS)
+            raw: Any = await self.client.hgetall(self.manifests_key)
+            if self.legacy_manifests:
+                # written before manifests had their stream's slot: recovered like the others, then gone
+                old: Any = await self.client.hgetall(sk.LEGACY_MANIFESTS)
+                raw = {**old, **raw}
+                self.legacy_manifests = bool(old)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot read batch manifests: {exc}") from exc
         return {(k.decode() if isinstance(k, bytes) else k): orjson.loads(v) for k, v in raw.items()}
+
+    async def entry(self, entry_id: str) -> dict[Any, Any]:
+        """The fields of one entry ({} when it is gone)."""
+        try:
+            raw: Any = await self.client.xrange(self.stream, entry_id, entry_id)
+        except RedisError as exc:
+            raise StreamUnavailable(f"cannot read {self.stream}: {exc}") from exc
+        return dict(raw[0][1]) if raw else {}
 
     async def publish(self, channel: str, message: bytes) -> None:
         try:

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 from collector.batch import batch_token
 from collector.config import CollectorConfig
 from collector.errors import StreamUnavailable
+from meshcore.server import is_cluster
 
 REGIONS_KEY = "meshscope:regions"
 LINK_COLUMNS = [
@@ -136,9 +137,15 @@ class LinkSync:
         db = self.config.database
         since = "0" if self._own_first else ">"
         try:
-            reply: Any = await self.redis.xreadgroup(
-                self.group, self.config.consumer, {self.config.links_stream: since, GROUPS_STREAM: since}, count=1000
-            )
+            streams: dict[Any, Any] = {self.config.links_stream: since, GROUPS_STREAM: since}
+            reply: Any = []
+            if is_cluster(self.redis):  # one read names keys of one slot: a read per stream
+                for stream, at in streams.items():
+                    reply += (
+                        await self.redis.xreadgroup(self.group, self.config.consumer, {stream: at}, count=1000) or []
+                    )
+            else:
+                reply = await self.redis.xreadgroup(self.group, self.config.consumer, streams, count=1000)
             regions: Any = await self.redis.hgetall(REGIONS_KEY)
         except RedisError as exc:
             if "NOGROUP" in str(exc):  # Redis lost the consumer group (restarted without data): make it again

@@ -5,7 +5,7 @@ A relay's report (``meshscope:relaystate``) holds only the present. The past com
 histories: the link samples in ClickHouse (``dashboard.queries.links_sql`` at the window's end:
 per link its state, security, RTT, the region a route to the peer detoured through, and both
 ends' governance versions), and the governance registry's versions
-(``meshscope:governance:versions``: every document with the time it was applied). From them:
+(``meshscope:{governance}:versions``: every document with the time it was applied). From them:
 each relay's links and the next hop it used towards each peer as at the moment (a route's full
 path beyond the detour and its cost are not kept: they are ``None``), which version each relay
 enforced, which links joined different versions, and the document in force then.

@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dashboard.livemessage import json_object, number_of, text_of
+from meshcore import storekeys as sk
 from meshcore.freshness import LIMITS, RELAY
 from meshcore.topic import matches
 
 STATE_KEY = "meshscope:relaystate"
-GOVERNANCE_KEY = "meshscope:governance:current"
-GOVERNANCE_VERSIONS_KEY = "meshscope:governance:versions"
+GOVERNANCE_KEY = sk.GOVERNANCE_CURRENT
+GOVERNANCE_VERSIONS_KEY = sk.GOVERNANCE_VERSIONS
 """Every governance document applied, by version number (``router.registry.VERSIONS``)."""
 STALE_S = LIMITS[RELAY].stale_s
 """A relay whose state is older than this is flagged ``stale`` (it writes every 2 s): the freshness table's."""

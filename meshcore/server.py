@@ -17,10 +17,11 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import uvicorn
+from redis.asyncio.cluster import RedisCluster
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -39,9 +40,51 @@ def client_name(service: str, region: str = "", name: str = "") -> str:
     return "".join(c if c.isascii() and (c.isalnum() or c in ":._-") else "_" for c in text)[:200]
 
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss", "valkey+cluster": "redis"}
+"""A store URL with one of these schemes names a node of a Valkey/Redis cluster (any one: the rest are found)."""
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def is_cluster(client: aioredis.Redis) -> bool:
+    """Whether ``client`` talks to a cluster (``redis_client`` built it from a ``redis+cluster://`` URL)."""
+    return isinstance(client, RedisCluster)
+
+
 def redis_client(url: str, name: str | None = None) -> aioredis.Redis:
-    """A client for one store; ``name`` (see ``client_name``) is set on each of its connections."""
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=10, client_name=name)
+    """A client for one store; ``name`` (see ``client_name``) is set on each of its connections.
+
+    ``redis+cluster://host:port`` (or ``rediss+cluster://``) gives redis-py's cluster client, typed
+    as the plain one: every command a service sends names keys of one slot (``meshcore.storekeys``).
+    """
+    scheme, _, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    if plain is None:
+        return aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=10, client_name=name)
+    # no socket timeout, as with one server: blocking reads wait as long as they asked to
+    cluster = RedisCluster.from_url(
+        f"{plain}://{rest}", socket_connect_timeout=2, socket_timeout=None, client_name=name
+    )
+    return cast(aioredis.Redis, cluster)
+
+
+async def store_run_id(client: aioredis.Redis, key: str) -> str:
+    """The run_id of the server holding ``key`` (new at each of its starts); on a cluster, of that key's node."""
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)
+        info: Any = await client.info("server", target_nodes=node)
+    else:
+        info = await client.info("server")
+    return str(info.get("run_id", ""))
+
+
+async def node_time(client: aioredis.Redis, key: str) -> Any:
+    """TIME of the server holding ``key`` (seconds, microseconds); on a cluster, of that key's node."""
+    if isinstance(client, RedisCluster):
+        return await client.time(target_nodes=client.get_node_from_key(key))
+    return await client.time()
 
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

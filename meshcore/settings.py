@@ -13,10 +13,12 @@ REDIS_URL = "REDIS_URL"
 """Fallback Redis URL, the common name most tools set."""
 MESHSCOPE_FLOW_STREAM = "MESHSCOPE_FLOW_STREAM"
 """Redis stream that receives flow records (default ``meshscope:flows``)."""
+MESHSCOPE_FLOW_SHARDS = "MESHSCOPE_FLOW_SHARDS"
+"""Keys the flow stream is sharded over (default 1); each relay writes one, collectors read them all."""
 MESHSCOPE_REGION_STORES = "MESHSCOPE_REGION_STORES"
 """Every region's store, ``region=redis://host:port/0,...``: what the dashboard (and a collector that runs
 inside it) reads; unset: the one store of MESHSCOPE_REDIS_URL / REDIS_URL, holding every region."""
-STORE_SCHEMES = ("redis", "rediss", "unix")
+STORE_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "valkey+cluster")
 
 
 def whole_number(text: str, minimum: int, maximum: int) -> int | None:

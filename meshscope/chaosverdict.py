@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
+from meshcore import storekeys as sk
 from meshscope.chaosdemo import Demo, Probe
 from meshscope.chaosrecords import DROP_WAIT_S, Drops, find_drops
 
@@ -104,7 +105,7 @@ async def count(
     client = demo.redis(region)
     stores = demo.stores()
     try:
-        stream = f"meshscope:group:{region}:{group}"
+        stream = sk.group_stream(region, group)
         deadline = time.monotonic() + wait_s
         counts: collections.Counter[str] = collections.Counter()
         found = Drops()

@@ -25,6 +25,19 @@ timeout (a publisher gets 503 with Retry-After), but the commit itself goes on
 until it lands, and its ``then`` callbacks run when it does. Every operation
 is one that cannot fail on a healthy server (XADD with ``*``, HSET, XTRIM), so
 a script never stops half way.
+
+On a cluster (``cluster=True``) a script may only touch keys of one slot, and a
+commit spans several (``meshcore.storekeys``). It is split by hash tag into
+parts, each one script with its own counter (``meshscope:commit:{<tag>}:<writer>``),
+each retried on its own until it lands, and the commit is answered only once
+every part landed. The parts outside the writer's region tag land first, all at
+once, and the region's part (the dedup keys, the applied state, the link stores'
+numbering) last: a relay that dies between the two has marked nothing accepted
+or applied whose data is missing, so the producer's retry or the peer's resend
+writes it again. That costs a second round trip per commit on a cluster, and an
+event written twice (never lost) when a relay dies between the two; a single
+server runs one script, as before. WAITAOF (``wait``) is not offered on a
+cluster: it confirms one connection's writes, and the parts go to several nodes.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from meshcore import storekeys as sk
 from meshcore.backoff import backoff_s
 from meshcore.breaker import CircuitBreaker
 
@@ -80,6 +94,29 @@ end
 redis.call('SET', KEYS[1], n)
 return n - last
 """
+
+
+def split_by_tag(args: list[bytes | str | int]) -> dict[str, list[bytes | str | int]]:
+    """A commit's operations grouped by the hash tag of the key each writes, in order within each group."""
+    parts: dict[str, list[bytes | str | int]] = {}
+    i, n = 0, len(args)
+    while i < n:
+        op = args[i]
+        if op == "X":
+            nf = args[i + 3]
+            assert isinstance(nf, int)
+            width = 4 + 2 * nf
+        elif op == "H":
+            width = 4
+        elif op in ("D", "T"):
+            width = 3
+        else:
+            raise ValueError(f"unknown commit operation {op!r}")
+        key = args[i + 1]
+        tag = sk.hash_tag(key.decode() if isinstance(key, bytes) else str(key))
+        parts.setdefault(tag, []).extend(args[i : i + width])
+        i += width
+    return parts
 
 
 WAITS = {"fsync": (1, 0), "replica": (0, 1)}  # MESHSCOPE_STORE_WAIT -> WAITAOF numlocal, numreplicas
@@ -141,17 +178,25 @@ class Committer:
         on_error: Callable[[str], None] | None = None,
         max_args: int = 200_000,
         wait: str = "none",
+        home: str = "",
+        cluster: bool = False,
     ):
+        """``home``: the hash tag of the writer's own keys (its region's), whose part lands last on a cluster."""
         self.client = client
         self.wait = WAITS.get(wait)
-        self.key = f"meshscope:commit:{writer}"
+        if cluster and self.wait is not None:
+            raise ValueError("waiting for the disk (MESHSCOPE_STORE_WAIT) is not offered on a cluster store")
+        self.writer = writer
+        self.home = home or writer
+        self.cluster = cluster
+        self.key = sk.commit_counter(self.home, writer)
+        self._numbers: dict[str, int] = {}  # counter key -> the last number the store confirmed
         self.breaker = breaker
         self.on_error = on_error
         self.max_args = max_args
         self._script = client.register_script(SCRIPT)
         self._queue: list[_Commit] = []
         self._wake = asyncio.Event()
-        self._number: int | None = None
         self._landing = False
         self.commits = 0
         self.skipped = 0
@@ -197,7 +242,7 @@ class Committer:
     @property
     def confirmed(self) -> int:
         """The number of the last commit the store confirmed (its counter must be at least this)."""
-        return self._number or 0
+        return self._numbers.get(self.key, 0)
 
     @property
     def busy(self) -> bool:
@@ -253,13 +298,13 @@ class Committer:
             if quiet == 2:
                 return
 
-    async def _run(self, number: int, args: list[bytes | str | int]) -> int:
+    async def _run(self, key: str, number: int, args: list[bytes | str | int]) -> int:
         """Run the commit script; with ``wait``, and WAITAOF after it on the same connection."""
         if self.wait is None:
-            return int(await self._script(keys=[self.key], args=[number, *args]))
+            return int(await self._script(keys=[key], args=[number, *args]))
         local, replicas = self.wait
         pipe = self.client.pipeline(transaction=False)
-        await self._script(keys=[self.key], args=[number, *args], client=pipe)
+        await self._script(keys=[key], args=[number, *args], client=pipe)
         pipe.execute_command("WAITAOF", local, replicas, WAIT_TIMEOUT_MS)
         applied, synced = await pipe.execute()
         if int(synced[0]) < local or int(synced[1]) < replicas:
@@ -267,21 +312,34 @@ class Committer:
         return int(applied)
 
     async def _land(self, args: list[bytes | str | int]) -> None:
+        """Land a commit: whole on one server; on a cluster its parts elsewhere first, then the home part."""
+        if not self.cluster or not args:
+            await self._land_part(self.key, args)
+            self.commits += 1
+            return
+        parts = split_by_tag(args)
+        home = parts.pop(self.home, None)
+        if parts:
+            await asyncio.gather(*(self._land_part(sk.commit_counter(t, self.writer), a) for t, a in parts.items()))
+        if home is not None:
+            await self._land_part(self.key, home)
+        self.commits += 1
+
+    async def _land_part(self, key: str, args: list[bytes | str | int]) -> None:
+        """Run one script under counter ``key`` until it lands; a retry of a landed one is skipped by the script."""
         attempt = 0
         while True:
             try:
-                if self._number is None:
-                    self._number = int(await self.client.get(self.key) or 0)
-                number = self._number + 1
+                if key not in self._numbers:
+                    self._numbers[key] = int(await self.client.get(key) or 0)
+                number = self._numbers[key] + 1
                 if args:
-                    applied = await self._run(number, args)
+                    applied = await self._run(key, number, args)
                     if not applied and attempt == 0:
                         # a first attempt is never a repeat: the counter is ahead of us, so another
                         # writer has our name or Redis kept a counter we lost; take it and run again
-                        self._number = int(await self.client.get(self.key) or 0)
-                        log.error(
-                            "commit counter was ahead; is another relay using this name?", extra={"key": self.key}
-                        )
+                        self._numbers[key] = int(await self.client.get(key) or 0)
+                        log.error("commit counter was ahead; is another relay using this name?", extra={"key": key})
                         continue
                     if not applied:
                         self.skipped += 1
@@ -289,11 +347,10 @@ class Committer:
                         self.lost += applied - 1
                         log.error(
                             "the store lost commits it had confirmed (it restarted without its last writes)",
-                            extra={"key": self.key, "commits": applied - 1},
+                            extra={"key": key, "commits": applied - 1},
                         )
-                    self._number = number
+                    self._numbers[key] = number
                 self.breaker.success()
-                self.commits += 1
                 return
             except RedisError as exc:
                 self.breaker.failure(time.monotonic(), str(exc))

@@ -13,7 +13,7 @@ from typing import Any
 
 from meshcore import names
 from meshcore import settings as s
-from meshcore.settings import MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, REDIS_URL
+from meshcore.settings import MESHSCOPE_FLOW_SHARDS, MESHSCOPE_FLOW_STREAM, MESHSCOPE_REDIS_URL, REDIS_URL
 from meshcore.tls import TlsFiles
 from router.regions import Region, resolve
 
@@ -151,6 +151,7 @@ class RelayConfig:
     tls: TlsFiles | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     flow_stream: str = "meshscope:flows"
+    flow_shards: int = 1
     flow_stream_maxlen: int = 1_000_000
     flow_queue_max: int = 200_000
     flow_batch: int = 500
@@ -232,6 +233,7 @@ class RelayConfig:
             tls=TlsFiles.from_env(env),
             redis_url=env.get(MESHSCOPE_REDIS_URL) or env.get(REDIS_URL) or d["redis_url"].default,
             flow_stream=s.get_str(env, MESHSCOPE_FLOW_STREAM, d["flow_stream"].default),
+            flow_shards=s.get_int(env, MESHSCOPE_FLOW_SHARDS, d["flow_shards"].default, 1),
             flow_stream_maxlen=s.get_int(env, MESHSCOPE_FLOW_STREAM_MAXLEN, d["flow_stream_maxlen"].default, 1),
             flow_queue_max=s.get_int(env, MESHSCOPE_FLOW_QUEUE_MAX, d["flow_queue_max"].default, 1),
             flow_batch=s.get_int(env, MESHSCOPE_FLOW_BATCH, d["flow_batch"].default, 1),

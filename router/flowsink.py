@@ -89,6 +89,8 @@ class FlowSink:
         metrics: Registry,
         writer: str = "flows",
         on_trimmed: OnTrimmed | None = None,
+        home: str = "",
+        cluster: bool = False,
     ):
         self.client = client
         self.stream = stream
@@ -100,7 +102,14 @@ class FlowSink:
         self.on_trimmed = on_trimmed
         self.pending: list[FlowRecord] = []
         self.breaker = CircuitBreaker("flow-sink")
-        self.writer = Committer(client, writer, self.breaker, lambda _err: metrics.inc("flow_write_errors_total"))
+        self.writer = Committer(
+            client,
+            writer,
+            self.breaker,
+            lambda _err: metrics.inc("flow_write_errors_total"),
+            home=home,
+            cluster=cluster,
+        )
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._stopping = False

@@ -36,10 +36,12 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from meshcore.auth import Principal
@@ -68,8 +70,25 @@ SESSION_SOCKET_TIMEOUT_S = 5.0
 """The longest one command of a member may take (the session pool's socket timeout)."""
 
 
+CLUSTER_SETTINGS = ("username", "password", "socket_connect_timeout", "socket_timeout")
+"""The settings of the relay's cluster client that its session client keeps."""
+
+
 def session_client(client: aioredis.Redis, max_connections: int) -> aioredis.Redis:
-    """A client for members' commands: ``client``'s server and settings, on a pool of its own, waited for when busy."""
+    """A client for members' commands: ``client``'s server and settings, on a pool of its own, waited for when busy.
+
+    On a cluster: a cluster client of its own, ``max_connections`` per node.
+    """
+    if isinstance(client, RedisCluster):
+        known = client.nodes_manager
+        kwargs = {k: v for k, v in known.connection_kwargs.items() if k in CLUSTER_SETTINGS}
+        kwargs["socket_timeout"] = kwargs.get("socket_timeout") or SESSION_SOCKET_TIMEOUT_S
+        kwargs["ssl"] = issubclass(known.connection_kwargs.get("connection_class", object), SSLConnection)
+        nodes = [ClusterNode(n.host, n.port) for n in known.startup_nodes.values()]
+        own = RedisCluster(
+            startup_nodes=nodes, max_connections=max_connections, client_name=SESSION_CLIENT_NAME, **kwargs
+        )
+        return cast(aioredis.Redis, own)
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     kwargs["socket_timeout"] = kwargs.get("socket_timeout") or SESSION_SOCKET_TIMEOUT_S

@@ -51,7 +51,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from meshcore import flowrecord as fk
+from meshcore import storekeys as sk
 from meshcore.errors import StreamUnavailable
+from meshcore.server import store_run_id
 from router import frame as fr
 from router.channel import Channel, Held, new_epoch
 from router.committer import Ops
@@ -120,7 +122,7 @@ class Outbox:
         self.links = links  # next hop region -> our outbound link to it
         self.record = record
         self.limits = limits
-        self.meta_key = f"meshscope:outmeta:{self.me}"
+        self.meta_key = sk.outmeta(self.me)
         self.channels: dict[str, Channel] = {}
         self.by_epoch: dict[str, Channel] = {}
         self.dirty: set[str] = set()
@@ -133,7 +135,7 @@ class Outbox:
         self.rolled_back = 0  # sequences continued in a new epoch
 
     def stream(self, dst: str) -> str:
-        return f"meshscope:out:{self.me}:{dst}"
+        return sk.outbound(self.me, dst)
 
     def channel(self, dst: str) -> Channel:
         ch = self.channels.get(dst)
@@ -201,10 +203,9 @@ class Outbox:
     async def _store_run(self) -> str:
         """The store's run_id (a new one at every start of the server); empty where INFO is not allowed."""
         try:
-            info: Any = await self.client.info("server")
+            return await store_run_id(self.client, self.meta_key)
         except ResponseError:  # INFO refused (a managed store): whether it restarted cannot be known
             return ""
-        return str(info.get("run_id", ""))
 
     def continue_epoch(self, ch: Channel, base: int, why: str) -> None:
         """Number from ``base`` on in a new epoch that continues the channel's (its numbering went back)."""

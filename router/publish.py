@@ -161,7 +161,7 @@ class Publisher:
             ops.xadd(r.dedup_stream, {b"k": pack_keys(reserved)}, min_id_ms=r.dedup_log.min_id_ms(now_ms))
             r.dedup_log.wrote(now_ms, len(reserved))
         if records:
-            ops.xadd(r.config.flow_stream, pack(records))
+            ops.xadd(r.flow_stream, pack(records))
 
         def landed() -> None:
             for key in reserved:

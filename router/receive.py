@@ -125,7 +125,7 @@ class MeshReceiver:
         for origin in changed:
             ops.hset(r.applied_key, origin, orjson.dumps(r.origins[origin].to_json()))
         if records:
-            ops.xadd(config.flow_stream, pack(records))
+            ops.xadd(r.flow_stream, pack(records))
 
         if behind:
             log.error(

@@ -3,11 +3,13 @@
 Every region's store holds its own copy (``router.authority`` orders the
 versions and carries them over the mesh). Keys::
 
-    meshscope:governance:current    the newest document (JSON, see meshcore.governance)
-    meshscope:governance:version    its version id alone, for the cheap periodic check
-    meshscope:governance:versions   hash: version number -> that document, the whole history
-    meshscope:governance:log        stream: one entry per change (version, author, time, summary)
-    meshscope:governance            pub/sub channel: a version id when it changes
+    meshscope:{governance}:current    the newest document (JSON, see meshcore.governance)
+    meshscope:{governance}:version    its version id alone, for the cheap periodic check
+    meshscope:{governance}:versions   hash: version number -> that document, the whole history
+    meshscope:{governance}:log        stream: one entry per change (version, author, time, summary)
+    meshscope:governance              pub/sub channel: a version id when it changes
+
+The keys share one hash tag, so a change is one transaction on a cluster too.
 
 A change is a compare-and-set under WATCH on the current document: it is
 made on the version it names (or the one read in the same transaction), and
@@ -39,6 +41,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
+from meshcore import storekeys as sk
 from meshcore.backoff import backoff_s
 from meshcore.document import InvalidDocument
 from meshcore.errors import StreamUnavailable
@@ -57,13 +60,14 @@ from meshcore.governance import (
     version_id_of,
     version_number,
 )
+from meshcore.server import is_cluster
 
 log = logging.getLogger(__name__)
 
-CURRENT = "meshscope:governance:current"
-VERSION = "meshscope:governance:version"
-VERSIONS = "meshscope:governance:versions"
-LOG = "meshscope:governance:log"
+CURRENT = sk.GOVERNANCE_CURRENT
+VERSION = sk.GOVERNANCE_VERSION
+VERSIONS = sk.GOVERNANCE_VERSIONS
+LOG = sk.GOVERNANCE_LOG
 CHANNEL = "meshscope:governance"
 CHECK_INTERVAL_S = 3.0
 
@@ -129,9 +133,10 @@ class GovernanceStore:
                 if check is not None:
                     check(document)
                 pipe.multi()  # type: ignore[no-untyped-call]
-                self._write(pipe, current, document, author)
+                self._write(pipe, current, document, author, not is_cluster(self.client))
                 await pipe.execute()
-                return document, True
+            await self._announce(document)
+            return document, True
         except WatchError:
             raise GovernanceConflict(base or version_id_of(current), await self.version_id()) from None
         except RedisError as exc:
@@ -154,9 +159,10 @@ class GovernanceStore:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return verdict
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    self._write(pipe, current, document, document.author)
+                    self._write(pipe, current, document, document.author, not is_cluster(self.client))
                     await pipe.execute()
-                    return verdict
+                await self._announce(document)
+                return verdict
             except WatchError:
                 await asyncio.sleep(0.01 * (attempt + 1))
             except RedisError as exc:
@@ -164,7 +170,10 @@ class GovernanceStore:
         raise StreamUnavailable("the governance registry kept changing under us; try again")
 
     @staticmethod
-    def _write(pipe: Any, current: GovernanceDocument | None, document: GovernanceDocument, author: str) -> None:
+    def _write(
+        pipe: Any, current: GovernanceDocument | None, document: GovernanceDocument, author: str, announce: bool
+    ) -> None:
+        """The change's writes; with ``announce`` its notice on the channel too (a cluster's: ``_announce``)."""
         data = to_json(document)
         summary = diff(current.content if current else None, document.content).summary()
         pipe.set(CURRENT, data)
@@ -181,7 +190,14 @@ class GovernanceStore:
             maxlen=10_000,
             approximate=True,
         )
-        pipe.publish(CHANNEL, document.version_id)
+        if announce:
+            pipe.publish(CHANNEL, document.version_id)
+
+    async def _announce(self, document: GovernanceDocument) -> None:
+        """On a cluster, the change's notice once its transaction ran (a lost one: relays check every few s)."""
+        if is_cluster(self.client):
+            with contextlib.suppress(RedisError):
+                await self.client.publish(CHANNEL, document.version_id)
 
     async def history(self, limit: int = 100) -> list[dict[str, Any]]:
         try:

@@ -30,12 +30,14 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from meshcore import storekeys as sk
 from meshcore.auth import Authenticator, Principal, load_principals
 from meshcore.breaker import CircuitBreaker
 from meshcore.errors import StreamUnavailable
 from meshcore.governance import Governance
 from meshcore.loopmon import monitor_loop
 from meshcore.metrics import Registry
+from meshcore.server import is_cluster, store_run_id
 from meshcore.sublist import SubList
 from meshcore.supervise import Supervisor
 from meshcore.tls import client_context
@@ -64,6 +66,7 @@ from router.registry import GovernanceStore, GovernanceWatcher
 from router.routing import UP, LinkStateTable, LocalInterest
 from router.spans import HopTracer, otlp_exporter, resource_attributes
 from router.status import Status, describe_metrics
+from router.storemigration import migrate
 from router.subscription import GroupStore, Subscriber
 
 log = logging.getLogger(__name__)
@@ -97,18 +100,23 @@ class Relay:
         m.set("anonymous", 1 if self.auth.allow_anonymous else 0)
         self.supervisor = Supervisor(on_restart=lambda task: m.inc("task_restarts_total", task=task))
         self.breaker = CircuitBreaker("redis")
+        self.cluster = is_cluster(client)
         self.committer = Committer(
             client,
             f"{self.region}/{self.name}",
             self.breaker,
             lambda err: m.inc("redis_errors_total", error=err),
             wait=config.store_wait,
+            home=self.region,
+            cluster=self.cluster,
         )
+        # the flow stream's shard this relay writes (every record of its commits and its sink)
+        self.flow_stream = sk.flow_shard(config.flow_stream, config.flow_shards, f"{self.region}/{self.name}")
         self.local = LocalInterest()
         self.routes = LinkStateTable(self.region, config.hop_limit, ROUTE_AGE_S, config.link_store_max_age_s)
         self.dedup = DedupWindow(config.dedup_window)
         # the keys of accepted events, in the store, so a retry is recognized after a restart too
-        self.dedup_stream = f"meshscope:dedup:{self.region}:{self.name}"
+        self.dedup_stream = sk.dedup(self.region, self.name)
         self.dedup_log = DedupLog(config.dedup_restart_s, config.dedup_window) if config.dedup_restart_s else None
         self.draining = False  # stopping: new publishes get 503, commits in flight finish
         self.requests_in_flight = 0  # publish requests being handled (the body may still be arriving)
@@ -122,16 +130,18 @@ class Relay:
         self.group_sessions = GroupSessions()
         self.sessions = SessionQuota(config.max_sessions_per_principal)
         self.origins: dict[str, OriginState] = {}
-        self.applied_key = f"meshscope:applied:{self.region}"
+        self.applied_key = sk.applied(self.region)
         self.sink = FlowSink(
             client,
-            config.flow_stream,
+            self.flow_stream,
             config.flow_stream_maxlen,
             config.flow_queue_max,
             config.flow_batch,
             config.flow_flush_interval_s,
             m,
             writer=f"{self.region}/{self.name}/flows",
+            home=self.region,
+            cluster=self.cluster,
             on_trimmed=lambda records, oldest_us: self.record(trimmed(self.region, records, oldest_us)),
         )
         if tracer is None:
@@ -253,6 +263,7 @@ class Relay:
         attempt = 0
         while True:
             try:
+                await migrate(self.redis, self.region, self.name)
                 groups = await self.groups.load()
                 dedup_keys = await self._load_dedup_keys()
                 applied: Any = await self.redis.hgetall(self.applied_key)
@@ -435,8 +446,7 @@ class Relay:
         if not outbox.store_run or not self.breaker.healthy:
             return
         try:
-            info: Any = await self.redis.info("server")
-            run = str(info.get("run_id", ""))
+            run = await store_run_id(self.redis, committer.key)
             if not run or run == outbox.store_run:
                 return
             counter = int(await self.redis.get(committer.key) or 0)

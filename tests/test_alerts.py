@@ -32,6 +32,7 @@ from collector.notify import ZERO_TIME, WebhookNotifier
 from collector.position import publish as publish_positions
 from collector.schema import SchemaOptions
 from collector.service import Collector
+from meshcore import storekeys as sk
 from meshcore.freshness import LagReport
 from meshcore.metrics import Registry
 from meshcore.server import Server
@@ -339,6 +340,30 @@ async def test_one_evaluator_leads_and_another_takes_over_without_firing_again(
         await proxy.stop()
 
 
+async def test_alert_states_saved_before_the_keys_had_a_tag_are_taken_over_and_nothing_fires_twice(
+    evaluators: Start, receiver: Receiver, redis_url: str, redis_sync: redis.Redis, ch_admin: Any, database: str
+) -> None:
+    now = int(time.time())
+    insert_edges(ch_admin, database, [[now - 40 + i, A, B, "t", 100, 20] for i in range(35)])
+    target = urlparse(redis_url)
+    proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    partitioned = aioredis.Redis.from_url(f"redis://{proxy.url_host}/0", socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        first = await evaluators(EDGE_RULES, redis_client=partitioned, webhooks=(receiver.url("hook"),))
+        await eventually(lambda: receiver.bodies("hook", "firing"), 10)
+        proxy.cut()  # the first evaluator is gone from the store; its lease runs out
+        await eventually(lambda: not first.leader and not redis_sync.exists(sk.ALERTS_LEADER), 5)
+        redis_sync.rename(sk.ALERTS_STATE, sk.LEGACY_ALERTS_STATE)  # the states as a store of before holds them
+        second = await evaluators(EDGE_RULES, webhooks=(receiver.url("hook"),))
+        await eventually(lambda: second.leader, 5)
+        await eventually(lambda: not redis_sync.exists(sk.LEGACY_ALERTS_STATE) and redis_sync.hlen(sk.ALERTS_STATE))
+        evaluated = second.evaluations
+        await eventually(lambda: second.evaluations > evaluated + 3)
+        assert len(receiver.bodies("hook")) == 1  # taken over as firing: nothing fired again
+    finally:
+        await proxy.stop()
+
+
 # ---- each source of alerts ------------------------------------------------------------------------------
 
 
@@ -523,7 +548,7 @@ async def test_the_collector_runs_the_evaluator(
     finally:
         collector.stop()
         await asyncio.wait_for(task, scaled(10))
-    assert await redis_async.get("meshscope:alerts:leader") is None  # a clean stop hands the lease back at once
+    assert await redis_async.get(sk.ALERTS_LEADER) is None  # a clean stop hands the lease back at once
     assert collector.alerts.health()["role"] == "follower" and len(await firing(redis_async)) == 1
 
 

@@ -30,6 +30,7 @@ import redis
 
 from collector.alertrules import parse_rules
 from dashboard.csvexport import neutralize
+from meshcore import storekeys as sk
 from tests.conftest import AUTH, CE_JSON, TEST_TOKEN, cloud_event, eventually, scaled
 from tests.test_browser import CHROMIUM, FLAGS, require_chromium
 from tests.test_browser_regions import SILENT, plant_silent_region
@@ -249,7 +250,7 @@ def plant_the_past(clickhouse_url: str, db: str, redis_url: str, now: float) -> 
     document = {"version": 7, "digest": "old", "author": "past-author", "changed_at": applied, "subjects": []}
     store = redis.Redis.from_url(redis_url)
     try:
-        store.hset("meshscope:governance:versions", "7", orjson.dumps(document))
+        store.hset(sk.GOVERNANCE_VERSIONS, "7", orjson.dumps(document))
     finally:
         store.close()
 

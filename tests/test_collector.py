@@ -22,6 +22,7 @@ from collector.clickhouse import make_client, migrate
 from collector.config import CollectorConfig
 from collector.histogram import quantile, sql_bucket
 from collector.service import Collector
+from meshcore import storekeys as sk
 from meshcore.flowrecord import FIELDS, FlowRecord, pack
 from tests.conftest import CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled
 
@@ -222,13 +223,13 @@ async def test_crash_between_insert_and_ack_leaves_every_record_once(
     from collector.position import position
 
     assert (await position(first.redis, "meshscope:flows", "meshscope-collectors")).pending > 0  # inserted, never acked
-    assert redis_sync.hlen("meshscope:collector:inflight") == 1
+    assert redis_sync.hlen(sk.manifests("meshscope:flows")) == 1
     await run_collector(consumer="c1" if restart_as == "same consumer" else "c2", batch_rows=300)
     await eventually(lambda: count(ch_admin, database) >= 1000, 15)
     await eventually(lambda: redis_sync.xpending("meshscope:flows", "meshscope-collectors")["pending"] == 0, 10)
     keys = flow_keys(ch_admin, database)
     assert len(keys) == 1000 and set(keys.values()) == {1}
-    await eventually(lambda: redis_sync.hlen("meshscope:collector:inflight") == 0)
+    await eventually(lambda: redis_sync.hlen(sk.manifests("meshscope:flows")) == 0)
     minute = ch_admin.query(f"SELECT sum(records) FROM `{database}`.edge_minute").result_rows[0][0]
     assert minute == 1000  # the aggregates did not count the re-insert either
 

@@ -19,6 +19,7 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from meshcore import storekeys as sk
 from meshcore.flowrecord import FlowRecord
 from router.subscription import PARKED, is_entry_id
 from tests.conftest import AUTH, OTHER_AUTH, Mesh, cloud_event, eventually, flow_records, scaled
@@ -53,7 +54,7 @@ async def drain(ws: ClientConnection, quiet_s: float = 0.6) -> list[dict[str, An
 
 
 def pending_of(client: redis.Redis, group: str) -> dict[str, int]:
-    summary: Any = client.xpending(f"meshscope:group:{A}:{group}", group)
+    summary: Any = client.xpending(sk.group_stream(A, group), group)
     return {c["name"].decode(): int(c["pending"]) for c in summary["consumers"]}
 
 

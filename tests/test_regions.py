@@ -17,6 +17,7 @@ import httpx
 import orjson
 import redis
 
+from meshcore import storekeys as sk
 from meshcore.server import bind
 from tests.conftest import CE_JSON, POLICY, Mesh, RegionValkeys, cloud_event, eventually, scaled
 
@@ -33,7 +34,7 @@ async def publish(http: httpx.AsyncClient, url: str, topic: str, event_id: str) 
 def stored_version(url: str) -> str:
     client = redis.Redis.from_url(url)
     try:
-        raw = client.get("meshscope:governance:version")
+        raw = client.get(sk.GOVERNANCE_VERSION)
         return raw.decode() if raw else "none"
     finally:
         client.close()

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from meshcore import storekeys as sk
 from meshcore.certs import write_bundle
 from meshcore.tls import Identity
 from tests.conftest import AUTH, CE_JSON, OTHER_AUTH, Mesh, cloud_event, eventually, flow_records, relay_token, scaled
@@ -408,9 +409,9 @@ async def test_group_names_owners_patterns_and_deletes(
     assert refused.value.response.status_code == 403
     # only the owner deletes; an unknown group deletes nothing
     assert (await http.delete(f"{mesh[A].url}/v1/groups/billing", headers=OTHER_AUTH)).status_code == 403
-    redis_sync.set("meshscope:group:aws:us-east-1:ghost", "keep")
+    redis_sync.set(sk.group_stream("aws:us-east-1", "ghost"), "keep")
     assert (await http.delete(f"{mesh[A].url}/v1/groups/ghost")).status_code == 404
-    assert redis_sync.get("meshscope:group:aws:us-east-1:ghost") == b"keep"
+    assert redis_sync.get(sk.group_stream("aws:us-east-1", "ghost")) == b"keep"
     assert (await http.delete(f"{mesh[A].url}/v1/groups/billing")).status_code == 204
 
 
@@ -443,7 +444,7 @@ async def test_a_full_group_gives_up_its_oldest_unacknowledged_entries_each_with
     """Acknowledged entries go quietly; past the bound, unacknowledged ones go with a drop/expired each."""
     await mesh.start([A], env={"MESHSCOPE_GROUP_MAX_ENTRIES": "5"})
     base = f"{mesh[A].ws_url}/v1/subscribe?topic=o.>&group=full&consumer=c1"
-    stream = f"meshscope:group:{A}:full"
+    stream = sk.group_stream(A, "full")
 
     async def publish(*ids: str) -> None:
         batch = [cloud_event("o.x", i) for i in ids]

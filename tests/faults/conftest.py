@@ -24,6 +24,7 @@ import orjson
 import pytest
 import redis
 
+from meshcore import storekeys as sk
 from meshcore.flowrecord import FlowRecord, unpack
 from tests.conftest import AUTH, CE_JSON, cloud_event, free_port, relay_token, scaled, write_principals
 from tests.netfault import TcpProxy, region_links
@@ -318,7 +319,7 @@ def client_of(server: ValkeyProcess) -> redis.Redis:
 def group_ids(client: redis.Redis, region: str, group: str) -> list[str]:
     """Event ids in a durable group's stream, in order (what the group's consumers will get)."""
     out = []
-    for _, fields in client.xrange(f"meshscope:group:{region}:{group}"):
+    for _, fields in client.xrange(sk.group_stream(region, group)):
         out.append(orjson.loads(fields[b"e"])["id"])
     return out
 

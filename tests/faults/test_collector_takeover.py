@@ -21,6 +21,7 @@ import orjson
 import pytest
 import redis
 
+from meshcore import storekeys as sk
 from meshcore.flowrecord import FlowRecord, pack
 from tests.conftest import eventually, scaled
 from tests.faults.conftest import ValkeyProcess
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.faults
 A, B = "aws:us-east-1", "gcp:europe-west1"
 STREAM = "meshscope:flows"
 GROUP = "meshscope-collectors"
-MANIFESTS = "meshscope:collector:inflight"
+MANIFESTS = sk.manifests("meshscope:flows")
 
 
 def add_records(client: redis.Redis, first: int, count: int, per_entry: int = 100) -> None:

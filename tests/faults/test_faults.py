@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 
+from meshcore import storekeys as sk
 from tests.conftest import AUTH, eventually, scaled
 from tests.faults.conftest import FaultMesh, Producer, ValkeyProcess, create_group, flow_records, group_ids
 
@@ -248,7 +249,7 @@ async def test_stored_events_missing_after_a_restart_are_reported_as_a_gap(
     producer = Producer(fault_mesh[A], "orders.created", "gap")
     await producer.publish(50, batch=10)
     fault_mesh[A].kill9()
-    client.delete(f"meshscope:out:{A}:{B}")  # the store lost what A held (its sequence state survived)
+    client.delete(sk.outbound(A, B))  # the store lost what A held (its sequence state survived)
     fault_mesh.proxies[(A, B)].forward()
     fault_mesh[A].start()
     gaps = await eventually(
@@ -327,7 +328,7 @@ async def test_collector_killed_repeatedly_stores_every_record_once(
             kills += 1
         proc = start()
         started.append(proc)
-        await eventually(lambda: acked() >= total // 500 and not client.hlen("meshscope:collector:inflight"), 60, 0.1)
+        await eventually(lambda: acked() >= total // 500 and not client.hlen(sk.manifests("meshscope:flows")), 60, 0.1)
         proc.terminate()
         proc.wait(20)
     finally:

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from meshcore import storekeys as sk
 from meshcore.netproxy import TcpProxy
 from tests.conftest import AUTH, POLICY, eventually, scaled
 from tests.faults.conftest import (
@@ -235,7 +236,7 @@ async def test_a_governance_change_made_while_a_region_is_cut_off_converges_afte
         fault_mesh.heal(B)
         await eventually(lambda: versions_are(versions, {A: version, B: version, C: version}), 10, 0.05)
         assert time.monotonic() - healed < scaled(5)
-        stored = client_of(stores[B]).get("meshscope:governance:version")
+        stored = client_of(stores[B]).get(sk.GOVERNANCE_VERSION)
         assert stored is not None and stored.decode() == version  # kept in B's own store
 
 

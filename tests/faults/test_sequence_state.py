@@ -19,6 +19,7 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
+from meshcore import storekeys as sk
 from meshcore.flowrecord import FlowRecord
 from tests.conftest import eventually, relay_token
 from tests.faults.conftest import (
@@ -134,7 +135,7 @@ async def test_a_transit_relay_that_forges_an_origins_sequence_suppresses_none_o
     first = Producer(fault_mesh[A], "orders.created", "first")
     await first.publish(50, batch=10)
     await arrive(client, "audit", first.accepted)
-    epoch = orjson.loads(client.hget(f"meshscope:outmeta:{A}", B) or b"{}")["epoch"]
+    epoch = orjson.loads(client.hget(sk.outmeta(A), B) or b"{}")["epoch"]
     forged = [
         forged_item(A, epoch, 150_000, 150_000, 150_000, C, "forged-floor"),  # "A acknowledged up to here"
         forged_item(A, epoch, 2**62, 2**62, MAX_SEQ, C, "forged-far"),  # far beyond what A established
@@ -172,7 +173,7 @@ async def test_a_store_restarted_cleanly_is_not_taken_for_one_that_went_back(
     await create_group(fault_mesh[B], "audit", "orders.>")
     first = Producer(fault_mesh[A], "orders.created", "first")
     await first.publish(100, batch=20)
-    epoch = orjson.loads(client.hget(f"meshscope:outmeta:{A}", B) or b"{}")["epoch"]
+    epoch = orjson.loads(client.hget(sk.outmeta(A), B) or b"{}")["epoch"]
     valkey.stop()
     valkey.start()
     second = Producer(fault_mesh[A], "orders.created", "second")
@@ -184,5 +185,5 @@ async def test_a_store_restarted_cleanly_is_not_taken_for_one_that_went_back(
     third = Producer(fault_mesh[A], "orders.created", "third")
     await third.publish(100, batch=20)
     await arrive(client, "audit", first.accepted + second.accepted + third.accepted)
-    assert orjson.loads(client.hget(f"meshscope:outmeta:{A}", B) or b"{}")["epoch"] == epoch
+    assert orjson.loads(client.hget(sk.outmeta(A), B) or b"{}")["epoch"] == epoch
     assert not [r for r in flow_records(client) if r.kind == "drop"]
