@@ -61,6 +61,7 @@ from router.receive import MeshReceiver
 from router.recorder import Recorder
 from router.registry import GovernanceStore, GovernanceWatcher
 from router.routing import UP, LinkStateTable, LocalInterest
+from router.siblings import Siblings
 from router.spans import HopTracer, otlp_exporter, resource_attributes
 from router.status import Status, describe_metrics
 from router.subscription import GroupStore, Subscriber
@@ -166,6 +167,7 @@ class Relay:
         self.publisher = Publisher(self)
         self.receiver = MeshReceiver(self)
         self.group_keeper = GroupKeeper(self)
+        self.siblings = Siblings(self)
         tls = config.tls
         ssl_ctx = client_context(tls, tls.ca) if tls is not None and tls.ca else None
         mesh = self.mesh
@@ -180,7 +182,7 @@ class Relay:
             mesh.link_clock,
         )
         self.links: list[MeshLink] = []
-        for text in config.peers:
+        for text in config.peers if self.siblings.owner else ():  # worker 0 holds the region's links
             peer = PeerAddress.parse(text)
             self.links.append(
                 MeshLink(
@@ -239,6 +241,9 @@ class Relay:
         sup.spawn("governance-store", self.authority.persist_loop)
         sup.spawn("governance-contact", self.authority.watch_contact)
         sup.spawn("loop-monitor", lambda: monitor_loop(self.metrics))
+        if self.siblings.on:
+            sup.spawn("siblings", self.siblings.run)
+            sup.spawn("heartbeat", self.siblings.heartbeat)
         for link in self.links:
             sup.spawn(f"link {link.url}", link.run)
         if self.config.chaos_flap_interval_s > 0:
@@ -257,6 +262,7 @@ class Relay:
                 lsas: Any = await self.redis.hgetall(LSA_KEY)
                 dropped = await self.outbox.load()
                 await self.watcher.refresh()
+                await self.siblings.load()
                 self.authority.heard = self.authority.heard or await self.registry.has_version()
                 await self.redis.hset(REGIONS_KEY, self.region, orjson.dumps({**self.hello, "ts": now_us()}))
             except (StreamUnavailable, RedisError) as exc:
@@ -456,12 +462,16 @@ class Relay:
         self.subscribers[sub.id] = sub
         if self.local.add(patterns):
             self.mesh.advertise()
+        else:
+            self.siblings.interest_changed()
         self.metrics.set("subscribers", len(self.subscribers))
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         if self.subscribers.pop(sub.id, None) is not None and self.local.remove(sorted(sub.patterns.patterns)):
             self.mesh.advertise()
+        else:
+            self.siblings.interest_changed()
         self.metrics.set("subscribers", len(self.subscribers))
 
     def isolate(self, seconds: float) -> None:

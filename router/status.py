@@ -311,7 +311,21 @@ class Status:
             if row["clock_refusal"]
         ]
         links = {row["peer"]: row["state"] for row in rows}
-        return {
+        workers = r.siblings.health() if r.siblings.on else None
+        if workers is not None and not r.siblings.owner:
+            # worker 0 holds the region's links: its last heartbeat says how they are
+            owner_links = r.siblings.owner_links()
+            links = owner_links if owner_links is not None else {}
+            workers["links_from"] = r.siblings.names[0]
+            if owner_links is None:
+                reasons.append(f"the region's links are unknown: worker {r.siblings.names[0]} sent no heartbeat")
+        if workers is not None:
+            for name, member in workers["members"].items():
+                if member["state"] != "up" and name != r.name:
+                    why = member.get("why") or f"no heartbeat for {member['heartbeat_age_s']} s"
+                    held = "; it holds the region's links: events for other regions wait" if member.get("links") else ""
+                    reasons.append(f"worker {name} of this region is {member['state']} ({why}){held}")
+        health: dict[str, Any] = {
             "status": "degraded" if reasons else "ok",
             "reasons": reasons,
             "region": r.region,
@@ -335,3 +349,6 @@ class Status:
             "held": r.outbox.depth,
             "inbound": sorted({c.region for c in r.inbound.values()}),
         }
+        if workers is not None:
+            health["workers"] = workers
+        return health

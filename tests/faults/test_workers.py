@@ -1,0 +1,182 @@
+"""Several relay processes serve one region behind one port (``meshscope relay --workers N``).
+
+Which worker accepts a connection is the kernel's choice; a test that must
+land on one worker stops the others (SIGSTOP) while it connects, so the one
+left takes the connection from the shared queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from meshcore.flowrecord import unpack
+from tests.conftest import AUTH, CE_JSON, cloud_event, eventually, scaled
+from tests.faults.conftest import FaultMesh, Producer, client_of, create_group, group_ids
+
+A, B = "aws:us-east-1", "gcp:europe-west1"
+WORKERS = {A: {"MESHSCOPE_RELAY_WORKERS": "2"}}
+
+
+async def workers_of(mesh: FaultMesh, region: str, count: int = 2) -> dict[str, dict[str, Any]]:
+    """The region's workers as its /healthz says, once ``count`` are up."""
+
+    async def members() -> dict[str, dict[str, Any]] | None:
+        async with httpx.AsyncClient(timeout=2) as http:
+            try:
+                health = (await http.get(f"{mesh[region].url}/healthz")).json()
+            except (httpx.HTTPError, ValueError):
+                return None
+        found = health.get("workers", {}).get("members", {})
+        up = {name: m for name, m in found.items() if m["state"] == "up"}
+        return dict(sorted(up.items())) if len(up) == count else None
+
+    result: dict[str, dict[str, Any]] = await eventually(members, 20)
+    return result
+
+
+@contextlib.contextmanager
+def only(workers: dict[str, dict[str, Any]], name: str) -> Iterator[None]:
+    """Every worker but ``name`` stopped (SIGSTOP) for the block: new connections land on ``name``."""
+    stopped = [int(m["pid"]) for n, m in workers.items() if n != name]
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+
+async def publish(url: str, ids: list[str], topic: str = "orders.created") -> dict[str, Any]:
+    """One batch over a new connection (a keep-alive one would stay with the worker that took it)."""
+    async with httpx.AsyncClient(timeout=scaled(5), headers=AUTH) as http:
+        reply = await http.post(
+            f"{url}/v1/events",
+            headers={**CE_JSON, "content-type": "application/cloudevents-batch+json"},
+            content=orjson.dumps([cloud_event(topic, i) for i in ids]),
+        )
+    assert reply.status_code == 202, reply.text
+    result: dict[str, Any] = reply.json()
+    return result
+
+
+class Listener:
+    """A live subscriber that counts what it got."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.got: Counter[str] = Counter()
+        self.ws: ClientConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self.ws = await connect(f"{self.url}/v1/subscribe?topic=orders.>", additional_headers=AUTH)
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for raw in self.ws:
+            self.got[orjson.loads(raw)["id"]] += 1
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.ws is not None:
+            await self.ws.close()
+
+
+@contextlib.asynccontextmanager
+async def listening(url: str) -> AsyncIterator[Listener]:
+    listener = Listener(url)
+    await listener.open()
+    try:
+        yield listener
+    finally:
+        await listener.close()
+
+
+async def test_events_published_on_either_worker_reach_every_subscriber_and_a_group_once(
+    fault_mesh: FaultMesh,
+) -> None:
+    await fault_mesh.start([A, B], env_for=WORKERS)
+    workers = await workers_of(fault_mesh, A)
+    w0, w1 = workers
+    await create_group(fault_mesh[A], "audit", "orders.>")
+    url = fault_mesh[A].ws_url
+    with only(workers, w0):
+        on_w0 = Listener(url)
+        await on_w0.open()
+    with only(workers, w1):
+        on_w1 = Listener(url)
+        await on_w1.open()
+    in_b = Listener(fault_mesh[B].ws_url)
+    await in_b.open()
+    try:
+        store = client_of(fault_mesh.valkey)
+        await eventually(lambda: store.hget("meshscope:workers:" + A, w1) is not None, 10)
+        await asyncio.sleep(scaled(0.5))  # the interest of each reaches the other worker and B's relay
+        sent = {w0: [f"w0-{i}" for i in range(20)], w1: [f"w1-{i}" for i in range(20)]}
+        for name, ids in sent.items():
+            with only(workers, name):
+                assert (await publish(fault_mesh[A].url, ids))["accepted"] == ids
+        everything = sent[w0] + sent[w1]
+        for listener in (on_w0, on_w1, in_b):
+            await eventually(lambda listener=listener: set(listener.got) == set(everything), 15)  # type: ignore[misc]
+        await asyncio.sleep(scaled(0.3))
+        for listener in (on_w0, on_w1, in_b):
+            assert set(listener.got.values()) == {1}, listener.got  # once each, none twice
+        assert sorted(group_ids(store, A, "audit")) == sorted(everything)
+        # a retry sent to the other worker, after its answer, is a duplicate there
+        with only(workers, w1):
+            retry = await publish(fault_mesh[A].url, sent[w0][:5])
+        assert retry["accepted"] == [] and retry["duplicates"] == sent[w0][:5]
+        assert sorted(group_ids(store, A, "audit")) == sorted(everything)
+        # the flow records name both workers: each published its own events
+        publishers = {w0: 0, w1: 0}
+        for _, fields in store.xrange("meshscope:flows"):
+            for rec in unpack(fields):
+                if rec.kind == "publish" and rec.relay in publishers:
+                    publishers[rec.relay] += 1
+        assert publishers == {w0: 20, w1: 20}
+    finally:
+        for listener in (on_w0, on_w1, in_b):
+            await listener.close()
+
+
+async def test_a_killed_worker_is_restarted_and_nothing_answered_is_lost(fault_mesh: FaultMesh) -> None:
+    await fault_mesh.start([A, B], env_for=WORKERS)
+    workers = await workers_of(fault_mesh, A)
+    w0, w1 = workers
+    async with listening(fault_mesh[B].ws_url) as in_b:
+        await fault_mesh.wait_healthy(A)
+        await asyncio.sleep(scaled(0.5))
+        producer = Producer(fault_mesh[A], "orders.created", "k")
+        publishing = asyncio.create_task(producer.publish(600, batch=10, pause_s=0.01))
+        await eventually(lambda: len(producer.accepted) >= 100, 20)
+        os.kill(int(workers[w0]["pid"]), signal.SIGKILL)  # worker 0: the one holding the links
+        await publishing
+
+        async def restarted() -> dict[str, dict[str, Any]] | None:
+            now = await workers_of(fault_mesh, A)
+            return now if now[w0]["pid"] != workers[w0]["pid"] else None
+
+        after = await eventually(restarted, 20)
+        assert after[w0]["pid"] != workers[w0]["pid"] and after[w0]["restarts"] == 1
+        assert after[w1]["pid"] == workers[w1]["pid"] and after[w1]["restarts"] == 0
+        accepted = set(producer.accepted) | set(producer.duplicates)
+        assert len(accepted) == 600
+        await eventually(lambda: set(in_b.got) >= accepted, 30)
+        await asyncio.sleep(scaled(0.3))
+        assert set(in_b.got.values()) == {1}  # B applied each once, whichever worker published it
+    log = fault_mesh[A].log.read_text()
+    assert "relay worker exited; starting it again" in log
