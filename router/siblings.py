@@ -66,6 +66,7 @@ STREAM_MAXLEN = 100_000
 HEARTBEAT_S = 1.0
 ALIVE_S = 5.0
 READ_COUNT = 200
+ROW_FIELDS = 12  # an event in the region stream: see ``Siblings.row``
 
 
 def worker_names(name: str, index: int, workers: int) -> list[str]:
@@ -114,8 +115,11 @@ class Siblings:
 
     @staticmethod
     def row(a: Arrival, route: bool, local: bool) -> list[Any]:
+        """An event as the region stream carries it; ``route``: worker 0 routes it to other regions,
+        ``local``: the region wanted it when it was published (else no region may, and it is recorded so)."""
         ev = a.event
         return [
+            ev.topic,
             a.parent,
             a.principal,
             ev.published_us,
@@ -252,12 +256,22 @@ class Siblings:
                 log.error("unreadable region stream entry skipped", extra={"writer": writer})
                 return
             for row in rows if isinstance(rows, list) else []:
-                arrival, route, local = self._arrival(row)
+                # decoded only when needed: another region wants it (worker 0), or a live subscriber here
+                if not isinstance(row, list) or len(row) != ROW_FIELDS:
+                    log.error("unreadable event in the region stream skipped", extra={"writer": writer})
+                    continue
+                topic, route, local = str(row[0]), row[9] is True, row[10] is True
+                # worker 0 routes what a sibling published: to the regions that want it, or a no_route record
+                wanted = self.owner and not mine and route and (bool(r.routes.interested(topic)) or not local)
+                offer = live and not mine and any(s.patterns.matches(topic) for s in r.subscribers.values())
+                if not (wanted or offer):
+                    continue
+                arrival = self._arrival(row)
                 if arrival is None:
                     continue
-                if route and self.owner and not mine:
+                if wanted:
                     routes.append((arrival, local))
-                if live and not mine:
+                if offer:
                     self._offer(arrival)
         elif mine:
             return
@@ -277,17 +291,17 @@ class Siblings:
                 return
             r.mesh.broadcast(fr.encode(fr.INTEREST, lsa=self.lsa.to_json()))
 
-    def _arrival(self, row: Any) -> tuple[Arrival | None, bool, bool]:
+    def _arrival(self, row: list[Any]) -> Arrival | None:
         r = self.relay
         try:
-            span, principal, published_us, sent_us, src, attempt, seq, via, route, local, body = row
+            _, span, principal, published_us, sent_us, src, attempt, seq, via, _, _, body = row
             ev = validate_event(body, r.limits)
             ev.published_us = int(published_us)
             a = Arrival(ev, str(span), str(src), int(sent_us), int(attempt), int(seq), str(principal), str(via))
         except (ValueError, TypeError, InvalidInput) as exc:
             log.error("unreadable event in the region stream skipped", extra={"error": str(exc)[:200]})
-            return None, False, False
-        return a, bool(route), bool(local)
+            return None
+        return a
 
     def _offer(self, a: Arrival) -> None:
         """A sibling's event to this worker's live subscribers, with this worker's deliver record."""

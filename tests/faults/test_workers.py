@@ -136,11 +136,20 @@ async def test_events_published_on_either_worker_reach_every_subscriber_and_a_gr
         for listener in (on_w0, on_w1, in_b):
             assert set(listener.got.values()) == {1}, listener.got  # once each, none twice
         assert sorted(group_ids(store, A, "audit")) == sorted(everything)
+        # events arriving over the mesh, at whichever worker B's link landed on, reach both workers' subscribers
+        from_b = [f"b-{i}" for i in range(10)]
+        assert (await publish(fault_mesh[B].url, from_b))["accepted"] == from_b
+        for listener in (on_w0, on_w1):
+            await eventually(lambda listener=listener: set(from_b) <= set(listener.got), 15)  # type: ignore[misc]
+        everything += from_b
+        await eventually(lambda: sorted(group_ids(store, A, "audit")) == sorted(everything), 15)
         # a retry sent to the other worker, after its answer, is a duplicate there
         with only(workers, w1):
             retry = await publish(fault_mesh[A].url, sent[w0][:5])
         assert retry["accepted"] == [] and retry["duplicates"] == sent[w0][:5]
         assert sorted(group_ids(store, A, "audit")) == sorted(everything)
+        for listener in (on_w0, on_w1):
+            assert set(listener.got.values()) == {1}, listener.got
         # the flow records name both workers: each published its own events
         publishers = {w0: 0, w1: 0}
         for _, fields in store.xrange("meshscope:flows"):
