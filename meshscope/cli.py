@@ -62,7 +62,7 @@ def _private_files() -> None:
 
 
 def _relay(args: argparse.Namespace) -> int:
-    from router.config import RelayConfig
+    from router.config import MAX_WORKERS, RelayConfig
     from router.serve import serve_relay
 
     overrides: dict[str, object] = {}
@@ -73,7 +73,7 @@ def _relay(args: argparse.Namespace) -> int:
     if args.peer:
         overrides["peers"] = tuple(args.peer)
     if args.workers is not None:
-        if not 1 <= args.workers <= 64:
+        if not 1 <= args.workers <= MAX_WORKERS:
             print(f"meshscope relay: --workers {args.workers}: give 1 to 64 relay processes", file=sys.stderr)
             return 2
         overrides["workers"] = args.workers

@@ -140,6 +140,7 @@ MESHSCOPE_LINK_STATS_INTERVAL_S = "MESHSCOPE_LINK_STATS_INTERVAL_S"
 """Seconds between link state samples written to the ``meshscope:links`` stream."""
 
 
+MAX_WORKERS = 64
 FRAME_OVERHEAD = 1024  # a mesh frame's header and one item's routing fields, at most
 STORE_WAITS = ("none", "fsync", "replica")
 
@@ -305,6 +306,8 @@ class RelayConfig:
             fault_injection=s.get_bool(env, MESHSCOPE_FAULT_INJECTION, False),
             governance_home=home,
         )
+        if config.workers > MAX_WORKERS:
+            raise s.SettingError(f"{MESHSCOPE_RELAY_WORKERS}={config.workers}: at most {MAX_WORKERS} relay processes")
         if config.max_event_bytes + FRAME_OVERHEAD > config.max_body_bytes:
             raise s.SettingError(
                 f"{MESHSCOPE_MAX_EVENT_BYTES} must be at least {FRAME_OVERHEAD} bytes below {MESHSCOPE_MAX_BODY_BYTES} "

@@ -37,12 +37,11 @@ from typing import Any
 
 from meshcore.server import bind
 from router import config as rc
-from router.config import RelayConfig
+from router.config import MAX_WORKERS, RelayConfig
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-MAX_WORKERS = 64
 RESTART_PAUSE_S = (0.2, 10.0)  # first pause, longest pause
 STEADY_S = 30.0  # a worker that ran this long is restarted after the first pause again
 BACKLOG = 2048
@@ -50,8 +49,6 @@ BACKLOG = 2048
 
 class WorkerPool:
     def __init__(self, config: RelayConfig):
-        if config.workers > MAX_WORKERS:
-            raise ValueError(f"{rc.MESHSCOPE_RELAY_WORKERS}={config.workers}: at most {MAX_WORKERS} workers")
         self.config = config
         self.sock = bind(config.host, config.port)
         self.sock.listen(BACKLOG)
@@ -82,8 +79,16 @@ class WorkerPool:
         pause = RESTART_PAUSE_S[0]
         while not self.stopping:
             started = time.monotonic()
+            # a session of its own: a signal for the parent's process group (a terminal's Ctrl-C, a service
+            # manager stopping the group) reaches the worker once, passed on by the parent, not twice
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "meshscope", "relay", env=self.env(index), pass_fds=(self.sock.fileno(),)
+                sys.executable,
+                "-m",
+                "meshscope",
+                "relay",
+                env=self.env(index),
+                pass_fds=(self.sock.fileno(),),
+                start_new_session=True,
             )
             self.procs[index] = proc
             log.info("relay worker started", extra={"worker": index, "pid": proc.pid})

@@ -189,3 +189,14 @@ async def test_a_killed_worker_is_restarted_and_nothing_answered_is_lost(fault_m
         assert set(in_b.got.values()) == {1}  # B applied each once, whichever worker published it
     log = fault_mesh[A].log.read_text()
     assert "relay worker exited; starting it again" in log
+    # SIGTERM to the parent alone: every worker drains and exits, then the parent
+    parent = fault_mesh[A].proc
+    assert parent is not None
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(scaled(15)) == 0
+    log = fault_mesh[A].log.read_text()
+    assert log.count("relay drained") >= 2 and log.count("relay worker stopped") == 2
+    for member in after.values():
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(int(member["pid"]), os.WNOHANG)
+        assert not os.path.exists(f"/proc/{member['pid']}") or "zombie" in open(f"/proc/{member['pid']}/status").read()
