@@ -37,7 +37,7 @@ from typing import Any
 
 from meshcore.server import bind
 from router import config as rc
-from router.config import MAX_WORKERS, RelayConfig
+from router.config import RelayConfig
 
 log = logging.getLogger(__name__)
 
