@@ -42,13 +42,17 @@ class GroupKeeper:
             decision = r.gate.may_subscribe(principal, pattern)
             if not decision.allowed:
                 raise GroupConflict(decision.reason, 403, decision.rule)
+        # what this relay counted in its interest: a group another relay of the region made is in the
+        # store (``old``) before this relay knows it, and its patterns must be counted in here all the same
+        known = r.groups.groups.get(group)
         old, new = await r.groups.join(group, patterns, principal, update, principal.has_role("admin"), now_us(), probe)
         r.gate.group_changed(group)
         if old is None or old.patterns != new.patterns:
             r.siblings.groups_changed()
+        if known is None or known.patterns != new.patterns:
             changed = r.local.add(sorted(new.patterns.patterns))
-            if old is not None:
-                changed = r.local.remove(sorted(old.patterns.patterns)) or changed
+            if known is not None:
+                changed = r.local.remove(sorted(known.patterns.patterns)) or changed
             if changed:
                 r.mesh.advertise()
         return old, new

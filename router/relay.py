@@ -244,6 +244,7 @@ class Relay:
         if self.siblings.on:
             sup.spawn("siblings", self.siblings.run)
             sup.spawn("heartbeat", self.siblings.heartbeat)
+            sup.spawn("group-reload", self.siblings.reload_groups)
         for link in self.links:
             sup.spawn(f"link {link.url}", link.run)
         if self.config.chaos_flap_interval_s > 0:

@@ -98,9 +98,8 @@ class Siblings:
             f"meshscope:dedup:{region}:{n}": "0-0" for n in self.names if n != relay.name
         }  # sibling dedup stream -> the last entry read
         self._dedup_lock = asyncio.Lock()
+        self._groups_changed = asyncio.Event()
         self.workers: dict[str, dict[str, Any]] = {}  # the heartbeats last read, by worker name
-        self.routed = 0  # events of siblings routed by worker 0
-        self.handed = 0  # events of siblings handed to live subscribers here
 
     # ---- what this worker tells its siblings ------------------------------------------------------
 
@@ -283,7 +282,7 @@ class Siblings:
             if self._set_interest(writer, patterns) and self.owner:
                 r.mesh.advertise()
         elif kind == b"g":
-            r.supervisor.spawn("group-reload", r.group_keeper.reload, restart=False)
+            self._groups_changed.set()
         elif kind == b"l" and not self.owner:
             try:
                 self.lsa = fr.lsa_of(orjson.loads(fields.get(b"d", b"")))
@@ -310,7 +309,7 @@ class Siblings:
         subs = [s for s in r.subscribers.values() if s.patterns.matches(topic) and (s.gate is None or s.gate(topic))]
         if not subs:
             return
-        self.handed += 1
+        r.metrics.inc("sibling_events_total", path="delivered")
         r.record(a.hop(r.region, fk.DELIVER, fk.OK, now_us()))
         r.delivery.offer(a, subs)
 
@@ -346,7 +345,7 @@ class Siblings:
         def landed() -> None:
             for dst, item in held:
                 r.outbox.channel(dst).hold(item)
-            self.routed += len(held)
+            r.metrics.inc("sibling_events_total", len(held), path="routed")
             if held:
                 r.wake()
 
@@ -363,6 +362,13 @@ class Siblings:
         self.wanted = PatternSet(p for ps in self.interest.values() for p in ps)
         added = r.local.add(patterns)
         return r.local.remove(old) or added
+
+    async def reload_groups(self) -> None:
+        """Take the group registry as stored whenever a sibling says it changed."""
+        while True:
+            await self._groups_changed.wait()
+            self._groups_changed.clear()
+            await self.relay.group_keeper.reload()
 
     # ---- peers that dial a worker -------------------------------------------------------------------
 

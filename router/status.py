@@ -73,6 +73,12 @@ METRICS = (
     ("group_acks_refused_total", "counter", "Acknowledged ids a group member was not given (ignored), by group"),
     ("group_entries_withheld_total", "counter", "Group entries a member may not read, parked for one that may"),
     ("sessions_refused_total", "counter", "WebSocket sessions refused: the principal had its most open here"),
+    (
+        "sibling_events_total",
+        "counter",
+        "Events of the region's other workers: delivered to live subscribers here, or routed to other regions",
+    ),
+    ("sibling_events_lost_total", "counter", "Times worker 0 found the region stream trimmed past what it had routed"),
 )
 """Every metric family a relay exports: name, type, help."""
 

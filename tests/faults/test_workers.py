@@ -200,3 +200,54 @@ async def test_a_killed_worker_is_restarted_and_nothing_answered_is_lost(fault_m
     for member in after.values():  # gone (a worker is its parent's child, reaped when the parent exited)
         status = Path(f"/proc/{member['pid']}/status")
         assert not status.exists() or "zombie" in status.read_text()
+
+
+async def test_group_members_on_different_workers_share_the_group_and_healthz_names_a_stopped_worker(
+    fault_mesh: FaultMesh,
+) -> None:
+    await fault_mesh.start([A], env_for=WORKERS)
+    workers = await workers_of(fault_mesh, A)
+    w0, w1 = workers
+    got: Counter[str] = Counter()
+    by_member: Counter[str] = Counter()
+
+    async def member(ws: ClientConnection, name: str) -> None:
+        async for raw in ws:
+            msg = orjson.loads(raw)
+            got[msg["event"]["id"]] += 1
+            by_member[name] += 1
+            await ws.send(orjson.dumps({"ack": [msg["ack"]]}))
+
+    url = f"{fault_mesh[A].ws_url}/v1/subscribe?topic=orders.>&group=billing&consumer="
+    with only(workers, w0):
+        ws0 = await connect(url + "m0", additional_headers=AUTH)
+    with only(workers, w1):
+        ws1 = await connect(url + "m1", additional_headers=AUTH)
+    readers = [asyncio.create_task(member(ws0, w0)), asyncio.create_task(member(ws1, w1))]
+    try:
+        ids = [f"g-{i}" for i in range(60)]
+        for start in range(0, 60, 10):
+            await publish(fault_mesh[A].url, ids[start : start + 10])
+        await eventually(lambda: set(got) == set(ids), 15)
+        await asyncio.sleep(scaled(0.5))
+        assert set(got.values()) == {1}, got  # each entry to one member of the group, once
+    finally:
+        for task in readers:
+            task.cancel()
+        await ws0.close()
+        await ws1.close()
+    # a worker that stops answering: the other's /healthz says so, then recovers
+    os.kill(int(workers[w1]["pid"]), signal.SIGSTOP)
+    try:
+
+        async def degraded() -> dict[str, Any] | None:
+            async with httpx.AsyncClient(timeout=2) as http:
+                health = (await http.get(f"{fault_mesh[A].url}/healthz")).json()
+            return health if health["status"] == "degraded" else None
+
+        health = await eventually(degraded, 15)
+        assert health["relay"] == w0 and health["workers"]["members"][w1]["state"] == "down"
+        assert any(reason.startswith(f"worker {w1} of this region is down") for reason in health["reasons"])
+    finally:
+        os.kill(int(workers[w1]["pid"]), signal.SIGCONT)
+    await fault_mesh.wait_healthy(A)
