@@ -401,6 +401,7 @@ class Siblings:
                 "ts": now_us(),
                 "interest": self._sent_interest or [],
                 "links": {link.peer_region or link.name: link.state for link in r.links},
+                "inbound": sorted({c.region for c in r.mesh.inbound.values()}),
             }
             try:
                 await r.redis.hset(self.workers_key, r.name, orjson.dumps(beat))
@@ -432,6 +433,7 @@ class Siblings:
                 "heartbeat_age_s": age_s,
                 "pid": beat.get("pid"),
                 "links": bool(beat.get("owner")),
+                "inbound": beat.get("inbound", []),
                 "restarts": beat.get("restarts", 0),
             }
         return {"workers": len(self.names), "this": self.relay.name, "members": out, "checked_at": time.time()}

@@ -251,3 +251,33 @@ async def test_group_members_on_different_workers_share_the_group_and_healthz_na
     finally:
         os.kill(int(workers[w1]["pid"]), signal.SIGCONT)
     await fault_mesh.wait_healthy(A)
+
+
+async def test_the_worker_holding_a_peers_link_killed_mid_stream_applies_each_event_once(
+    fault_mesh: FaultMesh,
+) -> None:
+    """B's link to A lands on one worker of A; killed, B dials again and lands on another, which must
+    read what the region applied from B before it applies B's resends."""
+    await fault_mesh.start([A, B], env_for=WORKERS)
+    await create_group(fault_mesh[A], "audit", "orders.>")
+    await asyncio.sleep(scaled(0.5))  # B learns A's interest
+
+    async def holder() -> str | None:
+        found = await workers_of(fault_mesh, A)
+        names = [name for name, m in found.items() if B in m.get("inbound", [])]
+        return names[0] if names else None
+
+    name = await eventually(holder, 15)
+    workers = await workers_of(fault_mesh, A)
+    producer = Producer(fault_mesh[B], "orders.created", "via-b")
+    publishing = asyncio.create_task(producer.publish(800, batch=10, pause_s=0.005))
+    await eventually(lambda: len(producer.accepted) >= 150, 20)
+    os.kill(int(workers[name]["pid"]), signal.SIGKILL)
+    await publishing
+    store = client_of(fault_mesh.valkey)
+    accepted = set(producer.accepted)
+    assert len(accepted) == 800
+    await eventually(lambda: set(group_ids(store, A, "audit")) >= accepted, 30)
+    await asyncio.sleep(scaled(0.5))
+    applied = Counter(group_ids(store, A, "audit"))
+    assert set(applied.values()) == {1}, [k for k, n in applied.items() if n > 1][:10]
