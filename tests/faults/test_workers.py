@@ -21,7 +21,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from meshcore.flowrecord import unpack
-from tests.conftest import AUTH, CE_JSON, cloud_event, eventually, scaled
+from tests.conftest import AUTH, CE_JSON, POLICY, cloud_event, eventually, scaled
 from tests.faults.conftest import FaultMesh, Producer, client_of, create_group, group_ids
 
 A, B = "aws:us-east-1", "gcp:europe-west1"
@@ -281,3 +281,25 @@ async def test_the_worker_holding_a_peers_link_killed_mid_stream_applies_each_ev
     await asyncio.sleep(scaled(0.5))
     applied = Counter(group_ids(store, A, "audit"))
     assert set(applied.values()) == {1}, [k for k, n in applied.items() if n > 1][:10]
+
+
+async def test_every_worker_enforces_the_policy_put_through_any_of_them(fault_mesh: FaultMesh) -> None:
+    await fault_mesh.start([A], env_for=WORKERS)
+    workers = await workers_of(fault_mesh, A)
+    async with httpx.AsyncClient(timeout=scaled(5), headers=AUTH) as http:
+        reply = await http.put(f"{fault_mesh[A].url}/v1/policies", json=POLICY)
+        assert reply.status_code in (200, 201), reply.text
+    for name in workers:
+        with only(workers, name):
+            async with httpx.AsyncClient(timeout=scaled(5), headers=AUTH) as http:
+
+                async def refused(http: httpx.AsyncClient = http, name: str = name) -> httpx.Response | None:
+                    reply = await http.post(
+                        f"{fault_mesh[A].url}/v1/events", headers=CE_JSON, json=cloud_event("secret.x", f"s-{name}")
+                    )
+                    return reply if reply.status_code == 403 else None
+
+                denied = await eventually(refused, 10)
+                assert denied.json()["rule"] == "no-secrets"
+                health = (await http.get(f"{fault_mesh[A].url}/healthz")).json()
+                assert health["relay"] == name and health["governance"]["policy_enforced"]
