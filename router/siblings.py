@@ -227,18 +227,20 @@ class Siblings:
                 await self._route(routes, last)
 
     async def _check_trimmed(self, cursor: str) -> None:
+        """Worker 0 at start: whether the stream's bound removed entries it had not routed yet (logged, counted)."""
         r = self.relay
-        info: Any = await r.redis.xinfo_stream(self.stream) if await r.redis.exists(self.stream) else None
-        first = info.get("first-entry") if info else None
-        if first is None or cursor == "0-0":
+        if cursor == "0-0":
             return
-        first_id = first[0].decode()
-        if _id(first_id) > _id(cursor) and info.get("entries-added", 0) > STREAM_MAXLEN:
+        # the stream is trimmed from its oldest end: while the last entry routed is there, so is every later one
+        if await r.redis.xrange(self.stream, cursor, cursor):
+            return
+        first: Any = await r.redis.xrange(self.stream, "-", "+", count=1)
+        if first and _id(first[0][0].decode()) > _id(cursor):
             r.metrics.inc("sibling_events_lost_total")
             log.error(
-                "the region stream was trimmed past what worker 0 had routed: events published on other workers "
-                "while it was away are lost for other regions",
-                extra={"routed_to": cursor, "oldest": first_id},
+                "the region stream was trimmed past what worker 0 had routed: events the other workers accepted "
+                "for other regions while it was away may be lost",
+                extra={"routed_to": cursor, "oldest_kept": first[0][0].decode()},
             )
 
     def _entry(self, fields: dict[bytes, bytes], live: bool, routes: list[tuple[Arrival, bool]]) -> None:

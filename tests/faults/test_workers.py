@@ -303,3 +303,14 @@ async def test_every_worker_enforces_the_policy_put_through_any_of_them(fault_me
                 assert denied.json()["rule"] == "no-secrets"
                 health = (await http.get(f"{fault_mesh[A].url}/healthz")).json()
                 assert health["relay"] == name and health["governance"]["policy_enforced"]
+
+
+async def test_worker_0_says_when_the_region_stream_was_trimmed_past_what_it_had_routed(
+    fault_mesh: FaultMesh,
+) -> None:
+    store = client_of(fault_mesh.valkey)
+    store.xadd(f"meshscope:siblings:{A}", {"w": "gone-w1", "k": "i", "d": "[]"}, id="5-0")
+    store.hset(f"meshscope:siblings:{A}:routed", "routed", "3-0")  # 3-0 and what followed it were trimmed
+    await fault_mesh.start([A], env_for=WORKERS)
+    await workers_of(fault_mesh, A)
+    await eventually(lambda: "trimmed past what worker 0 had routed" in fault_mesh[A].log.read_text(), 10)
