@@ -209,6 +209,7 @@ class Siblings:
         if not self.on:
             return
         await r.ready.wait()
+        self.interest_changed()  # a restarted worker has no subscribers yet: what its siblings held goes
         live_from_ms = now_us() // 1000
         last = "$"
         if self.owner:
@@ -409,8 +410,17 @@ class Siblings:
                 await r.redis.hset(self.workers_key, r.name, orjson.dumps(beat))
                 raw: Any = await r.redis.hgetall(self.workers_key)
                 self.workers = {k.decode(): orjson.loads(v) for k, v in raw.items() if k.decode() in self.names}
+                now = now_us()
+                quiet = [
+                    n for n, beat in self.workers.items() if n != r.name and now - int(beat["ts"]) >= ALIVE_S * 1e6
+                ]
+                # a worker gone quiet has no subscribers left
+                if any([self._set_interest(name, []) for name in quiet]) and self.owner:
+                    r.mesh.advertise()
             except RedisError as exc:
                 log.warning("cannot write this worker's heartbeat", extra={"error": str(exc)[:200]})
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("unreadable worker heartbeat in the store", extra={"error": str(exc)[:200]})
             await asyncio.sleep(HEARTBEAT_S)
 
     def owner_links(self) -> dict[str, str] | None:
