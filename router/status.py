@@ -259,10 +259,13 @@ class Status:
         that tells whether Valkey takes writes now; its outcome feeds the breaker and /healthz."""
         r = self.relay
         await r.ready.wait()
+        # of a region's several workers, worker 0 (its routes, its links) speaks for the region on the map;
+        # the others write theirs apart, by name, which is still their write probe
+        key, field = (STATE_KEY, r.region) if r.siblings.owner else (f"{STATE_KEY}:workers", r.name)
         while True:
             await asyncio.sleep(STATE_INTERVAL_S)
             try:
-                await r.redis.hset(STATE_KEY, r.region, orjson.dumps(self.state()))
+                await r.redis.hset(key, field, orjson.dumps(self.state()))
             except (RedisError, OSError) as exc:
                 if not self.write_error:
                     log.warning("this relay cannot write to Valkey", extra={"error": str(exc)[:200]})

@@ -303,6 +303,21 @@ async def test_every_worker_enforces_the_policy_put_through_any_of_them(fault_me
                 assert denied.json()["rule"] == "no-secrets"
                 health = (await http.get(f"{fault_mesh[A].url}/healthz")).json()
                 assert health["relay"] == name and health["governance"]["policy_enforced"]
+    # worker 0 speaks for the region on the map; the other's state is written apart
+    store = client_of(fault_mesh.valkey)
+    w0, w1 = workers
+
+    def states() -> bool:
+        region = store.hget("meshscope:relaystate", A)
+        return (
+            region is not None
+            and orjson.loads(region)["relay"] == w0
+            and store.hexists("meshscope:relaystate:workers", w1)
+        )
+
+    await eventually(states, 10)
+    await asyncio.sleep(2.5)  # another round of every worker's state (every 2 s)
+    assert states()
 
 
 async def test_worker_0_says_when_the_region_stream_was_trimmed_past_what_it_had_routed(
