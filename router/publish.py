@@ -130,7 +130,7 @@ class Publisher:
                 result.accepted.append(ev.id)
                 topics[("producer", ev.topic)] += 1
                 local = r.local.patterns.matches(ev.topic)
-                remote = r.routes.interested(ev.topic)
+                remote = () if handover else r.routes.interested(ev.topic)  # worker 0 routes a sibling's
                 if r.clock_refused:
                     self._check_clocks(remote)
                 if not local and not remote and not handover:

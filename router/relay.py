@@ -261,7 +261,8 @@ class Relay:
                 dedup_keys = await self._load_dedup_keys()
                 applied: Any = await self.redis.hgetall(self.applied_key)
                 lsas: Any = await self.redis.hgetall(LSA_KEY)
-                dropped = await self.outbox.load()
+                # the region's link store is worker 0's alone: another worker never loads or writes it
+                dropped = await self.outbox.load() if self.siblings.owner else []
                 await self.watcher.refresh()
                 await self.siblings.load()
                 self.authority.heard = self.authority.heard or await self.registry.has_version()

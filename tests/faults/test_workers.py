@@ -176,15 +176,26 @@ async def test_a_killed_worker_is_restarted_and_nothing_answered_is_lost(fault_m
         os.kill(int(workers[w0]["pid"]), signal.SIGKILL)  # worker 0: the one holding the links
         await publishing
 
-        async def restarted() -> dict[str, dict[str, Any]] | None:
-            now = await workers_of(fault_mesh, A)
-            return now if now[w0]["pid"] != workers[w0]["pid"] else None
-
-        after = await eventually(restarted, 20)
+        after = await eventually(lambda: _restarted(fault_mesh, w0, workers[w0]["pid"]), 20)
         assert after[w0]["pid"] != workers[w0]["pid"] and after[w0]["restarts"] == 1
         assert after[w1]["pid"] == workers[w1]["pid"] and after[w1]["restarts"] == 0
-        accepted = set(producer.accepted) | set(producer.duplicates)
-        assert len(accepted) == 600
+        # then the other worker: restarted, it finds B's link state in the (shared) store, and still leaves
+        # the region's link store and sequences to worker 0
+        store = client_of(fault_mesh.valkey)
+        epoch = orjson.loads(store.hget(f"meshscope:outmeta:{A}", B))["epoch"]
+        more = Producer(fault_mesh[A], "orders.created", "m")
+        publishing = asyncio.create_task(more.publish(300, batch=10, pause_s=0.01))
+        await eventually(lambda: len(more.accepted) >= 50, 20)
+        os.kill(int(workers[w1]["pid"]), signal.SIGKILL)
+        await publishing
+        after = await eventually(lambda: _restarted(fault_mesh, w1, workers[w1]["pid"]), 20)
+        with only(after, w1):
+            extra = [f"x-{i}" for i in range(20)]
+            assert (await publish(fault_mesh[A].url, extra))["accepted"] == extra
+        accepted = set(producer.accepted) | set(producer.duplicates) | set(more.accepted) | set(more.duplicates)
+        assert len(accepted) == 900
+        accepted |= set(extra)
+        assert orjson.loads(store.hget(f"meshscope:outmeta:{A}", B))["epoch"] == epoch  # worker 0's sequence
         await eventually(lambda: set(in_b.got) >= accepted, 30)
         await asyncio.sleep(scaled(0.3))
         assert set(in_b.got.values()) == {1}  # B applied each once, whichever worker published it
@@ -200,6 +211,12 @@ async def test_a_killed_worker_is_restarted_and_nothing_answered_is_lost(fault_m
     for member in after.values():  # gone (a worker is its parent's child, reaped when the parent exited)
         status = Path(f"/proc/{member['pid']}/status")
         assert not status.exists() or "zombie" in status.read_text()
+
+
+async def _restarted(mesh: FaultMesh, name: str, old_pid: int) -> dict[str, dict[str, Any]] | None:
+    """The region's workers once ``name`` runs again under a new pid."""
+    now = await workers_of(mesh, A)
+    return now if now[name]["pid"] != old_pid else None
 
 
 async def test_group_members_on_different_workers_share_the_group_and_healthz_names_a_stopped_worker(
