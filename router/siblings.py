@@ -246,7 +246,7 @@ class Siblings:
 
     def _entry(self, fields: dict[bytes, bytes], live: bool, routes: list[tuple[Arrival, bool]]) -> None:
         r = self.relay
-        writer = fields.get(b"w", b"").decode()
+        writer = fields.get(b"w", b"").decode(errors="replace")
         kind = fields.get(b"k", b"")
         mine = writer == r.name
         if kind == b"e":
