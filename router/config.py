@@ -306,14 +306,20 @@ class RelayConfig:
             fault_injection=s.get_bool(env, MESHSCOPE_FAULT_INJECTION, False),
             governance_home=home,
         )
-        if config.workers > MAX_WORKERS:
-            raise s.SettingError(f"{MESHSCOPE_RELAY_WORKERS}={config.workers}: at most {MAX_WORKERS} relay processes")
         if config.max_event_bytes + FRAME_OVERHEAD > config.max_body_bytes:
             raise s.SettingError(
                 f"{MESHSCOPE_MAX_EVENT_BYTES} must be at least {FRAME_OVERHEAD} bytes below {MESHSCOPE_MAX_BODY_BYTES} "
                 "(an event must fit in one mesh frame with its routing header)"
             )
-        return replace(config, **overrides)
+        config = replace(config, **overrides)
+        if config.workers > MAX_WORKERS:
+            raise s.SettingError(f"{MESHSCOPE_RELAY_WORKERS}={config.workers}: at most {MAX_WORKERS} relay processes")
+        if config.workers > 1 and config.dedup_restart_s <= 0:
+            raise s.SettingError(
+                f"{MESHSCOPE_RELAY_WORKERS}={config.workers} needs {MESHSCOPE_DEDUP_RESTART_S} above 0: workers "
+                "recognize each other's retries through the stored keys"
+            )
+        return config
 
 
 _SAMPLER_RATIOS = {"always_on": 1.0, "parentbased_always_on": 1.0, "always_off": 0.0, "parentbased_always_off": 0.0}

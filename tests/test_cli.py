@@ -139,6 +139,16 @@ def test_bad_configuration_is_reported(tmp_path: Path) -> None:
         ([], {"MESHSCOPE_RELAY_WORKERS": "0"}, "MESHSCOPE_RELAY_WORKERS=0 is below the minimum 1"),
         ([], {"MESHSCOPE_RELAY_WORKERS": "65"}, "MESHSCOPE_RELAY_WORKERS=65: at most 64 relay processes"),
         ([], {"MESHSCOPE_RELAY_WORKERS": "-"}, "MESHSCOPE_RELAY_WORKERS='-' is not a whole number"),
+        (
+            [],
+            {"MESHSCOPE_RELAY_WORKERS": "2", "MESHSCOPE_DEDUP_RESTART_S": "0"},
+            "MESHSCOPE_RELAY_WORKERS=2 needs MESHSCOPE_DEDUP_RESTART_S above 0",
+        ),
+        (
+            ["--workers", "3"],
+            {"MESHSCOPE_DEDUP_RESTART_S": "0"},
+            "MESHSCOPE_RELAY_WORKERS=3 needs MESHSCOPE_DEDUP_RESTART_S above 0",
+        ),
     ],
 )
 def test_a_bad_number_of_workers_is_refused(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
