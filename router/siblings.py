@@ -405,6 +405,8 @@ class Siblings:
                 "interest": self._sent_interest or [],
                 "links": {link.peer_region or link.name: link.state for link in r.links},
                 "inbound": sorted({c.region for c in r.mesh.inbound.values()}),
+                "authority": self.owner and r.authority.in_contact(),
+                "known": self.owner and r.authority.known(),
             }
             try:
                 await r.redis.hset(self.workers_key, r.name, orjson.dumps(beat))
@@ -422,6 +424,11 @@ class Siblings:
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("unreadable worker heartbeat in the store", extra={"error": str(exc)[:200]})
             await asyncio.sleep(HEARTBEAT_S)
+
+    def owner_says(self, what: str) -> bool:
+        """Whether worker 0's last heartbeat, while it is alive, says ``what`` is true."""
+        beat = self.workers.get(self.names[0])
+        return beat is not None and now_us() - int(beat.get("ts", 0)) < ALIVE_S * 1e6 and beat.get(what) is True
 
     def owner_links(self) -> dict[str, str] | None:
         """Worker 0's links as its last heartbeat said, while it is alive (None when not known)."""

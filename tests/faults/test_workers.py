@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from meshcore.flowrecord import unpack
 from tests.conftest import AUTH, CE_JSON, POLICY, cloud_event, eventually, scaled
-from tests.faults.conftest import FaultMesh, Producer, client_of, create_group, group_ids
+from tests.faults.conftest import FaultMesh, Producer, ValkeyProcess, client_of, create_group, group_ids
 
 A, B = "aws:us-east-1", "gcp:europe-west1"
 WORKERS = {A: {"MESHSCOPE_RELAY_WORKERS": "2"}}
@@ -346,3 +346,18 @@ async def test_worker_0_says_when_the_region_stream_was_trimmed_past_what_it_had
     await fault_mesh.start([A], env_for=WORKERS)
     await workers_of(fault_mesh, A)
     await eventually(lambda: "trimmed past what worker 0 had routed" in fault_mesh[A].log.read_text(), 10)
+
+
+async def test_every_worker_is_in_contact_with_a_governance_home_elsewhere_through_worker_0(
+    fault_mesh: FaultMesh, region_valkeys: Callable[[list[str]], dict[str, ValkeyProcess]]
+) -> None:
+    """Each region on its own store, the governance home in B: only worker 0 of A has a link to B."""
+    await fault_mesh.start([A, B], stores=region_valkeys([A, B]), env_for=WORKERS, MESHSCOPE_GOVERNANCE_HOME=B)
+    workers = await workers_of(fault_mesh, A)
+    await asyncio.sleep(scaled(1.5))  # worker 0's heartbeat after its link to the home came up
+    for name in workers:
+        with only(workers, name):
+            async with httpx.AsyncClient(timeout=scaled(5)) as http:
+                health = (await http.get(f"{fault_mesh[A].url}/healthz")).json()
+        assert health["relay"] == name
+        assert health["status"] == "ok" and health["governance"]["cut_off_s"] is None, health["reasons"]
