@@ -234,6 +234,12 @@ class Authority:
     async def _propose(self, proposal: fr.Proposal) -> fr.Result:
         r = self.relay
         link = r.links_by_region.get(self.home or "")
+        if not r.siblings.owner:
+            raise AuthorityUnavailable(
+                f"this relay process ({r.name}) has no link to the governance authority ({self.home}): only worker 0 "
+                f"of {r.region} holds the region's links; make the change at the authority's region, or send it "
+                "again (another connection may reach worker 0)"
+            )
         if link is None or link.state != UP or not link.peer_replicates:
             raise AuthorityUnavailable(
                 f"the governance authority ({self.home}) is unreachable from {r.region}: no change can be made "

@@ -361,3 +361,13 @@ async def test_every_worker_is_in_contact_with_a_governance_home_elsewhere_throu
                 health = (await http.get(f"{fault_mesh[A].url}/healthz")).json()
         assert health["relay"] == name
         assert health["status"] == "ok" and health["governance"]["cut_off_s"] is None, health["reasons"]
+    # a change sent to worker 1 cannot reach the authority and says why; worker 0 forwards it
+    w0, w1 = workers
+    with only(workers, w1):
+        async with httpx.AsyncClient(timeout=scaled(5), headers=AUTH) as http:
+            refused = await http.put(f"{fault_mesh[A].url}/v1/policies", json=POLICY)
+    assert refused.status_code == 503 and "only worker 0" in refused.text, refused.text
+    with only(workers, w0):
+        async with httpx.AsyncClient(timeout=scaled(5), headers=AUTH) as http:
+            taken = await http.put(f"{fault_mesh[A].url}/v1/policies", json=POLICY)
+    assert taken.status_code in (200, 201), taken.text
