@@ -31,7 +31,7 @@ SUITES: dict[str, tuple[str, Callable[[bool], list[Figure]]]] = {
     "collector": ("Collector ingest", lambda q: collector.run(q)),
     "queries": ("Dashboard queries", lambda q: queries.run(q)),
     "live": ("Live path", lambda q: live.run(q)),
-    "scale": ("Scale curve", lambda q: scale.relay_scale(q) + scale.collector_scale(q)),
+    "scale": ("Scale curve", lambda q: scale.relay_scale(q) + scale.worker_scale(q) + scale.collector_scale(q)),
     "mesh": ("What the guarantees cost", lambda q: mesh.run(q)),
     "store": ("Link store: Redis stream or append-only file", lambda q: store.run(q)),
     "governance": ("Governance hot path", lambda q: governance.run(q)),

@@ -1,7 +1,12 @@
-"""How cost grows with work: relay throughput with 1, 2 and 4 relays, collector ingest with 1, 2 and 4 collectors.
+"""How cost grows with work: relay throughput with 1, 2 and 4 relays, with 1, 2 and 4 workers of one region,
+collector ingest with 1, 2 and 4 collectors.
 
 Relays: N relay processes in a full mesh; each gets its own publisher (100 events
-per frame) and its events go to a subscriber at the next relay. Collectors: N
+per frame) and its events go to a subscriber at the next relay. Workers: one
+region served by N relay processes behind one port (``meshscope relay
+--workers N``); N publishers and N subscribers connect to that port (the kernel
+picks each one's worker), publisher i's events go to subscriber i, so most of
+them cross from one worker to another through the region's store. Collectors: N
 collectors in one consumer group, in this process, sharing one embedded
 ClickHouse (it allows one process); with a ClickHouse server they would be N
 processes. Baseline of each row: the single-relay (single-collector) figure.
@@ -10,8 +15,10 @@ processes. Baseline of each row: the single-relay (single-collector) figure.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
+import urllib.request
 from typing import Any
 
 import redis
@@ -75,6 +82,71 @@ def relay_scale(quick: bool) -> list[Figure]:
             )
         )
     return figures
+
+
+def worker_scale(quick: bool) -> list[Figure]:
+    per_publisher = 1_000 if quick else 50_000
+    figures = []
+    base = None
+    region = DEFAULT_REGIONS[0]
+    with valkey() as redis_url:
+        for n in (1, 2, 4):
+            redis.Redis.from_url(redis_url).flushdb()
+            with processes() as spawn:
+                mesh = spawn_mesh(spawn, redis_url, [region], extra={"MESHSCOPE_RELAY_WORKERS": str(n)})
+                _wait_workers(mesh, region, n)
+                rate = asyncio.run(_workers(mesh, region, n, per_publisher))
+            base = base or rate
+            figures.append(
+                Figure(
+                    f"{n} worker{'s' if n > 1 else ''}, one region, one port",
+                    "events/s",
+                    [rate],
+                    [base],
+                    note="" if n > 1 else "baseline of every worker row: one relay process (no workers)",
+                )
+            )
+    return figures
+
+
+def _wait_workers(mesh: BenchMesh, region: str, n: int) -> None:
+    """Until the region's /healthz lists ``n`` workers up (a single relay has no workers section)."""
+    deadline = time.monotonic() + 30
+    while n > 1 and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{mesh.http(region)}/healthz", timeout=2, context=mesh.ssl) as reply:
+                members = json.loads(reply.read()).get("workers", {}).get("members", {})
+            if sum(1 for m in members.values() if m["state"] == "up") == n:
+                time.sleep(0.3)  # each worker's interest reaches the others with their next read
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    if n > 1:
+        raise RuntimeError(f"{region}: {n} workers not up within 30 s")
+
+
+async def _workers(mesh: BenchMesh, region: str, n: int, per_publisher: int) -> float:
+    loop = asyncio.get_running_loop()
+    dones = []
+    subs = []
+    for i in range(n):
+        done: asyncio.Future[float] = loop.create_future()
+        dones.append(done)
+        url = f"{mesh.ws(region)}/v1/subscribe?topic=bench.w{i}&batch=100"
+        subs.append(asyncio.create_task(_subscriber(url, per_publisher, done, None, mesh)))
+    await asyncio.sleep(0.5)  # every worker knows every subscriber's interest
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(
+            _stream_publish(f"{mesh.ws(region)}/v1/stream", per_publisher, 100, 8, None, False, f"bench.w{i}", mesh)
+            for i in range(n)
+        )
+    )
+    finished = max(await asyncio.wait_for(asyncio.gather(*dones), 300))
+    for s in subs:
+        s.cancel()
+    return per_publisher * n / (finished - started)
 
 
 async def _relays_pair(mesh: BenchMesh, regions: list[str], per_relay: int) -> float:

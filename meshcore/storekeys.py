@@ -112,6 +112,16 @@ def group_stream(region: str, group: str) -> str:
     return f"meshscope:group:{tagged(f'{region}:{group}')}"
 
 
+def siblings(region: str) -> str:
+    """The stream a region's relay workers hand each other events through (in the region's slot)."""
+    return f"meshscope:siblings:{tagged(region)}"
+
+
+def workers(region: str) -> str:
+    """The heartbeats of a region's relay workers."""
+    return f"meshscope:workers:{tagged(region)}"
+
+
 def commit_counter(tag: str, writer: str) -> str:
     """The commit counter of ``writer`` for keys hashing on ``tag`` (a key's ``hash_tag``)."""
     return f"{COMMIT_PREFIX}{tagged(tag)}:{writer}"

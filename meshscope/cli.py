@@ -62,7 +62,7 @@ def _private_files() -> None:
 
 
 def _relay(args: argparse.Namespace) -> int:
-    from router.config import RelayConfig
+    from router.config import MAX_WORKERS, RelayConfig
     from router.serve import serve_relay
 
     overrides: dict[str, object] = {}
@@ -72,9 +72,20 @@ def _relay(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.peer:
         overrides["peers"] = tuple(args.peer)
+    if args.workers is not None:
+        if not 1 <= args.workers <= MAX_WORKERS:
+            print(f"meshscope relay: --workers {args.workers}: give 1 to 64 relay processes", file=sys.stderr)
+            return 2
+        overrides["workers"] = args.workers
     config = RelayConfig.from_env(os.environ, **overrides)
     _private_files()
     logs.setup(os.environ.get("MESHSCOPE_LOG_LEVEL", "INFO"), service="relay", region=config.region.id)
+    if config.workers > 1 and config.worker < 0:
+        from router.workers import serve_workers
+
+        with contextlib.suppress(KeyboardInterrupt):
+            _run(serve_workers(config))
+        return 0
     with contextlib.suppress(KeyboardInterrupt):
         _run(serve_relay(config))
     return 0
@@ -187,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--region", help="region id such as aws:us-east-1 (or MESHSCOPE_REGION)")
     relay.add_argument("--port", type=int, help="listen port (or MESHSCOPE_PORT)")
     relay.add_argument("--peer", action="append", help="peer relay base URL, repeatable (or MESHSCOPE_PEERS)")
+    relay.add_argument(
+        "--workers",
+        type=int,
+        help="relay processes serving this region behind the one port (or MESHSCOPE_RELAY_WORKERS; default 1)",
+    )
     relay.set_defaults(run=_relay)
     coll = sub.add_parser("collector", help="move flow records from Redis into ClickHouse")
     coll.add_argument(

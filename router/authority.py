@@ -133,6 +133,8 @@ class Authority:
             return True
         if any(conn.region == home for conn in r.inbound.values()):
             return True
+        if not r.siblings.owner:  # the region's links are worker 0's: it says whether it reaches the authority
+            return r.siblings.owner_says("authority")
         route = r.routes.route(home or "")
         return route is not None and route.reachable
 
@@ -148,6 +150,7 @@ class Authority:
             return True
         link = r.links_by_region.get(self.home or "")
         told = link is not None and link.state == UP and link.peer_gov == NONE
+        told = told or (not r.siblings.owner and r.siblings.owner_says("known"))  # worker 0 heard it
         if told or any(conn.region == self.home and conn.gov == NONE for conn in r.inbound.values()):
             self.heard = self._confirm = True
             self._wake.set()
@@ -231,6 +234,12 @@ class Authority:
     async def _propose(self, proposal: fr.Proposal) -> fr.Result:
         r = self.relay
         link = r.links_by_region.get(self.home or "")
+        if not r.siblings.owner:
+            raise AuthorityUnavailable(
+                f"this relay process ({r.name}) has no link to the governance authority ({self.home}): only worker 0 "
+                f"of {r.region} holds the region's links; make the change at the authority's region, or send it "
+                "again (another connection may reach worker 0)"
+            )
         if link is None or link.state != UP or not link.peer_replicates:
             raise AuthorityUnavailable(
                 f"the governance authority ({self.home}) is unreachable from {r.region}: no change can be made "

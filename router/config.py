@@ -29,6 +29,12 @@ MESHSCOPE_HOST = "MESHSCOPE_HOST"
 """Interface the relay listens on (default 127.0.0.1)."""
 MESHSCOPE_PORT = "MESHSCOPE_PORT"
 """Port the relay listens on (default 7400; 0 picks a free one)."""
+MESHSCOPE_RELAY_WORKERS = "MESHSCOPE_RELAY_WORKERS"
+"""Relay processes serving this region behind the one port (default 1); see router/workers.py."""
+MESHSCOPE_RELAY_WORKER = "MESHSCOPE_RELAY_WORKER"
+"""Set by ``--workers``: this process's index among the region's workers (0 holds the outbound links)."""
+MESHSCOPE_RELAY_LISTEN_FD = "MESHSCOPE_RELAY_LISTEN_FD"
+"""Set by ``--workers``: the listening socket the workers share, inherited from their parent."""
 MESHSCOPE_PEERS = "MESHSCOPE_PEERS"
 """Comma-separated peer relays, ``region=wss://host:port`` (the region it must be) or a bare URL."""
 MESHSCOPE_AUTH_FILE = "MESHSCOPE_AUTH_FILE"
@@ -134,6 +140,7 @@ MESHSCOPE_LINK_STATS_INTERVAL_S = "MESHSCOPE_LINK_STATS_INTERVAL_S"
 """Seconds between link state samples written to the ``meshscope:links`` stream."""
 
 
+MAX_WORKERS = 64
 FRAME_OVERHEAD = 1024  # a mesh frame's header and one item's routing fields, at most
 STORE_WAITS = ("none", "fsync", "replica")
 
@@ -145,6 +152,9 @@ class RelayConfig:
     host: str = "127.0.0.1"
     port: int = 7400
     peers: tuple[str, ...] = ()
+    workers: int = 1
+    worker: int = -1  # this process's index among the region's workers; -1: a relay of its own
+    listen_fd: int = -1
     auth_file: str | None = None
     allow_anonymous: bool = False
     mesh_token: str | None = None
@@ -227,6 +237,9 @@ class RelayConfig:
             host=s.get_str(env, MESHSCOPE_HOST, d["host"].default),
             port=s.get_int(env, MESHSCOPE_PORT, d["port"].default),
             peers=s.get_list(env, MESHSCOPE_PEERS),
+            workers=s.get_int(env, MESHSCOPE_RELAY_WORKERS, 1, 1),
+            worker=s.get_int(env, MESHSCOPE_RELAY_WORKER, -1, -1),
+            listen_fd=s.get_int(env, MESHSCOPE_RELAY_LISTEN_FD, -1, -1),
             auth_file=env.get(MESHSCOPE_AUTH_FILE) or None,
             allow_anonymous=s.get_bool(env, MESHSCOPE_ALLOW_ANONYMOUS, False),
             mesh_token=env.get(MESHSCOPE_MESH_TOKEN) or None,
@@ -300,7 +313,15 @@ class RelayConfig:
                 f"{MESHSCOPE_MAX_EVENT_BYTES} must be at least {FRAME_OVERHEAD} bytes below {MESHSCOPE_MAX_BODY_BYTES} "
                 "(an event must fit in one mesh frame with its routing header)"
             )
-        return replace(config, **overrides)
+        config = replace(config, **overrides)
+        if config.workers > MAX_WORKERS:
+            raise s.SettingError(f"{MESHSCOPE_RELAY_WORKERS}={config.workers}: at most {MAX_WORKERS} relay processes")
+        if config.workers > 1 and config.dedup_restart_s <= 0:
+            raise s.SettingError(
+                f"{MESHSCOPE_RELAY_WORKERS}={config.workers} needs {MESHSCOPE_DEDUP_RESTART_S} above 0: workers "
+                "recognize each other's retries through the stored keys"
+            )
+        return config
 
 
 _SAMPLER_RATIOS = {"always_on": 1.0, "parentbased_always_on": 1.0, "always_off": 0.0, "parentbased_always_off": 0.0}

@@ -104,7 +104,7 @@ class LocalDelivery:
             r.metrics.observe(HOP_LATENCY_MS, hop_ms, trace_id, peer=a.src, topic=topic)
             if ev.published_us:
                 r.metrics.observe(E2E_LATENCY_MS, (ts - ev.published_us) / 1000, trace_id, peer=a.src, topic=topic)
-        else:
+        elif not r.siblings.wants(topic):  # else another worker of the region delivers it, and records that
             r.record(a.hop(region, fk.DROP, fk.POLICY_DENIED if filtered else fk.NO_ROUTE, ts), into=records)
         return subs
 

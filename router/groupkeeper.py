@@ -42,12 +42,17 @@ class GroupKeeper:
             decision = r.gate.may_subscribe(principal, pattern)
             if not decision.allowed:
                 raise GroupConflict(decision.reason, 403, decision.rule)
+        # what this relay counted in its interest: a group another relay of the region made is in the
+        # store (``old``) before this relay knows it, and its patterns must be counted in here all the same
+        known = r.groups.groups.get(group)
         old, new = await r.groups.join(group, patterns, principal, update, principal.has_role("admin"), now_us(), probe)
         r.gate.group_changed(group)
         if old is None or old.patterns != new.patterns:
+            r.siblings.groups_changed()
+        if known is None or known.patterns != new.patterns:
             changed = r.local.add(sorted(new.patterns.patterns))
-            if old is not None:
-                changed = r.local.remove(sorted(old.patterns.patterns)) or changed
+            if known is not None:
+                changed = r.local.remove(sorted(known.patterns.patterns)) or changed
             if changed:
                 r.mesh.advertise()
         return old, new
@@ -58,9 +63,30 @@ class GroupKeeper:
         if info is not None and info.owner and info.owner != principal.name and not principal.has_role("admin"):
             raise GroupConflict(f"only the owner of group {group!r} ({info.owner}) or an admin may delete it", 403)
         old = await r.groups.remove(group)
-        if old is not None and r.local.remove(sorted(old.patterns.patterns)):
-            r.mesh.advertise()
+        if old is not None:
+            r.siblings.groups_changed()
+            if r.local.remove(sorted(old.patterns.patterns)):
+                r.mesh.advertise()
         return old
+
+    async def reload(self) -> None:
+        """Another worker of the region joined, changed or deleted a group: take the registry as stored."""
+        r = self.relay
+        stored = await r.groups.stored()
+        changed = False
+        for group in set(r.groups.groups) | set(stored):
+            old, new = r.groups.groups.get(group), stored.get(group)
+            if old is not None and new is not None and old.patterns == new.patterns:
+                continue
+            if old is not None:
+                changed = r.local.remove(sorted(old.patterns.patterns)) or changed
+                del r.groups.groups[group]
+            if new is not None:
+                changed = r.local.add(sorted(new.patterns.patterns)) or changed
+                r.groups.groups[group] = new
+            r.gate.group_changed(group)
+        if changed:
+            r.mesh.advertise()
 
     async def trim_loop(self) -> None:
         """Keep each durable group's stream to what its members still owe; a drop record for each entry given up."""

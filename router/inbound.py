@@ -124,6 +124,7 @@ async def serve_peer(ws: WebSocket, relay: Relay, region: str, security: str, pr
                 conn.gov = hello["gov"]
                 conn.replicates = hello["replicates"]
                 if key is None:
+                    await relay.siblings.peer_joined(region)
                     key = relay.mesh.register_inbound(conn)
                 else:
                     relay.authority.peer_version(conn.gov, conn.replicates, send)

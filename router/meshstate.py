@@ -84,15 +84,24 @@ class MeshState:
 
     def own_lsa(self) -> fr.LinkStateAd:
         r = self.relay
-        return fr.LinkStateAd(
-            r.region, self._lsa_seq, self.up_links(), tuple(sorted(r.local.patterns.patterns)), r.config.transit
-        )
+        # a region of several workers carries no detours: only worker 0 has outbound links
+        transit = r.config.transit and not r.siblings.on
+        ad = fr.LinkStateAd(r.region, self._lsa_seq, self.up_links(), tuple(sorted(r.local.patterns.patterns)), transit)
+        return r.siblings.own_lsa(ad)
 
     def advertise(self) -> None:
-        """Our link state changed (links or interest): a new advertisement to everyone who dialed in."""
+        """Our link state changed (links or interest): a new advertisement to everyone who dialed in.
+
+        Of a region's several workers only worker 0 advertises; the others tell it their interest
+        (``router.siblings``) and give peers its advertisement."""
         r = self.relay
+        r.siblings.interest_changed()
+        if not r.siblings.owner:
+            self.broadcast(fr.encode(fr.INTEREST, lsa=self.own_lsa().to_json()))
+            return
         self._lsa_seq = max(now_us(), self._lsa_seq + 1)
         ad = self.own_lsa()
+        r.siblings.advertised(ad)
         self.broadcast(fr.encode(fr.INTEREST, lsa=ad.to_json()))
         ops = Ops()
         ops.hset(LSA_KEY, r.region, orjson.dumps(ad.to_json()))

@@ -108,6 +108,11 @@ class Publisher:
         topics: Counter[tuple[str, str]] = Counter()
         region = r.region
         who = principal.name
+        siblings = r.siblings
+        handover = siblings.on and not siblings.owner  # worker 0 routes this worker's events to other regions
+        rows: list[list[object]] = []
+        if siblings.on:
+            await siblings.catch_up()
         try:
             for ev in events:
                 key = dedup_key(who, ev.source, ev.id)
@@ -125,10 +130,10 @@ class Publisher:
                 result.accepted.append(ev.id)
                 topics[("producer", ev.topic)] += 1
                 local = r.local.patterns.matches(ev.topic)
-                remote = r.routes.interested(ev.topic)
+                remote = () if handover else r.routes.interested(ev.topic)  # worker 0 routes a sibling's
                 if r.clock_refused:
                     self._check_clocks(remote)
-                if not local and not remote:
+                if not local and not remote and not handover:
                     hop = Hop(subject, fk.DROP, span, parent, region, region, start, 0.0, fk.NO_ROUTE, 1, 0, who)
                     r.record(hop, into=records)
                     continue
@@ -137,11 +142,14 @@ class Publisher:
                     Hop(subject, fk.PUBLISH, span, parent, region, region, ts, (ts - start) / 1000, fk.OK, 1, 0, who),
                     into=records,
                 )
-                if local:
+                if local or handover:
                     arrival = Arrival(ev, span, region, ts, principal=who)
-                    subs = r.delivery.deliver(arrival, ops, records)
-                    if subs:
-                        lives.append((arrival, subs))
+                    if local:
+                        subs = r.delivery.deliver(arrival, ops, records)
+                        if subs:
+                            lives.append((arrival, subs))
+                    if handover or siblings.wants(ev.topic):
+                        rows.append(siblings.row(arrival, handover, local))
                 for dst in remote:
                     item, overflow = r.outbox.append(ops, dst, ev, span, who, start, appended[dst])
                     appended[dst] += 1
@@ -156,6 +164,7 @@ class Publisher:
             r.outbox.discard()
             raise
         r.outbox.persist(ops, set(appended))
+        siblings.add_events(ops, rows)
         if reserved and r.dedup_log is not None:
             now_ms = now_us() // 1000
             ops.xadd(r.dedup_stream, {b"k": pack_keys(reserved)}, min_id_ms=r.dedup_log.min_id_ms(now_ms))

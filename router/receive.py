@@ -71,6 +71,7 @@ class MeshReceiver:
             self._refuse(peer, b.reason, b.key, acks, records, bad=b)
         ops = Ops()
         lives: list[tuple[Arrival, list[Subscriber]]] = []
+        rows: list[list[object]] = []  # for the live subscribers of the region's other workers
         onward: list[fr.Item] = []
         changed: set[str] = set()
         behind: dict[tuple[str, str], int] = {}
@@ -122,6 +123,9 @@ class MeshReceiver:
             subs = r.delivery.deliver(arrival, ops, records)
             if subs:
                 lives.append((arrival, subs))
+            if r.siblings.wants(ev.topic):
+                rows.append(r.siblings.row(arrival, False, True))
+        r.siblings.add_events(ops, rows)
         for origin in changed:
             ops.hset(r.applied_key, origin, orjson.dumps(r.origins[origin].to_json()))
         if records:

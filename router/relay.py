@@ -64,6 +64,7 @@ from router.receive import MeshReceiver
 from router.recorder import Recorder
 from router.registry import GovernanceStore, GovernanceWatcher
 from router.routing import UP, LinkStateTable, LocalInterest
+from router.siblings import Siblings
 from router.spans import HopTracer, otlp_exporter, resource_attributes
 from router.status import Status, describe_metrics
 from router.storemigration import migrate
@@ -178,6 +179,7 @@ class Relay:
         self.publisher = Publisher(self)
         self.receiver = MeshReceiver(self)
         self.group_keeper = GroupKeeper(self)
+        self.siblings = Siblings(self)
         tls = config.tls
         ssl_ctx = client_context(tls, tls.ca) if tls is not None and tls.ca else None
         mesh = self.mesh
@@ -192,7 +194,7 @@ class Relay:
             mesh.link_clock,
         )
         self.links: list[MeshLink] = []
-        for text in config.peers:
+        for text in config.peers if self.siblings.owner else ():  # worker 0 holds the region's links
             peer = PeerAddress.parse(text)
             self.links.append(
                 MeshLink(
@@ -251,6 +253,10 @@ class Relay:
         sup.spawn("governance-store", self.authority.persist_loop)
         sup.spawn("governance-contact", self.authority.watch_contact)
         sup.spawn("loop-monitor", lambda: monitor_loop(self.metrics))
+        if self.siblings.on:
+            sup.spawn("siblings", self.siblings.run)
+            sup.spawn("heartbeat", self.siblings.heartbeat)
+            sup.spawn("group-reload", self.siblings.reload_groups)
         for link in self.links:
             sup.spawn(f"link {link.url}", link.run)
         if self.config.chaos_flap_interval_s > 0:
@@ -268,8 +274,10 @@ class Relay:
                 dedup_keys = await self._load_dedup_keys()
                 applied: Any = await self.redis.hgetall(self.applied_key)
                 lsas: Any = await self.redis.hgetall(LSA_KEY)
-                dropped = await self.outbox.load()
+                # the region's link store is worker 0's alone: another worker never loads or writes it
+                dropped = await self.outbox.load() if self.siblings.owner else []
                 await self.watcher.refresh()
+                await self.siblings.load()
                 self.authority.heard = self.authority.heard or await self.registry.has_version()
                 await self.redis.hset(REGIONS_KEY, self.region, orjson.dumps({**self.hello, "ts": now_us()}))
             except (StreamUnavailable, RedisError) as exc:
@@ -470,6 +478,8 @@ class Relay:
             self.wanted.insert(pattern, sub)
         if self.local.add(patterns):
             self.mesh.advertise()
+        else:
+            self.siblings.interest_changed()
         self.metrics.set("subscribers", len(self.subscribers))
         return sub
 
@@ -480,6 +490,8 @@ class Relay:
             self.wanted.remove(pattern, sub)
         if self.local.remove(sorted(sub.patterns.patterns)):
             self.mesh.advertise()
+        else:
+            self.siblings.interest_changed()
         self.metrics.set("subscribers", len(self.subscribers))
 
     def isolate(self, seconds: float) -> None:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 
 from meshcore.server import Server, client_name, redis_client
 from meshcore.tls import server_context
 from router.app import build_app
 from router.config import RelayConfig
 from router.relay import Relay
+from router.workers import watch_parent
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,17 @@ async def serve_relay(config: RelayConfig) -> None:
     client = redis_client(config.redis_url, client_name("relay", config.region.id, config.relay_name))
     relay = Relay(config, client)
     ssl_context = server_context(config.tls) if config.tls is not None else None
+    # a worker of ``--workers`` serves the socket its parent bound (``router.workers``)
+    sock = socket.socket(fileno=config.listen_fd) if config.listen_fd >= 0 else None
     server = Server(
-        build_app(relay), config.host, config.port, ssl_context=ssl_context, ws_max_size=config.max_body_bytes
+        build_app(relay),
+        config.host,
+        config.port,
+        sock=sock,
+        ssl_context=ssl_context,
+        ws_max_size=config.max_body_bytes,
     )
+    parent = asyncio.create_task(watch_parent(os.getppid())) if config.worker >= 0 else None
     loop = asyncio.get_running_loop()
     signalled = asyncio.Event()
     for sig in STOP_SIGNALS:
@@ -51,6 +62,8 @@ async def serve_relay(config: RelayConfig) -> None:
                 await task
         await server.stop()
     finally:
+        if parent is not None:
+            parent.cancel()
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         await client.aclose()

@@ -73,6 +73,12 @@ METRICS = (
     ("group_acks_refused_total", "counter", "Acknowledged ids a group member was not given (ignored), by group"),
     ("group_entries_withheld_total", "counter", "Group entries a member may not read, parked for one that may"),
     ("sessions_refused_total", "counter", "WebSocket sessions refused: the principal had its most open here"),
+    (
+        "sibling_events_total",
+        "counter",
+        "Events of the region's other workers: delivered to live subscribers here, or routed to other regions",
+    ),
+    ("sibling_events_lost_total", "counter", "Times worker 0 found the region stream trimmed past what it had routed"),
 )
 """Every metric family a relay exports: name, type, help."""
 
@@ -253,10 +259,13 @@ class Status:
         that tells whether Valkey takes writes now; its outcome feeds the breaker and /healthz."""
         r = self.relay
         await r.ready.wait()
+        # of a region's several workers, worker 0 (its routes, its links) speaks for the region on the map;
+        # the others write theirs apart, by name, which is still their write probe
+        key, field = (STATE_KEY, r.region) if r.siblings.owner else (f"{STATE_KEY}:workers", r.name)
         while True:
             await asyncio.sleep(STATE_INTERVAL_S)
             try:
-                await r.redis.hset(STATE_KEY, r.region, orjson.dumps(self.state()))
+                await r.redis.hset(key, field, orjson.dumps(self.state()))
             except (RedisError, OSError) as exc:
                 if not self.write_error:
                     log.warning("this relay cannot write to Valkey", extra={"error": str(exc)[:200]})
@@ -311,7 +320,21 @@ class Status:
             if row["clock_refusal"]
         ]
         links = {row["peer"]: row["state"] for row in rows}
-        return {
+        workers = r.siblings.health() if r.siblings.on else None
+        if workers is not None and not r.siblings.owner:
+            # worker 0 holds the region's links: its last heartbeat says how they are
+            owner_links = r.siblings.owner_links()
+            links = owner_links if owner_links is not None else {}
+            workers["links_from"] = r.siblings.names[0]
+            if owner_links is None:
+                reasons.append(f"the region's links are unknown: worker {r.siblings.names[0]} sent no heartbeat")
+        if workers is not None:
+            for name, member in workers["members"].items():
+                if member["state"] != "up" and name != r.name:
+                    why = member.get("why") or f"no heartbeat for {member['heartbeat_age_s']} s"
+                    held = "; it holds the region's links: events for other regions wait" if member.get("links") else ""
+                    reasons.append(f"worker {name} of this region is {member['state']} ({why}){held}")
+        health: dict[str, Any] = {
             "status": "degraded" if reasons else "ok",
             "reasons": reasons,
             "region": r.region,
@@ -335,3 +358,6 @@ class Status:
             "held": r.outbox.depth,
             "inbound": sorted({c.region for c in r.inbound.values()}),
         }
+        if workers is not None:
+            health["workers"] = workers
+        return health

@@ -229,20 +229,23 @@ class GroupStore:
 
     async def load(self) -> dict[str, GroupInfo]:
         """Read the stored groups; returns those not already known in memory."""
+        new = {name: info for name, info in (await self.stored()).items() if name not in self.groups}
+        self.groups.update(new)
+        return new
+
+    async def stored(self) -> dict[str, GroupInfo]:
+        """Every group of the registry as stored (unreadable entries left out)."""
         try:
             raw: Any = await self.client.hgetall(self.registry_key)
         except RedisError as exc:
             raise StreamUnavailable(f"cannot load consumer groups: {exc}") from exc
-        new = {}
+        out = {}
         for k, v in raw.items():
-            name = k.decode()
-            if name not in self.groups:
-                try:
-                    new[name] = GroupInfo.from_json(v)
-                except (ValueError, KeyError, TypeError):
-                    continue
-        self.groups.update(new)
-        return new
+            try:
+                out[k.decode()] = GroupInfo.from_json(v)
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
 
     async def join(
         self,

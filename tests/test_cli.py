@@ -130,6 +130,32 @@ def test_bad_configuration_is_reported(tmp_path: Path) -> None:
     assert out.returncode == 2 and "MESHSCOPE_PORT" in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--workers", "0"], {}, "--workers 0: give 1 to 64 relay processes"),
+        (["--workers", "65"], {}, "--workers 65: give 1 to 64 relay processes"),
+        (["--workers", "two"], {}, "invalid int value: 'two'"),
+        ([], {"MESHSCOPE_RELAY_WORKERS": "0"}, "MESHSCOPE_RELAY_WORKERS=0 is below the minimum 1"),
+        ([], {"MESHSCOPE_RELAY_WORKERS": "65"}, "MESHSCOPE_RELAY_WORKERS=65: at most 64 relay processes"),
+        ([], {"MESHSCOPE_RELAY_WORKERS": "-"}, "MESHSCOPE_RELAY_WORKERS='-' is not a whole number"),
+        (
+            [],
+            {"MESHSCOPE_RELAY_WORKERS": "2", "MESHSCOPE_DEDUP_RESTART_S": "0"},
+            "MESHSCOPE_RELAY_WORKERS=2 needs MESHSCOPE_DEDUP_RESTART_S above 0",
+        ),
+        (
+            ["--workers", "3"],
+            {"MESHSCOPE_DEDUP_RESTART_S": "0"},
+            "MESHSCOPE_RELAY_WORKERS=3 needs MESHSCOPE_DEDUP_RESTART_S above 0",
+        ),
+    ],
+)
+def test_a_bad_number_of_workers_is_refused(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
+    out = meshscope("relay", "--region", "aws:us-east-1", *args, data_dir=tmp_path, **env)
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-500:]
+
+
 def test_help_lists_every_command(tmp_path: Path) -> None:
     out = meshscope("--help", data_dir=tmp_path)
     for command in (
