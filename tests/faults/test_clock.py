@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from typing import Any
 
 import httpx
@@ -125,7 +126,8 @@ async def test_a_store_whose_clock_is_300_s_behind_is_read_on_the_readers_clock(
     port = free_port()
     command = [faketime(), "-f", "-300s", str(get_binary_path()), "--port", str(port), "--save", "",
                "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a session of its own: faketime runs the server as its child, and stopping faketime alone left it running
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
 
     async def answers() -> bool:
@@ -149,5 +151,5 @@ async def test_a_store_whose_clock_is_300_s_behind_is_read_on_the_readers_clock(
         assert not verdict.stale and verdict.level == "live", verdict
     finally:
         await client.aclose()
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(10)
