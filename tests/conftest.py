@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -36,6 +37,15 @@ TIMEOUT_SCALE = float(os.environ.get("MESHSCOPE_TEST_TIMEOUT_SCALE") or ("2" if 
 def scaled(seconds: float) -> float:
     """Every wait in the suite goes through this one factor."""
     return seconds * TIMEOUT_SCALE
+
+
+async def stop_collectors(running: list[tuple[Any, asyncio.Task[None], Any]]) -> None:
+    """Stop the collectors a test started (each with its task and its Redis client), each within its grace."""
+    for collector, task, client in running:
+        collector.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, scaled(10))
+        await client.aclose()
 
 
 async def eventually(check: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.02) -> Any:

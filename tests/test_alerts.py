@@ -307,14 +307,22 @@ async def test_a_full_queue_drops_the_oldest_and_keeps_order(receiver: Receiver)
 # ---- one evaluator at a time ------------------------------------------------------------------------
 
 
-async def test_one_evaluator_leads_and_another_takes_over_without_firing_again(
-    evaluators: Start, receiver: Receiver, redis_url: str, ch_admin: Any, database: str
-) -> None:
+async def _slow_edge_and_a_store_behind_a_proxy(
+    ch_admin: Any, database: str, redis_url: str
+) -> tuple[TcpProxy, aioredis.Redis]:
+    """A -> B slow for the last 35 s, and a client of the store through a proxy the test can cut."""
     now = int(time.time())
     insert_edges(ch_admin, database, [[now - 40 + i, A, B, "t", 100, 20] for i in range(35)])
     target = urlparse(redis_url)
     proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
     partitioned = aioredis.Redis.from_url(f"redis://{proxy.url_host}/0", socket_timeout=0.5, socket_connect_timeout=0.5)
+    return proxy, partitioned
+
+
+async def test_one_evaluator_leads_and_another_takes_over_without_firing_again(
+    evaluators: Start, receiver: Receiver, redis_url: str, ch_admin: Any, database: str
+) -> None:
+    proxy, partitioned = await _slow_edge_and_a_store_behind_a_proxy(ch_admin, database, redis_url)
     try:
         first = await evaluators(EDGE_RULES, redis_client=partitioned, webhooks=(receiver.url("hook"),))
         await eventually(lambda: first.leader)
@@ -343,11 +351,7 @@ async def test_one_evaluator_leads_and_another_takes_over_without_firing_again(
 async def test_alert_states_saved_before_the_keys_had_a_tag_are_taken_over_and_nothing_fires_twice(
     evaluators: Start, receiver: Receiver, redis_url: str, redis_sync: redis.Redis, ch_admin: Any, database: str
 ) -> None:
-    now = int(time.time())
-    insert_edges(ch_admin, database, [[now - 40 + i, A, B, "t", 100, 20] for i in range(35)])
-    target = urlparse(redis_url)
-    proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
-    partitioned = aioredis.Redis.from_url(f"redis://{proxy.url_host}/0", socket_timeout=0.5, socket_connect_timeout=0.5)
+    proxy, partitioned = await _slow_edge_and_a_store_behind_a_proxy(ch_admin, database, redis_url)
     try:
         first = await evaluators(EDGE_RULES, redis_client=partitioned, webhooks=(receiver.url("hook"),))
         await eventually(lambda: receiver.bodies("hook", "firing"), 10)

@@ -27,7 +27,7 @@ from meshcore.breaker import CircuitBreaker
 from meshcore.flowrecord import pack
 from meshcore.server import is_cluster, redis_client
 from router.committer import Committer, Ops, split_by_tag
-from tests.conftest import AUTH, CE_JSON, POLICY, Mesh, cloud_event, eventually, scaled
+from tests.conftest import AUTH, CE_JSON, POLICY, Mesh, cloud_event, eventually, scaled, stop_collectors
 from tests.test_collector import count, flow_keys, make_records
 
 A, C = "aws:us-east-1", "azure:westeurope"
@@ -214,11 +214,7 @@ async def run_collector(cluster_url: str, clickhouse_url: str, database: str) ->
         return collector
 
     yield start
-    for collector, task, client in running:
-        collector.stop()
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(task, scaled(10))
-        await client.aclose()
+    await stop_collectors(running)
 
 
 async def test_events_cross_a_mesh_whose_stores_are_a_cluster_into_clickhouse_and_a_durable_group(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from collector.histogram import quantile, sql_bucket
 from collector.service import Collector
 from meshcore import storekeys as sk
 from meshcore.flowrecord import FIELDS, FlowRecord, pack
-from tests.conftest import CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled
+from tests.conftest import CE_JSON, Mesh, cloud_event, eventually, flow_records, scaled, stop_collectors
 
 A, C = "aws:us-east-1", "azure:westeurope"
 REGIONS = ["aws:us-east-1", "gcp:europe-west1", "azure:westeurope", "aws:ap-southeast-1"]
@@ -63,11 +62,7 @@ async def run_collector(
         return collector
 
     yield start
-    for collector, task, client in running:
-        collector.stop()
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(task, scaled(10))
-        await client.aclose()
+    await stop_collectors(running)
 
 
 def make_records(n: int, seed: int = 1) -> list[FlowRecord]:
