@@ -95,6 +95,11 @@ class MeshState:
         Of a region's several workers only worker 0 advertises; the others tell it their interest
         (``router.siblings``) and give peers its advertisement."""
         r = self.relay
+        if not r.ready.is_set():
+            # the groups' interest is not loaded yet: an advertisement now would tell peers this region
+            # wants less than it does, and they would drop its events as no_route until the next one
+            # (``Relay._load`` advertises once it is ready)
+            return
         r.siblings.interest_changed()
         if not r.siblings.owner:
             self.broadcast(fr.encode(fr.INTEREST, lsa=self.own_lsa().to_json()))

@@ -296,15 +296,13 @@ class Relay:
                 self.routes.merge(fr.lsa_of(orjson.loads(raw)), now)
             except (FrameError, ValueError):
                 continue
-        changed = False
         for info in groups.values():
-            changed = self.local.add(sorted(info.patterns.patterns)) or changed
+            self.local.add(sorted(info.patterns.patterns))
         self._drop_records(dropped)
         if self.outbox.rolled_back:
             self.metrics.inc("sequence_rollbacks_total", self.outbox.rolled_back, found_by="origin")
-        if changed:
-            self.mesh.advertise()
         self.ready.set()
+        self.mesh.advertise()  # the first advertisement: none went out before the groups' interest was loaded
         self.wake()
         log.info(
             "relay state loaded",
