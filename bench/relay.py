@@ -280,7 +280,7 @@ async def bare_stream(
 
 
 def run(quick: bool = False, runs: int = 3) -> list[Figure]:
-    n100, n1, post_s, nlat = (20_000, 3_000, 1, 1_000) if quick else (200_000, 30_000, 5, 10_000)
+    n100, n1, post_s, nlat = (5_000, 1_000, 1, 300) if quick else (200_000, 30_000, 5, 10_000)
     runs = 1 if quick else runs
     figures = [
         Figure("stream, 100 events/frame", "events/s", target=">= 150,000"),
