@@ -113,6 +113,17 @@ class MeshState:
         if r.breaker.healthy:
             r.committer.submit(ops)
 
+    async def flap_links(self) -> None:
+        """Drop a random up link now and then, so a demo shows reconnects and resends."""
+        r = self.relay
+        while True:
+            await asyncio.sleep(random.expovariate(1 / r.config.chaos_flap_interval_s))
+            up = [link for link in r.links if link.state == UP]
+            if up:
+                link = random.choice(up)
+                log.info("dropping a mesh link on purpose", extra={"peer": link.peer_region})
+                link.kill()
+
     async def advertise_loop(self) -> None:
         r = self.relay
         while True:

@@ -63,7 +63,7 @@ from router.quota import SessionQuota
 from router.receive import MeshReceiver
 from router.recorder import Recorder
 from router.registry import GovernanceStore, GovernanceWatcher
-from router.routing import UP, LinkStateTable, LocalInterest
+from router.routing import LinkStateTable, LocalInterest
 from router.siblings import Siblings
 from router.spans import HopTracer, otlp_exporter, resource_attributes
 from router.status import Status, describe_metrics
@@ -260,7 +260,7 @@ class Relay:
         for link in self.links:
             sup.spawn(f"link {link.url}", link.run)
         if self.config.chaos_flap_interval_s > 0:
-            sup.spawn("link-flaps", self._flap_links)
+            sup.spawn("link-flaps", self.mesh.flap_links)
         for task in sup.tasks:
             self.metrics.zero("task_restarts_total", task=task)
         log.info("relay started", extra={"peers": list(self.config.peers)})
@@ -501,13 +501,3 @@ class Relay:
     @property
     def isolated(self) -> bool:
         return time.monotonic() < self.isolated_until
-
-    async def _flap_links(self) -> None:
-        """Drop a random up link now and then, so a demo shows reconnects and resends."""
-        while True:
-            await asyncio.sleep(random.expovariate(1 / self.config.chaos_flap_interval_s))
-            up = [link for link in self.links if link.state == UP]
-            if up:
-                link = random.choice(up)
-                log.info("dropping a mesh link on purpose", extra={"peer": link.peer_region})
-                link.kill()
