@@ -60,53 +60,42 @@ async def _relays(mesh: BenchMesh, regions: list[str], per_relay: int) -> float:
 
 def relay_scale(quick: bool) -> list[Figure]:
     per_relay = 2_000 if quick else 50_000
-    figures = []
-    base = None
+    rates = []
     for n in (1, 2, 4):
         regions = list(DEFAULT_REGIONS[:n]) if n > 1 else [DEFAULT_REGIONS[0], DEFAULT_REGIONS[1]]
         publishers = regions if n > 1 else regions[:1]
         with valkey() as redis_url, processes() as spawn:
             mesh = spawn_mesh(spawn, redis_url, regions)
             if n == 1:  # one publishing relay, its events cross one link as in the relay benchmark
-                rate = asyncio.run(_relays_pair(mesh, regions, per_relay))
+                rates.append(asyncio.run(_relays_pair(mesh, regions, per_relay)))
             else:
-                rate = asyncio.run(_relays(mesh, publishers, per_relay))
-        base = base or rate
-        figures.append(
-            Figure(
-                f"{n} relay{'s' if n > 1 else ''}",
-                "events/s",
-                [rate],
-                [base],
-                note="" if n > 1 else "baseline of every row: this single-relay figure",
-            )
-        )
-    return figures
+                rates.append(asyncio.run(_relays(mesh, publishers, per_relay)))
+    return _curve(rates, "relay", "", "baseline of every row: this single-relay figure")
 
 
 def worker_scale(quick: bool) -> list[Figure]:
     per_publisher = 1_000 if quick else 50_000
-    figures = []
-    base = None
+    rates = []
     region = DEFAULT_REGIONS[0]
     with valkey() as redis_url:
+        store = redis.Redis.from_url(redis_url)
         for n in (1, 2, 4):
-            redis.Redis.from_url(redis_url).flushdb()
+            store.flushdb()
             with processes() as spawn:
                 mesh = spawn_mesh(spawn, redis_url, [region], extra={"MESHSCOPE_RELAY_WORKERS": str(n)})
                 _wait_workers(mesh, region, n)
-                rate = asyncio.run(_workers(mesh, region, n, per_publisher))
-            base = base or rate
-            figures.append(
-                Figure(
-                    f"{n} worker{'s' if n > 1 else ''}, one region, one port",
-                    "events/s",
-                    [rate],
-                    [base],
-                    note="" if n > 1 else "baseline of every worker row: one relay process (no workers)",
-                )
-            )
-    return figures
+                rates.append(asyncio.run(_workers(mesh, region, n, per_publisher)))
+        store.close()
+    note = "baseline of every worker row: one relay process (no workers)"
+    return _curve(rates, "worker", ", one region, one port", note)
+
+
+def _curve(rates: list[float], what: str, more: str, note: str) -> list[Figure]:
+    """Rows for 1, 2 and 4 of ``what`` in events/s, each beside the first row's figure."""
+    return [
+        Figure(f"{n} {what}{'s' if n > 1 else ''}{more}", "events/s", [rate], [rates[0]], note="" if n > 1 else note)
+        for n, rate in zip((1, 2, 4), rates, strict=True)
+    ]
 
 
 def _wait_workers(mesh: BenchMesh, region: str, n: int) -> None:
