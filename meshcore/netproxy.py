@@ -18,6 +18,10 @@ import socket
 FORWARD, BLACKHOLE, CUT = "forward", "blackhole", "cut"
 
 
+STOP_WAIT_S = 5.0
+"""How long ``stop`` waits for the proxy's connections to go once it closed them."""
+
+
 class TcpProxy:
     def __init__(self, target_host: str, target_port: int, delay_ms: float = 0.0):
         self.target = (target_host, target_port)
@@ -66,7 +70,10 @@ class TcpProxy:
             task.cancel()
         await asyncio.gather(*handlers, return_exceptions=True)
         if self._server is not None:
-            await self._server.wait_closed()
+            # on Python 3.11 wait_closed waits for every accepted transport, and one whose handler was
+            # cancelled before it closed its writer never goes: bounded, so a stop cannot hang
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), STOP_WAIT_S)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
